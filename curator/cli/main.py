@@ -1,0 +1,83 @@
+"""`curate` — the command line. A thin layer: each command calls one public function.
+
+Subcommands live in their own modules and are imported only when invoked, so `curate --help`
+stays fast (no torch, transformers or mlflow import).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from curator.errors import CuratorError
+
+# name -> ("module:attr", one-line help shown by `curate --help` without importing the module)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("curator.cli.run:run", "Run the active curation loop from a recipe (no recipe: the CPU demo)."),
+    "validate": ("curator.cli.run:validate", "Validate a recipe without loading any model."),
+    "compare": ("curator.cli.compare:compare", "Data-efficiency curves and ratio table from MLflow or a run dir."),
+    "strategies": ("curator.cli.strategies:strategies", "List selection strategies, their signals and parameters."),
+    "premem": ("curator.cli.premem:premem", "Finetune with dynamics tracking; write the ledger and PreMemAcc summary."),
+    "predict": ("curator.cli.analysis:predict", "Predict test accuracy from training dynamics across runs."),
+    "robustness": ("curator.cli.analysis:robustness", "Accuracy under forced response prefixes, per PreMemAcc bucket."),
+    "ledger": ("curator.cli.ledger:ledger", "Inspect, summarise and import learning-dynamics ledgers."),
+    "data": ("curator.cli.data:data", "Preview datasets and write synthetic reasoning tasks."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        mod_name, _, attr = COMMANDS[name][0].partition(":")
+        return getattr(importlib.import_module(mod_name), attr)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.version_option(package_name="curator")
+@click.pass_context
+def cli(ctx, debug):
+    """curator: active data curation for LLM reasoning finetuning, driven by learning dynamics."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    if debug:
+        os.environ["CURATOR_DEBUG"] = "1"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("CURATOR_DEBUG") == "1"
+    try:
+        cli.main(args=args, prog_name="curate", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2 if isinstance(e, click.UsageError) else e.exit_code)
+    except CuratorError as e:
+        if debug:
+            raise
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted — rerun the same command to resume", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()
