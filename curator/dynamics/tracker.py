@@ -1,0 +1,323 @@
+"""Measuring learning dynamics at each checkpoint: target perplexities and sampled accuracy.
+
+`DynamicsTracker.measure(sampler, info)` scores every example's target (always) and samples
+answers only where they can still change PreMemAcc (lazy tracking, the default):
+
+Let R be an example's running max of MaskedAcc over earlier checkpoints, in correct-sample
+counts out of k (every complete cell has exactly k samples, so R is an integer 0..k), c the
+correct answers among the s drawn so far at this checkpoint.
+
+* Intermediate checkpoint (only R matters for later):
+  - memorized here (perplexity <= p): MaskedAcc is 0 whatever Acc is -> draw nothing ("memorized").
+  - otherwise stop as soon as even all-correct remaining samples cannot raise R, i.e.
+    c + (k - s) <= R ("max-reached" when that holds before any sample, i.e. R = k;
+    "cannot-raise" after some). Else draw all k and R = max(R, c).
+* Final checkpoint (PreMemAcc = min(max(R, MaskedAcc), Acc) must be exact):
+  - not memorized: MaskedAcc = Acc, so PreMemAcc = Acc -> draw all k.
+  - memorized: PreMemAcc = min(R, Acc) -> draw until c >= R (then it is R; "determined"),
+    or all k (then it is c / k). R = 0 needs no sample at all.
+
+Each batch of draws is the smallest number after which a stop could first trigger (each wrong
+sample lowers the upper bound c + k - s by one; each correct one raises c by one), so lazy
+tracking draws exactly what one-sample-at-a-time would, in few batched `generate` calls.
+R is always known exactly, because a skipped cell's MaskedAcc cannot exceed R.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from curator.data.example import Example
+from curator.data.format import PromptFormat
+from curator.dynamics.ledger import Ledger
+from curator.errors import ConfigError, DataError
+from curator.sampling.base import Sampler, SamplingParams
+
+
+def check_premem_settings(n_examples: int, k: int, p: float) -> list[str]:
+    """Problems with PreMemAcc tracking settings (empty list when fine)."""
+    problems = []
+    if n_examples < 1:
+        problems.append("the training set is empty; PreMemAcc tracking needs at least one example")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        problems.append(f"samples per example (k) must be an integer >= 1, got {k!r}")
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not p > 1 or not math.isfinite(p):
+        problems.append(f"memorization threshold p must be a number > 1 (perplexity is >= 1), got {p!r}; "
+                        "the paper uses 1.105 for GSM8K-like data and 1.2 for MATH")
+    return problems
+
+
+class DynamicsTracker:
+    """Per-checkpoint measurement of target perplexity and sampled accuracy for a training set.
+
+    Args:
+        examples: the training examples (ids must be unique).
+        fmt: how examples become (prompt, target) text.
+        grader: decides whether a sampled completion's final answer equals ``Example.answer``.
+        k: samples per example for a complete cell.
+        params: sampling parameters (paper: T=0.8, top_p=0.95).
+        p: memorization threshold on target perplexity.
+        lazy: skip samples that cannot change PreMemAcc (see module docstring). False samples all.
+        n_checkpoints: index of the final checkpoint; lazy tracking needs it to know when the
+            exact final value must be determined.
+        exact_every_checkpoint: with lazy, treat every checkpoint like the final one, so that
+            PreMemAcc is determined at every checkpoint (fewer savings; train accuracy of memorized
+            examples is still cut short).
+        tokenizer: used only for chat-template prompts.
+        progress: show a progress bar of samples drawn.
+    """
+
+    def __init__(self, examples: Sequence[Example], fmt: PromptFormat, grader: Any, *, k: int = 5,
+                 params: SamplingParams | None = None, p: float = 1.105, lazy: bool = True,
+                 n_checkpoints: int | None = None, exact_every_checkpoint: bool = False,
+                 tokenizer: Any = None, progress: bool = False):
+        problems = check_premem_settings(len(examples), k, p)
+        if lazy and not exact_every_checkpoint and n_checkpoints is None:
+            problems.append("lazy tracking needs n_checkpoints (the final checkpoint's index) to know "
+                            "where PreMemAcc must be exact; pass it, or lazy=False")
+        if n_checkpoints is not None and n_checkpoints < 1:
+            problems.append(f"n_checkpoints must be >= 1, got {n_checkpoints}")
+        if problems:
+            raise ConfigError(problems)
+        ids = [e.id for e in examples]
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            raise DataError(f"training examples have duplicate ids {dup[:5]}; ledger rows need unique ids")
+        self.examples = list(examples)
+        self.fmt, self.grader = fmt, grader
+        self.k, self.p, self.lazy = int(k), float(p), bool(lazy)
+        self.params = params or SamplingParams(stop=fmt.stop)
+        self.n_checkpoints = n_checkpoints
+        self.exact_every_checkpoint = exact_every_checkpoint
+        self.progress = progress
+        self.prompts, self.targets = fmt.pairs(self.examples, tokenizer)
+        # running max of MaskedAcc, in correct counts out of k
+        self.running_max = np.zeros(len(self.examples), dtype=np.int64)
+        self.rows: list[dict[str, Any]] = []
+        self.samples_drawn = 0
+        self.generate_calls = 0
+
+    def is_final(self, index: int) -> bool:
+        return self.exact_every_checkpoint or (self.n_checkpoints is not None and index >= self.n_checkpoints)
+
+    def measure(self, sampler: Sampler, info: Any) -> list[dict[str, Any]]:
+        """Measure one checkpoint; returns (and keeps) its ledger rows.
+
+        ``info`` needs ``index`` (1-based), ``step`` and ``epoch``; a ``metrics`` dict, if present,
+        is copied into every row (checkpoint-level signals such as train_loss).
+        """
+        index = int(info.index)
+        if self.rows and index <= self.rows[-1]["checkpoint"]:
+            raise ConfigError(f"checkpoint {index} measured after checkpoint {self.rows[-1]['checkpoint']}; "
+                              "checkpoints must be measured in increasing order")
+        nll, ntok = self._target_nll(sampler)
+        ppl = np.exp(nll)
+        memorized = ppl <= self.p
+        correct, drawn, reasons = self._sample(sampler, memorized, index)
+
+        complete = drawn == self.k
+        # memorized cells never raise the running max (MaskedAcc = 0); skipped ones cannot
+        raise_ = complete & ~memorized
+        self.running_max[raise_] = np.maximum(self.running_max[raise_], correct[raise_])
+
+        extra = {k: float(v) for k, v in (getattr(info, "metrics", None) or {}).items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        rows = []
+        for i, ex in enumerate(self.examples):
+            rows.append({
+                "example_id": ex.id, "checkpoint": index, "step": int(info.step),
+                "epoch": float(info.epoch), "n_samples": int(drawn[i]), "n_correct": int(correct[i]),
+                "target_nll": float(nll[i]), "target_tokens": int(ntok[i]),
+                "perplexity": float(ppl[i]), "memorized": bool(memorized[i]),
+                "skip_reason": reasons[i], **extra,
+            })
+        self.rows.extend(rows)
+        return rows
+
+    def __call__(self, sampler: Sampler, info: Any) -> list[dict[str, Any]]:
+        return self.measure(sampler, info)
+
+    def ledger(self, **meta: Any) -> Ledger:
+        """The ledger of every checkpoint measured so far."""
+        if not self.rows:
+            raise DataError("no checkpoint was measured; the ledger is empty")
+        base = {"p": self.p, "k": self.k, "lazy": self.lazy,
+                "exact_every_checkpoint": self.exact_every_checkpoint,
+                "sampling": dataclasses.asdict(self.params), "format": dataclasses.asdict(self.fmt),
+                "grader": getattr(self.grader, "name", type(self.grader).__name__),
+                "samples_drawn": self.samples_drawn}
+        return Ledger.from_rows(self.rows, **{**base, **meta})
+
+    # -- internals --------------------------------------------------------------------------------
+    def _target_nll(self, sampler: Sampler) -> tuple[np.ndarray, np.ndarray]:
+        lps = sampler.target_logprobs(self.prompts, self.targets)
+        if len(lps) != len(self.examples):
+            raise RuntimeError(f"sampler returned {len(lps)} log-prob arrays for {len(self.examples)} targets")
+        nll = np.empty(len(lps))
+        ntok = np.empty(len(lps), dtype=np.int64)
+        for i, lp in enumerate(lps):
+            lp = np.asarray(lp, dtype=np.float64)
+            if lp.size == 0:
+                raise DataError(f"example {self.examples[i].id}: its target tokenizes to zero tokens; "
+                                "check the target template")
+            nll[i] = -lp.mean()
+            ntok[i] = lp.size
+        bad = ~np.isfinite(nll)
+        if bad.any():
+            ids = [self.examples[i].id for i in np.flatnonzero(bad)[:5]]
+            raise DataError(f"non-finite target log-probs for example(s) {ids}; the model's outputs "
+                            "overflowed (try float32)")
+        return nll, ntok
+
+    def _next_draw(self, i: int, c: int, s: int, memorized: bool, final: bool) -> tuple[int, str | None]:
+        """(samples to draw next, skip reason if stopping now)."""
+        k, R = self.k, int(self.running_max[i])
+        if s >= k:
+            return 0, None
+        if not self.lazy:
+            return k - s, None
+        if final:
+            if not memorized:
+                return k - s, None  # PreMemAcc = Acc exactly
+            if c >= R:
+                return 0, "determined"  # min(R, Acc) = R whatever the rest
+            return min(R - c, k - s), None
+        if memorized:
+            return 0, "memorized"
+        upper = c + k - s
+        if upper <= R:
+            return 0, ("max-reached" if s == 0 else "cannot-raise")
+        return min(upper - R, k - s), None
+
+    def _sample(self, sampler: Sampler, memorized: np.ndarray, index: int):
+        n = len(self.examples)
+        correct = np.zeros(n, dtype=np.int64)
+        drawn = np.zeros(n, dtype=np.int64)
+        reasons: list[str | None] = [None] * n
+        final = self.is_final(index)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n * self.k, desc=f"sampling @ checkpoint {index}", unit="sample", leave=False)
+        batch = 0
+        while True:
+            groups: dict[int, list[int]] = defaultdict(list)
+            for i in range(n):
+                d, why = self._next_draw(i, int(correct[i]), int(drawn[i]), bool(memorized[i]), final)
+                if d > 0:
+                    groups[d].append(i)
+                else:
+                    reasons[i] = why
+            if not groups:
+                break
+            for d, idx in sorted(groups.items()):
+                # a distinct seed per call: repeated calls must not replay the same random stream
+                params = dataclasses.replace(self.params, seed=_derive_seed(self.params.seed, index, batch))
+                batch += 1
+                outs = sampler.generate([self.prompts[i] for i in idx], d, params)
+                self.generate_calls += 1
+                if len(outs) != len(idx) or any(len(o) != d for o in outs):
+                    raise RuntimeError(f"sampler.generate returned the wrong shape for {len(idx)} prompts x {d}")
+                for i, completions in zip(idx, outs):
+                    ans = self.examples[i].answer
+                    correct[i] += sum(bool(self.grader.is_correct(t, ans)) for t in completions)
+                    drawn[i] += d
+                self.samples_drawn += d * len(idx)
+                if bar is not None:
+                    bar.update(d * len(idx))
+        if bar is not None:
+            bar.close()
+        return correct, drawn, reasons
+
+
+def _derive_seed(seed: int, checkpoint: int, batch: int) -> int:
+    return (int(seed) * 1_000_003 + checkpoint * 10_007 + batch) % (2**31 - 1)
+
+
+def check_references(examples: Sequence[Example], grader: Any, fmt: PromptFormat | None = None,
+                     allow_bad_references: bool = False) -> int:
+    """Check that every example's target grades as correct against its answer.
+
+    The target text (without the format's stop string) is what a perfectly trained model would
+    sample, so it must grade correct; otherwise PreMemAcc measures the grader, not the model.
+    Returns the number of failing examples; raises DataError unless ``allow_bad_references``.
+    """
+    fmt = fmt or PromptFormat()
+    bad = []
+    for ex in examples:
+        text = fmt.target_text(ex)
+        for stop in fmt.stop:
+            if stop and stop in text:
+                text = text[: text.index(stop)]
+        if not grader.is_correct(text, ex.answer):
+            bad.append(ex.id)
+    if bad and not allow_bad_references:
+        raise DataError(f"{len(bad)} of {len(examples)} reference solutions do not grade as correct "
+                        f"with grader {getattr(grader, 'name', grader)!r} (e.g. {', '.join(bad[:3])}); fix the "
+                        "answers or the grader, or pass allow_bad_references=True (--allow-bad-references)")
+    return len(bad)
+
+
+def validate_premem(examples: Sequence[Example], grader: Any, *, fmt: PromptFormat, train_settings: Any,
+                    k: int, p: float, allow_bad_references: bool = False) -> int:
+    """Every check `track_premem` makes before a model loads; returns the checkpoint count."""
+    problems = check_premem_settings(len(examples), k, p)
+    n_ckpt = None
+    if examples:
+        try:
+            n_ckpt = train_settings.n_checkpoints(len(examples))
+        except ConfigError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise ConfigError(problems)
+    check_references(examples, grader, fmt, allow_bad_references)
+    return int(n_ckpt)
+
+
+def track_premem(loaded_model: Any, examples: Sequence[Example], *, fmt: PromptFormat, grader: Any,
+                 train_settings: Any, k: int = 5, params: SamplingParams | None = None,
+                 p: float = 1.105, lazy: bool = True, out_dir: str | os.PathLike | None = None,
+                 progress: bool = True, allow_bad_references: bool = False,
+                 sampler_factory: Callable[[Any, Any], Sampler] | None = None,
+                 sample_batch_size: int = 32) -> Ledger:
+    """Finetune ``loaded_model`` on ``examples`` with dynamics tracking at every checkpoint.
+
+    Writes ``ledger.parquet`` and ``summary.csv`` to ``out_dir`` (if given) and returns the ledger.
+    ``sampler_factory(model, tokenizer)`` builds the Sampler used at each checkpoint
+    (default: `HFSampler`).
+    """
+    n_ckpt = validate_premem(examples, grader, fmt=fmt, train_settings=train_settings, k=k, p=p,
+                             allow_bad_references=allow_bad_references)
+    from curator.training import finetune
+
+    tokenizer = loaded_model.tokenizer
+    if sampler_factory is None:
+        from curator.sampling.hf import HFSampler
+
+        def sampler_factory(model, tok):
+            return HFSampler(model, tok, batch_size=sample_batch_size)
+
+    tracker = DynamicsTracker(examples, fmt, grader, k=k, params=params or SamplingParams(stop=fmt.stop),
+                              p=p, lazy=lazy, n_checkpoints=n_ckpt, tokenizer=tokenizer, progress=progress)
+
+    def on_checkpoint(model, info):
+        tracker.measure(sampler_factory(model, tokenizer), info)
+
+    finetune(loaded_model.model, tokenizer, list(examples), fmt, train_settings, on_checkpoint=on_checkpoint)
+    ledger = tracker.ledger(model=str(getattr(loaded_model, "spec", "")),
+                            train=dataclasses.asdict(train_settings) if dataclasses.is_dataclass(train_settings) else {})
+    if out_dir is not None:
+        from curator.dynamics.metrics import summary
+
+        out = Path(out_dir)
+        ledger.to_parquet(out / "ledger.parquet")
+        summary(ledger).to_csv(out / "summary.csv")
+    return ledger

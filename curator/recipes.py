@@ -1,0 +1,316 @@
+"""Recipes: YAML files validated into frozen dataclasses before anything heavy happens.
+
+A recipe is made of the library's own settings dataclasses (`PromptFormat`, `TrainSettings`,
+`LoraSettings`) plus the sections defined here. Loading checks every key and type and reports all
+problems at once; `--set a.b=value` overrides are applied to the YAML before validation, so the
+precedence is CLI > YAML > defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from curator.config import from_dict, to_dict
+from curator.data.format import PromptFormat
+from curator.errors import ConfigError, CuratorError
+from curator.models.lora import LoraSettings
+from curator.training.settings import TrainSettings
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str = _help("hub id, local dir, .gguf file, 'smollm2-135m-instruct' or 'tiny-random'",
+                      default="smollm2-135m-instruct")
+    dtype: str = _help("'auto' (bf16 where the GPU has it, else fp32), 'float32', 'bfloat16', 'float16'",
+                       default="auto")
+    device: str | None = _help("'cpu', 'cuda', 'cuda:1' ...; null picks the GPU when there is one",
+                               default=None)
+    trust_remote_code: bool = _help("run model code from the hub repo; off unless you trust it",
+                                    default=False)
+    lora: LoraSettings | None = _help("LoRA adapter settings; null for full finetuning",
+                                      default_factory=LoraSettings)
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    pool: str = _help("candidate pool: a file, a hub id, or 'synthetic:<preset>?n=..&seed=..'",
+                      default="synthetic:easy?n=2000&seed=1")
+    pool_config: str | None = _help("hub dataset config (e.g. 'main' for openai/gsm8k)", default=None)
+    pool_split: str = _help("split of the pool dataset", default="train")
+    pool_size: int | None = _help("use only the first N pool examples", default=None)
+    test: str | None = _help("held-out test set (same forms as pool); null: no test accuracy",
+                             default="synthetic:easy?n=200&seed=2")
+    test_config: str | None = _help("hub dataset config of the test set", default=None)
+    test_split: str = _help("split of the test dataset", default="test")
+    test_size: int | None = _help("use only the first N test examples", default=None)
+    fields: dict[str, str] = _help("column names for question/solution/answer when not GSM8K/MATH layout",
+                                   default_factory=dict)
+    grader: str = _help("answer grader: auto, gsm8k, math, numeric, or module:Class", default="auto")
+    seed_size: int = _help("size of the i.i.d. seed set S0 (identical across strategies)", default=32)
+    source: Literal["pool", "generator"] = _help(
+        "'pool': select from the fixed pool; 'generator': synthesize candidates each round "
+        "(synthetic pools only)", default="pool")
+    generator_pool_size: int = _help("candidates synthesized per round when source=generator",
+                                     default=1000)
+
+    def __post_init__(self):
+        problems = []
+        if self.seed_size < 1:
+            problems.append(f"data.seed_size must be >= 1, got {self.seed_size}")
+        if self.source == "generator" and not self.pool.startswith("synthetic"):
+            problems.append("data.source=generator needs a synthetic pool ('synthetic:<preset>'); "
+                            "use data.source=pool for files and hub datasets")
+        if problems:
+            raise ConfigError(problems)
+
+
+@dataclass(frozen=True)
+class DynamicsSettings:
+    samples: int = _help("k: completions sampled per example per checkpoint (paper: 5)", default=5)
+    temperature: float = _help("sampling temperature (paper: 0.8)", default=0.8)
+    top_p: float = _help("nucleus sampling (paper: 0.95)", default=0.95)
+    max_new_tokens: int = _help("longest sampled completion; longer solutions are cut and graded wrong",
+                                default=256)
+    p: float = _help("memorization threshold on target perplexity (GSM8K ~1.105, MATH ~1.2)",
+                     default=1.105)
+    lazy: bool = _help("skip sampling that cannot change PreMemAcc (identical result, fewer tokens)",
+                       default=True)
+    backend: Literal["hf", "vllm"] = _help("sampler backend; vllm needs the 'vllm' extra and a GPU",
+                                           default="hf")
+    batch_size: int = _help("prompts per sampling batch (hf backend)", default=32)
+
+    def __post_init__(self):
+        problems = []
+        if self.samples < 1:
+            problems.append(f"dynamics.samples must be >= 1, got {self.samples}")
+        if self.p <= 1:
+            problems.append(f"dynamics.p must be > 1 (perplexity is >= 1 always), got {self.p}")
+        if self.temperature < 0:
+            problems.append(f"dynamics.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"dynamics.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            problems.append("dynamics.max_new_tokens and dynamics.batch_size must be >= 1")
+        if problems:
+            raise ConfigError(problems)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    samples: int = _help("completions per test question (1 with temperature 0 = greedy accuracy)",
+                         default=1)
+    temperature: float = _help("0 = greedy decoding", default=0.0)
+    max_new_tokens: int = _help("longest test completion", default=256)
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    rounds: int = _help("training rounds; selections happen between them (rounds - 1 times)", default=3)
+    budget: int | list[int] = _help("examples added per round: one number, or one per selection",
+                                    default=32)
+    continue_training: bool = _help("keep training the last round's model instead of restarting "
+                                    "from the base model each round", default=False)
+    loop: str = _help("loop implementation: 'active' or a module:Class path", default="active")
+
+    def __post_init__(self):
+        problems = []
+        if self.rounds < 1:
+            problems.append(f"loop.rounds must be >= 1, got {self.rounds}")
+        budgets = self.budget if isinstance(self.budget, list) else [self.budget]
+        if any(b < 1 for b in budgets):
+            problems.append(f"loop.budget must be >= 1 per round, got {self.budget}")
+        if isinstance(self.budget, list) and len(self.budget) < self.rounds - 1:
+            problems.append(f"loop.budget lists {len(self.budget)} budgets but {self.rounds} rounds need "
+                            f"{self.rounds - 1}; give one number or one per selection")
+        if problems:
+            raise ConfigError(problems)
+
+    def budget_for(self, selection_index: int) -> int:
+        return self.budget[selection_index] if isinstance(self.budget, list) else self.budget
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    name: str = _help("registered strategy name or module:Class path")
+    params: dict[str, Any] = _help("strategy parameters", default_factory=dict)
+    label: str | None = _help("run name in MLflow and the run dir; defaults to the name", default=None)
+
+    @property
+    def run_name(self) -> str:
+        return self.label or self.name.replace(":", "_").replace("/", "_")
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    uri: str | None = _help("MLflow tracking URI; null: sqlite in the run directory", default=None)
+    experiment: str | None = _help("MLflow experiment name; null: the recipe name", default=None)
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    learning_rates: list[float] = _help("learning rates of the sweep grid", default_factory=list)
+    epochs: list[int] = _help("epoch counts of the sweep grid", default_factory=list)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = _help("recipe name: MLflow experiment and run directory name", default="curator")
+    seed: int = _help("seeds the seed set, training, sampling and selection", default=0)
+    output_dir: str | None = _help("run directory; null: runs/<name>", default=None)
+    model: ModelSettings = _help("base model", default_factory=ModelSettings)
+    format: PromptFormat = _help("prompt/target templates", default_factory=PromptFormat)
+    data: DataSettings = _help("pool, test set, seed set", default_factory=DataSettings)
+    training: TrainSettings = _help("finetuning each round", default_factory=TrainSettings)
+    dynamics: DynamicsSettings = _help("learning-dynamics measurement", default_factory=DynamicsSettings)
+    evaluation: EvalSettings = _help("test accuracy", default_factory=EvalSettings)
+    loop: LoopSettings = _help("rounds and budgets", default_factory=LoopSettings)
+    strategies: list[StrategySpec] = _help("strategies to compare (one MLflow run each)",
+                                           default_factory=lambda: [StrategySpec(name="iid")])
+    tracking: TrackingSettings = _help("MLflow", default_factory=TrackingSettings)
+    sweep: SweepSettings | None = _help("learning-rate x epochs grid for `curate predict` sweeps",
+                                        default=None)
+
+    def __post_init__(self):
+        labels = [s.run_name for s in self.strategies]
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        problems = []
+        if not self.strategies:
+            problems.append("strategies: list at least one strategy")
+        if dupes:
+            problems.append(f"strategies: run names {dupes} appear twice; give each a distinct 'label'")
+        if problems:
+            raise ConfigError(problems)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or os.path.join("runs", self.name))
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def resolve_recipe_path(path: str | os.PathLike) -> Path:
+    """A path, or the name of a shipped recipe ('demo' -> recipes/demo.yaml)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    for cand in (RECIPES_DIR / f"{path}.yaml", RECIPES_DIR / str(path)):
+        if cand.exists():
+            return cand
+    shipped = sorted(x.stem for x in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.exists() else []
+    close = difflib.get_close_matches(str(path), shipped, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise CuratorError(f"recipe {str(path)!r} not found.{hint} Shipped recipes: {', '.join(shipped)}")
+
+
+def _set_path(data: dict, dotted: str, value: Any, problems: list[str]) -> None:
+    keys = dotted.split(".")
+    node: Any = data
+    for i, k in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            if not k.isdigit() or int(k) >= len(node):
+                problems.append(f"--set {dotted}: {'.'.join(keys[:i])} has no item {k}")
+                return
+            node = node[int(k)]
+            continue
+        if node.get(k) is None:
+            node[k] = {}
+        node = node[k]
+        if not isinstance(node, (dict, list)):
+            problems.append(f"--set {dotted}: {'.'.join(keys[:i + 1])} is not a section")
+            return
+    last = keys[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            problems.append(f"--set {dotted}: no list item {last}")
+            return
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Apply ``key.path=value`` overrides (values parsed as YAML) to a raw recipe dict."""
+    data = copy.deepcopy(data)
+    problems: list[str] = []
+    for item in overrides:
+        if "=" not in item:
+            problems.append(f"--set {item!r}: expected key.path=value")
+            continue
+        key, _, raw = item.partition("=")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_path(data, key.strip(), value, problems)
+    if problems:
+        raise ConfigError(problems)
+    return data
+
+
+def recipe_from_dict(data: dict, source: str | None = None) -> Recipe:
+    if not isinstance(data, dict):
+        raise ConfigError(f"a recipe must be a YAML mapping of sections, got {type(data).__name__}",
+                          source=source)
+    return from_dict(Recipe, data, source=source)
+
+
+def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override and validate a recipe. ``path=None`` loads the embedded demo."""
+    p = resolve_recipe_path(path if path is not None else "demo")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"malformed YAML{where}: {getattr(e, 'problem', e)}", source=str(p)) from None
+    return recipe_from_dict(apply_overrides(data, overrides), source=str(p))
+
+
+def validate_recipe(recipe: Recipe) -> list[str]:
+    """Checks that need the registries (strategies, graders, loops) but no model. Returns notes."""
+    from curator.data.grading import get_grader
+    from curator.strategy import build_strategy
+
+    problems: list[str] = []
+    for i, spec in enumerate(recipe.strategies):
+        try:
+            build_strategy(spec.name, spec.params)
+        except CuratorError as e:
+            problems.append(f"strategies[{i}] ({spec.name}): {e}")
+    try:
+        get_grader(recipe.data.grader)
+    except CuratorError as e:
+        problems.append(f"data.grader: {e}")
+    try:
+        from curator.loop import get_loop
+
+        get_loop(recipe.loop.loop)
+    except CuratorError as e:
+        problems.append(f"loop.loop: {e}")
+    if problems:
+        raise ConfigError(problems)
+    notes = []
+    if recipe.dynamics.backend == "vllm":
+        notes.append("dynamics.backend=vllm: needs the 'vllm' extra and a GPU at run time")
+    return notes

@@ -1,0 +1,169 @@
+"""`run_recipe`: everything `curate run` does, as one function call.
+
+It validates the recipe and the tracking store before any model loads, prepares what all strategy
+runs share (data, seed set, base model, grader — the `Workspace`), then drives one loop per
+strategy round by round. Running the strategies round-major lets identical work be shared: in
+round 0 every strategy trains on the same seed set, so that model, its ledger and its signals are
+computed once (`RoundCache`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curator.data.example import Example
+from curator.errors import CuratorError, DataError
+from curator.io import atomic_write_text, read_json
+from curator.recipes import Recipe, validate_recipe
+
+
+@dataclass
+class RoundCache:
+    """Results of training on one exact training set, shared by strategies in the same round."""
+
+    entries: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def key(train_ids: list[str], round_index: int, continued: bool) -> str:
+        h = hashlib.sha1(("\n".join(sorted(train_ids))).encode()).hexdigest()[:16]
+        # a continued-training model depends on the whole history, so it is never shared
+        return f"{h}-r{round_index}" if continued else h
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
+@dataclass
+class Workspace:
+    """What every strategy run of one recipe shares."""
+
+    recipe: Recipe
+    run_dir: Path
+    tracking_uri: str
+    pool: list[Example]
+    test: list[Example]
+    seed_ids: list[str]
+    grader: Any
+    source: Any
+    cache: RoundCache = field(default_factory=RoundCache)
+    progress: bool = True
+    _base: Any = None
+
+    @property
+    def base(self):
+        """The base model, loaded once on first use (validation never loads it)."""
+        if self._base is None:
+            from curator.models import load_model
+
+            m = self.recipe.model
+            self._base = load_model(m.name, dtype=m.dtype, device=m.device,
+                                    trust_remote_code=m.trust_remote_code)
+        return self._base
+
+    def examples_by_id(self) -> dict[str, Example]:
+        return {e.id: e for e in self.pool}
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    tracking_uri: str
+    experiment: str
+    strategies: dict[str, dict[str, Any]]
+    compare_table: str | None = None
+    curves_png: Path | None = None
+
+
+def _load_split(source: str, config: str | None, split: str, size: int | None, fields: dict) -> list[Example]:
+    from curator.data.loaders import load_examples
+
+    return load_examples(source, config=config, split=split, fields=fields or None, limit=size)
+
+
+def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
+    """Validate, load data, pick the seed set, check the tracking store. No model is loaded."""
+    from curator.data.grading import get_grader, grade_references
+    from curator.data.sources import GeneratorSource, PoolSource
+    from curator.tracking.mlflow_store import check_reachable, default_tracking_uri
+
+    validate_recipe(recipe)
+    run_dir = recipe.run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    uri = recipe.tracking.uri or default_tracking_uri(run_dir)
+    check_reachable(uri)
+
+    d = recipe.data
+    grader = get_grader(d.grader)
+    pool = _load_split(d.pool, d.pool_config, d.pool_split, d.pool_size, d.fields)
+    test = _load_split(d.test, d.test_config, d.test_split, d.test_size, d.fields) if d.test else []
+    report = grade_references(pool, grader)
+    if report.n_correct < report.n:
+        raise DataError(f"{report.n - report.n_correct} of {report.n} pool examples' reference solutions "
+                        f"do not grade as correct with grader {d.grader!r} (first: "
+                        f"{', '.join(map(str, report.failing_ids[:5]))}); fix the data, the field "
+                        "mapping or data.grader")
+    if d.source == "generator":
+        from curator.data.loaders import synthetic_task_from_source
+
+        source = GeneratorSource(synthetic_task_from_source(d.pool), pool_size=d.generator_pool_size,
+                                 seed=recipe.seed)
+    else:
+        source = PoolSource(pool)
+    if d.seed_size > len(pool):
+        raise DataError(f"data.seed_size={d.seed_size} is larger than the pool ({len(pool)} examples); "
+                        "lower data.seed_size or use a larger pool")
+    ids_file = run_dir / "seed_ids.json"
+    if ids_file.exists():
+        # a resumed run keeps the seed set it started with, even if the code's RNG changed
+        seed_ids = read_json(ids_file)
+    else:
+        rng = np.random.default_rng([recipe.seed, 0x5EED])
+        idx = np.sort(rng.choice(len(pool), size=d.seed_size, replace=False))
+        seed_ids = [pool[i].id for i in idx]
+        atomic_write_text(ids_file, json.dumps(seed_ids))
+    atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
+    return Workspace(recipe=recipe, run_dir=run_dir, tracking_uri=uri, pool=pool, test=test,
+                     seed_ids=seed_ids, grader=grader, source=source, progress=progress)
+
+
+def run_recipe(recipe: Recipe, progress: bool = True, echo=print) -> RunSummary:
+    """Run (or resume) every strategy of the recipe, then compare them."""
+    from curator.loop import get_loop
+    from curator.tracking.compare import compare_run_dir
+
+    ws = prepare_workspace(recipe, progress=progress)
+    loop_cls = get_loop(recipe.loop.loop)
+    loops = []
+    for spec in recipe.strategies:
+        lp = loop_cls(ws, spec)
+        lp.setup()
+        loops.append(lp)
+    t0 = time.time()
+    for r in range(recipe.loop.rounds):
+        ws.cache.clear()
+        for lp in loops:
+            if not lp.done:
+                lp.run_round(r)
+                lp.save_state()
+        if all(lp.done for lp in loops):
+            break
+    ws.cache.clear()
+    strategies = {lp.spec.run_name: lp.summary() for lp in loops}
+    summary = RunSummary(run_dir=ws.run_dir, tracking_uri=ws.tracking_uri, experiment=recipe.experiment,
+                         strategies=strategies)
+    if len(loops) >= 1:
+        result = compare_run_dir(ws.run_dir, baseline="iid", out_dir=ws.run_dir)
+        summary.compare_table = result.table
+        summary.curves_png = result.png
+        for lp in loops:
+            lp.log_final_artifacts(result)
+    echo(f"done in {time.time() - t0:.0f}s")
+    return summary

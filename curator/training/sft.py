@@ -1,0 +1,346 @@
+"""Supervised finetuning on (prompt, target) pairs with checkpoint callbacks.
+
+The loop is written on `accelerate.Accelerator` (device placement, DDP, mixed precision from the
+launcher's config), so the same call runs in one process or under ``accelerate launch`` with
+several. Data order is planned from the seed on every process (no sampler state to keep in sync):
+each epoch is a seeded permutation, cut into global micro-batches of ``batch_size * processes``
+examples, and process r takes every r-th example of each. Because every process knows the whole
+plan, each also knows how many target tokens one optimizer step covers globally, so the loss is
+the exact mean over all target tokens of the step without extra communication.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+from curator.data.example import Example
+from curator.data.format import PromptFormat, encode_pair
+from curator.errors import ConfigError, DataError
+from curator.training.settings import TrainSettings
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # label value that torch's cross_entropy skips (prompt and padding positions)
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What `on_checkpoint` is told about one checkpoint.
+
+    Attributes:
+        index: 1-based checkpoint number.
+        step: optimizer steps done so far.
+        epoch: fractional epoch (1.0 at the end of the first epoch).
+        metrics: ``train_loss``, ``grad_variance``, ``grad_norm``, ``dist_from_init``,
+            ``learning_rate`` (see docs/TRAINING.md for definitions); identical on every process.
+        path: the saved checkpoint directory, or None when settings.save_checkpoints is false.
+        is_main_process / process_index / num_processes: where this callback runs.
+    """
+
+    index: int
+    step: int
+    epoch: float
+    metrics: dict[str, float]
+    path: str | None = None
+    is_main_process: bool = True
+    process_index: int = 0
+    num_processes: int = 1
+
+
+@dataclass
+class TrainResult:
+    """Summary of a `finetune` call (the model itself is trained in place)."""
+
+    steps: int
+    epochs: int
+    n_examples: int
+    num_processes: int
+    checkpoints: list[CheckpointInfo] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)  # per optimizer step, all processes
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    n_truncated: int = 0  # examples whose target was cut at max_length
+    n_tokens: int = 0  # input tokens processed (all processes, all epochs, padding excluded)
+    train_seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.n_tokens / self.train_seconds if self.train_seconds > 0 else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tokens_per_second"] = self.tokens_per_second
+        return d
+
+
+# -- tokenization --------------------------------------------------------------------------------
+
+def build_features(tokenizer: Any, prompts: Sequence[str], targets: Sequence[str],
+                   max_length: int) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """(input_ids, labels) per pair, unshifted (HF convention: labels[j] is the token at j).
+
+    Prompt positions are labelled IGNORE_INDEX, so the loss covers target tokens only — all of
+    them, including the first, which the last prompt token predicts. Over-long pairs are cut at
+    the right. Returns the features and how many targets were cut.
+
+    Raises DataError when a target is empty or a prompt leaves no room for any target token.
+    """
+    feats, n_cut, bad_empty, bad_long = [], 0, [], []
+    for i, (prompt, target) in enumerate(zip(prompts, targets)):
+        p, t = encode_pair(tokenizer, prompt, target)
+        if not t:
+            bad_empty.append(i)
+            continue
+        if len(p) >= max_length:
+            bad_long.append(i)
+            continue
+        if len(p) + len(t) > max_length:
+            t = t[: max_length - len(p)]
+            n_cut += 1
+        feats.append((p + t, [IGNORE_INDEX] * len(p) + t))
+    problems = []
+    if bad_empty:
+        problems.append(f"{len(bad_empty)} example(s) have an empty target after formatting "
+                        f"(first at position {bad_empty[0]}); check the target template and solutions")
+    if bad_long:
+        problems.append(f"{len(bad_long)} example(s) have prompts of max_length={max_length} tokens or "
+                        f"more (first at position {bad_long[0]}); raise training.max_length")
+    if problems:
+        raise DataError("; ".join(problems))
+    return feats, n_cut
+
+
+def collate(features: Sequence[tuple[list[int], list[int]]], pad_id: int):
+    """Right-padded input_ids, attention_mask, labels (padding labelled IGNORE_INDEX)."""
+    import torch
+
+    width = max(len(ids) for ids, _ in features)
+    ids = torch.full((len(features), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(features), width), dtype=torch.long)
+    for row, (x, y) in enumerate(features):
+        ids[row, : len(x)] = torch.tensor(x)
+        labels[row, : len(y)] = torch.tensor(y)
+        mask[row, : len(x)] = 1
+    return ids, mask, labels
+
+
+def target_nll_sum(logits, labels):
+    """Sum of next-token cross-entropy over labelled positions (logits at j predict labels at j+1)."""
+    import torch.nn.functional as F
+
+    vocab = logits.shape[-1]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, vocab).float(), labels[:, 1:].reshape(-1),
+                           ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def epoch_plan(n_examples: int, settings: TrainSettings, epoch: int, num_processes: int = 1) -> list[list[list[int]]]:
+    """The epoch's optimizer steps, each a list of global micro-batches of example indices.
+
+    The order is a permutation seeded by (seed, epoch): the same on every process and every run.
+    """
+    import numpy as np
+
+    order = np.random.default_rng([settings.seed, epoch]).permutation(n_examples).tolist()
+    width = settings.batch_size * num_processes
+    micro = [order[i: i + width] for i in range(0, n_examples, width)]
+    return [micro[i: i + settings.grad_accum] for i in range(0, len(micro), settings.grad_accum)]
+
+
+# -- the loop ------------------------------------------------------------------------------------
+
+def make_accelerator():
+    """An `accelerate.Accelerator` that also works for multi-process runs on CPU-only machines.
+
+    accelerate picks its gloo (MULTI_CPU) backend only when told to use the CPU; a torchrun-style
+    launch (``accelerate launch --multi_gpu``, ``torchrun``) on a machine without a GPU would
+    otherwise run every process as an independent single-process job.
+    """
+    import torch
+    from accelerate import Accelerator
+
+    has_xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
+    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(cpu=multi and not torch.cuda.is_available() and not has_xpu)
+
+
+def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: PromptFormat | None,
+             settings: TrainSettings, on_checkpoint: Callable[[Any, CheckpointInfo], None] | None = None,
+             progress: bool = True, accelerator: Any = None) -> TrainResult:
+    """Finetune `model` in place on `examples`, loss on target tokens only.
+
+    Works on a plain transformers causal LM (full finetuning) or a peft model (only parameters with
+    requires_grad are optimized). Under ``accelerate launch`` with several processes it trains with
+    DDP; `on_checkpoint(model, info)` is then called on every process, with the unwrapped model
+    and identical metrics, so that measurement can be sharded across processes; use
+    ``info.is_main_process`` for work that must happen once. The model is in eval mode during the
+    callback and back in train mode after it.
+
+    Args:
+        fmt: prompt/target templates; None means the paper's defaults (``PromptFormat()``).
+        accelerator: an existing `accelerate.Accelerator` to reuse; a new one by default.
+
+    Raises:
+        ConfigError: empty training set, a schedule with no checkpoint, no trainable parameters.
+        DataError: empty targets, prompts longer than max_length.
+    """
+    examples = list(examples)
+    fmt = fmt or PromptFormat()
+    if not examples:
+        raise ConfigError("the training set is empty; give finetune at least one example")
+
+    import torch
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    from curator.training.stats import DistanceFromInit, GradStats
+
+    acc = accelerator or make_accelerator()
+    world, rank = acc.num_processes, acc.process_index
+    n = len(examples)
+    # errors that need no model work come first
+    schedule = settings.checkpoint_schedule(n, world)
+    prompts, targets = fmt.pairs(examples, tokenizer)
+    feats, n_cut = build_features(tokenizer, prompts, targets, settings.max_length)
+    if n_cut:
+        log.warning("%d of %d targets were cut at max_length=%d tokens", n_cut, n, settings.max_length)
+    trainable_named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not trainable_named:
+        raise ConfigError("the model has no trainable parameters (all requires_grad=False); apply LoRA "
+                          "or unfreeze the model before finetune")
+    n_target = [sum(1 for y in labels if y != IGNORE_INDEX) for _, labels in feats]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+    set_seed(settings.seed)
+    was_training = model.training
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    config = getattr(model, "config", None)
+    old_use_cache = getattr(config, "use_cache", None)
+    if config is not None and old_use_cache is not None:
+        config.use_cache = False  # no KV cache is needed for teacher-forced training
+
+    # AdamW convention: decay matrices, not biases or norm weights
+    decay = [p for _, p in trainable_named if p.ndim >= 2]
+    no_decay = [p for _, p in trainable_named if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": settings.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.learning_rate)
+    ddp_model, optimizer = acc.prepare(model, optimizer)
+    base = acc.unwrap_model(ddp_model)
+    trainable = [p for p in base.parameters() if p.requires_grad]
+    total_steps = settings.total_steps(n, world)
+    # not passed through acc.prepare: AcceleratedScheduler would step once per process
+    scheduler = get_scheduler({"constant": "constant_with_warmup"}.get(settings.lr_scheduler, settings.lr_scheduler),
+                              optimizer, num_warmup_steps=math.ceil(settings.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    grad_stats = GradStats(trainable, track_variance=settings.track_grad_variance)
+    dist = DistanceFromInit(trainable)
+
+    result = TrainResult(steps=total_steps, epochs=settings.epochs, n_examples=n, num_processes=world,
+                         n_truncated=n_cut)
+    checkpoint_at = {s: i + 1 for i, s in enumerate(schedule)}
+    window_sums: list[Any] = []  # this process's summed target NLL per step of the current window
+    window_tokens: list[int] = []  # global target tokens per step (known on every process)
+
+    def close_window() -> dict[str, float]:
+        """Reduce the window's losses across processes; gradient and distance statistics."""
+        sums = torch.stack(window_sums) if window_sums else torch.zeros(0, dtype=torch.float64, device=acc.device)
+        sums = acc.reduce(sums, reduction="sum").double().cpu()
+        toks = torch.tensor(window_tokens, dtype=torch.float64)
+        result.step_losses.extend((sums / toks).tolist())
+        metrics = {"train_loss": float(sums.sum() / toks.sum()) if window_tokens else math.nan}
+        metrics.update(grad_stats.window())
+        metrics["dist_from_init"] = dist.distance()
+        metrics["learning_rate"] = float(scheduler.get_last_lr()[0])
+        window_sums.clear()
+        window_tokens.clear()
+        return metrics
+
+    def checkpoint(step: int) -> None:
+        metrics = close_window()
+        path = None
+        if settings.save_checkpoints:
+            path = os.path.join(settings.output_dir, f"checkpoint-{step}")
+            if acc.is_main_process:
+                base.save_pretrained(path)
+                tokenizer.save_pretrained(path)
+            # every process sees the same path, after it exists
+            acc.wait_for_everyone()
+        info = CheckpointInfo(index=checkpoint_at[step], step=step,
+                              epoch=settings.epoch_at(step, n, world), metrics=metrics, path=path,
+                              is_main_process=acc.is_main_process, process_index=rank, num_processes=world)
+        if path is not None and acc.is_main_process:
+            with open(os.path.join(path, "curator_checkpoint.json"), "w") as f:
+                json.dump({k: v for k, v in asdict(info).items()
+                           if k not in ("is_main_process", "process_index")}, f, indent=1)
+        result.checkpoints.append(info)
+        if on_checkpoint is not None:
+            base.eval()
+            on_checkpoint(base, info)
+            base.train()
+
+    bar = tqdm(total=total_steps, desc="finetune", unit="step",
+               disable=not (progress and acc.is_local_main_process))
+    ddp_model.train()
+    step = 0
+    t0 = time.perf_counter()
+    for epoch in range(settings.epochs):
+        for step_batches in epoch_plan(n, settings, epoch, world):
+            step_tokens = sum(n_target[i] for mb in step_batches for i in mb)
+            result.n_tokens += sum(len(feats[i][0]) for mb in step_batches for i in mb)
+            local_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
+            local_tokens = 0
+            for j, mb in enumerate(step_batches):
+                mine = mb[rank::world]
+                weight = 1.0
+                if not mine:
+                    # a short last batch can leave this process nothing: run one example with zero
+                    # weight so that DDP's gradient all-reduce still happens on every process
+                    mine, weight = mb[:1], 0.0
+                ids, mask, labels = (t.to(acc.device) for t in collate([feats[i] for i in mine], pad_id))
+                last = j == len(step_batches) - 1
+                with contextlib.nullcontext() if last else acc.no_sync(ddp_model):
+                    logits = ddp_model(input_ids=ids, attention_mask=mask).logits
+                    nll = target_nll_sum(logits, labels)
+                    # DDP averages gradients over processes: scale by world so the result is the
+                    # gradient of (sum of target NLL over the global step) / (its target tokens)
+                    acc.backward(nll * (weight * world / step_tokens))
+                local_sum += weight * nll.detach().double()
+                local_tokens += int(weight) * sum(n_target[i] for i in mine)
+            if acc.scaler is not None:
+                acc.unscale_gradients()
+            grad_stats.update()
+            if settings.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            window_sums.append(local_sum)
+            window_tokens.append(step_tokens)
+            if not bar.disable:
+                bar.set_postfix(loss=f"{float(local_sum) / max(local_tokens, 1):.4f}", epoch=epoch + 1)
+            bar.update(1)
+            if step in checkpoint_at:
+                checkpoint(step)
+    result.train_seconds = time.perf_counter() - t0
+    bar.close()
+
+    if window_tokens:  # steps after the last checkpoint (checkpoint_every not dividing the total)
+        result.final_metrics = close_window()
+    else:
+        result.final_metrics = dict(result.checkpoints[-1].metrics)
+    if settings.gradient_checkpointing:
+        base.gradient_checkpointing_disable()
+    if config is not None and old_use_cache is not None:
+        config.use_cache = old_use_cache
+    base.train(was_training)
+    return result

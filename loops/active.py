@@ -1,0 +1,318 @@
+"""The active curation loop (DESIGN §4): train -> measure -> log -> select -> grow.
+
+Uses only curator's public API, as a third-party loop would. Durable state lives in the run
+directory, one folder per strategy::
+
+    <run_dir>/<strategy>/run.json              MLflow run id (written before anything is logged)
+    <run_dir>/<strategy>/round-00/ledger.parquet
+                                 /selection.parquet   every candidate's score, selected or not
+                                 /metrics.json
+                                 /next_train_ids.json S_{r+1}
+                                 /new_examples.jsonl  examples a generator made this round
+                                 /DONE                written last: the round is finished
+                                 /LOGGED              its MLflow metrics and artifacts are in
+
+A killed run is resumed by running the same command: finished rounds are read back, a half-done
+round is redone from its start (training is seeded, so the result is the same), and MLflow
+metrics already logged for a step are not logged again.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curator.data.example import Example
+from curator.errors import CuratorError, StrategyError
+from curator.io import atomic_write_json, atomic_write_text, read_examples_jsonl, read_json, write_examples_jsonl
+from curator.recipes import StrategySpec
+
+
+def fault_point(name: str) -> None:
+    """Crash-test hook: ``CURATOR_FAULT=<name>`` kills the process here with SIGKILL."""
+    if os.environ.get("CURATOR_FAULT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class ActiveLoop:
+    """One strategy's run through the rounds of a recipe."""
+
+    def __init__(self, ws, spec: StrategySpec):
+        from curator.strategy import build_strategy
+
+        self.ws = ws
+        self.recipe = ws.recipe
+        self.spec = spec
+        self.strategy = build_strategy(spec.name, spec.params)
+        self.dir = ws.run_dir / spec.run_name
+        self.done = False
+        self.train_ids: list[str] = list(ws.seed_ids)
+        self.examples: dict[str, Example] = ws.examples_by_id()
+        self.history: list[dict[str, Any]] = []
+        self.stopped_reason: str | None = None
+        self.mlflow = None
+        self._model_state: dict | None = None  # trainable weights carried over (continue_training)
+
+    # ---- durable state -------------------------------------------------------------------
+    def round_dir(self, r: int) -> Path:
+        return self.dir / f"round-{r:02d}"
+
+    def setup(self) -> None:
+        from curator.tracking.mlflow_store import MlflowRun, flatten
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.mlflow = MlflowRun(self.ws.tracking_uri, self.recipe.experiment,
+                                artifact_root=self.ws.run_dir / "mlartifacts")
+        meta_path = self.dir / "run.json"
+        meta = read_json(meta_path) if meta_path.exists() else {}
+        tags = {"strategy": self.spec.name, "strategy_label": self.spec.run_name,
+                "seed": str(self.recipe.seed), "recipe": self.recipe.name}
+        run_id = self.mlflow.open(meta.get("mlflow_run_id"), self.spec.run_name,
+                                  params=flatten(self.recipe.to_dict()), tags=tags)
+        if meta.get("mlflow_run_id") != run_id:
+            atomic_write_json(meta_path, {"mlflow_run_id": run_id, "strategy": self.spec.name})
+        # replay finished rounds
+        r = 0
+        while (self.round_dir(r) / "DONE").exists():
+            rd = self.round_dir(r)
+            if (rd / "new_examples.jsonl").exists():
+                for e in read_examples_jsonl(rd / "new_examples.jsonl"):
+                    self.examples[e.id] = e
+            metrics = read_json(rd / "metrics.json")
+            self.history.append(metrics)
+            if not (rd / "LOGGED").exists():
+                self._log_round(r, metrics)
+            self.train_ids = read_json(rd / "next_train_ids.json")
+            if metrics.get("stopped_reason"):
+                self.stopped_reason = metrics["stopped_reason"]
+                self.done = True
+            r += 1
+        self.next_round = r
+        if r >= self.recipe.loop.rounds:
+            self.done = True
+        if self.recipe.loop.continue_training and r > 0 and not self.done:
+            state_file = self.round_dir(r - 1) / "trainable_state.pt"
+            import torch
+
+            self._model_state = torch.load(state_file, map_location="cpu")
+
+    def save_state(self) -> None:
+        # every round's files are written atomically inside run_round; nothing is held in memory only
+        return None
+
+    # ---- one round ---------------------------------------------------------------------------
+    def _fresh_model(self):
+        """A trainable copy of the base model (plus LoRA, plus carried-over weights)."""
+        import torch
+
+        from curator.models import apply_lora
+
+        base = self.ws.base
+        torch.manual_seed(self.recipe.seed)
+        model = copy.deepcopy(base.model)
+        if self.recipe.model.lora is not None:
+            model = apply_lora(model, self.recipe.model.lora)
+        if self._model_state is not None:
+            model.load_state_dict(self._model_state, strict=False)
+        return model
+
+    def _train_and_measure(self, r: int, train: list[Example]):
+        from curator.data.format import PromptFormat  # noqa: F401  (type of recipe.format)
+        from curator.dynamics import DynamicsTracker
+        from curator.evaluation import evaluate_accuracy
+        from curator.sampling import make_sampler
+        from curator.sampling.base import SamplingParams
+        from curator.training import finetune
+
+        rec = self.recipe
+        dyn = rec.dynamics
+        tok = self.ws.base.tokenizer
+        params = SamplingParams(temperature=dyn.temperature, top_p=dyn.top_p,
+                                max_new_tokens=dyn.max_new_tokens, stop=rec.format.stop, seed=rec.seed + r)
+        n_ckpt = len(rec.training.checkpoint_schedule(len(train)))
+        tracker = DynamicsTracker(train, rec.format, self.ws.grader, k=dyn.samples, params=params, p=dyn.p,
+                                  lazy=dyn.lazy, n_checkpoints=n_ckpt, tokenizer=tok)
+        model = self._fresh_model()
+        ckpt_metrics: list[dict] = []
+
+        def on_checkpoint(m, info):
+            sampler = make_sampler(dyn.backend, m, tok, batch_size=dyn.batch_size)
+            tracker.measure(sampler, info)
+            ckpt_metrics.append({"checkpoint": info.index, "step": info.step, "epoch": info.epoch,
+                                 **{k: float(v) for k, v in (info.metrics or {}).items()}})
+
+        t0 = time.time()
+        finetune(model, tok, train, rec.format, rec.training, on_checkpoint=on_checkpoint,
+                 progress=self.ws.progress)
+        t_train = time.time() - t0
+        ledger = tracker.ledger()
+        test_acc = float("nan")
+        if self.ws.test:
+            ev = rec.evaluation
+            sampler = make_sampler(dyn.backend, model, tok, batch_size=dyn.batch_size)
+            eparams = SamplingParams(temperature=ev.temperature, top_p=1.0 if ev.temperature == 0 else dyn.top_p,
+                                     max_new_tokens=ev.max_new_tokens, stop=rec.format.stop, seed=rec.seed)
+            test_acc = evaluate_accuracy(sampler, self.ws.test, rec.format, self.ws.grader, eparams,
+                                         n=ev.samples, tokenizer=tok).accuracy
+        return {"model": model, "ledger": ledger, "test_accuracy": test_acc, "checkpoints": ckpt_metrics,
+                "train_seconds": t_train, "signals": None}
+
+    def _signals(self, entry):
+        from curator.sampling import make_sampler
+        from curator.sampling.base import SamplingParams
+        from curator.signals import Signals
+
+        if entry["signals"] is None:
+            rec = self.recipe
+            tok = self.ws.base.tokenizer
+            dyn = rec.dynamics
+            sampler = make_sampler(dyn.backend, entry["model"], tok, batch_size=dyn.batch_size)
+            params = SamplingParams(temperature=dyn.temperature, top_p=dyn.top_p,
+                                    max_new_tokens=dyn.max_new_tokens, stop=rec.format.stop, seed=rec.seed)
+            entry["signals"] = Signals(model=entry["model"], tokenizer=tok, sampler=sampler, fmt=rec.format,
+                                       grader=self.ws.grader, params=params)
+        return entry["signals"]
+
+    def run_round(self, r: int) -> None:
+        if self.done or r < self.next_round:
+            return
+        from curator.dynamics.metrics import summary as ledger_summary
+        from curator.strategy import SelectionContext, run_selection
+
+        rec = self.recipe
+        t0 = time.time()
+        rd = self.round_dir(r)
+        rd.mkdir(parents=True, exist_ok=True)
+        train = [self.examples[i] for i in self.train_ids]
+        key = self.ws.cache.key(self.train_ids, r, rec.loop.continue_training)
+        entry = self.ws.cache.entries.get(key)
+        if entry is None:
+            entry = self._train_and_measure(r, train)
+            self.ws.cache.entries[key] = entry
+        fault_point(f"round{r}:trained")
+        ledger = entry["ledger"]
+        ledger.to_parquet(rd / "ledger.parquet")
+        summ = ledger_summary(ledger, rec.dynamics.p)
+        last = summ.iloc[-1]
+        metrics: dict[str, Any] = {
+            "round": r, "n_train": len(train),
+            "test_accuracy": entry["test_accuracy"],
+            "premem_acc": float(last["premem_acc"]),
+            "train_accuracy": float(last["train_accuracy"]),
+            "fraction_memorized": float(last["fraction_memorized"]),
+            "train_loss": float(entry["checkpoints"][-1].get("train_loss", float("nan"))) if entry["checkpoints"] else float("nan"),
+            "train_seconds": entry["train_seconds"],
+        }
+        new_ids: list[str] = []
+        new_examples: list[Example] = []
+        if r < rec.loop.rounds - 1:
+            budget = rec.loop.budget_for(r)
+            in_train = set(self.train_ids)
+            pool = [e for e in self.ws.source.candidates() if e.id not in in_train]
+            for e in pool:
+                self.examples.setdefault(e.id, e)
+            if not pool:
+                metrics["stopped_reason"] = "the pool is exhausted"
+            else:
+                ctx = SelectionContext(pool=pool, train=train, ledger=ledger, signals=self._signals(entry),
+                                       rng=np.random.default_rng([rec.seed, r, 0xC0FFEE]), round=r,
+                                       p=rec.dynamics.p, source=self.ws.source)
+                t_sel = time.time()
+                try:
+                    sel = run_selection(self.strategy, ctx, budget)
+                except CuratorError:
+                    raise
+                except Exception as e:  # a plugin's bug: name the strategy, keep the round undone
+                    raise StrategyError(f"strategy {self.spec.name!r} failed in round {r}: "
+                                        f"{type(e).__name__}: {e}") from e
+                fault_point(f"round{r}:selected")
+                metrics["select_seconds"] = time.time() - t_sel
+                by_id = {e.id: e for e in ctx.pool}
+                new_examples = [by_id[i] for i in sel.ids if i not in self.ws.examples_by_id()]
+                for i in sel.ids:
+                    self.examples[i] = by_id[i]
+                new_ids = list(sel.ids)
+                self._write_selection(rd, ctx, sel)
+                if sel.note:
+                    metrics["selection_note"] = sel.note
+                if len(sel.ids) < budget:
+                    metrics["stopped_reason"] = (f"the pool ran out: round {r} could add only "
+                                                 f"{len(sel.ids)} of {budget} examples")
+        metrics["round_seconds"] = time.time() - t0
+        next_ids = self.train_ids + new_ids
+        if new_examples:
+            write_examples_jsonl(rd / "new_examples.jsonl", new_examples)
+        atomic_write_text(rd / "next_train_ids.json", json.dumps(next_ids))
+        atomic_write_json(rd / "checkpoints.json", entry["checkpoints"])
+        atomic_write_json(rd / "metrics.json", metrics)
+        atomic_write_text(rd / "DONE", "")
+        self.history.append(metrics)
+        self._log_round(r, metrics)
+        if rec.loop.continue_training and r < rec.loop.rounds - 1:
+            import torch
+
+            state = {n: p.detach().cpu() for n, p in entry["model"].named_parameters() if p.requires_grad}
+            torch.save(state, rd / "trainable_state.pt")
+            self._model_state = state
+        self.train_ids = next_ids
+        self.next_round = r + 1
+        self._print_round(r, metrics)
+        if metrics.get("stopped_reason"):
+            self.stopped_reason = metrics["stopped_reason"]
+            self.done = True
+        elif r + 1 >= rec.loop.rounds:
+            self.done = True
+        if self.done:
+            self.mlflow.finish()
+
+    def _write_selection(self, rd: Path, ctx, sel) -> None:
+        import pandas as pd
+
+        chosen = {i: rank for rank, i in enumerate(sel.ids)}
+        rows = [{"example_id": e.id, "score": float(sel.scores.get(e.id, float("nan"))),
+                 "selected": e.id in chosen, "rank": chosen.get(e.id, -1)} for e in ctx.pool]
+        df = pd.DataFrame(rows)
+        tmp = rd / ".selection.parquet.tmp"
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, rd / "selection.parquet")
+
+    def _log_round(self, r: int, metrics: dict[str, Any]) -> None:
+        rd = self.round_dir(r)
+        step = int(metrics["n_train"])
+        numeric = {k: float(v) for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n_train"}
+        self.mlflow.log_metrics(numeric, step=step)
+        for name in ("ledger.parquet", "selection.parquet", "metrics.json", "checkpoints.json",
+                     "new_examples.jsonl"):
+            if (rd / name).exists():
+                self.mlflow.log_artifact(rd / name, f"rounds/round-{r:02d}")
+        if r == 0:
+            self.mlflow.log_artifact(self.ws.run_dir / "recipe.yaml")
+        atomic_write_text(rd / "LOGGED", "")
+
+    def _print_round(self, r: int, m: dict[str, Any]) -> None:
+        if not self.ws.progress and os.environ.get("CURATOR_QUIET"):
+            return
+        print(f"[{self.spec.run_name}] round {r}: n={m['n_train']} test_acc={m['test_accuracy']:.3f} "
+              f"premem={m['premem_acc']:.3f} train_acc={m['train_accuracy']:.3f} "
+              f"memorized={m['fraction_memorized']:.2f} ({m['round_seconds']:.0f}s)", flush=True)
+
+    # ---- end of run ----------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        return {"rounds": len(self.history), "stopped_reason": self.stopped_reason,
+                "final": self.history[-1] if self.history else None,
+                "mlflow_run_id": self.mlflow.run_id if self.mlflow else None}
+
+    def log_final_artifacts(self, compare_result) -> None:
+        if self.mlflow is None:
+            return
+        for path in (compare_result.png, compare_result.table_path):
+            if path is not None and Path(path).exists():
+                self.mlflow.log_artifact(path, "compare")

@@ -1,0 +1,167 @@
+"""The tracker's lazy rules against a scripted sampler: same final PreMemAcc as full tracking."""
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from curator.data.example import Example
+from curator.data.format import PromptFormat
+from curator.data.grading import get_grader
+from curator.dynamics import metrics as M
+from curator.dynamics.tracker import DynamicsTracker, check_references, validate_premem
+from curator.errors import ConfigError, DataError
+from curator.sampling.base import SamplingParams
+
+FMT = PromptFormat()
+GRADER = get_grader("gsm8k")
+
+
+class ScriptedSampler:
+    """Returns scripted completions: sample j of example i at checkpoint m is outcome[i][m][j]."""
+
+    def __init__(self, examples, outcomes, ppl):
+        self.index = {FMT.prompt_text(e): i for i, e in enumerate(examples)}
+        self.examples, self.outcomes, self.ppl = examples, outcomes, ppl
+        self.checkpoint = None
+        self.cursor = {}
+        self.seeds = []
+
+    def at(self, m):
+        self.checkpoint, self.cursor = m, {}
+        return self
+
+    def target_logprobs(self, prompts, targets):
+        return [np.full(4, -math.log(self.ppl[self.index[p]][self.checkpoint - 1])) for p in prompts]
+
+    def generate(self, prompts, n, params):
+        self.seeds.append(params.seed)
+        out = []
+        for p in prompts:
+            i = self.index[p]
+            j = self.cursor.get(i, 0)
+            script = self.outcomes[i][self.checkpoint - 1][j: j + n]
+            assert len(script) == n, "tracker drew more than k samples"
+            self.cursor[i] = j + n
+            ans = self.examples[i].answer
+            out.append([f"so it is\n#### {ans if ok else int(ans) + 1}" for ok in script])
+        return out
+
+
+def make_examples(n):
+    return [Example.make(f"What is {i} + 1?", f"{i} + 1 = {i + 1}\n#### {i + 1}", str(i + 1), id=f"ex{i}")
+            for i in range(n)]
+
+
+def run(examples, outcomes, ppl, lazy, M_, **kw):
+    sampler = ScriptedSampler(examples, outcomes, ppl)
+    tr = DynamicsTracker(examples, FMT, GRADER, k=len(outcomes[0][0]), p=1.105, lazy=lazy,
+                         n_checkpoints=M_, **kw)
+    for m in range(1, M_ + 1):
+        tr.measure(sampler.at(m), SimpleNamespace(index=m, step=10 * m, epoch=float(m), metrics={"train_loss": 1.0 / m}))
+    return tr, tr.ledger(model="scripted"), sampler
+
+
+# the hand-worked scenario: k = 5, p = 1.105, three checkpoints
+OUT = [
+    [[1, 1, 0, 0, 0], [0, 0, 0, 1, 1], [1, 0, 1, 1, 1]],  # A: running max 2; cut short at 2; final min
+    [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1]],  # B: memorized throughout
+    [[1, 1, 1, 1, 1], [0, 0, 0, 0, 0], [1, 1, 1, 1, 0]],  # C: max reached at 1; final not memorized
+    [[0, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 1, 0, 0]],  # D: final memorized with running max 1
+]
+PPL = [[2.0, 1.5, 1.05], [1.1, 1.05, 1.01], [3.0, 2.0, 1.5], [3.0, 1.2, 1.0]]
+
+
+def test_hand_worked_lazy_scenario():
+    ex = make_examples(4)
+    tr, led, _ = run(ex, OUT, PPL, True, 3)
+    cell = led.df.set_index(["example_id", "checkpoint"])
+    expect = {  # (n_samples, n_correct, skip_reason)
+        ("ex0", 1): (5, 2, None), ("ex0", 2): (3, 0, "cannot-raise"), ("ex0", 3): (3, 2, "determined"),
+        ("ex1", 1): (0, 0, "memorized"), ("ex1", 2): (0, 0, "memorized"), ("ex1", 3): (0, 0, "determined"),
+        ("ex2", 1): (5, 5, None), ("ex2", 2): (0, 0, "max-reached"), ("ex2", 3): (5, 4, None),
+        ("ex3", 1): (5, 0, None), ("ex3", 2): (5, 1, None), ("ex3", 3): (3, 1, "determined"),
+    }
+    for key, (s, c, why) in expect.items():
+        row = cell.loc[key]
+        got = (int(row.n_samples), int(row.n_correct), None if pd.isna(row.skip_reason) else row.skip_reason)
+        assert got == (s, c, why), key
+    assert tr.samples_drawn == 34
+    np.testing.assert_allclose(M.premem_acc(led)[3].to_numpy(), [.4, 0, .8, .2])
+    assert led.meta["lazy"] is True and led.meta["k"] == 5 and led.meta["model"] == "scripted"
+    assert (led.df["train_loss"] == 1.0 / led.df["checkpoint"]).all()
+    assert cell.loc[("ex0", 1), "target_tokens"] == 4
+    assert cell.loc[("ex0", 1), "perplexity"] == pytest.approx(2.0)
+
+
+def test_full_tracking_samples_everything():
+    ex = make_examples(4)
+    tr, led, sampler = run(ex, OUT, PPL, False, 3)
+    assert tr.samples_drawn == 60 and led.is_complete
+    assert (led.df["n_samples"] == 5).all()
+    np.testing.assert_allclose(M.premem_acc(led)[3].to_numpy(), [.4, 0, .8, .2])
+    assert len(set(sampler.seeds)) == len(sampler.seeds)  # no two calls replay one random stream
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_lazy_equals_full_on_random_scenarios(seed):
+    rng = np.random.default_rng(seed)
+    N, M_, k = int(rng.integers(1, 9)), int(rng.integers(1, 6)), int(rng.integers(1, 7))
+    ex = make_examples(N)
+    # correctness probability and perplexity drift per example so memorization happens mid-run
+    outcomes = [[list((rng.random(k) < rng.random()).astype(int)) for _ in range(M_)] for _ in range(N)]
+    ppl = [list(np.sort(1 + rng.exponential(0.3, M_))[::-1]) if rng.random() < .7
+           else list(1 + rng.exponential(0.3, M_)) for _ in range(N)]
+    full_tr, full, _ = run(ex, outcomes, ppl, False, M_)
+    lazy_tr, lazy, _ = run(ex, outcomes, ppl, True, M_)
+    every_tr, every, _ = run(ex, outcomes, ppl, True, M_, exact_every_checkpoint=True)
+    pf, pl, pe = M.premem_acc(full), M.premem_acc(lazy), M.premem_acc(every)
+    # final checkpoint: identical, and determined for every example
+    assert not pl[M_].isna().any()
+    np.testing.assert_array_equal(pl[M_].to_numpy(), pf[M_].to_numpy())
+    # exact_every_checkpoint: identical at every checkpoint
+    np.testing.assert_array_equal(pe.to_numpy(), pf.to_numpy())
+    # intermediate lazy values: determined ones equal full, bounds always contain the full value
+    lo, hi = M.premem_bounds(lazy)
+    assert ((lo <= pf + 1e-12) & (pf <= hi + 1e-12)).all().all()
+    det = pl.notna()
+    np.testing.assert_array_equal(pl[det].to_numpy()[det.to_numpy()], pf.to_numpy()[det.to_numpy()])
+    assert lazy_tr.samples_drawn <= every_tr.samples_drawn <= full_tr.samples_drawn
+    # a skipped cell always says why, and only skipped cells have fewer than k samples
+    short = lazy.df["n_samples"] < k
+    assert (lazy.df.loc[short, "skip_reason"].notna()).all()
+    assert lazy.df.loc[~short, "skip_reason"].isna().all()
+
+
+def test_bad_settings():
+    ex = make_examples(2)
+    with pytest.raises(ConfigError) as e:
+        DynamicsTracker([], FMT, GRADER, k=0, p=1.0, lazy=True)
+    msg = str(e.value)
+    assert "4 problems" in msg and "empty" in msg and "k" in msg and "p must be" in msg and "n_checkpoints" in msg
+    tr = DynamicsTracker(ex, FMT, GRADER, k=2, lazy=False)
+    s = ScriptedSampler(ex, [[[1, 1]] * 2] * 2, [[2.0, 2.0]] * 2)
+    tr.measure(s.at(2), SimpleNamespace(index=2, step=2, epoch=2.0))
+    with pytest.raises(ConfigError, match="increasing order"):
+        tr.measure(s.at(1), SimpleNamespace(index=1, step=1, epoch=1.0))
+    with pytest.raises(DataError, match="duplicate ids"):
+        DynamicsTracker(ex + ex[:1], FMT, GRADER, lazy=False)
+
+
+def test_reference_check_and_validation():
+    ex = make_examples(3)
+    bad = ex + [Example.make("q", "2 + 2 = 4\n#### 5", "4", id="wrong")]
+    assert check_references(ex, GRADER, FMT) == 0
+    with pytest.raises(DataError, match="1 of 4 reference solutions do not grade"):
+        check_references(bad, GRADER, FMT)
+    assert check_references(bad, GRADER, FMT, allow_bad_references=True) == 1
+    from curator.training.settings import TrainSettings
+
+    assert validate_premem(ex, GRADER, fmt=FMT, train_settings=TrainSettings(epochs=2), k=5, p=1.1) == 2
+    with pytest.raises(ConfigError, match="produces no checkpoint"):
+        validate_premem(ex, GRADER, fmt=FMT, train_settings=TrainSettings(epochs=1, checkpoint_every=50),
+                        k=5, p=1.1)
+    with pytest.raises(ConfigError, match="empty"):
+        validate_premem([], GRADER, fmt=FMT, train_settings=TrainSettings(), k=5, p=1.1)
