@@ -1,0 +1,63 @@
+"""curator: active data curation for finetuning LLMs on reasoning tasks.
+
+The public API, importable from the top level without paying for torch/transformers/mlflow until
+a name is first used::
+
+    from curator import load_recipe, run_recipe, load_examples, premem_acc
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    # data
+    "Example": "curator.data.example",
+    "PromptFormat": "curator.data.format",
+    "load_examples": "curator.data.loaders",
+    "get_grader": "curator.data.grading",
+    "SyntheticTask": "curator.data.synthetic",
+    # models, sampling, training
+    "load_model": "curator.models",
+    "LoraSettings": "curator.models.lora",
+    "SamplingParams": "curator.sampling.base",
+    "make_sampler": "curator.sampling",
+    "TrainSettings": "curator.training.settings",
+    "finetune": "curator.training",
+    # dynamics
+    "Ledger": "curator.dynamics.ledger",
+    "read_ledger": "curator.dynamics.ledger",
+    "premem_acc": "curator.dynamics.metrics",
+    "dataset_premem": "curator.dynamics.metrics",
+    "DynamicsTracker": "curator.dynamics.tracker",
+    "track_premem": "curator.dynamics.tracker",
+    # strategies
+    "Strategy": "curator.strategy",
+    "SelectionContext": "curator.strategy",
+    "strategies": "curator.strategy",
+    "top_k": "curator.strategy",
+    # loop, recipes, tracking
+    "Recipe": "curator.recipes",
+    "load_recipe": "curator.recipes",
+    "run_recipe": "curator.run",
+    "compare_run_dir": "curator.tracking.compare",
+    "compare_mlflow": "curator.tracking.compare",
+    "CuratorError": "curator.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'curator' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

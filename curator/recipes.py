@@ -314,3 +314,41 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     if recipe.dynamics.backend == "vllm":
         notes.append("dynamics.backend=vllm: needs the 'vllm' extra and a GPU at run time")
     return notes
+
+
+def reference_markdown() -> str:
+    """The recipe key reference (docs/RECIPES.md is generated from this; a test keeps them in sync)."""
+    import dataclasses
+    import typing
+
+    from curator.config import describe
+
+    out = ["# Recipe reference", "",
+           "Generated from the settings dataclasses by `python -m curator.recipes > docs/RECIPES.md`.",
+           "Every key is optional; the defaults are shown. Override any key on the command line with",
+           "`--set section.key=value` (values are parsed as YAML). `strategies` is a list of",
+           "`{name, params, label}`; see `curate strategies` for each strategy's parameters.", ""]
+    hints = typing.get_type_hints(Recipe)
+    top = []
+    sections = []
+    for f in dataclasses.fields(Recipe):
+        tp = hints[f.name]
+        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        cls = tp if dataclasses.is_dataclass(tp) else (inner[0] if inner else None)
+        if cls is None or f.name == "strategies":
+            top.append(f)
+        else:
+            sections.append((f.name, cls, f.metadata.get("help", "")))
+    out += ["## Top level", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+    for name, typ, default, help_ in describe(Recipe):
+        if name in {f.name for f in top}:
+            out.append(f"| `{name}` | {typ} | `{default}` | {help_} |")
+    for name, cls, help_ in sections:
+        out += ["", f"## `{name}` — {help_}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for key, typ, default, h in describe(cls):
+            out.append(f"| `{key}` | {typ} | `{default}` | {h} |".replace("\n", " "))
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

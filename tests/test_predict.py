@@ -274,7 +274,8 @@ def test_too_few_points():
     run.checkpoints.loc[run.checkpoints["checkpoint"] == 1, "test_accuracy"] = np.nan
     with pytest.raises(CuratorError, match="only 2 .* point"):
         predict([run])
-    rep = predict(planted_runs()[:2] + [run], p=1.2, p_grid=[1.1])
+    run.name = "short"
+    rep = predict(planted_runs()[1:] + [run], p=1.2, p_grid=[1.1])
     assert any("checkpoint(s) [1] have no test accuracy" in e for e in rep.exclusions)
     assert rep.result("premem").fit.n == 8
 

@@ -100,3 +100,10 @@ def test_resolved_recipe_round_trips():
     r = load_recipe(None, ["loop.rounds=2"])
     again = recipe_from_dict(__import__("yaml").safe_load(r.to_yaml()))
     assert again == r
+
+
+def test_docs_reference_is_in_sync():
+    from curator.recipes import reference_markdown
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "RECIPES.md"
+    assert doc.read_text() == reference_markdown(), "regenerate: python -m curator.recipes > docs/RECIPES.md"

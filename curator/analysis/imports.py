@@ -138,7 +138,7 @@ def import_arrays(source: str | Path | Mapping[str, Any], *, k: int | None = Non
         frac = np.abs(n_correct - np.round(n_correct))
         if (frac > 1e-6).any():
             i, j = np.argwhere(frac > 1e-6)[0]
-            raise DataError(f"{where}: acc * n_samples is not a whole number at example {ids[i]!r}, "
+            raise DataError(f"{where}: acc * n_samples is not a whole number at example {str(ids[i])!r}, "
                             f"checkpoint {j + 1} (acc={main[i, j]}, samples={n_samples[i, j]:g}); "
                             "is k right?")
         n_correct = np.round(n_correct)
@@ -236,7 +236,7 @@ def import_long(source: str | Path | pd.DataFrame, *, k: int | None = None, p: f
     if dup.any():
         first = df.loc[dup, ["example_id", "checkpoint"]].iloc[0].tolist()
         raise DataError(f"{where}: {int(dup.sum())} duplicate (example_id, checkpoint) row(s), e.g. {first}")
-    cks = sorted(df["checkpoint"].unique())
+    cks = sorted(int(c) for c in df["checkpoint"].unique())
     if cks != list(range(1, len(cks) + 1)):
         raise DataError(f"{where}: checkpoints must be numbered 1..M in training order, found {cks[:10]}; "
                         "put training steps in a 'step' column")

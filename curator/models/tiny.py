@@ -1,0 +1,67 @@
+"""A tiny random-initialised Llama-shaped model with a character-level tokenizer, built in-process.
+
+For unit tests and smoke runs: no download, no files, deterministic for a seed, loads in tens of
+milliseconds. It generates gibberish, but exercises exactly the code paths a real model does
+(LlamaForCausalLM, a fast tokenizer with BOS/EOS/PAD and a chat template, KV cache, LoRA targets).
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+
+# one token per printable ASCII character plus newline and tab; anything else maps to <unk>
+CHARS = list(string.printable[:95]) + ["\n", "\t"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def tiny_tokenizer() -> Any:
+    """Character-level PreTrainedTokenizerFast: BOS prepended, no EOS appended, PAD id 0."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [PAD, BOS, EOS, UNK]
+    vocab = {tok: i for i, tok in enumerate(specials + CHARS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    # every character is its own pre-token ([\s\S] also matches newlines, unlike ".")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()  # characters join without spaces
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                   unk_token=UNK, padding_side="left", model_max_length=4096)
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_model(seed: int = 0, *, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
+               init_std: float = 0.1, tokenizer: Any = None) -> Any:
+    """A random-init LlamaForCausalLM sized for the tiny tokenizer; same seed -> same weights.
+
+    ``init_std`` is larger than Llama's 0.02 so that next-token distributions are peaked rather
+    than near-uniform: greedy decoding then has clear winners and is stable under batching noise.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer or tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        max_position_embeddings=4096, initializer_range=init_std, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    # a private RNG stream: building the model must not move the caller's global torch RNG
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model.eval()
