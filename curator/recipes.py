@@ -133,7 +133,7 @@ class LoopSettings:
         if any(b < 1 for b in budgets):
             problems.append(f"loop.budget must be >= 1 per round, got {self.budget}")
         if isinstance(self.budget, list) and len(self.budget) < self.rounds - 1:
-            problems.append(f"loop.budget lists {len(self.budget)} budgets but {self.rounds} rounds need "
+            problems.append(f"loop.budget lists {len(self.budget)} budget(s) but {self.rounds} rounds need "
                             f"{self.rounds - 1}; give one number or one per selection")
         if problems:
             raise ConfigError(problems)
@@ -328,6 +328,12 @@ def reference_markdown() -> str:
            "Every key is optional; the defaults are shown. Override any key on the command line with",
            "`--set section.key=value` (values are parsed as YAML). `strategies` is a list of",
            "`{name, params, label}`; see `curate strategies` for each strategy's parameters.", ""]
+    def cell(v):
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    def yaml_value(v):
+        return yaml.safe_dump(v, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
     hints = typing.get_type_hints(Recipe)
     top = []
     sections = []
@@ -342,11 +348,11 @@ def reference_markdown() -> str:
     out += ["## Top level", "", "| key | type | default | meaning |", "|---|---|---|---|"]
     for name, typ, default, help_ in describe(Recipe):
         if name in {f.name for f in top}:
-            out.append(f"| `{name}` | {typ} | `{default}` | {help_} |")
+            out.append(f"| `{name}` | {cell(typ)} | `{cell(yaml_value(default))}` | {cell(help_)} |")
     for name, cls, help_ in sections:
         out += ["", f"## `{name}` — {help_}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         for key, typ, default, h in describe(cls):
-            out.append(f"| `{key}` | {typ} | `{default}` | {h} |".replace("\n", " "))
+            out.append(f"| `{key}` | {cell(typ)} | `{cell(yaml_value(default))}` | {cell(h)} |")
     return "\n".join(out) + "\n"
 
 

@@ -26,6 +26,7 @@ class _Table:
 
     def __init__(self):
         self.blocks: list[Any] = []
+        self.block_ids: list[list[str]] = []
         self.where: dict[str, tuple[int, int]] = {}
 
     def missing(self, ids: Sequence[str]) -> list[int]:
@@ -35,20 +36,21 @@ class _Table:
     def put(self, ids: Sequence[str], values: Any) -> None:
         b = len(self.blocks)
         self.blocks.append(values)
+        self.block_ids.append(list(ids))
         self.where.update((x, (b, r)) for r, x in enumerate(ids))
 
     def get_array(self, ids: Sequence[str]) -> np.ndarray:
         if not ids:
             first = self.blocks[0] if self.blocks else np.zeros((0,), np.float32)
             return np.zeros((0,) + np.shape(first)[1:], dtype=np.asarray(first).dtype)
-        loc = np.array([self.where[x] for x in ids], dtype=np.int64)
-        b0, r0 = loc[0]
-        if (loc[:, 0] == b0).all() and (loc[:, 1] == np.arange(r0, r0 + len(ids))).all():
+        b0, r0 = self.where[ids[0]]
+        if self.block_ids[b0][r0:r0 + len(ids)] == list(ids):
             # the common case (the pool asked for in the order it was stored): a view, no copy —
             # a 1M x 384 float32 pool is 1.5 GB
             view = self.blocks[b0][r0:r0 + len(ids)]
             view.flags.writeable = False
             return view
+        loc = np.array([self.where[x] for x in ids], dtype=np.int64)
         out = np.empty((len(ids),) + self.blocks[b0].shape[1:], dtype=self.blocks[b0].dtype)
         for b in np.unique(loc[:, 0]):
             sel = loc[:, 0] == b

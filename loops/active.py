@@ -123,11 +123,20 @@ class ActiveLoop:
             model.load_state_dict(self._model_state, strict=False)
         return model
 
+    def _sampler(self, model):
+        """A sampler over the live model: hf wraps it in place; vllm gets it saved to a directory."""
+        import dataclasses
+
+        from curator.sampling import HFSampler, make_sampler
+
+        dyn = self.recipe.dynamics
+        if dyn.backend == "hf":
+            return HFSampler(model, self.ws.base.tokenizer, batch_size=dyn.batch_size)
+        return make_sampler(dyn.backend, dataclasses.replace(self.ws.base, model=model))
+
     def _train_and_measure(self, r: int, train: list[Example]):
-        from curator.data.format import PromptFormat  # noqa: F401  (type of recipe.format)
         from curator.dynamics import DynamicsTracker
         from curator.evaluation import evaluate_accuracy
-        from curator.sampling import make_sampler
         from curator.sampling.base import SamplingParams
         from curator.training import finetune
 
@@ -143,8 +152,7 @@ class ActiveLoop:
         ckpt_metrics: list[dict] = []
 
         def on_checkpoint(m, info):
-            sampler = make_sampler(dyn.backend, m, tok, batch_size=dyn.batch_size)
-            tracker.measure(sampler, info)
+            tracker.measure(self._sampler(m), info)
             ckpt_metrics.append({"checkpoint": info.index, "step": info.step, "epoch": info.epoch,
                                  **{k: float(v) for k, v in (info.metrics or {}).items()}})
 
@@ -156,7 +164,7 @@ class ActiveLoop:
         test_acc = float("nan")
         if self.ws.test:
             ev = rec.evaluation
-            sampler = make_sampler(dyn.backend, model, tok, batch_size=dyn.batch_size)
+            sampler = self._sampler(model)
             eparams = SamplingParams(temperature=ev.temperature, top_p=1.0 if ev.temperature == 0 else dyn.top_p,
                                      max_new_tokens=ev.max_new_tokens, stop=rec.format.stop, seed=rec.seed)
             test_acc = evaluate_accuracy(sampler, self.ws.test, rec.format, self.ws.grader, eparams,
@@ -165,19 +173,18 @@ class ActiveLoop:
                 "train_seconds": t_train, "signals": None}
 
     def _signals(self, entry):
-        from curator.sampling import make_sampler
         from curator.sampling.base import SamplingParams
         from curator.signals import Signals
 
         if entry["signals"] is None:
             rec = self.recipe
-            tok = self.ws.base.tokenizer
             dyn = rec.dynamics
-            sampler = make_sampler(dyn.backend, entry["model"], tok, batch_size=dyn.batch_size)
             params = SamplingParams(temperature=dyn.temperature, top_p=dyn.top_p,
                                     max_new_tokens=dyn.max_new_tokens, stop=rec.format.stop, seed=rec.seed)
-            entry["signals"] = Signals(model=entry["model"], tokenizer=tok, sampler=sampler, fmt=rec.format,
-                                       grader=self.ws.grader, params=params)
+            entry["signals"] = Signals(model=entry["model"], tokenizer=self.ws.base.tokenizer,
+                                       sampler=self._sampler(entry["model"]), grader=self.ws.grader,
+                                       fmt=rec.format, sampling=params, n_answers=dyn.samples,
+                                       batch_size=dyn.batch_size, max_length=rec.training.max_length)
         return entry["signals"]
 
     def run_round(self, r: int) -> None:
@@ -205,7 +212,7 @@ class ActiveLoop:
             "round": r, "n_train": len(train),
             "test_accuracy": entry["test_accuracy"],
             "premem_acc": float(last["premem_acc"]),
-            "train_accuracy": float(last["train_accuracy"]),
+            "train_accuracy": float(last["train_acc"]),
             "fraction_memorized": float(last["fraction_memorized"]),
             "train_loss": float(entry["checkpoints"][-1].get("train_loss", float("nan"))) if entry["checkpoints"] else float("nan"),
             "train_seconds": entry["train_seconds"],

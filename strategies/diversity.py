@@ -55,8 +55,6 @@ def kcenter_greedy(X: np.ndarray, k: int, centers: np.ndarray | None = None, *, 
         distance to the covered set when it was picked, and of any other row an upper bound on
         its distance to the final covered set.
     """
-    import faiss
-
     X = np.asarray(X, dtype=np.float32)
     N = len(X)
     k = min(int(k), N)
@@ -95,6 +93,7 @@ def kcenter_greedy(X: np.ndarray, k: int, centers: np.ndarray | None = None, *, 
                 ub[stale] = np.minimum(ub[stale], min_sq_dist(X[stale], C[lo:nC]))
                 applied[stale] = nC
             XF = X[F]
+            sqF = np.einsum("ij,ij->i", XF, XF)
             dF = ub[F]
         j = int(np.argmax(dF))
         if dF[j] < 0 or (dF[j] < slack * rest_max):
@@ -109,8 +108,10 @@ def kcenter_greedy(X: np.ndarray, k: int, centers: np.ndarray | None = None, *, 
         C[nC] = c
         nC += 1
         # the new center only shrinks distances; bring the front up to date with it
-        d2 = ((XF - c) ** 2).sum(1) if M <= 64 else faiss.pairwise_distances(XF, c[None, :])[:, 0]
-        np.minimum(dF, d2, out=dF)
+        # a small matrix-vector product per pick: single-threaded einsum, because a BLAS thread
+        # pool woken 10,000 times costs more than the product itself on a busy machine
+        d2 = sqF - 2.0 * np.einsum("ij,j->i", XF, c) + float(np.einsum("i,i->", c, c))
+        np.minimum(dF, np.maximum(d2, 0.0), out=dF)
         dF[j] = -1.0
         ub[F] = dF
         applied[F] = nC

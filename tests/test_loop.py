@@ -22,7 +22,7 @@ TINY = {
     "model": {"name": "tiny-random", "lora": None},
     "data": {"pool": "synthetic:easy?n=40&seed=1", "test": "synthetic:easy?n=6&seed=2",
              "seed_size": 6, "grader": "gsm8k"},
-    "training": {"epochs": 2, "learning_rate": 0.003, "batch_size": 4, "max_length": 160},
+    "training": {"epochs": 2, "learning_rate": 0.003, "batch_size": 4, "max_length": 512},
     "dynamics": {"samples": 2, "max_new_tokens": 12, "batch_size": 16},
     "evaluation": {"max_new_tokens": 12},
     "loop": {"rounds": 2, "budget": 4},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -301,3 +302,142 @@ def test_checkpoint_table_json(tmp_path):
     (tmp_path / "r" / "checkpoints.json").write_text(json.dumps({"checkpoints": recs}))
     back = load_run(tmp_path / "r")
     np.testing.assert_allclose(back.checkpoints["test_accuracy"], run.checkpoints["test_accuracy"])
+
+
+# ----------------------------------------------------------------------------- sweep plumbing
+
+
+class _FakeSampler:
+    """Real target log-probs from the model being trained; scripted, seeded answers."""
+
+    def __init__(self, model, tok):
+        self.model, self.tok = model, tok
+
+    def target_logprobs(self, prompts, targets):
+        import torch
+
+        from curator.data.format import encode_pair
+
+        out = []
+        for p, t in zip(prompts, targets):
+            pi, ti = encode_pair(self.tok, p, t)
+            ids = torch.tensor([pi + ti])
+            with torch.no_grad():
+                lp = torch.log_softmax(self.model(ids).logits[0, :-1].float(), -1)
+            out.append(lp[len(pi) - 1:, :].gather(1, ids[0, len(pi):, None])[:, 0].numpy())
+        return out
+
+    def generate(self, prompts, n, params):
+        import zlib
+
+        outs = []
+        for p in prompts:
+            nums = re.findall(r"\d+", p)
+            ans = sum(int(x) for x in nums)  # the tests' questions are "what is a + b"
+            # answers change as the weights do, so test accuracy moves between checkpoints
+            w = float(sum(q.detach().double().sum() for q in self.model.parameters() if q.requires_grad))
+            h = zlib.crc32(f"{p}|{params.seed}|{w:.6f}".encode())
+            outs.append([f" so #### {ans if (h >> j) % 3 else ans + 1}" for j in range(n)])
+        return outs
+
+
+@pytest.mark.slow  # loads and trains a tiny model (~10 s on an idle CPU)
+def test_run_sweep_writes_runs_and_resumes(tmp_path):
+    from curator.analysis.sweep import run_sweep
+    from curator.data.example import Example
+    from curator.data.format import PromptFormat
+    from curator.data.grading import get_grader
+    from curator.models.tiny import tiny_model, tiny_tokenizer
+    from curator.sampling.base import SamplingParams
+    from curator.training.settings import TrainSettings
+
+    class Base:
+        tokenizer = tiny_tokenizer()
+        model = tiny_model(0, tokenizer=tokenizer)
+        spec = "tiny-random"
+
+    def ex(i):
+        return Example.make(f"what is {i} + {i + 1}", f"{i} + {i + 1} = {2 * i + 1}\n#### {2 * i + 1}",
+                            str(2 * i + 1))
+
+    train, test = [ex(i) for i in range(6)], [ex(i) for i in range(50, 56)]
+    logs = []
+    kw = dict(fmt=PromptFormat(), grader=get_grader("gsm8k"),
+              train_settings=TrainSettings(batch_size=3, max_length=64, lr_scheduler="linear"),
+              learning_rates=[1e-3, 1e-2], epochs=[1, 2], out_dir=tmp_path, k=2,
+              params=SamplingParams(max_new_tokens=8), p=1.5, progress=False,
+              sampler_factory=_FakeSampler, echo=logs.append, p_grid=[1.2, 1.5])
+    res = run_sweep(Base, train, test, **kw)
+    assert [d.name for d in res.run_dirs] == ["lr0.001-ep1", "lr0.01-ep1", "lr0.001-ep2", "lr0.01-ep2"]
+    tab = pd.read_csv(tmp_path / "lr0.01-ep2" / "checkpoints.csv")
+    assert tab["checkpoint"].tolist() == [1, 2] and tab["step"].tolist() == [2, 4]
+    for col in ("test_accuracy", "train_loss", "grad_variance", "dist_from_init"):
+        assert tab[col].notna().all(), col
+    assert (tab["dist_from_init"] > 0).all()
+    conf = pd.read_parquet(tmp_path / "lr0.01-ep2" / "confidences.parquet")
+    assert len(conf) == 2 * (6 + 6) and set(conf["split"]) == {"train", "test"}
+    assert res.report.table.shape[0] == 1 + 1 + 2 + 2
+    assert res.report.result("atc").fit is not None or res.report.result("atc").note
+    assert (tmp_path / "predict" / "report.md").exists()
+    # a rerun skips every finished configuration
+    logs.clear()
+    run_sweep(Base, train, test, **kw)
+    assert sum("already done" in m for m in logs) == 4
+
+
+def test_cli_predict(tmp_path):
+    from click.testing import CliRunner
+
+    from curator.cli.main import cli
+
+    for r in planted_runs():
+        write_run(r, tmp_path / "sweep" / r.name)
+    res = CliRunner().invoke(cli, ["predict", "--sweep", str(tmp_path / "sweep"), "--p", "1.2",
+                                   "--p-grid", "1.02,1.1", "--out", str(tmp_path / "out"), "--n-boot", "200"])
+    assert res.exit_code == 0, res.output
+    assert "PreMemAcc (p=1.2)  R² 1.000  n=9" in res.output
+    assert (tmp_path / "out" / "report.md").exists() and (tmp_path / "out" / "p_sweep.png").exists()
+    # bad input is one line and exit code 2 through `main`
+    import subprocess
+    import sys
+
+    bad = tmp_path / "sweep" / "lr0" / "checkpoints.csv"
+    pd.read_csv(bad).iloc[:2].to_csv(bad, index=False)
+    proc = subprocess.run([sys.executable, "-m", "curator.cli.main", "predict", "--sweep", str(tmp_path / "sweep")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: run 'lr0'") and "[3] are in the ledger" in proc.stderr
+
+
+def test_sweep_recipes_validate():
+    from curator.recipes import load_recipe
+
+    for name in ("sweep-cpu", "sweep-gpu"):
+        r = load_recipe(name)
+        assert r.sweep.learning_rates and r.sweep.epochs and r.dynamics.lazy is False
+
+
+@pytest.mark.slow  # MLflow's sqlite store takes ~10 s to set up
+def test_runs_from_mlflow(tmp_path):
+    mlflow = pytest.importorskip("mlflow")
+    from curator.analysis.predict import runs_from_mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("sweep", artifact_location=str(tmp_path / "artifacts"))
+    ids = []
+    for r in planted_runs():
+        d = write_run(r, tmp_path / "local" / r.name)
+        run = client.create_run(exp, run_name=r.name)
+        client.log_artifacts(run.info.run_id, str(d), artifact_path="run")
+        client.set_terminated(run.info.run_id)
+        ids.append(run.info.run_id)
+    other = client.create_run(exp, run_name="not-a-sweep-run")  # no ledger: skipped by experiment
+    client.set_terminated(other.info.run_id)
+    runs = runs_from_mlflow(experiment="sweep", tracking_uri=uri, artifact_path="run")
+    assert sorted(r.name for r in runs) == ["lr0", "lr1", "lr2"]
+    assert predict(runs, p=1.2, p_grid=[1.1]).result("premem").fit.r2 == pytest.approx(1.0)
+    with pytest.raises(CuratorError, match="holds no ledger.parquet|cannot download"):
+        runs_from_mlflow(run_ids=[other.info.run_id], tracking_uri=uri, artifact_path="run")
+    with pytest.raises(CuratorError, match="experiment 'nope' not found"):
+        runs_from_mlflow(experiment="nope", tracking_uri=uri)

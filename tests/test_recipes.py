@@ -76,7 +76,7 @@ def test_unknown_recipe_name_suggests():
 def test_budget_schedule():
     r = recipe_from_dict({"loop": {"rounds": 3, "budget": [8, 16]}})
     assert [r.loop.budget_for(i) for i in range(2)] == [8, 16]
-    with pytest.raises(ConfigError, match="needs 2"):
+    with pytest.raises(ConfigError, match="3 rounds need 2"):
         recipe_from_dict({"loop": {"rounds": 3, "budget": [8]}})
 
 

@@ -165,3 +165,50 @@ def test_reference_check_and_validation():
                         k=5, p=1.1)
     with pytest.raises(ConfigError, match="empty"):
         validate_premem([], GRADER, fmt=FMT, train_settings=TrainSettings(), k=5, p=1.1)
+
+
+def tiny_examples():
+    pairs = [(1, 2), (3, 4), (2, 2), (5, 1), (6, 3), (7, 1)]
+    return [Example.make(f"{a}+{b}?", f"{a}+{b}={a + b}\n#### {a + b}", str(a + b), id=f"e{a}{b}")
+            for a, b in pairs]
+
+
+@pytest.mark.slow
+def test_end_to_end_tiny_model_lazy_equals_full(tmp_path):
+    """Real training, real HFSampler: greedy sampling makes every pass see the same completions."""
+    from curator.dynamics.ledger import read_ledger
+    from curator.models import load_model
+    from curator.sampling.hf import HFSampler
+    from curator.training import TrainSettings, finetune
+
+    lm = load_model("tiny-random")
+    ex = tiny_examples()
+    st = TrainSettings(epochs=6, learning_rate=3e-3, batch_size=2, seed=0)
+    n = st.n_checkpoints(len(ex))
+    sp = SamplingParams(temperature=0.0, max_new_tokens=24, stop=FMT.stop)
+    kw = dict(k=3, params=sp, p=1.3, n_checkpoints=n, tokenizer=lm.tokenizer)
+    full = DynamicsTracker(ex, FMT, GRADER, lazy=False, **kw)
+    lazy = DynamicsTracker(ex, FMT, GRADER, lazy=True, **kw)
+
+    def measure(model, info):
+        s = HFSampler(model, lm.tokenizer, batch_size=32)
+        full.measure(s, info)
+        lazy.measure(s, info)
+
+    finetune(lm.model, lm.tokenizer, ex, FMT, st, on_checkpoint=measure, progress=False)
+    lf, ll = full.ledger(model="tiny-random"), lazy.ledger(model="tiny-random")
+    # training works: perplexity falls and the model learns to answer
+    ppl = M.summary(lf)["mean_perplexity"]
+    assert ppl.iloc[-1] < ppl.iloc[0] / 3
+    assert M.train_accuracy(lf).iloc[-1] > 0
+    np.testing.assert_array_equal(M.premem_acc(ll)[n].to_numpy(), M.premem_acc(lf)[n].to_numpy())
+    assert lazy.samples_drawn < full.samples_drawn == 3 * len(ex) * n
+    # the perplexity in the ledger is exp of the mean NLL over every target token
+    tok = lm.tokenizer
+    row = lf.df.iloc[-1]
+    target = FMT.target_text(ex[-1])
+    assert row.target_tokens == len(tok(target, add_special_tokens=False)["input_ids"])
+    path = ll.to_parquet(tmp_path / "ledger.parquet")
+    back = read_ledger(path)
+    assert back.meta["lazy"] is True and back.meta["sampling"]["temperature"] == 0.0
+    assert (back.df["skip_reason"].notna()).sum() > 0

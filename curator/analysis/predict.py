@@ -491,9 +491,12 @@ class PredictionReport:
                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for _, row in self.ranking().iterrows():
             rank = "–" if pd.isna(row["rank"]) else str(int(row["rank"]))
+            def ci(lo: float, hi: float, fmt: str = ".3f") -> str:
+                return "–" if math.isnan(lo) else f"[{num(lo, fmt)}, {num(hi, fmt)}]"
+
             lines.append(
-                f"| {rank} | {row['label']} | {num(row['r2'])} | [{num(row['r2_lo'])}, {num(row['r2_hi'])}] "
-                f"| {num(row['slope'], '.4g')} | [{num(row['slope_lo'], '.4g')}, {num(row['slope_hi'], '.4g')}] "
+                f"| {rank} | {row['label']} | {num(row['r2'])} | {ci(row['r2_lo'], row['r2_hi'])} "
+                f"| {num(row['slope'], '.4g')} | {ci(row['slope_lo'], row['slope_hi'], '.4g')} "
                 f"| {num(row['intercept'], '.4g')} | {int(row['n'])} | {row['note']} |")
         lines += ["", f"## R² of PreMemAcc against test accuracy, by threshold p", "",
                   "| p | R² | slope | n | note |", "| --- | --- | --- | --- | --- |"]
@@ -517,7 +520,8 @@ def _fit_metric(table: pd.DataFrame, metric: str, n_boot: int, seed: int) -> tup
     try:
         fit = linear_fit(x, y, n_boot=n_boot, seed=seed, what=METRICS.get(metric, metric))
     except CuratorError as e:
-        return None, str(e).split(": ", 1)[-1]
+        note = str(e).split(": ", 1)[-1]
+        return None, note.replace("x is constant", "constant").replace("y is constant", "test accuracy is constant")
     missing_x = np.isnan(x) & ~np.isnan(y)
     note = ""
     if missing_x.any():
@@ -775,10 +779,12 @@ def runs_from_mlflow(run_ids: Iterable[str] | None = None, experiment: str | Non
             local = mlflow.artifacts.download_artifacts(run_id=rid, artifact_path=artifact_path or None,
                                                         dst_path=str(tmp / rid), tracking_uri=tracking_uri)
         except Exception as e:  # noqa: BLE001 - MLflow raises many types; the message is what matters
+            if experiment is not None and not run_ids:
+                continue  # experiments also hold runs of other kinds; skip those
             raise CuratorError(f"MLflow run {rid}: cannot download artifacts '{artifact_path}' ({e})") from e
         if not (Path(local) / "ledger.parquet").exists():
             if experiment is not None and not run_ids:
-                continue  # experiments also hold runs of other kinds; skip those
+                continue
             raise CuratorError(f"MLflow run {rid}: artifacts '{artifact_path or '/'}' hold no ledger.parquet")
         run = load_run(local, name=names.get(rid) or client.get_run(rid).info.run_name or rid)
         run.source = f"mlflow:{rid}"

@@ -434,7 +434,7 @@ class GradeReport:
     grader: str
     n: int
     n_correct: int
-    failing: list[str] = field(default_factory=list)
+    failing_ids: list[str] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -442,9 +442,9 @@ class GradeReport:
 
     def __str__(self) -> str:
         text = f"reference grading ({self.grader}): {self.n_correct}/{self.n} correct ({100 * self.rate:.1f}%)"
-        if self.failing:
-            more = f" (+{len(self.failing) - 5} more)" if len(self.failing) > 5 else ""
-            text += f"; failing ids: {', '.join(self.failing[:5])}{more}"
+        if self.failing_ids:
+            more = f" (+{len(self.failing_ids) - 5} more)" if len(self.failing_ids) > 5 else ""
+            text += f"; failing ids: {', '.join(self.failing_ids[:5])}{more}"
         return text
 
 
@@ -459,4 +459,4 @@ def grade_references(examples: Iterable, grader: "str | Grader" = "auto") -> Gra
             n_correct += 1
         else:
             failing.append(ex.id)
-    return GradeReport(grader=g.name, n=n, n_correct=n_correct, failing=failing)
+    return GradeReport(grader=g.name, n=n, n_correct=n_correct, failing_ids=failing)

@@ -16,7 +16,7 @@ construction), and ``similar`` re-realises the same skill and shape with fresh n
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 from curator.data.example import Example
@@ -47,10 +47,10 @@ _GOODS = [("pen", "pens"), ("notebook", "notebooks"), ("apple", "apples"), ("sti
 # subject, definite reference, works-verb, verb (3rd person), base verb, past participle, noun,
 # period (singular, plural)
 _RATE_CONTEXTS = [
-    ("A machine", "the machine", "runs", "makes", "make", "made", "toys", "hour", "hours"),
-    ("A printer", "the printer", "runs", "prints", "print", "printed", "pages", "minute", "minutes"),
-    ("A bus", "the bus", "drives", "travels", "travel", "traveled", "kilometers", "hour", "hours"),
-    ("A pump", "the pump", "runs", "moves", "move", "moved", "liters", "minute", "minutes"),
+    ("a machine", "the machine", "runs", "makes", "make", "made", "toys", "hour", "hours"),
+    ("a printer", "the printer", "runs", "prints", "print", "printed", "pages", "minute", "minutes"),
+    ("a bus", "the bus", "drives", "travels", "travel", "traveled", "kilometers", "hour", "hours"),
+    ("a pump", "the pump", "runs", "moves", "move", "moved", "liters", "minute", "minutes"),
     (None, None, "reads", "reads", "read", "read", "pages", "day", "days"),
     (None, None, "bakes", "bakes", "bake", "baked", "loaves", "day", "days"),
 ]
@@ -78,10 +78,12 @@ _GROUP_CONTEXTS = [
     ("sells", "sell", "tickets", "ticket"), ("folds", "fold", "paper cranes", "paper crane"),
 ]
 
+# irrelevant facts with numbers (the numbers must read naturally at any magnitude)
 _DISTRACTORS = [
-    "{d} is {n} years old.", "{d} lives {n} miles away.", "The shop has {n} windows.",
-    "{d} has {n} cousins.", "There are {n} trees on the street.", "{d}'s dog weighs {n} pounds.",
-    "The bus ride takes {n} minutes.", "{d} owns {n} pairs of shoes.",
+    "{d} walked {n} steps this morning.", "{d} lives {n} meters from the park.",
+    "The school has {n} students.", "{d} has {n} photos on a phone.",
+    "There are {n} houses on the street.", "{d} read {n} pages last month.",
+    "The bus ride takes {n} seconds longer on Fridays.", "{d}'s town has {n} lamp posts.",
 ]
 
 _ORDINAL_DIV = {2: "half", 3: "a third", 4: "a quarter"}
@@ -154,7 +156,7 @@ class _Trace:
     def __init__(self, rng: random.Random):
         self.rng, self.lines, self.exprs, self.done = rng, [], [], {}
 
-    def line(self, node: _Q | None, expr: str, value: int, unit: str = "") -> None:
+    def line(self, node: _Q | None, expr: str, value: int) -> None:
         self.exprs.append(expr)
         if node is None or not node.what:
             tpl = self.rng.choice(_PARTIAL)
@@ -262,7 +264,7 @@ def _shopping(rng: random.Random, shape: tuple, mag: int, names: list) -> _Probl
     facts = [f"{name} buys {_join(phrases)}."]
     if final == "left":
         spent = sum(c.value for c in costs)
-        money = spent + rng.randint(1, mag)
+        money = spent + rng.randint(2, mag)
         facts.insert(0, f"{name} has ${money}.")
         root = _Q("-", [_n(money)] + costs, what=f"the money {pron} has left", unit=" dollars",
                   sum_what="the total cost")
@@ -296,7 +298,7 @@ def _rates(rng: random.Random, shape: tuple, mag: int, names: list) -> _Problem:
     if kind == "same":
         rate = rng.randint(2, mag)
         rate_q = _n(rate)
-        facts = [f"{subj} {verb} {rate} {noun} per {per}.",
+        facts = [f"{_cap(subj)} {verb} {rate} {noun} per {per}.",
                  f"{_cap(pron)} {works} for " + _join([f"{t} {pers} {lab}" for t, lab in zip(times, labels)]) + "."]
         parts = [_Q("*", [rate_q, _n(t)], what=f"the {noun} {pp} {lab}", unit=unit)
                  for t, lab in zip(times, labels)]
@@ -312,7 +314,7 @@ def _rates(rng: random.Random, shape: tuple, mag: int, names: list) -> _Problem:
                  for r, t, lab in zip(rates, times, labels)]
         methods = [parts[0] if m == 1 else _Q("+", parts, what=f"the total number of {noun}", unit=unit)]
     if final == "goal":
-        goal = methods[0].value + rng.randint(1, mag)
+        goal = methods[0].value + rng.randint(2, mag)
         facts.append(f"The goal is {goal} {noun}.")
         methods = [_Q("-", [_n(goal), root], what=f"the number of {noun} still needed", unit=unit)
                    for root in methods]
@@ -337,7 +339,7 @@ def _sharing(rng: random.Random, shape: tuple, mag: int, names: list) -> _Proble
     name, pron, _ = names[0]
     noun, group_tpl, sharers, sharer = rng.choice(_SHARE_CONTEXTS)
     p = rng.randint(2, min(9, mag))
-    a = rng.randint(2 if final else 1, max(2, mag // 2))
+    a = rng.randint(4 if final else 2, max(4, mag // 2))
     if groups:
         g = rng.randint(2, 9)
         need = p * a + j
@@ -361,23 +363,30 @@ def _sharing(rng: random.Random, shape: tuple, mag: int, names: list) -> _Proble
     gifts = _split(rng, gift_total, j)
     if j:
         who = rng.sample(_RECIPIENTS, j)
-        facts.append(f"{_cap(pron)} gives " + _join([f"{x} to {w}" for x, w in zip(gifts, who)]) + ".")
+        given = _join([f"{x} to {w}" for x, w in zip(gifts, who)])
+        facts.append(f"{_cap(pron)} gives {given}{',' if j > 1 else ''} and shares the rest equally "
+                     f"among {p} {sharers}.")
         rest = _Q("-", [total_q] + [_n(x) for x in gifts], what=f"the number of {noun} left to share",
                   unit=f" {noun}", sum_what=f"the number of {noun} {pron} gives away")
-        facts.append(f"{_cap(pron)} shares the rest equally among {p} {sharers}.")
     else:
         rest = total_q
         facts.append(f"{_cap(pron)} shares them equally among {p} {sharers}.")
     each = _Q("/", [rest, _n(p)], what=f"the number of {noun} each {sharer} gets", unit=f" {noun}")
     if final:
-        e = rng.randint(1, each.value - 1)
+        e = rng.randint(1, each.value - 2)
         facts.append(f"Each {sharer} then uses {e} of them.")
-        root = _Q("-", [each, _n(e)], what=f"the number of {noun} each {sharer} has left", unit=f" {noun}")
+        left_what = f"the number of {noun} each {sharer} has left"
+        root = _Q("-", [each, _n(e)], what=left_what, unit=f" {noun}")
+        # or: take away what all of them use, then share what remains
+        used = _Q("*", [_n(p), _n(e)], what=f"the number of {noun} the {sharers} use together",
+                  unit=f" {noun}")
+        remain = _Q("-", [rest, used], what=f"the number of {noun} that remain", unit=f" {noun}")
+        methods = [root, _Q("/", [remain, _n(p)], what=left_what, unit=f" {noun}")]
         ask = f"How many {noun} does each {sharer} have left?"
     else:
-        root = each
+        methods = [each]
         ask = f"How many {noun} does each {sharer} get?"
-    return _Problem(facts, ask, [root])
+    return _Problem(facts, ask, methods)
 
 
 def _split(rng: random.Random, total: int, parts: int) -> list[int]:
@@ -418,17 +427,17 @@ def _comparison(rng: random.Random, shape: tuple, mag: int, names: list) -> _Pro
             chain.append(node("*", [chain[-1], _n(k)], who))
             facts.append(f"{who} has {k} times as many {thing} as {prev}.")
         elif op == "+":
-            c = rng.randint(1, mag)
+            c = rng.randint(2, mag)  # "1 more marbles" reads wrong
             chain.append(node("+", [chain[-1], _n(c)], who))
             facts.append(f"{who} has {c} more {thing} than {prev}.")
         elif op == "-":
-            if v < 2:
+            if v < 4:
                 raise _Retry()
-            c = rng.randint(1, min(v - 1, mag))
+            c = rng.randint(2, min(v - 2, mag))
             chain.append(node("-", [chain[-1], _n(c)], who))
             facts.append(f"{who} has {c} fewer {thing} than {prev}.")
         else:
-            divs = [d for d in (2, 3, 4) if v % d == 0]
+            divs = [d for d in (2, 3, 4) if v % d == 0 and v // d >= 2]
             if not divs:
                 raise _Retry()
             d = rng.choice(divs)
@@ -444,10 +453,10 @@ def _comparison(rng: random.Random, shape: tuple, mag: int, names: list) -> _Pro
     else:
         first = people[0][0]
         a, b = chain[-1], chain[0]
-        if a.value == b.value:
+        if abs(a.value - b.value) < 2:
             raise _Retry()
         (big, bq), (small, sq) = ((last, a), (first, b)) if a.value > b.value else ((first, b), (last, a))
-        root = _Q("-", [bq, sq], what=f"the difference", unit=unit,
+        root = _Q("-", [bq, sq], what="the difference", unit=unit,
                   phrases=(f"{big} has {{e}} = {{v}} more {thing} than {small}.",
                            "The difference is {e} = {v}{u}.", f"So {big} has {{e}} = {{v}} more."))
         ask = f"How many more {thing} does {big} have than {small}?"
@@ -483,7 +492,7 @@ def _group_totals(rng: random.Random, shape: tuple, mag: int, names: list) -> _P
                             for p, lf in zip(people, leaves)], what="the total value", unit=" dollars")]
         ask = f"How many dollars are all the {plur} worth?"
     else:
-        k = rng.randint(1, total.value - 1)
+        k = rng.randint(1, total.value - 2)
         facts.append(f"They give away {k} {plur}.")
         methods = [_Q("-", [total, _n(k)], what=f"the number of {plur} left", unit=unit)]
         ask = f"How many {plur} do they have left?"
@@ -542,10 +551,11 @@ class SyntheticTask:
         else:
             object.__setattr__(self, "skills", tuple(self.skills))
         problems = []
-        if not 1 <= self.min_steps <= MAX_STEPS:
-            problems.append(f"min_steps must be in 1..{MAX_STEPS}, got {self.min_steps}")
-        if not self.min_steps <= self.max_steps <= MAX_STEPS:
-            problems.append(f"max_steps must be in min_steps..{MAX_STEPS}, got {self.max_steps}")
+        for name in ("min_steps", "max_steps"):
+            if not 1 <= getattr(self, name) <= MAX_STEPS:
+                problems.append(f"{name} must be in 1..{MAX_STEPS}, got {getattr(self, name)}")
+        if not problems and self.min_steps > self.max_steps:
+            problems.append(f"min_steps ({self.min_steps}) must be <= max_steps ({self.max_steps})")
         if self.max_operand < 10:
             problems.append(f"max_operand must be >= 10, got {self.max_operand}")
         if not 0 <= self.distractors <= 5:
@@ -621,7 +631,7 @@ class SyntheticTask:
                 shape = skill.shape(rng, rng.randint(self.min_steps, self.max_steps))
             else:
                 skill, shape = SKILLS[structure[0]], structure[1]
-            names = rng.sample(_NAMES, 12)
+            names = rng.sample(_NAMES, 14)  # a problem uses at most 11
             try:
                 prob = skill.realize(rng, shape, self.max_operand, names)
             except _Retry:

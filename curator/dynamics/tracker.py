@@ -267,13 +267,13 @@ def check_references(examples: Sequence[Example], grader: Any, fmt: PromptFormat
 
 
 def validate_premem(examples: Sequence[Example], grader: Any, *, fmt: PromptFormat, train_settings: Any,
-                    k: int, p: float, allow_bad_references: bool = False) -> int:
+                    k: int, p: float, allow_bad_references: bool = False, num_processes: int = 1) -> int:
     """Every check `track_premem` makes before a model loads; returns the checkpoint count."""
     problems = check_premem_settings(len(examples), k, p)
     n_ckpt = None
     if examples:
         try:
-            n_ckpt = train_settings.n_checkpoints(len(examples))
+            n_ckpt = train_settings.n_checkpoints(len(examples), num_processes)
         except ConfigError as e:
             problems.extend(e.problems)
     if problems:
@@ -287,15 +287,21 @@ def track_premem(loaded_model: Any, examples: Sequence[Example], *, fmt: PromptF
                  p: float = 1.105, lazy: bool = True, out_dir: str | os.PathLike | None = None,
                  progress: bool = True, allow_bad_references: bool = False,
                  sampler_factory: Callable[[Any, Any], Sampler] | None = None,
-                 sample_batch_size: int = 32) -> Ledger:
-    """Finetune ``loaded_model`` on ``examples`` with dynamics tracking at every checkpoint.
+                 sample_batch_size: int = 32) -> Ledger | None:
+    """Finetune ``loaded_model.model`` in place on ``examples``, tracking dynamics at every checkpoint.
 
     Writes ``ledger.parquet`` and ``summary.csv`` to ``out_dir`` (if given) and returns the ledger.
-    ``sampler_factory(model, tokenizer)`` builds the Sampler used at each checkpoint
-    (default: `HFSampler`).
+    ``sampler_factory(model, tokenizer)`` builds the Sampler used at each checkpoint (default:
+    `HFSampler`; a vLLM-backed factory works the same). Under ``accelerate launch`` with several
+    processes, measurement runs on the main process only (the others wait at their next
+    collective) and non-main processes return None.
+
+    Raises:
+        ConfigError / DataError: before any training, for every bad setting or reference answer.
     """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     n_ckpt = validate_premem(examples, grader, fmt=fmt, train_settings=train_settings, k=k, p=p,
-                             allow_bad_references=allow_bad_references)
+                             allow_bad_references=allow_bad_references, num_processes=world)
     from curator.training import finetune
 
     tokenizer = loaded_model.tokenizer
@@ -309,11 +315,15 @@ def track_premem(loaded_model: Any, examples: Sequence[Example], *, fmt: PromptF
                               p=p, lazy=lazy, n_checkpoints=n_ckpt, tokenizer=tokenizer, progress=progress)
 
     def on_checkpoint(model, info):
-        tracker.measure(sampler_factory(model, tokenizer), info)
+        if getattr(info, "is_main_process", True):
+            tracker.measure(sampler_factory(model, tokenizer), info)
 
-    finetune(loaded_model.model, tokenizer, list(examples), fmt, train_settings, on_checkpoint=on_checkpoint)
-    ledger = tracker.ledger(model=str(getattr(loaded_model, "spec", "")),
-                            train=dataclasses.asdict(train_settings) if dataclasses.is_dataclass(train_settings) else {})
+    finetune(loaded_model.model, tokenizer, list(examples), fmt, train_settings, on_checkpoint=on_checkpoint,
+             progress=progress)
+    if not tracker.rows:
+        return None
+    train = dataclasses.asdict(train_settings) if dataclasses.is_dataclass(train_settings) else {}
+    ledger = tracker.ledger(model=str(getattr(loaded_model, "spec", "")), train=train)
     if out_dir is not None:
         from curator.dynamics.metrics import summary
 

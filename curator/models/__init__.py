@@ -1,0 +1,11 @@
+"""Model loading (hub ids, local dirs, GGUF, aliases), the tiny test model, and LoRA.
+
+Importing this package is cheap: torch, transformers and peft load inside the functions.
+"""
+
+from curator.models.loading import (ALIASES, LoadedModel, load_model, materialize, resolve_dtype,
+                                    save_model)
+from curator.models.lora import LoraSettings, apply_lora
+
+__all__ = ["ALIASES", "LoadedModel", "LoraSettings", "apply_lora", "load_model", "materialize",
+           "resolve_dtype", "save_model"]

@@ -67,7 +67,8 @@ class TrainResult:
     final_metrics: dict[str, float] = field(default_factory=dict)
     n_truncated: int = 0  # examples whose target was cut at max_length
     n_tokens: int = 0  # input tokens processed (all processes, all epochs, padding excluded)
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # the training loop, excluding checkpoint saving and callbacks
+    checkpoint_seconds: float = 0.0  # saving checkpoints and running on_checkpoint
 
     @property
     def tokens_per_second(self) -> float:
@@ -155,6 +156,34 @@ def epoch_plan(n_examples: int, settings: TrainSettings, epoch: int, num_process
 
 # -- the loop ------------------------------------------------------------------------------------
 
+def _set_activation_checkpointing(model: Any, on: bool) -> None:
+    # transformers >= 5 renamed gradient_checkpointing_* to activation_checkpointing_*
+    if on:
+        # non-reentrant checkpointing also works when the inputs need no grad (frozen embeddings, LoRA)
+        kw = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+    elif hasattr(model, "activation_checkpointing_disable"):
+        model.activation_checkpointing_disable()
+    else:
+        model.gradient_checkpointing_disable()
+
+
+def _check_accelerator(acc: Any) -> None:
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP, DistributedType.MEGATRON_LM):
+        raise ConfigError(f"finetune supports one process or DDP; this launch uses {acc.distributed_type.value}, "
+                          "whose sharded parameters its loop and gradient statistics do not handle; launch "
+                          "without a DeepSpeed/FSDP/Megatron config")
+    if acc.gradient_accumulation_steps != 1:
+        raise ConfigError(f"accelerate is set to accumulate {acc.gradient_accumulation_steps} steps; finetune "
+                          "accumulates itself: set training.grad_accum instead and launch without "
+                          "--gradient_accumulation_steps")
+
+
 def make_accelerator():
     """An `accelerate.Accelerator` that also works for multi-process runs on CPU-only machines.
 
@@ -203,6 +232,7 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
     from curator.training.stats import DistanceFromInit, GradStats
 
     acc = accelerator or make_accelerator()
+    _check_accelerator(acc)
     world, rank = acc.num_processes, acc.process_index
     n = len(examples)
     # errors that need no model work come first
@@ -221,7 +251,7 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
     set_seed(settings.seed)
     was_training = model.training
     if settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _set_activation_checkpointing(model, True)
     config = getattr(model, "config", None)
     old_use_cache = getattr(config, "use_cache", None)
     if config is not None and old_use_cache is not None:
@@ -265,6 +295,7 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
         return metrics
 
     def checkpoint(step: int) -> None:
+        t_start = time.perf_counter()
         metrics = close_window()
         path = None
         if settings.save_checkpoints:
@@ -286,6 +317,7 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
             base.eval()
             on_checkpoint(base, info)
             base.train()
+        result.checkpoint_seconds += time.perf_counter() - t_start
 
     bar = tqdm(total=total_steps, desc="finetune", unit="step",
                disable=not (progress and acc.is_local_main_process))
@@ -331,7 +363,7 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
             bar.update(1)
             if step in checkpoint_at:
                 checkpoint(step)
-    result.train_seconds = time.perf_counter() - t0
+    result.train_seconds = time.perf_counter() - t0 - result.checkpoint_seconds
     bar.close()
 
     if window_tokens:  # steps after the last checkpoint (checkpoint_every not dividing the total)
@@ -339,8 +371,10 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
     else:
         result.final_metrics = dict(result.checkpoints[-1].metrics)
     if settings.gradient_checkpointing:
-        base.gradient_checkpointing_disable()
+        _set_activation_checkpointing(base, False)
     if config is not None and old_use_cache is not None:
         config.use_cache = old_use_cache
+    # drop accelerate's mixed-precision forward wrapper, if any, from the caller's model
+    acc.unwrap_model(ddp_model, keep_fp32_wrapper=False)
     base.train(was_training)
     return result

@@ -24,7 +24,8 @@ class GradStats:
 
     computed from running sums, so only sum_t g_t is kept. g_t is the gradient the optimizer sees
     (accumulated over micro-batches and averaged across processes, before clipping), so it is the
-    same on every process. A window of one step has variance 0.
+    same on every process. A window of one step has variance 0. With track_variance=False only
+    grad_norm is computed (no parameter-sized buffer) and grad_variance is NaN.
     """
 
     def __init__(self, params: Sequence[torch.nn.Parameter], track_variance: bool = True):
@@ -58,7 +59,7 @@ class GradStats:
         t = self.count
         if t == 0:
             return {"grad_variance": math.nan, "grad_norm": math.nan}
-        out = {"grad_norm": float(self.norm_sum) / t}
+        out = {"grad_norm": float(self.norm_sum) / t, "grad_variance": math.nan}
         if self.track_variance:
             mean_sq = sum(float((s.double() / t).pow(2).sum()) for s in self.sums)
             # the two terms can differ by rounding only when the true variance is ~0

@@ -1,0 +1,257 @@
+"""The paper's prediction design: one base model, one training set, a grid of learning rates x
+epochs; every checkpoint of every configuration is one (PreMemAcc, test accuracy) point.
+
+`run_sweep` trains each configuration from the same base model with full dynamics tracking (every
+example sampled k times at every checkpoint, so that train accuracy and PreMemAcc are complete),
+measures test accuracy at each checkpoint, and writes one run directory per configuration::
+
+    out_dir/lr0.001-ep3/ledger.parquet       the ledger (docs/LEDGER.md)
+    out_dir/lr0.001-ep3/checkpoints.csv      checkpoint, step, epoch, test_accuracy, train_loss,
+                                             grad_variance, dist_from_init, seconds
+    out_dir/lr0.001-ep3/confidences.parquet  per-example agreement confidences for ATC
+    out_dir/lr0.001-ep3/run.json             settings, timing; "complete": true when finished
+    out_dir/predict/                         `predict` + `write_report` over all of them
+
+A configuration whose run.json says complete is not retrained, so an interrupted sweep resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from curator.errors import ConfigError, CuratorError
+
+
+def config_name(learning_rate: float, epochs: int) -> str:
+    return f"lr{learning_rate:g}-ep{int(epochs)}"
+
+
+def check_grid(learning_rates: Sequence[float], epochs: Sequence[int]) -> list[str]:
+    problems = []
+    if not learning_rates:
+        problems.append("sweep.learning_rates is empty; list at least one learning rate")
+    if not epochs:
+        problems.append("sweep.epochs is empty; list at least one epoch count")
+    if any(not lr > 0 for lr in learning_rates):
+        problems.append(f"sweep.learning_rates must all be > 0, got {list(learning_rates)}")
+    if any(int(e) != e or e < 1 for e in epochs):
+        problems.append(f"sweep.epochs must be integers >= 1, got {list(epochs)}")
+    if len(set(learning_rates)) != len(learning_rates) or len(set(epochs)) != len(epochs):
+        problems.append("sweep.learning_rates and sweep.epochs must not repeat values")
+    return problems
+
+
+class _RecordingSampler:
+    """Passes calls through to a Sampler and keeps every completion by prompt (for ATC)."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.completions: dict[str, list[str]] = defaultdict(list)
+
+    def generate(self, prompts, n, params):
+        outs = self.inner.generate(prompts, n, params)
+        for p, o in zip(prompts, outs):
+            self.completions[p].extend(o)
+        return outs
+
+    def target_logprobs(self, prompts, targets):
+        return self.inner.target_logprobs(prompts, targets)
+
+
+def _confidence(grader: Any, completions: Sequence[str]) -> float:
+    from curator.analysis.predict import agreement_confidence
+
+    return agreement_confidence([grader.extract(c) for c in completions])
+
+
+@dataclass
+class SweepResult:
+    out_dir: Path
+    run_dirs: list[Path]
+    report: Any  # PredictionReport
+    report_paths: dict[str, Path]
+    seconds: dict[str, float]
+
+
+def run_sweep(base: Any, train: Sequence[Any], test: Sequence[Any], *, fmt: Any, grader: Any,
+              train_settings: Any, learning_rates: Sequence[float], epochs: Sequence[int],
+              out_dir: str | Path, lora: Any = None, k: int = 4, params: Any = None, p: float = 1.105,
+              eval_samples: int = 1, eval_temperature: float = 0.0, eval_max_new_tokens: int | None = None,
+              backend: str = "hf", sample_batch_size: int = 32, lazy: bool = False, seed: int = 0,
+              p_grid: Sequence[float] | None = None, progress: bool = True,
+              sampler_factory: Callable[[Any, Any], Any] | None = None,
+              echo: Callable[[str], None] = print) -> SweepResult:
+    """Train every (learning rate, epochs) configuration, measure, write run dirs, then predict.
+
+    Args:
+        base: a `LoadedModel` (model + tokenizer); each configuration trains a deep copy of it.
+        train / test: training examples and held-out test examples.
+        fmt, grader: the `PromptFormat` and `Grader`.
+        train_settings: `TrainSettings`; learning_rate and epochs are replaced per configuration.
+        lora: `LoraSettings` or None for full finetuning.
+        k, params, p: dynamics samples per example, `SamplingParams`, memorization threshold.
+        eval_samples, eval_temperature: test accuracy = mean fraction correct over eval_samples
+            completions per test question (1 and 0.0: greedy accuracy). With eval_samples > 1 and
+            a temperature > 0 the same samples give the test-side ATC confidences; otherwise an
+            extra k-sample pass at the dynamics sampling parameters does.
+        lazy: lazy tracking (PreMemAcc determined at every checkpoint, train accuracy of skipped
+            cells undetermined); the default full tracking gives every comparison metric.
+        sampler_factory: ``(model, tokenizer) -> Sampler``; default `make_sampler(backend, ...)`.
+    """
+    import torch
+
+    from curator.analysis.predict import load_run, predict, write_report
+    from curator.dynamics.tracker import DynamicsTracker, check_references
+    from curator.sampling.base import SamplingParams
+    from curator.training import finetune
+
+    problems = check_grid(learning_rates, epochs)
+    if not test:
+        problems.append("the sweep needs a held-out test set (data.test) to predict")
+    if problems:
+        raise ConfigError(problems)
+    check_references(train, grader, fmt)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = base.tokenizer
+    params = params or SamplingParams(stop=fmt.stop, seed=seed)
+    eparams = SamplingParams(temperature=eval_temperature, top_p=params.top_p if eval_temperature > 0 else 1.0,
+                             max_new_tokens=eval_max_new_tokens or params.max_new_tokens, stop=fmt.stop, seed=seed)
+    reuse_eval = eval_samples > 1 and eval_temperature > 0
+    if sampler_factory is None:
+        from curator.sampling import make_sampler
+
+        def sampler_factory(model, tokenizer):
+            # make_sampler takes a LoadedModel: the trained copy with the base's tokenizer and device
+            loaded = SimpleNamespace(model=model, tokenizer=tokenizer, spec=getattr(base, "spec", ""),
+                                     device=str(next(model.parameters()).device))
+            return make_sampler(backend, loaded, batch_size=sample_batch_size)
+
+    test_prompts = [fmt.prompt_text(e, tok) for e in test]
+    grid = [(float(lr), int(e)) for e in epochs for lr in learning_rates]
+    run_dirs, seconds = [], {}
+    for i, (lr, n_ep) in enumerate(grid, 1):
+        name = config_name(lr, n_ep)
+        rd = out / name
+        run_dirs.append(rd)
+        meta_path = rd / "run.json"
+        if meta_path.exists() and json.loads(meta_path.read_text()).get("complete"):
+            echo(f"[{i}/{len(grid)}] {name}: already done, skipped")
+            continue
+        settings = dataclasses.replace(train_settings, learning_rate=lr, epochs=n_ep, seed=seed)
+        n_ckpt = settings.n_checkpoints(len(train))
+        tracker = DynamicsTracker(train, fmt, grader, k=k, params=params, p=p, lazy=lazy,
+                                  n_checkpoints=n_ckpt, exact_every_checkpoint=lazy, tokenizer=tok,
+                                  progress=progress)
+        torch.manual_seed(seed)
+        model = copy.deepcopy(base.model)
+        if lora is not None:
+            from curator.models import apply_lora
+
+            model = apply_lora(model, lora)
+        rows: list[dict] = []
+        conf_rows: list[dict] = []
+        t0 = time.time()
+
+        def on_checkpoint(m, info):
+            t_ck = time.time()
+            sampler = _RecordingSampler(sampler_factory(m, tok))
+            cells = tracker.measure(sampler, info)
+            # train side of ATC: each example's agreement confidence and its sampled accuracy
+            for ex, prompt, cell in zip(tracker.examples, tracker.prompts, cells):
+                comps = sampler.completions.get(prompt, [])
+                if comps and cell["skip_reason"] is None:
+                    conf_rows.append({"checkpoint": int(info.index), "split": "train", "example_id": ex.id,
+                                      "confidence": _confidence(grader, comps),
+                                      "accuracy": cell["n_correct"] / cell["n_samples"]})
+            outs = sampler.inner.generate(test_prompts, eval_samples, eparams)
+            per_q = [sum(bool(grader.is_correct(c, ex.answer)) for c in comps) / len(comps)
+                     for ex, comps in zip(test, outs)]
+            if not reuse_eval:
+                outs = sampler.inner.generate(test_prompts, k, dataclasses.replace(params, seed=params.seed + 7919))
+            for ex, comps in zip(test, outs):
+                conf_rows.append({"checkpoint": int(info.index), "split": "test", "example_id": ex.id,
+                                  "confidence": _confidence(grader, comps), "accuracy": np.nan})
+            rows.append({"checkpoint": int(info.index), "step": int(info.step), "epoch": float(info.epoch),
+                         "test_accuracy": float(np.mean(per_q)),
+                         **{key: float(v) for key, v in (info.metrics or {}).items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                         "seconds": time.time() - t_ck})
+            echo(f"  {name} checkpoint {info.index}: test acc {rows[-1]['test_accuracy']:.3f}, "
+                 f"train loss {rows[-1].get('train_loss', float('nan')):.4f}")
+
+        echo(f"[{i}/{len(grid)}] {name}: training {len(train)} examples for {n_ep} epoch(s)")
+        finetune(model, tok, list(train), fmt, settings, on_checkpoint=on_checkpoint, progress=progress)
+        seconds[name] = time.time() - t0
+        ledger = tracker.ledger(model=str(getattr(base, "spec", "")), sweep_config=name)
+        rd.mkdir(parents=True, exist_ok=True)
+        ledger.to_parquet(rd / "ledger.parquet")
+        pd.DataFrame(rows).to_csv(rd / "checkpoints.csv", index=False)
+        pd.DataFrame(conf_rows).to_parquet(rd / "confidences.parquet", index=False)
+        meta = {"name": name, "learning_rate": lr, "epochs": n_ep, "n_train": len(train), "n_test": len(test),
+                "k": k, "p": p, "lazy": lazy, "eval_samples": eval_samples, "eval_temperature": eval_temperature,
+                "train": dataclasses.asdict(settings), "seconds": seconds[name],
+                "samples_drawn": tracker.samples_drawn, "complete": True}
+        tmp = meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta, indent=2, default=str))
+        tmp.replace(meta_path)  # written last: its presence marks the configuration done
+        echo(f"[{i}/{len(grid)}] {name}: done in {seconds[name]:.0f}s")
+        del model
+
+    runs = [load_run(d) for d in run_dirs]
+    report = predict(runs, p=p, p_grid=p_grid)
+    paths = write_report(report, out / "predict")
+    return SweepResult(out_dir=out, run_dirs=run_dirs, report=report, report_paths=paths, seconds=seconds)
+
+
+def sweep_from_recipe(recipe: Any, progress: bool = True, echo: Callable[[str], None] = print) -> SweepResult:
+    """`run_sweep` with everything taken from a recipe (`recipes/sweep-cpu.yaml`).
+
+    The training set is ``data.pool`` (limited by ``data.pool_size``), the test set ``data.test``;
+    the grid is ``sweep.learning_rates`` x ``sweep.epochs``; the run directory is the recipe's.
+    """
+    from curator.data.grading import get_grader
+    from curator.data.loaders import load_examples
+    from curator.models import load_model
+    from curator.sampling.base import SamplingParams
+
+    sw = recipe.sweep
+    if sw is None:
+        raise ConfigError("the recipe has no 'sweep' section; add sweep: {learning_rates: [...], epochs: [...]}")
+    problems = check_grid(sw.learning_rates, sw.epochs)
+    d = recipe.data
+    if not d.test:
+        problems.append("data.test is not set; a sweep predicts test accuracy and needs a test set")
+    if problems:
+        raise ConfigError(problems)
+    grader = get_grader(d.grader)
+    train = load_examples(d.pool, config=d.pool_config, split=d.pool_split, fields=d.fields or None,
+                          limit=d.pool_size)
+    test = load_examples(d.test, config=d.test_config, split=d.test_split, fields=d.fields or None,
+                         limit=d.test_size)
+    if not train:
+        raise CuratorError(f"data.pool {d.pool!r} gave no training examples")
+    dyn, ev, m = recipe.dynamics, recipe.evaluation, recipe.model
+    params = SamplingParams(temperature=dyn.temperature, top_p=dyn.top_p, max_new_tokens=dyn.max_new_tokens,
+                            stop=recipe.format.stop, seed=recipe.seed)
+    base = load_model(m.name, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
+    out = recipe.run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.yaml").write_text(recipe.to_yaml())
+    return run_sweep(base, train, test, fmt=recipe.format, grader=grader, train_settings=recipe.training,
+                     learning_rates=sw.learning_rates, epochs=sw.epochs, out_dir=out, lora=m.lora,
+                     k=dyn.samples, params=params, p=dyn.p, eval_samples=ev.samples,
+                     eval_temperature=ev.temperature, eval_max_new_tokens=ev.max_new_tokens,
+                     backend=dyn.backend, sample_batch_size=dyn.batch_size, lazy=dyn.lazy, seed=recipe.seed,
+                     progress=progress, echo=echo)

@@ -1,0 +1,87 @@
+"""Where candidate examples come from: a fixed pool, or a generator that can make more.
+
+A loop asks a Source for its `candidates()`; a generative source can also make new examples
+*similar to* given ones (same skill and structure), which is how curation "collects more from the
+distribution of hard examples" when the task family allows it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Protocol, Sequence, runtime_checkable
+
+from curator.data.example import Example
+from curator.errors import ConfigError, CuratorError
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Candidates for selection; generative sources can also make similar examples."""
+
+    generative: bool
+
+    def candidates(self) -> list[Example]:
+        """The current candidate pool (deterministic)."""
+        ...
+
+    def similar(self, examples: Sequence[Example], n_per: int, seed: int) -> list[Example]:
+        """`n_per` new examples like each given one (generative sources only)."""
+        ...
+
+
+class PoolSource:
+    """A fixed pool of examples: selection picks from it, nothing new can be made."""
+
+    generative = False
+
+    def __init__(self, examples: Sequence[Example]):
+        self.examples = list(examples)
+        ids = [e.id for e in self.examples]
+        if len(set(ids)) != len(ids):
+            raise CuratorError("pool has duplicate example ids; ids must be unique")
+
+    def candidates(self) -> list[Example]:
+        return list(self.examples)
+
+    def similar(self, examples: Sequence[Example], n_per: int, seed: int) -> list[Example]:
+        raise CuratorError("a fixed pool source cannot make new examples similar to others; "
+                           "use a generator source (e.g. synthetic:easy) or select from the pool")
+
+    def __repr__(self) -> str:
+        return f"PoolSource({len(self.examples)} examples)"
+
+
+class GeneratorSource:
+    """A synthetic task family: an i.i.d. pool of `pool_size` problems, plus `similar`."""
+
+    generative = True
+
+    def __init__(self, task, pool_size: int = 1000, seed: int = 0):
+        if pool_size < 1:
+            raise ConfigError(f"pool_size must be >= 1, got {pool_size}")
+        self.task, self.pool_size, self.seed = task, pool_size, seed
+        self._pool: list[Example] | None = None
+
+    def candidates(self) -> list[Example]:
+        """A deterministic i.i.d. pool (made once, then reused)."""
+        if self._pool is None:
+            self._pool = self.task.generate(self.pool_size, seed=self.seed)
+        return list(self._pool)
+
+    def similar(self, examples: Sequence[Example], n_per: int, seed: int) -> list[Example]:
+        """`n_per` new problems per example; each example's draw depends only on (seed, its id),
+        so the result does not depend on the order the examples are given in."""
+        if n_per < 0:
+            raise ConfigError(f"n_per must be >= 0, got {n_per}")
+        out: list[Example] = []
+        taken = {e.id for e in self.candidates()} | {e.id for e in examples}
+        for ex in examples:
+            sub = int.from_bytes(hashlib.sha1(f"{seed}:{ex.id}".encode()).digest()[:8], "big")
+            for new in self.task.similar(ex, n_per, seed=sub):
+                if new.id not in taken:  # never hand back an example the caller already has
+                    taken.add(new.id)
+                    out.append(new)
+        return out
+
+    def __repr__(self) -> str:
+        return f"GeneratorSource({self.task!r}, pool_size={self.pool_size}, seed={self.seed})"

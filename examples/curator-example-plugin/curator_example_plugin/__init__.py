@@ -1,0 +1,1 @@
+"""An example curator plugin: one selection strategy, registered through an entry point."""

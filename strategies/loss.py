@@ -1,0 +1,19 @@
+"""`loss`: the candidates the current model finds hardest (highest mean target NLL)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from curator.strategy import SelectionContext, Strategy
+
+
+class HighestLoss(Strategy):
+    """Highest mean per-token NLL of the candidate's target solution under the current model."""
+
+    name = "loss"
+    needs = frozenset({"losses"})
+    description = "highest target loss (lowest likelihood of the reference solution) first"
+
+    def score(self, ctx: SelectionContext) -> np.ndarray:
+        nll = ctx.signals.losses(ctx.pool)
+        return np.where(np.isnan(nll), -np.inf, nll)  # an empty target has no loss: take last

@@ -1,0 +1,151 @@
+"""`premem-threshold`: the PreMemAcc curation rule (Kang et al., arXiv 2411.07681, §5).
+
+Training examples whose PreMemAcc (final checkpoint, perplexity threshold p from the context) is
+below ``threshold`` (t in the paper) are
+the ones the model memorised before it could solve them; they define the target distribution.
+New examples come from near them — from a fixed pool, the candidates nearest to them (FAISS inner
+product over L2-normalised embeddings), taken round-robin over the targets so that every target
+gets its share instead of a few dense ones absorbing the budget; from a generative source, new
+examples similar to each target, spread evenly.
+
+Fallback: when no training example is below the threshold, the ``fallback_fraction`` of training examples
+with the lowest PreMemAcc are the targets instead, and the selection note says so.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from curator.data.example import Example
+from curator.errors import StrategyError
+from curator.strategy import SelectionContext, Strategy, check_param
+
+
+def final_premem(ctx: SelectionContext) -> dict[str, float]:
+    """Example id -> PreMemAcc at the ledger's last checkpoint (undetermined ones left out)."""
+    from curator.dynamics.metrics import premem_acc
+
+    if ctx.ledger is None:
+        raise StrategyError("premem strategies need the last round's ledger (ctx.ledger is None); "
+                            "track dynamics on the training set before selecting")
+    table = premem_acc(ctx.ledger, ctx.p)
+    last = table.iloc[:, -1]
+    return {str(i): float(v) for i, v in last.items() if not np.isnan(v)}
+
+
+def premem_targets(ctx: SelectionContext, t: float, fallback_fraction: float) -> tuple[list[Example], dict[str, float]]:
+    """Training examples with PreMemAcc < t, lowest first (ties in rng order); see module doc."""
+    pm = final_premem(ctx)
+    train = [e for e in ctx.train if e.id in pm]
+    if not train:
+        raise StrategyError("no training example has a PreMemAcc in the ledger; the ledger does not "
+                            "cover ctx.train (wrong round's ledger?)")
+    if len(train) < len(ctx.train):
+        ctx.note(f"{len(ctx.train) - len(train)} training examples have no determined PreMemAcc "
+                 "at the final checkpoint and were not considered")
+    vals = np.array([pm[e.id] for e in train])
+    order = np.lexsort((ctx.rng.permutation(len(train)), vals))
+    below = [train[i] for i in order if vals[i] < t]
+    if below:
+        return below, pm
+    n = max(1, math.ceil(fallback_fraction * len(train)))
+    ctx.note(f"no training example has PreMemAcc < threshold={t}; targeting the {n} with the lowest "
+             f"PreMemAcc instead (fallback_fraction={fallback_fraction}, max {vals.min():.3f})")
+    return [train[i] for i in order[:n]], pm
+
+
+def nearest_round_robin(X: np.ndarray, T: np.ndarray, m: int) -> np.ndarray:
+    """Up to m row indices of X: each target's nearest (inner product), taken round-robin.
+
+    Round r takes every target's r-th nearest candidate not taken yet, targets in the given order.
+    """
+    import faiss
+
+    N = len(X)
+    m = min(int(m), N)
+    if m <= 0 or len(T) == 0:
+        return np.zeros(0, np.int64)
+    q = min(N, math.ceil(m / len(T)) + 8)
+    while True:
+        _, I = faiss.knn(np.ascontiguousarray(T, np.float32), X, q, faiss.METRIC_INNER_PRODUCT)
+        flat = I.T.reshape(-1)  # rank-major: every target's 1st, then every target's 2nd, ...
+        flat = flat[flat >= 0]
+        uniq, first = np.unique(flat, return_index=True)
+        if len(uniq) >= m or q >= N:
+            return uniq[np.argsort(first, kind="stable")][:m]
+        q = min(N, 2 * q)  # neighbour lists overlap too much: look further
+
+
+def max_similarity(X: np.ndarray, T: np.ndarray, chunk: int = 262144) -> np.ndarray:
+    """Each row of X's largest inner product with a row of T (cosine for unit vectors)."""
+    import faiss
+
+    out = np.empty(len(X), np.float64)
+    T = np.ascontiguousarray(T, np.float32)
+    for s in range(0, len(X), chunk):
+        D, _ = faiss.knn(np.ascontiguousarray(X[s:s + chunk], np.float32), T, 1, faiss.METRIC_INNER_PRODUCT)
+        out[s:s + chunk] = D[:, 0]
+    return out
+
+
+def generate_round_robin(ctx: SelectionContext, targets: list[Example], total: int
+                         ) -> tuple[list[Example], dict[str, str]]:
+    """Ask a generative source for about ``total`` examples similar to the targets, spread evenly.
+
+    Returns the new examples in round-robin order over their parents, and new id -> parent id.
+    """
+    targets = targets[:total]  # more targets than budget: the lowest-PreMemAcc ones, one each
+    n_per = math.ceil(total / len(targets))
+    new = ctx.generate_similar(targets, n_per)
+    groups: dict[str, list[Example]] = {t.id: [] for t in targets}
+    parent_of: dict[str, str] = {}
+    for pos, e in enumerate(new):
+        parent = e.meta.get("parent") or e.meta.get("parent_id")
+        if parent not in groups:
+            # a source that does not name parents returns n_per per target, in target order
+            parent = targets[min(pos // max(n_per, 1), len(targets) - 1)].id
+        groups[parent].append(e)
+        parent_of[e.id] = parent
+    ordered = []
+    for r in range(max((len(g) for g in groups.values()), default=0)):
+        ordered.extend(g[r] for g in groups.values() if r < len(g))
+    return ordered, parent_of
+
+
+class PreMemThreshold(Strategy):
+    """Candidates near the training examples whose PreMemAcc is below the threshold."""
+
+    name = "premem-threshold"
+    needs = frozenset({"ledger", "embeddings"})
+    description = ("the paper's rule: draw new examples near training examples with PreMemAcc < threshold "
+                   "(round-robin over them)")
+
+    def __init__(self, threshold: float = 0.75, fallback_fraction: float = 0.1):
+        check_param(self.name, "threshold", threshold,
+                    isinstance(threshold, (int, float)) and 0 < threshold <= 1, "in (0, 1]")
+        check_param(self.name, "fallback_fraction", fallback_fraction,
+                    isinstance(fallback_fraction, (int, float)) and 0 < fallback_fraction <= 1, "in (0, 1]")
+        self.threshold, self.fallback_fraction = float(threshold), float(fallback_fraction)
+
+    def targets(self, ctx: SelectionContext) -> tuple[list[Example], dict[str, float]]:
+        return premem_targets(ctx, self.threshold, self.fallback_fraction)
+
+    def region(self, ctx: SelectionContext, targets: list[Example], m: int) -> np.ndarray:
+        """Pool row indices near the targets (round-robin, up to m); records max-similarity scores."""
+        X = ctx.signals.embeddings(ctx.pool)
+        T = ctx.signals.embeddings(targets)
+        ctx.record_scores(ctx.ids, max_similarity(X, T))
+        return nearest_round_robin(X, T, m)
+
+    def select(self, ctx: SelectionContext, k: int) -> list[str]:
+        targets, pm = self.targets(ctx)
+        if ctx.generative:
+            ctx.record_scores(ctx.ids, np.full(len(ctx.pool), np.nan))  # drawn anew, not from the pool
+            new, parent_of = generate_round_robin(ctx, targets, k)
+            # score = how far below the threshold the parent is (higher = take first)
+            ctx.record_scores([e.id for e in new], [1.0 - pm[parent_of[e.id]] for e in new])
+            return [e.id for e in new[:k]]
+        ids = ctx.ids
+        return [ids[i] for i in self.region(ctx, targets, k)]
