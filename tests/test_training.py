@@ -338,6 +338,20 @@ def test_accelerate_side_accumulation_is_refused():
     Accelerator()  # the gradient state is process-global: put the default back
 
 
+def test_a_failing_callback_leaves_the_model_as_it_was():
+    model, tok = tiny()
+    model.config.use_cache = True
+
+    def boom(m, info):
+        raise RuntimeError("measurement failed")
+
+    with pytest.raises(RuntimeError, match="measurement failed"):
+        finetune(model, tok, data(4), None, fast(gradient_checkpointing=True), on_checkpoint=boom, progress=False)
+    assert model.config.use_cache is True and not model.training
+    assert not model.is_activation_checkpointing if hasattr(type(model), "is_activation_checkpointing") \
+        else not model.is_gradient_checkpointing
+
+
 def test_no_trainable_parameters_is_an_error():
     model, tok = tiny()
     for p in model.parameters():

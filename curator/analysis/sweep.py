@@ -52,6 +52,28 @@ def check_grid(learning_rates: Sequence[float], epochs: Sequence[int]) -> list[s
     return problems
 
 
+def validate_sweep(train: Sequence[Any], test: Sequence[Any], *, fmt: Any, grader: Any, train_settings: Any,
+                   learning_rates: Sequence[float], epochs: Sequence[int]) -> None:
+    """Every check that can fail before a model loads: the grid, each configuration's settings and
+    checkpoint schedule, the test set, and that the training references grade as correct."""
+    from curator.dynamics.tracker import check_references
+
+    problems = check_grid(learning_rates, epochs)
+    if not test:
+        problems.append("the sweep needs a held-out test set (data.test) to predict")
+    if not problems:
+        for lr in learning_rates:
+            for n_ep in epochs:
+                try:
+                    dataclasses.replace(train_settings, learning_rate=float(lr), epochs=int(n_ep)
+                                        ).checkpoint_schedule(len(train))
+                except ConfigError as e:
+                    problems.extend(f"{config_name(lr, n_ep)}: {q}" for q in e.problems)
+    if problems:
+        raise ConfigError(problems)
+    check_references(train, grader, fmt)
+
+
 class _RecordingSampler:
     """Passes calls through to a Sampler and keeps every completion by prompt (for ATC)."""
 
@@ -112,16 +134,12 @@ def run_sweep(base: Any, train: Sequence[Any], test: Sequence[Any], *, fmt: Any,
     import torch
 
     from curator.analysis.predict import load_run, predict, write_report
-    from curator.dynamics.tracker import DynamicsTracker, check_references
+    from curator.dynamics.tracker import DynamicsTracker
     from curator.sampling.base import SamplingParams
     from curator.training import finetune
 
-    problems = check_grid(learning_rates, epochs)
-    if not test:
-        problems.append("the sweep needs a held-out test set (data.test) to predict")
-    if problems:
-        raise ConfigError(problems)
-    check_references(train, grader, fmt)
+    validate_sweep(train, test, fmt=fmt, grader=grader, train_settings=train_settings,
+                   learning_rates=learning_rates, epochs=epochs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = base.tokenizer
@@ -242,6 +260,8 @@ def sweep_from_recipe(recipe: Any, progress: bool = True, echo: Callable[[str], 
                          limit=d.test_size)
     if not train:
         raise CuratorError(f"data.pool {d.pool!r} gave no training examples")
+    validate_sweep(train, test, fmt=recipe.format, grader=grader, train_settings=recipe.training,
+                   learning_rates=sw.learning_rates, epochs=sw.epochs)  # before the model loads
     dyn, ev, m = recipe.dynamics, recipe.evaluation, recipe.model
     params = SamplingParams(temperature=dyn.temperature, top_p=dyn.top_p, max_new_tokens=dyn.max_new_tokens,
                             stop=recipe.format.stop, seed=recipe.seed)

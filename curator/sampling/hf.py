@@ -151,7 +151,11 @@ class HFSampler:
         input_ids, mask = _left_pad(prompt_ids, self.pad_id, dev)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         # prefill once per prompt ...
-        res = self._forward(input_ids, mask, position_ids, DynamicCache(), keep=1)
+        try:  # the config tells the cache about sliding-window layers (transformers >= 4.56)
+            cache = DynamicCache(config=self.model.config)
+        except TypeError:
+            cache = DynamicCache()
+        res = self._forward(input_ids, mask, position_ids, cache, keep=1)
         cache = res.past_key_values
         # ... then give every sample its own copy of the prompt's KV cache
         src = torch.tensor([k for k, (_, js) in enumerate(batch) for _ in js], device=dev)
@@ -366,21 +370,49 @@ def _uniforms(key: bytes, j: int, steps: int):
     return torch.rand(steps, generator=g, dtype=torch.float64)
 
 
-def _choose(logits, u, temperature: float, top_p: float):
-    """Greedy (temperature 0) or temperature + nucleus sampling by inverse CDF with uniforms ``u``."""
+def _choose(logits, u, temperature: float, top_p: float, prefix: int = 128):
+    """Greedy (temperature 0) or temperature + nucleus sampling by inverse CDF with uniforms ``u``.
+
+    The nucleus is the smallest set of most likely tokens whose mass reaches ``top_p`` (the top
+    token always included), renormalised; token k of it is drawn when ``u`` falls in its CDF slot.
+    """
     import torch
 
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits / temperature, dim=-1)
-    sp, si = probs.sort(dim=-1, descending=True)
-    cs = sp.cumsum(-1)
-    # nucleus: the smallest prefix whose mass reaches top_p (the top token is always kept)
-    keep = (cs - sp) < top_p if top_p < 1 else sp > 0
+    if top_p >= 1:
+        # no truncation: the CDF in vocabulary order needs no sort
+        return _inverse_cdf(probs, None, probs > 0, u)
+    # sorting the whole vocabulary every step is the slowest part of sampling on CPU; the nucleus
+    # nearly always lies within the top `prefix` tokens, which topk finds much faster
+    k = min(prefix, probs.shape[-1])
+    sp, si = probs.topk(k, dim=-1)
+    inside = sp.sum(-1) >= top_p
+    if not bool(inside.all()):
+        full_sp, full_si = probs[~inside].sort(dim=-1, descending=True)
+        picked = torch.empty(len(probs), dtype=torch.long, device=probs.device)
+        picked[~inside] = _inverse_cdf(full_sp, full_si, _nucleus(full_sp, top_p), u[~inside])
+        if bool(inside.any()):
+            picked[inside] = _inverse_cdf(sp[inside], si[inside], _nucleus(sp[inside], top_p), u[inside])
+        return picked
+    return _inverse_cdf(sp, si, _nucleus(sp, top_p), u)
+
+
+def _nucleus(sorted_probs, top_p: float):
+    keep = (sorted_probs.cumsum(-1) - sorted_probs) < top_p  # mass before this token < top_p
     keep[:, 0] = True
-    sp = sp * keep
-    cs = sp.cumsum(-1).double()
+    return keep
+
+
+def _inverse_cdf(probs, index, keep, u):
+    """Token whose slot in the CDF of ``probs * keep`` (renormalised) contains ``u``."""
+    import torch
+
+    cs = (probs * keep).double().cumsum(-1)
     r = (u * cs[:, -1]).unsqueeze(-1)
     k = torch.searchsorted(cs, r, right=True).squeeze(-1)
-    k = torch.minimum(k, keep.sum(-1) - 1)  # guard the float edge u * total == total
-    return si.gather(-1, k.unsqueeze(-1)).squeeze(-1)
+    # guard the float edge u * total == total: never step past the last kept token
+    last = keep.shape[-1] - 1 - keep.flip(-1).long().argmax(-1)
+    k = torch.minimum(k, last)
+    return k if index is None else index.gather(-1, k.unsqueeze(-1)).squeeze(-1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Union
 
 from curator.errors import ConfigError
@@ -154,8 +154,3 @@ class TrainSettings:
         mb = self.micro_batches_per_epoch(n_examples, num_processes)
         done_epochs, in_epoch = divmod(step, spe)
         return done_epochs + min(in_epoch * self.grad_accum, mb) / mb
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        """Field name -> help text (for docs and `--help` output)."""
-        return {f.name: f.metadata.get("help", "") for f in fields(cls)}

@@ -297,21 +297,18 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
     def checkpoint(step: int) -> None:
         t_start = time.perf_counter()
         metrics = close_window()
-        path = None
-        if settings.save_checkpoints:
-            path = os.path.join(settings.output_dir, f"checkpoint-{step}")
-            if acc.is_main_process:
-                base.save_pretrained(path)
-                tokenizer.save_pretrained(path)
-            # every process sees the same path, after it exists
-            acc.wait_for_everyone()
+        path = os.path.join(settings.output_dir, f"checkpoint-{step}") if settings.save_checkpoints else None
         info = CheckpointInfo(index=checkpoint_at[step], step=step,
                               epoch=settings.epoch_at(step, n, world), metrics=metrics, path=path,
                               is_main_process=acc.is_main_process, process_index=rank, num_processes=world)
-        if path is not None and acc.is_main_process:
-            with open(os.path.join(path, "curator_checkpoint.json"), "w") as f:
-                json.dump({k: v for k, v in asdict(info).items()
-                           if k not in ("is_main_process", "process_index")}, f, indent=1)
+        if path is not None:
+            if acc.is_main_process:
+                base.save_pretrained(path)
+                tokenizer.save_pretrained(path)
+                with open(os.path.join(path, "curator_checkpoint.json"), "w") as f:
+                    json.dump({k: v for k, v in asdict(info).items()
+                               if k not in ("is_main_process", "process_index")}, f, indent=1)
+            acc.wait_for_everyone()  # every process's callback sees a complete directory
         result.checkpoints.append(info)
         if on_checkpoint is not None:
             base.eval()
@@ -319,62 +316,67 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
             base.train()
         result.checkpoint_seconds += time.perf_counter() - t_start
 
+    def train_step(step_batches: list[list[int]]) -> tuple[Any, int]:
+        """One optimizer step over the step's global micro-batches; returns this process's summed
+        target NLL and target-token count (for the progress bar)."""
+        step_tokens = sum(n_target[i] for mb in step_batches for i in mb)
+        local_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
+        local_tokens = 0
+        for j, mb in enumerate(step_batches):
+            mine, weight = mb[rank::world], 1.0
+            if not mine:
+                # a short last batch can leave this process nothing: run one example with zero
+                # weight so that DDP's gradient all-reduce still happens on every process
+                mine, weight = mb[:1], 0.0
+            ids, mask, labels = (t.to(acc.device) for t in collate([feats[i] for i in mine], pad_id))
+            last = j == len(step_batches) - 1
+            with contextlib.nullcontext() if last else acc.no_sync(ddp_model):
+                nll = target_nll_sum(ddp_model(input_ids=ids, attention_mask=mask).logits, labels)
+                # DDP averages gradients over processes: scaling by world makes the result the
+                # gradient of (target NLL summed over the global step) / (its target tokens)
+                acc.backward(nll * (weight * world / step_tokens))
+            local_sum += weight * nll.detach().double()
+            local_tokens += int(weight) * sum(n_target[i] for i in mine)
+        if acc.scaler is not None:
+            acc.unscale_gradients()  # fp16: statistics and clipping need the true gradient
+        grad_stats.update()
+        if settings.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        window_sums.append(local_sum)
+        window_tokens.append(step_tokens)
+        result.n_tokens += sum(len(feats[i][0]) for mb in step_batches for i in mb)
+        return local_sum, local_tokens
+
     bar = tqdm(total=total_steps, desc="finetune", unit="step",
                disable=not (progress and acc.is_local_main_process))
-    ddp_model.train()
-    step = 0
-    t0 = time.perf_counter()
-    for epoch in range(settings.epochs):
-        for step_batches in epoch_plan(n, settings, epoch, world):
-            step_tokens = sum(n_target[i] for mb in step_batches for i in mb)
-            result.n_tokens += sum(len(feats[i][0]) for mb in step_batches for i in mb)
-            local_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
-            local_tokens = 0
-            for j, mb in enumerate(step_batches):
-                mine = mb[rank::world]
-                weight = 1.0
-                if not mine:
-                    # a short last batch can leave this process nothing: run one example with zero
-                    # weight so that DDP's gradient all-reduce still happens on every process
-                    mine, weight = mb[:1], 0.0
-                ids, mask, labels = (t.to(acc.device) for t in collate([feats[i] for i in mine], pad_id))
-                last = j == len(step_batches) - 1
-                with contextlib.nullcontext() if last else acc.no_sync(ddp_model):
-                    logits = ddp_model(input_ids=ids, attention_mask=mask).logits
-                    nll = target_nll_sum(logits, labels)
-                    # DDP averages gradients over processes: scale by world so the result is the
-                    # gradient of (sum of target NLL over the global step) / (its target tokens)
-                    acc.backward(nll * (weight * world / step_tokens))
-                local_sum += weight * nll.detach().double()
-                local_tokens += int(weight) * sum(n_target[i] for i in mine)
-            if acc.scaler is not None:
-                acc.unscale_gradients()
-            grad_stats.update()
-            if settings.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            window_sums.append(local_sum)
-            window_tokens.append(step_tokens)
-            if not bar.disable:
-                bar.set_postfix(loss=f"{float(local_sum) / max(local_tokens, 1):.4f}", epoch=epoch + 1)
-            bar.update(1)
-            if step in checkpoint_at:
-                checkpoint(step)
-    result.train_seconds = time.perf_counter() - t0 - result.checkpoint_seconds
-    bar.close()
-
-    if window_tokens:  # steps after the last checkpoint (checkpoint_every not dividing the total)
-        result.final_metrics = close_window()
-    else:
-        result.final_metrics = dict(result.checkpoints[-1].metrics)
-    if settings.gradient_checkpointing:
-        _set_activation_checkpointing(base, False)
-    if config is not None and old_use_cache is not None:
-        config.use_cache = old_use_cache
-    # drop accelerate's mixed-precision forward wrapper, if any, from the caller's model
-    acc.unwrap_model(ddp_model, keep_fp32_wrapper=False)
-    base.train(was_training)
+    try:
+        ddp_model.train()
+        step = 0
+        t0 = time.perf_counter()
+        for epoch in range(settings.epochs):
+            for step_batches in epoch_plan(n, settings, epoch, world):
+                local_sum, local_tokens = train_step(step_batches)
+                step += 1
+                if not bar.disable:
+                    bar.set_postfix(loss=f"{float(local_sum) / max(local_tokens, 1):.4f}", epoch=epoch + 1)
+                bar.update(1)
+                if step in checkpoint_at:
+                    checkpoint(step)
+        result.train_seconds = time.perf_counter() - t0 - result.checkpoint_seconds
+        if window_tokens:  # steps after the last checkpoint (checkpoint_every not dividing the total)
+            result.final_metrics = close_window()
+        else:
+            result.final_metrics = dict(result.checkpoints[-1].metrics)
+    finally:
+        bar.close()
+        if settings.gradient_checkpointing:
+            _set_activation_checkpointing(base, False)
+        if config is not None and old_use_cache is not None:
+            config.use_cache = old_use_cache
+        # drop accelerate's mixed-precision forward wrapper, if any, from the caller's model
+        acc.unwrap_model(ddp_model, keep_fp32_wrapper=False)
+        base.train(was_training)
     return result
