@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
@@ -40,7 +39,6 @@ def main() -> None:
                 n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
                 s = TrainSettings(epochs=1, batch_size=args.batch_size, learning_rate=1e-4,
                                   track_grad_variance=track)
-                t0 = time.perf_counter()
                 res = finetune(model, lm.tokenizer, examples, None, s, progress=False)
                 times[track].append(res.train_seconds / res.steps)
         off, on = statistics.median(times[False]), statistics.median(times[True])

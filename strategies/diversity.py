@@ -88,10 +88,12 @@ def kcenter_greedy(X: np.ndarray, k: int, centers: np.ndarray | None = None, *, 
             else:
                 F, rest_max = np.arange(N), -np.inf
             stale = F[applied[F] < nC]
-            if stale.size:
-                lo = int(applied[stale].min())
-                ub[stale] = np.minimum(ub[stale], min_sq_dist(X[stale], C[lo:nC]))
-                applied[stale] = nC
+            # apply to each stale row only the centers added since it was last brought up to date
+            # (rows refreshed together share that count, so there are few groups)
+            for a in np.unique(applied[stale]):
+                rows = stale[applied[stale] == a]
+                ub[rows] = np.minimum(ub[rows], min_sq_dist(X[rows], C[a:nC]))
+            applied[stale] = nC
             XF = X[F]
             sqF = np.einsum("ij,ij->i", XF, XF)
             dF = ub[F]

@@ -1,15 +1,14 @@
 """`premem-threshold`: the PreMemAcc curation rule (Kang et al., arXiv 2411.07681, §5).
 
 Training examples whose PreMemAcc (final checkpoint, perplexity threshold p from the context) is
-below ``threshold`` (t in the paper) are
-the ones the model memorised before it could solve them; they define the target distribution.
-New examples come from near them — from a fixed pool, the candidates nearest to them (FAISS inner
-product over L2-normalised embeddings), taken round-robin over the targets so that every target
-gets its share instead of a few dense ones absorbing the budget; from a generative source, new
-examples similar to each target, spread evenly.
+below ``threshold`` (t in the paper) are the ones the model memorised before it could solve them;
+they define the target distribution. New examples come from near them — from a fixed pool, the
+candidates nearest to them (exact inner product over L2-normalised embeddings), taken round-robin
+over the targets so that every target gets its share instead of a few dense ones absorbing the
+budget; from a generative source, new examples similar to each target, spread evenly.
 
-Fallback: when no training example is below the threshold, the ``fallback_fraction`` of training examples
-with the lowest PreMemAcc are the targets instead, and the selection note says so.
+Fallback: when no training example is below the threshold, the ``fallback_fraction`` of training
+examples with the lowest PreMemAcc are the targets instead, and the selection note says so.
 """
 
 from __future__ import annotations
@@ -56,38 +55,70 @@ def premem_targets(ctx: SelectionContext, t: float, fallback_fraction: float) ->
     return [train[i] for i in order[:n]], pm
 
 
-def nearest_round_robin(X: np.ndarray, T: np.ndarray, m: int) -> np.ndarray:
-    """Up to m row indices of X: each target's nearest (inner product), taken round-robin.
+def scan_targets(X: np.ndarray, T: np.ndarray, q: int, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """One pass over the candidates X against the targets T (inner products).
 
-    Round r takes every target's r-th nearest candidate not taken yet, targets in the given order.
+    Returns each candidate's largest similarity to a target, and each target's q most similar
+    candidates, best first (ties: lower row first; -1 pads when X has fewer than q rows).
+
+    Why not ``faiss.knn(T, X, q)``: FAISS brute force is built for many queries against a
+    database; a few hundred targets against 1M candidates ran several times slower there than one
+    blocked GEMM pass that keeps each target's running top-q behind a threshold (see
+    docs/PERFORMANCE.md). The same pass yields every candidate's score.
     """
-    import faiss
+    N, nT = len(X), len(T)
+    q = min(int(q), N)
+    T = np.ascontiguousarray(T, np.float32)
+    best = np.empty(N, np.float64)
+    top_i = [np.zeros(0, np.int64) for _ in range(nT)]
+    top_s = [np.zeros(0, np.float32) for _ in range(nT)]
+    tau = np.full(nT, -np.inf, np.float32)  # a target's q-th best so far: only better rows matter
+    for s in range(0, N, chunk):
+        S = T @ np.asarray(X[s:s + chunk], np.float32).T  # [targets, rows]
+        best[s:s + S.shape[1]] = S.max(0)
+        for t in range(nT):
+            row = S[t]
+            sel = np.flatnonzero(row > tau[t])
+            if sel.size == 0:
+                continue
+            if sel.size > q:
+                sel = sel[np.argpartition(-row[sel], q - 1)[:q]]
+            ci, cs = np.concatenate([top_i[t], sel + s]), np.concatenate([top_s[t], row[sel]])
+            if len(ci) > q:
+                keep = np.argpartition(-cs, q - 1)[:q]
+                ci, cs = ci[keep], cs[keep]
+            top_i[t], top_s[t] = ci, cs
+            if len(ci) == q:
+                tau[t] = cs.min()
+    I = np.full((nT, q), -1, np.int64)
+    for t in range(nT):
+        order = np.lexsort((top_i[t], -top_s[t]))
+        I[t, :len(order)] = top_i[t][order]
+    return best, I
 
+
+def round_robin(I: np.ndarray, m: int) -> np.ndarray:
+    """Rows from per-target ranked lists: every target's 1st, then every target's 2nd, ... (no repeats)."""
+    flat = I.T.reshape(-1)  # rank-major
+    flat = flat[flat >= 0]
+    uniq, first = np.unique(flat, return_index=True)
+    return uniq[np.argsort(first, kind="stable")][:m]
+
+
+def nearest_round_robin(X: np.ndarray, T: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Up to m rows of X, the targets' nearest taken round-robin (targets in the given order), and
+    every row's best similarity to a target."""
     N = len(X)
     m = min(int(m), N)
-    if m <= 0 or len(T) == 0:
-        return np.zeros(0, np.int64)
+    if len(T) == 0 or N == 0:
+        return np.zeros(0, np.int64), np.full(N, -np.inf)
     q = min(N, math.ceil(m / len(T)) + 8)
     while True:
-        _, I = faiss.knn(np.ascontiguousarray(T, np.float32), X, q, faiss.METRIC_INNER_PRODUCT)
-        flat = I.T.reshape(-1)  # rank-major: every target's 1st, then every target's 2nd, ...
-        flat = flat[flat >= 0]
-        uniq, first = np.unique(flat, return_index=True)
-        if len(uniq) >= m or q >= N:
-            return uniq[np.argsort(first, kind="stable")][:m]
+        best, I = scan_targets(X, T, q)
+        rows = round_robin(I, m)
+        if len(rows) >= m or q >= N:
+            return rows, best
         q = min(N, 2 * q)  # neighbour lists overlap too much: look further
-
-
-def max_similarity(X: np.ndarray, T: np.ndarray, chunk: int = 262144) -> np.ndarray:
-    """Each row of X's largest inner product with a row of T (cosine for unit vectors)."""
-    import faiss
-
-    out = np.empty(len(X), np.float64)
-    T = np.ascontiguousarray(T, np.float32)
-    for s in range(0, len(X), chunk):
-        D, _ = faiss.knn(np.ascontiguousarray(X[s:s + chunk], np.float32), T, 1, faiss.METRIC_INNER_PRODUCT)
-        out[s:s + chunk] = D[:, 0]
-    return out
 
 
 def generate_round_robin(ctx: SelectionContext, targets: list[Example], total: int
@@ -136,8 +167,9 @@ class PreMemThreshold(Strategy):
         """Pool row indices near the targets (round-robin, up to m); records max-similarity scores."""
         X = ctx.signals.embeddings(ctx.pool)
         T = ctx.signals.embeddings(targets)
-        ctx.record_scores(ctx.ids, max_similarity(X, T))
-        return nearest_round_robin(X, T, m)
+        rows, best = nearest_round_robin(X, T, m)
+        ctx.record_scores(ctx.ids, best)
+        return rows
 
     def select(self, ctx: SelectionContext, k: int) -> list[str]:
         targets, pm = self.targets(ctx)

@@ -1,6 +1,5 @@
 """Ledger construction, validation and Parquet round trip."""
 
-import math
 
 import numpy as np
 import pandas as pd

@@ -205,8 +205,27 @@ def test_premem_threshold_spreads_over_targets_round_robin():
 def test_round_robin_looks_further_when_neighbour_lists_overlap():
     X = np.eye(6, dtype=np.float32)
     T = np.stack([X[0] + 0.1 * X[1], X[0] + 0.1 * X[2]])  # both targets' nearest is row 0
-    rows = nearest_round_robin(X, T, 5)
+    rows, best = nearest_round_robin(X, T, 5)
     assert rows[0] == 0 and len(set(rows.tolist())) == 5
+
+
+def test_scan_targets_equals_brute_force_across_chunks():
+    from strategies.premem import scan_targets
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(5000, 16)).astype(np.float32)
+    X[100] = X[7]  # an exact tie: the lower row comes first
+    T = rng.normal(size=(7, 16)).astype(np.float32)
+    T[0] = X[7]
+    best, I = scan_targets(X, T, 20, chunk=512)
+    S = T @ X.T
+    np.testing.assert_allclose(best, S.max(0), rtol=1e-5)
+    for t in range(7):
+        want = np.lexsort((np.arange(5000), -S[t]))[:20]
+        assert I[t].tolist() == want.tolist()
+    assert I[0, :2].tolist() == [7, 100]
+    _, small = scan_targets(X[:3], T, 5)  # fewer rows than q
+    assert small.shape == (7, 3)
 
 
 def test_premem_threshold_falls_back_to_lowest_and_says_so():

@@ -8,7 +8,6 @@ file's schema metadata under the key ``curator.ledger`` (a JSON object).
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
