@@ -12,7 +12,8 @@ Live lazy (2) draws its own random samples, so its PreMemAcc matches (1) only in
 with --temperature 0 sampling is greedy and all three agree exactly.
 
     python bench/bench_lazy.py                        # tiny random model, seconds
-    python bench/bench_lazy.py --model smollm2-135m-instruct --n 24 --epochs 4
+    python bench/bench_lazy.py --model smollm2-135m-instruct --n 16 --epochs 5 --lr 1e-4 --threads 1
+    python bench/bench_lazy.py --data sums.jsonl --n 12 --epochs 12 --lr 3e-3 --batch-size-train 4
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ class ReplaySampler:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny-random")
+    ap.add_argument("--data", default=None, help="a load_examples source (default: SyntheticTask problems)")
     ap.add_argument("--n", type=int, default=24, help="training examples")
+    ap.add_argument("--batch-size-train", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--k", type=int, default=5)
@@ -111,11 +114,16 @@ def main(argv=None):
         from curator.models import LoraSettings, apply_lora
 
         model = apply_lora(model, LoraSettings())
-    examples = SyntheticTask().generate(args.n, seed=args.seed)
+    if args.data:
+        from curator.data.loaders import load_examples
+
+        examples = load_examples(args.data, limit=args.n)
+    else:
+        examples = SyntheticTask().generate(args.n, seed=args.seed)
     fmt = PromptFormat()
     grader = get_grader("gsm8k")
     lr = args.lr or (1e-3 if args.lora or args.model == "tiny-random" else 1e-4)
-    settings = TrainSettings(epochs=args.epochs, learning_rate=lr, batch_size=8, seed=args.seed)
+    settings = TrainSettings(epochs=args.epochs, learning_rate=lr, batch_size=args.batch_size_train, seed=args.seed)
     n_ckpt = settings.n_checkpoints(len(examples))
     params = SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                             stop=fmt.stop, seed=args.seed)

@@ -229,7 +229,7 @@ def test_curate_strategies_lists_every_builtin_with_needs_and_parameters():
     assert "needs:      (nothing)" in out  # iid
 
 
-def test_curate_strategies_json_and_exit_code_for_bad_strategy():
+def test_curate_strategies_json():
     import json
 
     from curator.cli.strategies import strategies as cmd

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -30,6 +31,9 @@ import numpy as np
 from curator.data.format import encode_pair, encode_prompt
 from curator.errors import ConfigError, CuratorError
 from curator.sampling.base import SamplingParams
+
+# token ids that can complete a stop string, per tokenizer and set of stop-string last characters
+_ENDERS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
 # scoring keeps rows * target_len * vocab logits in memory; cap that product (float32 elements)
 _MAX_SCORE_LOGITS = 2**27
@@ -170,6 +174,7 @@ class HFSampler:
             [_uniforms(keys[r.prompt], r.j, max_new) for r in rows]).to(dev)
         stops = tuple(s for s in params.stop if s)
         window = max((len(s) for s in stops), default=0) + 4  # tokens of tail text to search for a stop
+        enders = self._stop_enders(stops)
         active = list(range(len(rows)))  # rows[active[b]] is batch row b
         done: list[tuple[_Row, str]] = []
         for t in range(max_new):
@@ -180,7 +185,8 @@ class HFSampler:
                 finished = token in self.eos_ids
                 if not finished:
                     row.tokens.append(token)
-                    if stops:
+                    # decode the tail only when this token could complete a stop string
+                    if stops and token in enders:
                         tail = self.tokenizer.decode(row.tokens[-window:], skip_special_tokens=True)
                         finished = any(s in tail for s in stops)
                 if finished or t == max_new - 1:
@@ -204,6 +210,27 @@ class HFSampler:
             logits = res.logits[:, -1, :].float()
             pos = pos + 1
         return done
+
+    def _stop_enders(self, stops: tuple[str, ...]) -> frozenset:
+        """Token ids after which a stop string can newly appear in the text.
+
+        A stop string can only complete on a token whose text holds its last character, or on a
+        token that decodes to nothing or to a partial character (byte-level pieces). Checking the
+        tail text only after those tokens saves a detokenization per sequence per step.
+        """
+        if not stops:
+            return frozenset()
+        key = frozenset(s[-1] for s in stops)
+        try:  # cached per tokenizer for the process: a sampler per checkpoint must not redo it
+            per_tok = _ENDERS.setdefault(self.tokenizer, {})
+        except TypeError:
+            per_tok = {}
+        if key not in per_tok:
+            vocab = len(self.tokenizer)
+            pieces = self.tokenizer.batch_decode([[i] for i in range(vocab)], skip_special_tokens=True)
+            per_tok[key] = frozenset(i for i, t in enumerate(pieces)
+                                     if not t or "\ufffd" in t or any(c in t for c in key))
+        return per_tok[key]
 
     def _text(self, tokens: list, stops: tuple[str, ...]) -> str:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)

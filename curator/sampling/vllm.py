@@ -109,8 +109,9 @@ class VLLMSampler:
         for i, (p, _) in enumerate(pairs):
             if not p:
                 raise CuratorError(f"prompt {i} tokenizes to nothing; its first target token has no context")
-        # prompt_logprobs=0: only the logprob of each actual prompt token (plus none of the top-k)
-        sp = VLLMParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        # vLLM always puts each actual prompt token in its position's dict, beside the top-k;
+        # k=1 (not 0) because some versions reject prompt_logprobs=0
+        sp = VLLMParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False)
         reqs = [TokensPrompt(prompt_token_ids=p + t) for p, t in pairs]
         outs = self.llm.generate(reqs, sp, lora_request=self._lora, use_tqdm=self.progress)
         result = []
