@@ -171,6 +171,7 @@ def main(argv=None):
     print(f"replayed lazy / full tokens: {ratio_tok:.3f}; live lazy / full tokens: "
           f"{stats['lazy'][0] / max(stats['full'][0], 1):.3f}; live wall time ratio: "
           f"{stats['lazy'][1] / max(stats['full'][1], 1e-9):.3f}")
+    print(f"generate calls: full {full.generate_calls}, lazy (live) {lazy.generate_calls}")
     print(f"final per-example PreMemAcc identical (replayed lazy vs full): {same}")
     if not same:
         raise SystemExit("lazy tracking changed PreMemAcc: this is a bug")
