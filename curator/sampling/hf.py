@@ -256,6 +256,9 @@ class HFSampler:
                                    "its first target token has no context; give a non-empty prompt")
         vocab = self._vocab_size()
         token_cap = self.max_batch_tokens or 16384
+        # a padded token costs as much as a real one on a CPU, so batches there hold rows of nearly
+        # equal length; a GPU has idle capacity at small batches and tolerates more padding
+        pad_tolerance = 0.1 if str(self.device).startswith("cpu") else 0.5
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
         out: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(pairs)
         was_training = self.model.training
@@ -265,15 +268,16 @@ class HFSampler:
                 start = 0
                 while start < len(order):
                     # grow the batch while rows, tokens and kept logits stay under their caps
-                    end, longest, longest_t = start, 0, 0
+                    end, longest, longest_t, real = start, 0, 0, 0
                     while end < len(order):
                         p, t = pairs[order[end]]
                         L, T = max(longest, len(p) + len(t)), max(longest_t, len(t))
                         rows = end - start + 1
                         if end > start and (rows > self.batch_size or rows * L > token_cap
-                                            or rows * (T + 1) * vocab > _MAX_SCORE_LOGITS):
+                                            or rows * (T + 1) * vocab > _MAX_SCORE_LOGITS
+                                            or rows * L > (1 + pad_tolerance) * (real + len(p) + len(t))):
                             break
-                        longest, longest_t, end = L, T, end + 1
+                        longest, longest_t, real, end = L, T, real + len(p) + len(t), end + 1
                     idx = order[start:end]
                     for i, lp in zip(idx, self._score_batch([pairs[i] for i in idx])):
                         out[i] = lp
