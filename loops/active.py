@@ -149,7 +149,7 @@ class ActiveLoop:
                                 max_new_tokens=dyn.max_new_tokens, stop=rec.format.stop, seed=rec.seed + r)
         n_ckpt = len(rec.training.checkpoint_schedule(len(train)))
         tracker = DynamicsTracker(train, rec.format, self.ws.grader, k=dyn.samples, params=params, p=dyn.p,
-                                  lazy=dyn.lazy, n_checkpoints=n_ckpt, tokenizer=tok)
+                                  lazy=dyn.lazy, n_checkpoints=n_ckpt, tokenizer=tok, progress=self.ws.progress)
         model = self._fresh_model()
         ckpt_metrics: list[dict] = []
 

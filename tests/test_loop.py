@@ -14,7 +14,7 @@ from curator.errors import StrategyError
 from curator.recipes import recipe_from_dict
 from curator.strategy import Strategy
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 TINY = {
     "name": "tiny-loop",

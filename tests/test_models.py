@@ -13,13 +13,7 @@ from curator.models import LoadedModel, LoraSettings, apply_lora, load_model, ma
 from curator.models.tiny import tiny_model, tiny_tokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny-model ops are too small to gain from threads; on a loaded machine hand-offs dominate
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _greedy(loaded: LoadedModel, prompt: str, k: int = 12) -> list[int]:

@@ -25,14 +25,7 @@ GREEDY = SamplingParams(temperature=0, max_new_tokens=24, stop=())
 SAMPLE = SamplingParams(temperature=0.8, top_p=0.95, max_new_tokens=24, stop=(), seed=7)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the tiny model's ops are far too small to gain from threads; on a loaded machine the
-    # thread hand-offs cost more than the math
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,7 @@ from curator.training.sft import IGNORE_INDEX, build_features, collate, epoch_pl
 from curator.training.stats import DistanceFromInit, GradStats
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models gain nothing from intra-op threads, and on a shared CPU they spin against each other
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny():
