@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "premem": ("curator.cli.premem:premem", "Finetune with dynamics tracking; write the ledger and PreMemAcc summary."),
     "predict": ("curator.cli.analysis:predict", "Predict test accuracy from training dynamics across runs."),
     "robustness": ("curator.cli.analysis:robustness", "Accuracy under forced response prefixes, per PreMemAcc bucket."),
+    "sweep": ("curator.cli.analysis:sweep", "Train a learning-rate x epochs grid with dynamics tracking, then predict."),
     "ledger": ("curator.cli.ledger:ledger", "Inspect, summarise and import learning-dynamics ledgers."),
     "data": ("curator.cli.data:data", "Preview datasets and write synthetic reasoning tasks."),
 }
