@@ -137,9 +137,39 @@ def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
         idx = np.sort(rng.choice(len(pool), size=d.seed_size, replace=False))
         seed_ids = [pool[i].id for i in idx]
         atomic_write_text(ids_file, json.dumps(seed_ids))
+    _check_same_recipe(run_dir, recipe)
     atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
     return Workspace(recipe=recipe, run_dir=run_dir, tracking_uri=uri, pool=pool, test=test,
                      seed_ids=seed_ids, grader=grader, source=source, progress=progress)
+
+
+# sections a resumed run may change: more rounds, other strategies (each strategy checks its
+# own settings against its finished rounds), another tracking store
+_RESUMABLE_CHANGES = {"loop.rounds", "strategies", "tracking", "output_dir", "name"}
+
+
+def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
+    """Refuse to resume a run directory with settings that would change its finished rounds."""
+    import yaml
+
+    from curator.errors import ConfigError
+    from curator.tracking.mlflow_store import flatten
+
+    old_file = run_dir / "recipe.yaml"
+    if not old_file.exists():
+        return
+    old = flatten(yaml.safe_load(old_file.read_text()) or {})
+    new = flatten(recipe.to_dict())
+
+    def kept(key: str) -> bool:
+        return not any(key == c or key.startswith(c + ".") for c in _RESUMABLE_CHANGES)
+
+    changed = sorted(k for k in set(old) | set(new) if kept(k) and old.get(k) != new.get(k))
+    if changed:
+        shown = ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in changed[:5])
+        raise ConfigError(f"{run_dir} holds a run made with other settings ({shown}"
+                          f"{' ...' if len(changed) > 5 else ''}); resuming would mix them. "
+                          "Set output_dir to a new directory (--set output_dir=...), or delete the old one")
 
 
 def run_recipe(recipe: Recipe, progress: bool = True, echo=print) -> RunSummary:

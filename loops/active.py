@@ -74,10 +74,15 @@ class ActiveLoop:
         meta = read_json(meta_path) if meta_path.exists() else {}
         tags = {"strategy": self.spec.name, "strategy_label": self.spec.run_name,
                 "seed": str(self.recipe.seed), "recipe": self.recipe.name}
+        spec = {"name": self.spec.name, "params": dict(self.spec.params)}
+        if meta.get("spec") not in (None, spec) and (self.round_dir(0) / "DONE").exists():
+            raise CuratorError(f"{self.dir} has finished rounds of strategy {meta['spec']}, but the recipe now "
+                               f"gives {spec} for run {self.spec.run_name!r}; give it another 'label' "
+                               "or a new output_dir")
         run_id = self.mlflow.open(meta.get("mlflow_run_id"), self.spec.run_name,
                                   params=flatten(self.recipe.to_dict()), tags=tags)
-        if meta.get("mlflow_run_id") != run_id:
-            atomic_write_json(meta_path, {"mlflow_run_id": run_id, "strategy": self.spec.name})
+        if meta.get("mlflow_run_id") != run_id or meta.get("spec") != spec:
+            atomic_write_json(meta_path, {"mlflow_run_id": run_id, "strategy": self.spec.name, "spec": spec})
         # replay finished rounds
         r = 0
         while (self.round_dir(r) / "DONE").exists():
@@ -214,7 +219,10 @@ class ActiveLoop:
             "round": r, "n_train": len(train),
             "test_accuracy": entry["test_accuracy"],
             "premem_acc": float(last["premem_acc"]),
+            # lazy tracking can leave the final train accuracy known only within bounds
             "train_accuracy": float(last["train_acc"]),
+            "train_accuracy_lo": float(last["train_acc_lo"]),
+            "train_accuracy_hi": float(last["train_acc_hi"]),
             "fraction_memorized": float(last["fraction_memorized"]),
             "train_loss": float(entry["checkpoints"][-1].get("train_loss", float("nan"))) if entry["checkpoints"] else float("nan"),
             "train_seconds": entry["train_seconds"],
@@ -312,8 +320,11 @@ class ActiveLoop:
     def _print_round(self, r: int, m: dict[str, Any]) -> None:
         if not self.ws.progress and os.environ.get("CURATOR_QUIET"):
             return
+        acc = m["train_accuracy"]
+        train_acc = (f"{acc:.3f}" if acc == acc
+                     else f"[{m['train_accuracy_lo']:.3f},{m['train_accuracy_hi']:.3f}]")
         print(f"[{self.spec.run_name}] round {r}: n={m['n_train']} test_acc={m['test_accuracy']:.3f} "
-              f"premem={m['premem_acc']:.3f} train_acc={m['train_accuracy']:.3f} "
+              f"premem={m['premem_acc']:.3f} train_acc={train_acc} "
               f"memorized={m['fraction_memorized']:.2f} ({m['round_seconds']:.0f}s)", flush=True)
 
     # ---- end of run ----------------------------------------------------------------------------

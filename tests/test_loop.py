@@ -63,7 +63,7 @@ def test_two_rounds_two_strategies_tracked_in_mlflow(tmp_path):
     for name, run in runs.items():
         hist = client.get_metric_history(run.info.run_id, "test_accuracy")
         assert sorted(m.step for m in hist) == [6, 10]  # step = number of training examples
-        for key in ("premem_acc", "train_accuracy", "fraction_memorized", "round_seconds"):
+        for key in ("premem_acc", "train_accuracy_lo", "train_accuracy_hi", "fraction_memorized", "round_seconds"):
             assert len(client.get_metric_history(run.info.run_id, key)) == 2
         assert run.data.params["dynamics.samples"] == "2"
         assert run.data.tags["strategy"] == name
@@ -157,3 +157,17 @@ def test_budget_larger_than_pool_stops_cleanly(tmp_path):
     s = run_recipe(recipe_from_dict(d), progress=False, echo=lambda *a: None)
     info = s.strategies["iid"]
     assert info["rounds"] == 2 and "could add only 1 of 2" in info["stopped_reason"]
+
+
+def test_resuming_with_changed_settings_is_refused(tmp_path):
+    from curator.errors import ConfigError
+    from curator.run import prepare_workspace
+
+    d = _recipe(tmp_path)
+    prepare_workspace(recipe_from_dict(d), progress=False)
+    d["training"]["learning_rate"] = 0.01
+    with pytest.raises(ConfigError, match=r"training.learning_rate: 0.003 -> 0.01"):
+        prepare_workspace(recipe_from_dict(d), progress=False)
+    d["training"]["learning_rate"] = 0.003
+    d["loop"]["rounds"] = 4  # more rounds is a legitimate resume
+    prepare_workspace(recipe_from_dict(d), progress=False)
