@@ -223,7 +223,8 @@ def _plot(means, grouped, path: Path, title: str) -> None:
 
 
 def compare_run_dir(run_dir: str | Path, baseline: str = "iid", out_dir: str | Path | None = None) -> CompareResult:
-    return compare_curves(curves_from_run_dir(run_dir), baseline=baseline, out_dir=out_dir or run_dir)
+    return compare_curves(curves_from_run_dir(run_dir), baseline=baseline, out_dir=out_dir or run_dir,
+                          title=f"{Path(run_dir).resolve().name}: data efficiency")
 
 
 def compare_mlflow(uri: str, experiment: str, baseline: str = "iid", out_dir: str | Path | None = None) -> CompareResult:
