@@ -87,3 +87,17 @@ def encode_pair(tokenizer: Any, prompt: str, target: str) -> tuple[list[int], li
 def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
     """Prompt ids exactly as `encode_pair` produces them (for sampling)."""
     return encode_pair(tokenizer, prompt, "")[0]
+
+
+def encode_scoring_pairs(tokenizer: Any, prompts: Sequence[str], targets: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+    """`encode_pair` for every (prompt, target) a sampler scores, with the checks all backends need."""
+    from curator.errors import CuratorError
+
+    if len(prompts) != len(targets):
+        raise CuratorError(f"target_logprobs got {len(prompts)} prompts but {len(targets)} targets")
+    pairs = [encode_pair(tokenizer, p, t) for p, t in zip(prompts, targets)]
+    for i, (p, _) in enumerate(pairs):
+        if not p:
+            raise CuratorError(f"prompt {i} tokenizes to nothing and the tokenizer adds no BOS token, so "
+                               "its first target token has no context; give a non-empty prompt")
+    return pairs

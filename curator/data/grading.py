@@ -15,6 +15,8 @@ a reference answer (`equivalent`). Built-ins, registered in `graders`:
 
 from __future__ import annotations
 
+import abc
+
 import math
 import re
 from dataclasses import dataclass, field
@@ -117,18 +119,18 @@ class GraderProtocol(Protocol):
     def is_correct(self, completion: str, ref_answer: str) -> bool: ...
 
 
-class Grader:
+class Grader(abc.ABC):
     """Base class: subclasses implement `extract` and `equivalent`."""
 
     name: str = "grader"
 
+    @abc.abstractmethod
     def extract(self, completion: str) -> str | None:
         """The final answer in a completion, or None when there is none."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def equivalent(self, pred: str, ref: str) -> bool:
         """Whether an extracted answer matches a reference answer."""
-        raise NotImplementedError
 
     def is_correct(self, completion: str, ref_answer: str) -> bool:
         pred = self.extract(completion)

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from curator.data.format import encode_pair, encode_prompt
+from curator.data.format import encode_prompt, encode_scoring_pairs
 from curator.errors import ConfigError, CuratorError
 from curator.sampling.base import SamplingParams
 
@@ -243,17 +243,11 @@ class HFSampler:
         Pairs are tokenized with `encode_pair` (the training tokenization); array i has one float
         per target token, the first one included.
         """
-        if len(prompts) != len(targets):
-            raise CuratorError(f"target_logprobs got {len(prompts)} prompts but {len(targets)} targets")
-        if not prompts:
+        pairs = encode_scoring_pairs(self.tokenizer, prompts, targets)
+        if not pairs:
             return []
         import torch
 
-        pairs = [encode_pair(self.tokenizer, p, t) for p, t in zip(prompts, targets)]
-        for i, (p, _) in enumerate(pairs):
-            if not p:
-                raise CuratorError(f"prompt {i} tokenizes to nothing and the tokenizer adds no BOS token, so "
-                                   "its first target token has no context; give a non-empty prompt")
         vocab = self._vocab_size()
         token_cap = self.max_batch_tokens or 16384
         # a padded token costs as much as a real one on a CPU, so batches there hold rows of nearly

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from curator.data.format import encode_pair, encode_prompt
+from curator.data.format import encode_prompt, encode_scoring_pairs
 from curator.errors import ConfigError, CuratorError, require
 from curator.sampling.base import SamplingParams
 
@@ -98,17 +98,12 @@ class VLLMSampler:
 
     def target_logprobs(self, prompts: Sequence[str], targets: Sequence[str]) -> list[np.ndarray]:
         """Every target token's log-probability, from vLLM's ``prompt_logprobs`` of prompt+target."""
-        if len(prompts) != len(targets):
-            raise CuratorError(f"target_logprobs got {len(prompts)} prompts but {len(targets)} targets")
-        if not prompts:
+        pairs = encode_scoring_pairs(self.tokenizer, prompts, targets)
+        if not pairs:
             return []
         from vllm import SamplingParams as VLLMParams
         from vllm.inputs import TokensPrompt
 
-        pairs = [encode_pair(self.tokenizer, p, t) for p, t in zip(prompts, targets)]
-        for i, (p, _) in enumerate(pairs):
-            if not p:
-                raise CuratorError(f"prompt {i} tokenizes to nothing; its first target token has no context")
         # vLLM always puts each actual prompt token in its position's dict, beside the top-k;
         # k=1 (not 0) because some versions reject prompt_logprobs=0
         sp = VLLMParams(max_tokens=1, temperature=0.0, prompt_logprobs=1, detokenize=False)
