@@ -73,7 +73,8 @@ class ActiveLoop:
         meta_path = self.dir / "run.json"
         meta = read_json(meta_path) if meta_path.exists() else {}
         tags = {"strategy": self.spec.name, "strategy_label": self.spec.run_name,
-                "seed": str(self.recipe.seed), "recipe": self.recipe.name}
+                "seed": str(self.recipe.seed), "recipe": self.recipe.name,
+                "curator.run_dir": str(self.dir)}
         spec = {"name": self.spec.name, "params": dict(self.spec.params)}
         if meta.get("spec") not in (None, spec) and (self.round_dir(0) / "DONE").exists():
             raise CuratorError(f"{self.dir} has finished rounds of strategy {meta['spec']}, but the recipe now "
@@ -271,16 +272,19 @@ class ActiveLoop:
             write_examples_jsonl(rd / "new_examples.jsonl", new_examples)
         atomic_write_text(rd / "next_train_ids.json", json.dumps(next_ids))
         atomic_write_json(rd / "checkpoints.json", entry["checkpoints"])
+        if rec.loop.continue_training and r < rec.loop.rounds - 1:
+            import torch
+
+            # before DONE: a finished round must always have the weights the next one starts from
+            state = {n: p.detach().cpu() for n, p in entry["model"].named_parameters() if p.requires_grad}
+            tmp = rd / ".trainable_state.pt.tmp"
+            torch.save(state, tmp)
+            os.replace(tmp, rd / "trainable_state.pt")
+            self._model_state = state
         atomic_write_json(rd / "metrics.json", metrics)
         atomic_write_text(rd / "DONE", "")
         self.history.append(metrics)
         self._log_round(r, metrics)
-        if rec.loop.continue_training and r < rec.loop.rounds - 1:
-            import torch
-
-            state = {n: p.detach().cpu() for n, p in entry["model"].named_parameters() if p.requires_grad}
-            torch.save(state, rd / "trainable_state.pt")
-            self._model_state = state
         self.train_ids = next_ids
         self.next_round = r + 1
         self._print_round(r, metrics)

@@ -77,8 +77,17 @@ class MlflowRun:
     def open(self, run_id: str | None, run_name: str, params: Mapping[str, str],
              tags: Mapping[str, str]) -> str:
         """Reopen `run_id` if given (resume), else create the run and log params once."""
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import RunTag
 
+        if run_id is None and "curator.run_dir" in tags:
+            # killed after MLflow made the run but before its id was saved: adopt it, don't duplicate
+            found = self.client.search_runs([self.experiment_id], max_results=1,
+                                            filter_string=f"tags.`curator.run_dir` = '{tags['curator.run_dir']}'")
+            if found:
+                # its params may be half logged; logging the same values again is allowed
+                self.run_id = found[0].info.run_id
+                self._log_params(params)
+                run_id = self.run_id
         if run_id is not None:
             self.run_id = run_id
             run = self.client.get_run(run_id)
@@ -88,11 +97,16 @@ class MlflowRun:
         run = self.client.create_run(self.experiment_id, run_name=run_name,
                                      tags={**tags, "mlflow.runName": run_name})
         self.run_id = run.info.run_id
+        self._log_params(params)
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        return self.run_id
+
+    def _log_params(self, params: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             self.client.log_batch(self.run_id, params=items[i:i + 100])
-        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-        return self.run_id
 
     def logged_steps(self, key: str) -> set[int]:
         return {m.step for m in self.client.get_metric_history(self.run_id, key)}
@@ -102,12 +116,12 @@ class MlflowRun:
         from mlflow.entities import Metric
         import time
 
-        first = next(iter(metrics))
-        if step in self.logged_steps(first):
-            return False
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
                  if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        # one batch is one transaction: if its first metric is there, the whole round is
+        if not batch or step in self.logged_steps(batch[0].key):
+            return False
         self.client.log_batch(self.run_id, metrics=batch)
         return True
 
