@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from curator.data.example import Example
-from curator.errors import CuratorError, DataError
+from curator.errors import DataError
 from curator.io import atomic_write_text, read_json
 from curator.recipes import Recipe, validate_recipe
 

