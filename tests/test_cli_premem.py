@@ -91,7 +91,7 @@ def test_premem_end_to_end_tiny_model(tmp_path):
     out = tmp_path / "run"
     r = invoke(["premem", "--model", "tiny-random", "--data", str(data), "--epochs", "6", "--lr", "3e-3",
                 "--batch-size", "2", "--samples", "3", "--temperature", "0", "--max-new-tokens", "24",
-                "--p", "1.3", "--out", str(out), "--quiet"])
+                "--p", "1.3", "--out", str(out), "--save-model", "--quiet"])
     assert r.exit_code == 0, (r.output, r.exception)
     led = read_ledger(out / "ledger.parquet")
     assert led.checkpoints == [1, 2, 3, 4, 5, 6] and len(led.example_ids) == 6
@@ -108,3 +108,14 @@ def test_premem_end_to_end_tiny_model(tmp_path):
     from curator.dynamics.metrics import dataset_premem
 
     assert lines[table_top + 8].split()[3] == f"{dataset_premem(led).iloc[-1]:.3f}"
+
+    # --save-model writes a loadable model that reproduces the tracked model's target scores
+    from curator.models import load_model
+    from curator.sampling.hf import HFSampler
+
+    saved = load_model(str(out / "model"))
+    nll, _ = HFSampler(saved.model, saved.tokenizer).target_nll(["1+2?\nAnswer:"], [" 1+2=3\n#### 3\nDone."])
+    from curator.data.example import content_id
+
+    final = led.df[(led.df.checkpoint == 6)].set_index("example_id")["target_nll"]
+    assert abs(nll[0] - final[content_id("1+2?", "1+2=3\n#### 3")]) < 1e-4

@@ -48,9 +48,12 @@ def load_training_data(source: str, n: int | None):
 @click.option("--sample-batch-size", type=int, default=32, show_default=True, help="Prompts per sampler batch.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/premem", show_default=True)
+@click.option("--save-model", is_flag=True, help="Also save the finetuned model (the adapter with --lora) to "
+              "OUT/model, e.g. for `curate robustness --model OUT/model`.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def premem(ledger_file, model, data, n, epochs, lr, batch_size, checkpoint_every, k, p, temperature, top_p,
-           max_new_tokens, full, lora, chat, grader, allow_bad_references, sample_batch_size, seed, out_dir, quiet):
+           max_new_tokens, full, lora, chat, grader, allow_bad_references, sample_batch_size, seed, out_dir,
+           save_model, quiet):
     """Finetune MODEL on DATA with learning-dynamics tracking; write the ledger and PreMemAcc summary.
 
     With --ledger FILE, print the summary of an existing ledger (optionally at another --p).
@@ -113,3 +116,10 @@ def premem(ledger_file, model, data, n, epochs, lr, batch_size, checkpoint_every
         return
     click.echo(render_summary(ledger))
     click.echo(f"ledger: {Path(out_dir) / 'ledger.parquet'}  summary: {Path(out_dir) / 'summary.csv'}")
+    if save_model:
+        from curator.models import save_model as save
+
+        where = save(loaded, Path(out_dir) / "model")
+        base = f" --base {model}" if lora else ""
+        click.echo(f"model: {where}  (robustness: curate robustness --model {where}{base} --ledger "
+                   f"{Path(out_dir) / 'ledger.parquet'} --data '{data}')")
