@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,10 +53,7 @@ def apply_lora(model: Any, settings: LoraSettings | None = None) -> Any:
     config = LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=target,
                         bias="none", task_type="CAUSAL_LM")
     try:
-        with warnings.catch_warnings():
-            # peft reads transformers' deprecated `is_gradient_checkpointing`; not ours to fix
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            return get_peft_model(model, config)
+        return get_peft_model(model, config)
     except ValueError as e:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                         if type(m).__name__ == "Linear"})
