@@ -575,16 +575,7 @@ class SyntheticTask:
         if n < 0:
             raise ConfigError(f"n must be >= 0, got {n}", source="synthetic task")
         rng = random.Random(seed)
-        out: list[Example] = []
-        seen: set[str] = set()
-        for _ in range(20 * n + 100):
-            if len(out) == n:
-                break
-            ex = self._example(rng.getrandbits(63))
-            if ex.question in seen:  # tiny settings can repeat a problem; keep ids unique
-                continue
-            seen.add(ex.question)
-            out.append(ex)
+        out = _distinct(lambda: self._example(rng.getrandbits(63)), n, set())
         if len(out) < n:
             raise DataError(f"synthetic task could make only {len(out)} distinct problems of {n}; "
                             "raise max_operand or the step range")
@@ -600,17 +591,8 @@ class SyntheticTask:
         structure = _tuplify(structure)
         distractors = int(meta.get("distractors", self.distractors))
         rng = random.Random(f"{seed}:{example.id}")
-        out: list[Example] = []
-        seen = {example.question}
-        for _ in range(20 * n + 100):
-            if len(out) == n:
-                break
-            ex = self._example(rng.getrandbits(63), structure=structure, distractors=distractors,
-                               parent_id=example.id)
-            if ex.question in seen:
-                continue
-            seen.add(ex.question)
-            out.append(ex)
+        out = _distinct(lambda: self._example(rng.getrandbits(63), structure=structure, distractors=distractors,
+                                              parent_id=example.id), n, {example.question})
         if len(out) < n:
             raise DataError(f"could make only {len(out)} problems similar to {example.id!r} of {n}; "
                             "raise max_operand")
@@ -718,3 +700,18 @@ def synthetic_task(preset: str = "easy", **overrides: Any) -> SyntheticTask:
         raise ConfigError(f"unknown synthetic task settings {bad}; known: {', '.join(sorted(known))}",
                           source="synthetic task")
     return replace(task, **overrides) if overrides else task
+
+
+def _distinct(make, n: int, seen: set[str]) -> list[Example]:
+    """Up to n examples from `make()` with questions not in `seen` (tiny settings repeat problems;
+    ids must stay unique). Gives up after a bounded number of draws."""
+    out: list[Example] = []
+    for _ in range(20 * n + 100):
+        if len(out) == n:
+            break
+        ex = make()
+        if ex.question in seen:
+            continue
+        seen.add(ex.question)
+        out.append(ex)
+    return out
