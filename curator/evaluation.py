@@ -24,11 +24,18 @@ def evaluate_accuracy(sampler: Sampler, examples: Sequence[Example], fmt: Prompt
     if not examples:
         return EvalResult(float("nan"), 0, 0, 0)
     prompts = [fmt.prompt_text(e, tokenizer) for e in examples]
-    outs = sampler.generate(prompts, n, params)
+    return grade_completions(examples, sampler.generate(prompts, n, params), grader)
+
+
+def grade_completions(examples: Sequence[Example], completions: Sequence[Sequence[str]], grader: Any) -> EvalResult:
+    """Accuracy of completions already sampled (one list per example), e.g. reused for ATC."""
+    if not examples:
+        return EvalResult(float("nan"), 0, 0, 0)
     per_q = []
-    total = 0
-    for ex, comps in zip(examples, outs):
+    total = n_samples = 0
+    for ex, comps in zip(examples, completions):
         c = sum(bool(grader.is_correct(x, ex.answer)) for x in comps)
         total += c
+        n_samples += len(comps)
         per_q.append(c / len(comps))
-    return EvalResult(sum(per_q) / len(per_q), len(examples), n * len(examples), total)
+    return EvalResult(sum(per_q) / len(per_q), len(examples), n_samples, total)

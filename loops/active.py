@@ -142,6 +142,14 @@ class ActiveLoop:
             return HFSampler(model, self.ws.base.tokenizer, batch_size=dyn.batch_size)
         return make_sampler(dyn.backend, dataclasses.replace(self.ws.base, model=model))
 
+    def _dynamics_params(self, seed: int):
+        """Sampling settings of the dynamics measurement (also used for sampled-answer signals)."""
+        from curator.sampling.base import SamplingParams
+
+        dyn = self.recipe.dynamics
+        return SamplingParams(temperature=dyn.temperature, top_p=dyn.top_p, max_new_tokens=dyn.max_new_tokens,
+                              stop=self.recipe.format.stop, seed=seed)
+
     def _train_and_measure(self, r: int, train: list[Example]):
         from curator.dynamics import DynamicsTracker
         from curator.evaluation import evaluate_accuracy
@@ -151,8 +159,7 @@ class ActiveLoop:
         rec = self.recipe
         dyn = rec.dynamics
         tok = self.ws.base.tokenizer
-        params = SamplingParams(temperature=dyn.temperature, top_p=dyn.top_p,
-                                max_new_tokens=dyn.max_new_tokens, stop=rec.format.stop, seed=rec.seed + r)
+        params = self._dynamics_params(seed=rec.seed + r)
         n_ckpt = len(rec.training.checkpoint_schedule(len(train)))
         tracker = DynamicsTracker(train, rec.format, self.ws.grader, k=dyn.samples, params=params, p=dyn.p,
                                   lazy=dyn.lazy, n_checkpoints=n_ckpt, tokenizer=tok, progress=self.ws.progress)
@@ -181,14 +188,12 @@ class ActiveLoop:
                 "train_seconds": t_train, "signals": None}
 
     def _signals(self, entry):
-        from curator.sampling.base import SamplingParams
         from curator.signals import Signals
 
         if entry["signals"] is None:
             rec = self.recipe
             dyn = rec.dynamics
-            params = SamplingParams(temperature=dyn.temperature, top_p=dyn.top_p,
-                                    max_new_tokens=dyn.max_new_tokens, stop=rec.format.stop, seed=rec.seed)
+            params = self._dynamics_params(seed=rec.seed)
             entry["signals"] = Signals(model=entry["model"], tokenizer=self.ws.base.tokenizer,
                                        sampler=self._sampler(entry["model"]), grader=self.ws.grader,
                                        fmt=rec.format, sampling=params, n_answers=dyn.samples,

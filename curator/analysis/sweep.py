@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from curator.errors import ConfigError, CuratorError
+from curator.evaluation import grade_completions
 
 
 def config_name(learning_rate: float, epochs: int) -> str:
@@ -194,15 +195,14 @@ def run_sweep(base: Any, train: Sequence[Any], test: Sequence[Any], *, fmt: Any,
                                       "confidence": _confidence(grader, comps),
                                       "accuracy": cell["n_correct"] / cell["n_samples"]})
             outs = sampler.inner.generate(test_prompts, eval_samples, eparams)
-            per_q = [sum(bool(grader.is_correct(c, ex.answer)) for c in comps) / len(comps)
-                     for ex, comps in zip(test, outs)]
+            test_acc = grade_completions(test, outs, grader).accuracy
             if not reuse_eval:
                 outs = sampler.inner.generate(test_prompts, k, dataclasses.replace(params, seed=params.seed + 7919))
             for ex, comps in zip(test, outs):
                 conf_rows.append({"checkpoint": int(info.index), "split": "test", "example_id": ex.id,
                                   "confidence": _confidence(grader, comps), "accuracy": np.nan})
             rows.append({"checkpoint": int(info.index), "step": int(info.step), "epoch": float(info.epoch),
-                         "test_accuracy": float(np.mean(per_q)),
+                         "test_accuracy": float(test_acc),
                          **{key: float(v) for key, v in (info.metrics or {}).items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool)},
                          "seconds": time.time() - t_ck})
