@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from curator.data.example import Example
 from curator.data.format import PromptFormat
@@ -50,18 +51,74 @@ class ScriptedSampler:
         return out
 
 
+class CountsSampler(ScriptedSampler):
+    """The same script, served to a tracker that asks for one count per prompt in one call."""
+
+    accepts_counts = True
+
+    def generate(self, prompts, n, params):
+        assert not isinstance(n, int), "a counts-accepting sampler should get a count per prompt"
+        return [super(CountsSampler, self).generate([p], c, params)[0] for p, c in zip(prompts, n)]
+
+
+class CheckpointModel(torch.nn.Module):
+    """Stands in for the model being trained: its one weight is the checkpoint index."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.frozen = torch.nn.Parameter(torch.ones(()), requires_grad=False)
+
+
+class LiveSampler(ScriptedSampler):
+    """A scripted sampler that reads the checkpoint from the live model's weight (like HFSampler)."""
+
+    def __init__(self, examples, outcomes, ppl, model):
+        super().__init__(examples, outcomes, ppl)
+        self.model = model
+
+    def at(self, m):
+        with torch.no_grad():
+            self.model.w.fill_(m)
+        return self
+
+    def target_logprobs(self, prompts, targets):
+        self.checkpoint = int(self.model.w.item())
+        return super().target_logprobs(prompts, targets)
+
+    def generate(self, prompts, n, params):
+        m = int(self.model.w.item())
+        if m != self.checkpoint:  # the tracker loaded another checkpoint's weights
+            self.checkpoint, self.cursor = m, {}
+        return super().generate(prompts, n, params)
+
+
 def make_examples(n):
     return [Example.make(f"What is {i} + 1?", f"{i} + 1 = {i + 1}\n#### {i + 1}", str(i + 1), id=f"ex{i}")
             for i in range(n)]
 
 
-def run(examples, outcomes, ppl, lazy, M_, **kw):
-    sampler = ScriptedSampler(examples, outcomes, ppl)
+def run(examples, outcomes, ppl, lazy, M_, sampler_cls=ScriptedSampler, **kw):
+    model = None
+    if kw.get("defer"):
+        model = CheckpointModel()
+        sampler = LiveSampler(examples, outcomes, ppl, model)
+    else:
+        sampler = sampler_cls(examples, outcomes, ppl)
     tr = DynamicsTracker(examples, FMT, GRADER, k=len(outcomes[0][0]), p=1.105, lazy=lazy,
                          n_checkpoints=M_, **kw)
     for m in range(1, M_ + 1):
-        tr.measure(sampler.at(m), SimpleNamespace(index=m, step=10 * m, epoch=float(m), metrics={"train_loss": 1.0 / m}))
+        tr.measure(sampler.at(m), SimpleNamespace(index=m, step=10 * m, epoch=float(m), metrics={"train_loss": 1.0 / m}),
+                   model=model)
+        if model is not None:  # measuring never leaves other weights in the model
+            assert model.w.item() == m
     return tr, tr.ledger(model="scripted"), sampler
+
+
+def cells(led):
+    cell = led.df.set_index(["example_id", "checkpoint"])
+    return {key: (int(r.n_samples), int(r.n_correct), None if pd.isna(r.skip_reason) else r.skip_reason)
+            for key, r in cell.iterrows()}
 
 
 # the hand-worked scenario: k = 5, p = 1.105, three checkpoints
@@ -74,9 +131,10 @@ OUT = [
 PPL = [[2.0, 1.5, 1.05], [1.1, 1.05, 1.01], [3.0, 2.0, 1.5], [3.0, 1.2, 1.0]]
 
 
-def test_hand_worked_lazy_scenario():
+@pytest.mark.parametrize("sampler_cls", [ScriptedSampler, CountsSampler])
+def test_hand_worked_lazy_scenario(sampler_cls):
     ex = make_examples(4)
-    tr, led, _ = run(ex, OUT, PPL, True, 3)
+    tr, led, _ = run(ex, OUT, PPL, True, 3, sampler_cls=sampler_cls)
     cell = led.df.set_index(["example_id", "checkpoint"])
     expect = {  # (n_samples, n_correct, skip_reason)
         ("ex0", 1): (5, 2, None), ("ex0", 2): (3, 0, "cannot-raise"), ("ex0", 3): (3, 2, "determined"),
@@ -89,11 +147,70 @@ def test_hand_worked_lazy_scenario():
         got = (int(row.n_samples), int(row.n_correct), None if pd.isna(row.skip_reason) else row.skip_reason)
         assert got == (s, c, why), key
     assert tr.samples_drawn == 34
+    assert cells(led) == expect
     np.testing.assert_allclose(M.premem_acc(led)[3].to_numpy(), [.4, 0, .8, .2])
     assert led.meta["lazy"] is True and led.meta["k"] == 5 and led.meta["model"] == "scripted"
     assert (led.df["train_loss"] == 1.0 / led.df["checkpoint"]).all()
     assert cell.loc[("ex0", 1), "target_tokens"] == 4
     assert cell.loc[("ex0", 1), "perplexity"] == pytest.approx(2.0)
+
+
+def test_hand_worked_deferred_scenario():
+    """Only A, B, D are memorized at the end; C's intermediate cells are never sampled, and the
+    earlier checkpoints are sampled latest first (A finds R = 2 at checkpoint 2, so checkpoint 1
+    cannot cut it; D finds R = 1 and stops checkpoint 1 after four wrong samples)."""
+    ex = make_examples(4)
+    tr, led, _ = run(ex, OUT, PPL, True, 3, defer=True)
+    expect = {
+        ("ex0", 1): (5, 2, None), ("ex0", 2): (5, 2, None), ("ex0", 3): (3, 2, "determined"),
+        ("ex1", 1): (0, 0, "memorized"), ("ex1", 2): (0, 0, "memorized"), ("ex1", 3): (0, 0, "determined"),
+        ("ex2", 1): (0, 0, "deferred"), ("ex2", 2): (0, 0, "deferred"), ("ex2", 3): (5, 4, None),
+        ("ex3", 1): (4, 0, "cannot-raise"), ("ex3", 2): (5, 1, None), ("ex3", 3): (3, 1, "determined"),
+    }
+    assert cells(led) == expect
+    assert tr.samples_drawn == 30  # lazy: 34, full: 60
+    np.testing.assert_allclose(M.premem_acc(led)[3].to_numpy(), [.4, 0, .8, .2])
+    assert led.meta["defer"] is True and not tr._snapshots
+    # checkpoint 2's dataset PreMemAcc is unknown (C was never sampled there) but bounded
+    summ = M.summary(led)
+    assert np.isnan(summ.loc[2, "premem_acc"]) and summ.loc[3, "premem_acc"] == pytest.approx(1.4 / 4)
+
+
+def test_deferred_needs_model_and_a_live_sampler():
+    ex = make_examples(2)
+    tr = DynamicsTracker(ex, FMT, GRADER, k=2, lazy=True, defer=True, n_checkpoints=2)
+    s = ScriptedSampler(ex, [[[1, 1]] * 2] * 2, [[2.0, 2.0]] * 2)
+    with pytest.raises(ConfigError, match="needs the live model"):
+        tr.measure(s.at(1), SimpleNamespace(index=1, step=1, epoch=1.0))
+    with pytest.raises(ConfigError, match="sampler_factory"):
+        tr.measure(s.at(1), SimpleNamespace(index=1, step=1, epoch=1.0), model=CheckpointModel())
+    with pytest.raises(ConfigError, match="cannot be combined with lazy=False"):
+        DynamicsTracker(ex, FMT, GRADER, lazy=False, defer=True, n_checkpoints=2)
+    with pytest.raises(ConfigError, match="exact_every_checkpoint"):
+        DynamicsTracker(ex, FMT, GRADER, defer=True, exact_every_checkpoint=True)
+
+
+def test_deferred_with_a_sampler_factory():
+    """A sampler that keeps its own copy of the weights (vLLM-like) is rebuilt per earlier state."""
+    ex = make_examples(4)
+    model = CheckpointModel()
+    built = []
+
+    def factory(m):
+        s = ScriptedSampler(ex, OUT, PPL).at(int(m.w.item()))
+        built.append(s.checkpoint)
+        return s
+
+    tr = DynamicsTracker(ex, FMT, GRADER, k=5, p=1.105, defer=True, n_checkpoints=3)
+    for m in (1, 2, 3):
+        with torch.no_grad():
+            model.w.fill_(m)
+        tr.measure(factory(model), SimpleNamespace(index=m, step=m, epoch=float(m)), model=model,
+                   sampler_factory=factory)
+    assert built == [1, 2, 3, 2, 1] and model.w.item() == 3
+    assert cells(tr.ledger())[("ex3", 1)] == (4, 0, "cannot-raise")
+    with pytest.raises(ConfigError, match="after the final checkpoint"):
+        tr.measure(factory(model), SimpleNamespace(index=4, step=4, epoch=4.0), model=model, sampler_factory=factory)
 
 
 def test_full_tracking_samples_everything():
@@ -117,7 +234,22 @@ def test_lazy_equals_full_on_random_scenarios(seed):
     full_tr, full, _ = run(ex, outcomes, ppl, False, M_)
     lazy_tr, lazy, _ = run(ex, outcomes, ppl, True, M_)
     every_tr, every, _ = run(ex, outcomes, ppl, True, M_, exact_every_checkpoint=True)
+    defer_tr, defer, _ = run(ex, outcomes, ppl, True, M_, defer=True)
+    counts_tr, counts, _ = run(ex, outcomes, ppl, True, M_, sampler_cls=CountsSampler)
     pf, pl, pe = M.premem_acc(full), M.premem_acc(lazy), M.premem_acc(every)
+    # deferred: the final checkpoint is identical too, and never costs more than full tracking
+    pd_ = M.premem_acc(defer)
+    assert not pd_[M_].isna().any()
+    np.testing.assert_array_equal(pd_[M_].to_numpy(), pf[M_].to_numpy())
+    lo, hi = M.premem_bounds(defer)
+    assert ((lo <= pf + 1e-12) & (pf <= hi + 1e-12)).all().all()
+    assert defer_tr.samples_drawn <= full_tr.samples_drawn
+    # an example not memorized at the end is never sampled before it
+    final_mem = defer.df[defer.df.checkpoint == M_].set_index("example_id")["memorized"]
+    early = defer.df[defer.df.checkpoint < M_]
+    assert (early.loc[~early.example_id.map(final_mem).astype(bool), "n_samples"] == 0).all()
+    # batching the draws into one call per round changes no decision
+    assert cells(counts) == cells(lazy) and counts_tr.generate_calls <= lazy_tr.generate_calls
     # final checkpoint: identical, and determined for every example
     assert not pl[M_].isna().any()
     np.testing.assert_array_equal(pl[M_].to_numpy(), pf[M_].to_numpy())
@@ -189,11 +321,17 @@ def test_end_to_end_tiny_model_lazy_equals_full(tmp_path):
     kw = dict(k=3, params=sp, p=1.3, n_checkpoints=n, tokenizer=lm.tokenizer)
     full = DynamicsTracker(ex, FMT, GRADER, lazy=False, **kw)
     lazy = DynamicsTracker(ex, FMT, GRADER, lazy=True, **kw)
+    defer = DynamicsTracker(ex, FMT, GRADER, lazy=True, defer=True, **kw)
+    restored = []
 
     def measure(model, info):
         s = HFSampler(model, lm.tokenizer, batch_size=32)
         full.measure(s, info)
         lazy.measure(s, info)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        defer.measure(s, info, model=model)
+        after = model.state_dict()
+        restored.append(all(torch.equal(before[k], after[k]) for k in before))
 
     finetune(lm.model, lm.tokenizer, ex, FMT, st, on_checkpoint=measure, progress=False)
     lf, ll = full.ledger(model="tiny-random"), lazy.ledger(model="tiny-random")
@@ -203,6 +341,16 @@ def test_end_to_end_tiny_model_lazy_equals_full(tmp_path):
     assert M.train_accuracy(lf).iloc[-1] > 0
     np.testing.assert_array_equal(M.premem_acc(ll)[n].to_numpy(), M.premem_acc(lf)[n].to_numpy())
     assert lazy.samples_drawn < full.samples_drawn == 3 * len(ex) * n
+    # deferred: earlier weights were loaded back and sampled, the final weights restored bit for bit
+    ld = defer.ledger(model="tiny-random")
+    np.testing.assert_array_equal(M.premem_acc(ld)[n].to_numpy(), M.premem_acc(lf)[n].to_numpy())
+    assert restored == [True] * n and defer.samples_drawn < full.samples_drawn
+    sampled_early = ld.df[(ld.df.checkpoint < n) & (ld.df.n_samples > 0)]
+    assert len(sampled_early) > 0
+    # ... with the earlier weights: greedy answers there match what full tracking saw at the time
+    key = ["example_id", "checkpoint"]
+    both = ld.df[ld.df.skip_reason.isna()].merge(lf.df, on=key, suffixes=("_d", "_f"))
+    assert (both.n_correct_d == both.n_correct_f).all() and (both.checkpoint < n).any()
     # the perplexity in the ledger is exp of the mean NLL over every target token
     tok = lm.tokenizer
     row = lf.df.iloc[-1]

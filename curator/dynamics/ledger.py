@@ -37,7 +37,7 @@ LEDGER_COLUMNS: dict[str, str] = {
 }
 
 # why a cell has fewer than k samples (see docs/LEDGER.md, "Lazy tracking")
-SKIP_REASONS = ("memorized", "max-reached", "cannot-raise", "determined")
+SKIP_REASONS = ("memorized", "max-reached", "cannot-raise", "determined", "deferred")
 
 
 def _rows_named(df: pd.DataFrame, mask: Any, limit: int = 5) -> str:

@@ -21,6 +21,19 @@ Each batch of draws is the smallest number after which a stop could first trigge
 sample lowers the upper bound c + k - s by one; each correct one raises c by one), so lazy
 tracking draws exactly what one-sample-at-a-time would, in few batched `generate` calls.
 R is always known exactly, because a skipped cell's MaskedAcc cannot exceed R.
+
+Deferred tracking (``defer=True``, on top of lazy) goes further. The final PreMemAcc of an
+example that is *not* memorized at the final checkpoint is its final Acc, whatever happened
+before; only examples memorized at the end need their running max R. So intermediate checkpoints
+record perplexities and keep a CPU copy of the trainable weights, and sample nothing
+("deferred"). At the final checkpoint, for the examples memorized there, the earlier weights are
+loaded back into the model one checkpoint at a time, latest first, and sampled with the
+intermediate rules above; a max does not depend on the order it is taken in, and accuracy
+usually rises during training, so latest-first finds a high R early and cuts the earlier
+checkpoints short ("cannot-raise" then means: cannot raise the max over the checkpoints sampled
+so far). Then the final weights are restored and the final checkpoint is sampled as above. The
+final PreMemAcc is again exactly the full-tracking value; intermediate cells of examples not
+memorized at the end stay unsampled.
 """
 
 from __future__ import annotations
@@ -70,6 +83,10 @@ class DynamicsTracker:
         exact_every_checkpoint: with lazy, treat every checkpoint like the final one, so that
             PreMemAcc is determined at every checkpoint (fewer savings; train accuracy of memorized
             examples is still cut short).
+        defer: with lazy, postpone intermediate sampling to the final checkpoint and sample only
+            examples memorized there (module docstring). `measure` then needs ``model=``; one copy
+            of the trainable weights per intermediate checkpoint is kept in CPU memory (small for
+            LoRA; the whole model for full finetuning).
         tokenizer: used only for chat-template prompts.
         progress: show a progress bar of samples drawn.
     """
@@ -77,8 +94,13 @@ class DynamicsTracker:
     def __init__(self, examples: Sequence[Example], fmt: PromptFormat, grader: Any, *, k: int = 5,
                  params: SamplingParams | None = None, p: float = 1.105, lazy: bool = True,
                  n_checkpoints: int | None = None, exact_every_checkpoint: bool = False,
-                 tokenizer: Any = None, progress: bool = False):
+                 defer: bool = False, tokenizer: Any = None, progress: bool = False):
         problems = check_premem_settings(len(examples), k, p)
+        if defer and not lazy:
+            problems.append("defer=True is a kind of lazy tracking; it cannot be combined with lazy=False")
+        if defer and exact_every_checkpoint:
+            problems.append("defer=True leaves intermediate checkpoints unsampled, which contradicts "
+                            "exact_every_checkpoint=True; choose one")
         if lazy and not exact_every_checkpoint and n_checkpoints is None:
             problems.append("lazy tracking needs n_checkpoints (the final checkpoint's index) to know "
                             "where PreMemAcc must be exact; pass it, or lazy=False")
@@ -96,6 +118,7 @@ class DynamicsTracker:
         self.params = params or SamplingParams(stop=fmt.stop)
         self.n_checkpoints = n_checkpoints
         self.exact_every_checkpoint = exact_every_checkpoint
+        self.defer = bool(defer)
         self.progress = progress
         self.prompts, self.targets = fmt.pairs(self.examples, tokenizer)
         # running max of MaskedAcc, in correct counts out of k
@@ -103,29 +126,55 @@ class DynamicsTracker:
         self.rows: list[dict[str, Any]] = []
         self.samples_drawn = 0
         self.generate_calls = 0
+        # deferred tracking: per intermediate checkpoint, its rows, memorized mask and weights
+        self._rows_at: dict[int, list[dict[str, Any]]] = {}
+        self._memorized_at: dict[int, np.ndarray] = {}
+        self._snapshots: dict[int, dict[str, Any]] = {}
+        self.replaying: int | None = None  # the checkpoint being re-sampled, while deferred sampling runs
 
     def is_final(self, index: int) -> bool:
         return self.exact_every_checkpoint or (self.n_checkpoints is not None and index >= self.n_checkpoints)
 
-    def measure(self, sampler: Sampler, info: Any) -> list[dict[str, Any]]:
+    def measure(self, sampler: Sampler, info: Any, *, model: Any = None,
+                sampler_factory: Callable[[Any], Sampler] | None = None) -> list[dict[str, Any]]:
         """Measure one checkpoint; returns (and keeps) its ledger rows.
 
         ``info`` needs ``index`` (1-based), ``step`` and ``epoch``; a ``metrics`` dict, if present,
         is copied into every row (checkpoint-level signals such as train_loss).
+
+        Deferred tracking needs ``model``, the live torch model being trained: its trainable
+        weights are copied at intermediate checkpoints and loaded back into it for sampling at the
+        final one (and the final weights restored afterwards). ``sampler_factory(model)`` builds
+        the sampler for such an earlier state; without it ``sampler`` is reused, which is right
+        only for a sampler that reads the live model (`HFSampler` over ``model``). Rows returned
+        at intermediate checkpoints are completed in place when the final checkpoint is measured.
         """
         index = int(info.index)
         if self.rows and index <= self.rows[-1]["checkpoint"]:
             raise ConfigError(f"checkpoint {index} measured after checkpoint {self.rows[-1]['checkpoint']}; "
                               "checkpoints must be measured in increasing order")
+        if self.defer:
+            self._check_deferred(sampler, model, sampler_factory, index)
         nll, ntok = self._target_nll(sampler)
         ppl = np.exp(nll)
         memorized = ppl <= self.p
-        correct, drawn, reasons = self._sample(sampler, memorized, index)
-
-        complete = drawn == self.k
-        # memorized cells never raise the running max (MaskedAcc = 0); skipped ones cannot
-        raise_ = complete & ~memorized
-        self.running_max[raise_] = np.maximum(self.running_max[raise_], correct[raise_])
+        final = self.is_final(index)
+        if self.defer and not final:
+            # sample nothing now; keep what the final checkpoint needs to sample this state later
+            correct = np.zeros(len(self.examples), dtype=np.int64)
+            drawn = np.zeros(len(self.examples), dtype=np.int64)
+            reasons: list[str | None] = ["memorized" if m else "deferred" for m in memorized]
+            self._memorized_at[index] = memorized
+            if not memorized.all():
+                self._snapshots[index] = take_snapshot(model)
+        else:
+            if self.defer:
+                self._sample_deferred(sampler, model, sampler_factory, memorized)
+            correct, drawn, reasons = self._sample(sampler, memorized, index, final)
+            complete = drawn == self.k
+            # memorized cells never raise the running max (MaskedAcc = 0); skipped ones cannot
+            raise_ = complete & ~memorized
+            self.running_max[raise_] = np.maximum(self.running_max[raise_], correct[raise_])
 
         extra = {k: float(v) for k, v in (getattr(info, "metrics", None) or {}).items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -139,6 +188,7 @@ class DynamicsTracker:
                 "skip_reason": reasons[i], **extra,
             })
         self.rows.extend(rows)
+        self._rows_at[index] = rows
         return rows
 
     def __call__(self, sampler: Sampler, info: Any) -> list[dict[str, Any]]:
@@ -149,7 +199,7 @@ class DynamicsTracker:
         if not self.rows:
             raise DataError("no checkpoint was measured; the ledger is empty")
         base = {"p": self.p, "k": self.k, "lazy": self.lazy,
-                "exact_every_checkpoint": self.exact_every_checkpoint,
+                "exact_every_checkpoint": self.exact_every_checkpoint, "defer": self.defer,
                 "sampling": dataclasses.asdict(self.params), "format": dataclasses.asdict(self.fmt),
                 "grader": getattr(self.grader, "name", type(self.grader).__name__),
                 "samples_drawn": self.samples_drawn}
@@ -196,46 +246,119 @@ class DynamicsTracker:
             return 0, ("max-reached" if s == 0 else "cannot-raise")
         return min(upper - R, k - s), None
 
-    def _sample(self, sampler: Sampler, memorized: np.ndarray, index: int):
+    def _check_deferred(self, sampler: Sampler, model: Any, sampler_factory: Any, index: int) -> None:
+        if model is None:
+            raise ConfigError("deferred tracking needs the live model: call measure(sampler, info, model=model)")
+        if sampler_factory is None and getattr(sampler, "model", None) is not model:
+            raise ConfigError("deferred tracking re-samples earlier checkpoints by loading their weights into "
+                              "the model, but this sampler does not read that model (e.g. vLLM keeps its own "
+                              "copy); pass sampler_factory=, which builds a sampler for the model's current state")
+        if self.rows and self.is_final(self.rows[-1]["checkpoint"]):
+            raise ConfigError(f"checkpoint {index} measured after the final checkpoint {self.n_checkpoints}; "
+                              "deferred tracking needs the true checkpoint count (n_checkpoints)")
+
+    def _sample_deferred(self, sampler: Sampler, model: Any, sampler_factory: Any, memorized_final: np.ndarray):
+        """Sample the earlier checkpoints, latest first, for the examples memorized at the final one."""
+        if not memorized_final.any() or not self._snapshots:
+            self._snapshots.clear()
+            return
+        final_state = take_snapshot(model)
+        try:
+            for j in sorted(self._snapshots, reverse=True):
+                mem_j = self._memorized_at[j]
+                todo = memorized_final & ~mem_j
+                snap = self._snapshots.pop(j)
+                if not todo.any():
+                    continue
+                load_snapshot(model, snap)
+                del snap
+                self.replaying = j
+                s = sampler_factory(model) if sampler_factory is not None else sampler
+                correct, drawn, reasons = self._sample(s, mem_j, j, False, active=todo)
+                for i in np.flatnonzero(todo):
+                    row = self._rows_at[j][i]
+                    row.update(n_samples=int(drawn[i]), n_correct=int(correct[i]), skip_reason=reasons[i])
+                    if drawn[i] == self.k:
+                        self.running_max[i] = max(int(self.running_max[i]), int(correct[i]))
+        finally:
+            self.replaying = None
+            self._snapshots.clear()
+            load_snapshot(model, final_state)
+
+    def _sample(self, sampler: Sampler, memorized: np.ndarray, index: int, final: bool,
+                active: np.ndarray | None = None):
+        """Draw samples by the lazy rules; examples outside ``active`` are left "deferred"."""
         n = len(self.examples)
         correct = np.zeros(n, dtype=np.int64)
         drawn = np.zeros(n, dtype=np.int64)
         reasons: list[str | None] = [None] * n
-        final = self.is_final(index)
+        todo = np.ones(n, dtype=bool) if active is None else active
+        for i in np.flatnonzero(~todo):
+            reasons[i] = "memorized" if memorized[i] else "deferred"
+        counts_ok = bool(getattr(sampler, "accepts_counts", False))
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=n * self.k, desc=f"sampling @ checkpoint {index}", unit="sample", leave=False)
+            what = f"checkpoint {index}" + (" (deferred)" if self.replaying is not None else "")
+            bar = tqdm(total=int(todo.sum()) * self.k, desc=f"sampling @ {what}", unit="sample", leave=False)
         batch = 0
         while True:
-            groups: dict[int, list[int]] = defaultdict(list)
-            for i in range(n):
+            want: dict[int, int] = {}
+            for i in np.flatnonzero(todo):
                 d, why = self._next_draw(i, int(correct[i]), int(drawn[i]), bool(memorized[i]), final)
                 if d > 0:
-                    groups[d].append(i)
+                    want[int(i)] = d
                 else:
                     reasons[i] = why
-            if not groups:
+            if not want:
                 break
-            for d, idx in sorted(groups.items()):
+            # one generate call per round when the sampler takes a count per prompt; else one per count
+            calls = [list(want)] if counts_ok else [
+                [i for i in want if want[i] == d] for d in sorted(set(want.values()))]
+            for idx in calls:
                 # a distinct seed per call: repeated calls must not replay the same random stream
                 params = dataclasses.replace(self.params, seed=_derive_seed(self.params.seed, index, batch))
                 batch += 1
-                outs = sampler.generate([self.prompts[i] for i in idx], d, params)
+                counts = [want[i] for i in idx]
+                n_arg = counts if counts_ok else counts[0]
+                outs = sampler.generate([self.prompts[i] for i in idx], n_arg, params)
                 self.generate_calls += 1
-                if len(outs) != len(idx) or any(len(o) != d for o in outs):
-                    raise RuntimeError(f"sampler.generate returned the wrong shape for {len(idx)} prompts x {d}")
+                if len(outs) != len(idx) or any(len(o) != d for o, d in zip(outs, counts)):
+                    raise RuntimeError(f"sampler.generate returned the wrong shape for {len(idx)} prompts "
+                                       f"(asked for {counts[:5]}{'...' if len(counts) > 5 else ''} samples)")
                 for i, completions in zip(idx, outs):
                     ans = self.examples[i].answer
                     correct[i] += sum(bool(self.grader.is_correct(t, ans)) for t in completions)
-                    drawn[i] += d
-                self.samples_drawn += d * len(idx)
+                    drawn[i] += len(completions)
+                self.samples_drawn += sum(counts)
                 if bar is not None:
-                    bar.update(d * len(idx))
+                    bar.update(sum(counts))
         if bar is not None:
             bar.close()
         return correct, drawn, reasons
+
+
+def take_snapshot(model: Any) -> dict[str, Any]:
+    """A CPU copy of ``model``'s trainable parameters (the weights that change in training)."""
+    snap = {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+    if not snap:
+        raise ConfigError("deferred tracking found no trainable parameters in the model to copy; "
+                          "is it being trained? (use lazy tracking without defer)")
+    return snap
+
+
+def load_snapshot(model: Any, snap: dict[str, Any]) -> None:
+    """Copy a `take_snapshot` result back into ``model``'s parameters, in place."""
+    import torch
+
+    params = dict(model.named_parameters())
+    missing = [n for n in snap if n not in params]
+    if missing:
+        raise ConfigError(f"cannot restore weights: the model has no parameter(s) {missing[:3]}")
+    with torch.no_grad():
+        for name, value in snap.items():
+            params[name].copy_(value)
 
 
 def _derive_seed(seed: int, checkpoint: int, batch: int) -> int:

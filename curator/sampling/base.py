@@ -37,7 +37,12 @@ class SamplingParams:
 
 @runtime_checkable
 class Sampler(Protocol):
-    """A backend that samples from, and scores targets under, one model state."""
+    """A backend that samples from, and scores targets under, one model state.
+
+    Optional: a backend whose ``generate`` also takes ``n`` as a sequence with one count per
+    prompt sets the class attribute ``accepts_counts = True``; the dynamics tracker then draws a
+    round of uneven per-example sample counts in one call instead of one call per count.
+    """
 
     def generate(self, prompts: Sequence[str], n: int, params: SamplingParams) -> list[list[str]]:
         """n completions per prompt (stop strings cut off), in prompt order."""

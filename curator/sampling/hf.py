@@ -62,6 +62,8 @@ class HFSampler:
         progress: show a tqdm bar over samples.
     """
 
+    accepts_counts = True  # generate() takes one sample count per prompt
+
     def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 64, max_batch_tokens: int | None = None,
                  device: Any = None, progress: bool = False):
         if batch_size < 1:
