@@ -88,6 +88,9 @@ class DynamicsSettings:
                      default=1.105)
     lazy: bool = _help("skip sampling that cannot change PreMemAcc (identical result, fewer tokens)",
                        default=True)
+    defer: bool = _help("with lazy: sample earlier checkpoints at the end, only for examples memorized "
+                        "there (identical final PreMemAcc, fewer tokens still; keeps a CPU copy of the "
+                        "trainable weights per checkpoint)", default=False)
     backend: Literal["hf", "vllm"] = _help("sampler backend; vllm needs the 'vllm' extra and a GPU",
                                            default="hf")
     batch_size: int = _help("prompts per sampling batch (hf backend)", default=32)
@@ -104,6 +107,8 @@ class DynamicsSettings:
             problems.append(f"dynamics.top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             problems.append("dynamics.max_new_tokens and dynamics.batch_size must be >= 1")
+        if self.defer and not self.lazy:
+            problems.append("dynamics.defer is a kind of lazy tracking; set dynamics.lazy: true or defer: false")
         if problems:
             raise ConfigError(problems)
 

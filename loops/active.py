@@ -162,12 +162,13 @@ class ActiveLoop:
         params = self._dynamics_params(seed=rec.seed + r)
         n_ckpt = len(rec.training.checkpoint_schedule(len(train)))
         tracker = DynamicsTracker(train, rec.format, self.ws.grader, k=dyn.samples, params=params, p=dyn.p,
-                                  lazy=dyn.lazy, n_checkpoints=n_ckpt, tokenizer=tok, progress=self.ws.progress)
+                                  lazy=dyn.lazy, defer=dyn.defer, n_checkpoints=n_ckpt, tokenizer=tok,
+                                  progress=self.ws.progress)
         model = self._fresh_model()
         ckpt_metrics: list[dict] = []
 
         def on_checkpoint(m, info):
-            tracker.measure(self._sampler(m), info)
+            tracker.measure(self._sampler(m), info, model=m, sampler_factory=self._sampler)
             ckpt_metrics.append({"checkpoint": info.index, "step": info.step, "epoch": info.epoch,
                                  **{k: float(v) for k, v in (info.metrics or {}).items()}})
 

@@ -59,7 +59,8 @@ def test_errors_before_any_model_loads(tmp_path, monkeypatch):
     for extra, msg in ((["--p", "1.0"], "p must be a number > 1"),
                        (["--samples", "0"], "k) must be an integer >= 1"),
                        (["--checkpoint-every", "1000"], "produces no checkpoint"),
-                       (["--epochs", "0"], "epochs must be an integer >= 1")):
+                       (["--epochs", "0"], "epochs must be an integer >= 1"),
+                       (["--full", "--defer"], "--full and --defer contradict")):
         r = invoke(base + extra)
         assert r.exit_code != 0 and msg in str(r.exception), (extra, r.output, r.exception)
     bad = tmp_path / "bad.jsonl"
@@ -119,3 +120,16 @@ def test_premem_end_to_end_tiny_model(tmp_path):
 
     final = led.df[(led.df.checkpoint == 6)].set_index("example_id")["target_nll"]
     assert abs(nll[0] - final[content_id("1+2?", "1+2=3\n#### 3")]) < 1e-4
+
+    # --defer: the same training (seeded), the same final PreMemAcc per example, fewer samples
+    r = invoke(["premem", "--model", "tiny-random", "--data", str(data), "--epochs", "6", "--lr", "3e-3",
+                "--batch-size", "2", "--samples", "3", "--temperature", "0", "--max-new-tokens", "24",
+                "--p", "1.3", "--out", str(tmp_path / "deferred"), "--defer", "--quiet"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert "deferred lazy tracking" in r.output.splitlines()[0]
+    ld = read_ledger(tmp_path / "deferred" / "ledger.parquet")
+    from curator.dynamics.metrics import premem_acc
+
+    assert ld.meta["defer"] is True
+    assert premem_acc(ld)[6].to_dict() == premem_acc(led)[6].to_dict()
+    assert ld.df.n_samples.sum() <= led.df.n_samples.sum()

@@ -171,3 +171,22 @@ def test_resuming_with_changed_settings_is_refused(tmp_path):
     d["training"]["learning_rate"] = 0.003
     d["loop"]["rounds"] = 4  # more rounds is a legitimate resume
     prepare_workspace(recipe_from_dict(d), progress=False)
+
+
+def test_deferred_tracking_in_the_loop_gives_the_same_premem(tmp_path):
+    """dynamics.defer: the loop hands the tracker its live model; final PreMemAcc is unchanged."""
+    from curator.dynamics.ledger import read_ledger
+    from curator.dynamics.metrics import premem_acc
+    from curator.run import run_recipe
+
+    ledgers = {}
+    for defer in (False, True):
+        d = _recipe(tmp_path / str(defer), strategies=[{"name": "iid"}])
+        d["dynamics"] = {**d["dynamics"], "temperature": 0.0, "defer": defer, "samples": 3}
+        d["training"]["epochs"] = 3
+        s = run_recipe(recipe_from_dict(d), progress=False, echo=lambda *a: None)
+        ledgers[defer] = [read_ledger(s.run_dir / f"iid/round-0{r}/ledger.parquet") for r in (0, 1)]
+    for lazy, deferred in zip(ledgers[False], ledgers[True]):
+        assert deferred.meta["defer"] is True and lazy.meta["defer"] is False
+        assert premem_acc(deferred)[3].to_dict() == premem_acc(lazy)[3].to_dict()
+        assert deferred.df.n_samples.sum() <= lazy.df.n_samples.sum()

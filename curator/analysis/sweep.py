@@ -251,6 +251,9 @@ def sweep_from_recipe(recipe: Any, progress: bool = True, echo: Callable[[str], 
     d = recipe.data
     if not d.test:
         problems.append("data.test is not set; a sweep predicts test accuracy and needs a test set")
+    if recipe.dynamics.defer:
+        problems.append("dynamics.defer leaves intermediate checkpoints unsampled, but a sweep needs "
+                        "PreMemAcc at every checkpoint; set dynamics.defer: false")
     if problems:
         raise ConfigError(problems)
     grader = get_grader(d.grader)

@@ -41,6 +41,9 @@ def load_training_data(source: str, n: int | None):
 @click.option("--top-p", type=float, default=0.95, show_default=True)
 @click.option("--max-new-tokens", type=int, default=256, show_default=True)
 @click.option("--full", is_flag=True, help="Sample every example at every checkpoint (complete train-accuracy curves).")
+@click.option("--defer", is_flag=True, help="Deferred lazy tracking: sample earlier checkpoints at the end, only for "
+              "examples memorized there (same final PreMemAcc, fewer samples; keeps a CPU copy of the trained "
+              "weights per checkpoint).")
 @click.option("--lora/--no-lora", default=False, show_default=True, help="Train LoRA adapters instead of all weights.")
 @click.option("--chat/--no-chat", default=False, show_default=True, help="Wrap prompts in the tokenizer's chat template.")
 @click.option("--grader", default="auto", show_default=True, help="Answer grader: gsm8k, math, numeric, auto.")
@@ -52,7 +55,7 @@ def load_training_data(source: str, n: int | None):
               "OUT/model, e.g. for `curate robustness --model OUT/model`.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def premem(ledger_file, model, data, n, epochs, lr, batch_size, checkpoint_every, k, p, temperature, top_p,
-           max_new_tokens, full, lora, chat, grader, allow_bad_references, sample_batch_size, seed, out_dir,
+           max_new_tokens, full, defer, lora, chat, grader, allow_bad_references, sample_batch_size, seed, out_dir,
            save_model, quiet):
     """Finetune MODEL on DATA with learning-dynamics tracking; write the ledger and PreMemAcc summary.
 
@@ -78,6 +81,8 @@ def premem(ledger_file, model, data, n, epochs, lr, batch_size, checkpoint_every
 
     p = 1.105 if p is None else p
     problems = check_premem_settings(1, k, p)
+    if full and defer:
+        problems.append("--full and --defer contradict each other (--defer is a lazy mode); drop one")
     ce = int(checkpoint_every) if str(checkpoint_every).isdigit() else checkpoint_every
     if lr is None:
         lr = 1e-3 if (lora or model == "tiny-random") else 1e-5
@@ -100,7 +105,7 @@ def premem(ledger_file, model, data, n, epochs, lr, batch_size, checkpoint_every
     n_ckpt = validate_premem(examples, g, fmt=fmt, train_settings=settings, k=k, p=p,
                              allow_bad_references=allow_bad_references)
     click.echo(f"{len(examples)} examples from {data}; {epochs} epochs, {n_ckpt} checkpoints; k={k}, p={p:g}, "
-               f"{'full' if full else 'lazy'} tracking")
+               f"{'full' if full else 'deferred lazy' if defer else 'lazy'} tracking")
 
     from curator.models import load_model
 
@@ -110,7 +115,7 @@ def premem(ledger_file, model, data, n, epochs, lr, batch_size, checkpoint_every
 
         loaded.model = apply_lora(loaded.model, LoraSettings())
     ledger = track_premem(loaded, examples, fmt=fmt, grader=g, train_settings=settings, k=k, params=params,
-                          p=p, lazy=not full, out_dir=out_dir, progress=not quiet,
+                          p=p, lazy=not full, defer=defer, out_dir=out_dir, progress=not quiet,
                           allow_bad_references=allow_bad_references, sample_batch_size=sample_batch_size)
     if ledger is None:  # a non-main process under accelerate launch
         return

@@ -407,13 +407,15 @@ def validate_premem(examples: Sequence[Example], grader: Any, *, fmt: PromptForm
 
 def track_premem(loaded_model: Any, examples: Sequence[Example], *, fmt: PromptFormat, grader: Any,
                  train_settings: Any, k: int = 5, params: SamplingParams | None = None,
-                 p: float = 1.105, lazy: bool = True, out_dir: str | os.PathLike | None = None,
+                 p: float = 1.105, lazy: bool = True, defer: bool = False,
+                 out_dir: str | os.PathLike | None = None,
                  progress: bool = True, allow_bad_references: bool = False,
                  sampler_factory: Callable[[Any, Any], Sampler] | None = None,
                  sample_batch_size: int = 32) -> Ledger | None:
     """Finetune ``loaded_model.model`` in place on ``examples``, tracking dynamics at every checkpoint.
 
     Writes ``ledger.parquet`` and ``summary.csv`` to ``out_dir`` (if given) and returns the ledger.
+    ``lazy`` / ``defer`` choose the tracking mode (see `DynamicsTracker`).
     ``sampler_factory(model, tokenizer)`` builds the Sampler used at each checkpoint (default:
     `HFSampler`; a vLLM-backed factory works the same). Under ``accelerate launch`` with several
     processes, measurement runs on the main process only (the others wait at their next
@@ -435,11 +437,15 @@ def track_premem(loaded_model: Any, examples: Sequence[Example], *, fmt: PromptF
             return HFSampler(model, tok, batch_size=sample_batch_size)
 
     tracker = DynamicsTracker(examples, fmt, grader, k=k, params=params or SamplingParams(stop=fmt.stop),
-                              p=p, lazy=lazy, n_checkpoints=n_ckpt, tokenizer=tokenizer, progress=progress)
+                              p=p, lazy=lazy, defer=defer, n_checkpoints=n_ckpt, tokenizer=tokenizer,
+                              progress=progress)
+
+    def factory(model):
+        return sampler_factory(model, tokenizer)
 
     def on_checkpoint(model, info):
         if getattr(info, "is_main_process", True):
-            tracker.measure(sampler_factory(model, tokenizer), info)
+            tracker.measure(factory(model), info, model=model, sampler_factory=factory)
 
     finetune(loaded_model.model, tokenizer, list(examples), fmt, train_settings, on_checkpoint=on_checkpoint,
              progress=progress)
