@@ -1,15 +1,18 @@
-"""Lazy vs full dynamics tracking on a small synthetic run: tokens generated, wall time, PreMemAcc.
+"""Lazy and deferred vs full dynamics tracking on a small synthetic run: tokens, wall time, PreMemAcc.
 
-One finetuning run; at every checkpoint the same model state is measured three ways:
+One finetuning run; at every checkpoint the same model state is measured five ways:
 
 1. full tracking with the live sampler (k samples for every example), recording every completion;
-2. lazy tracking with the live sampler (timed: the wall-time comparison);
-3. lazy tracking replaying the completions of (1) in order, so that it sees exactly the samples
-   full tracking saw: its PreMemAcc must equal full tracking's, and its token count is what
-   lazy tracking generates for those samples (the token comparison on identical samples).
+2. lazy tracking with the live sampler (timed);
+3. deferred lazy tracking with the live sampler (timed; at the final checkpoint it loads the
+   earlier weights back, samples them, and restores the final weights);
+4. / 5. lazy and deferred tracking replaying the completions of (1) at each checkpoint in order,
+   so that they see exactly the samples full tracking saw: their final PreMemAcc must equal full
+   tracking's, and their token counts are what they generate for those samples (the token
+   comparison on identical samples).
 
-Live lazy (2) draws its own random samples, so its PreMemAcc matches (1) only in distribution;
-with --temperature 0 sampling is greedy and all three agree exactly.
+Live passes draw their own random samples, so their PreMemAcc matches (1) only in distribution;
+with --temperature 0 sampling is greedy and all passes agree exactly.
 
     python bench/bench_lazy.py                        # tiny random model, seconds
     python bench/bench_lazy.py --model smollm2-135m-instruct --n 16 --epochs 5 --lr 1e-4 --threads 1
@@ -29,6 +32,7 @@ class CountingSampler:
 
     def __init__(self, inner, tokenizer, record: bool = False):
         self.inner, self.tokenizer, self.record = inner, tokenizer, record
+        self.accepts_counts = getattr(inner, "accepts_counts", False)
         self.tokens = 0
         self.samples = 0
         self.seconds = 0.0
@@ -56,7 +60,9 @@ class CountingSampler:
 
 
 class ReplaySampler:
-    """Serves the completions a full-tracking pass drew, in order, and their log-probs."""
+    """Serves the completions a full-tracking pass drew at one checkpoint, in order, and their log-probs."""
+
+    accepts_counts = True
 
     def __init__(self, log: dict[str, list[str]], logprobs, tokenizer):
         self.log, self.cursor, self.lp, self.tokenizer = log, {}, logprobs, tokenizer
@@ -64,11 +70,11 @@ class ReplaySampler:
 
     def generate(self, prompts, n, params):
         out = []
-        for p in prompts:
+        for p, c in zip(prompts, [n] * len(prompts) if isinstance(n, int) else n):
             j = self.cursor.get(p, 0)
-            comps = self.log[p][j: j + n]
-            self.cursor[p] = j + n
-            self.tokens += sum(len(self.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in comps)
+            comps = self.log[p][j: j + c]
+            self.cursor[p] = j + c
+            self.tokens += sum(len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in comps)
             out.append(comps)
         return out
 
@@ -92,6 +98,7 @@ def main(argv=None):
     ap.add_argument("--lora", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (same for all passes)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="write every pass's ledger here (<pass>.parquet)")
     args = ap.parse_args(argv)
 
     import torch
@@ -129,52 +136,78 @@ def main(argv=None):
                             stop=fmt.stop, seed=args.seed)
     kw = dict(k=args.k, params=params, p=args.p, n_checkpoints=n_ckpt, tokenizer=tok)
     full = DynamicsTracker(examples, fmt, grader, lazy=False, **kw)
-    lazy = DynamicsTracker(examples, fmt, grader, lazy=True, **kw)
-    replay = DynamicsTracker(examples, fmt, grader, lazy=True, **kw)
-    stats = {"full": [0, 0.0], "lazy": [0, 0.0], "replay": [0]}
+    trackers = {"lazy": DynamicsTracker(examples, fmt, grader, lazy=True, **kw),
+                "deferred": DynamicsTracker(examples, fmt, grader, lazy=True, defer=True, **kw)}
+    replays = {"lazy": DynamicsTracker(examples, fmt, grader, lazy=True, **kw),
+               "deferred": DynamicsTracker(examples, fmt, grader, lazy=True, defer=True, **kw)}
+    tokens = {"full": 0, "lazy": 0, "deferred": 0, "lazy replayed": 0, "deferred replayed": 0}
+    seconds = {"full": 0.0, "lazy": 0.0, "deferred": 0.0}
+    logs, lps = {}, {}  # per checkpoint: full tracking's completions and target log-probs
 
     def on_checkpoint(m, info):
         base = HFSampler(m, tok, batch_size=args.batch_size)
         fs = CountingSampler(base, tok, record=True)
         t0 = time.perf_counter()
         full.measure(fs, info)
-        stats["full"][0] += fs.tokens
-        stats["full"][1] += time.perf_counter() - t0
-        ls = CountingSampler(base, tok)
-        t0 = time.perf_counter()
-        lazy.measure(ls, info)
-        stats["lazy"][0] += ls.tokens
-        stats["lazy"][1] += time.perf_counter() - t0
-        lp = base.target_logprobs(full.prompts, full.targets)
-        rs = ReplaySampler(fs.log, lp, tok)
-        replay.measure(rs, info)
-        stats["replay"][0] += rs.tokens
-        print(f"checkpoint {info.index}: full {fs.samples} samples / {fs.tokens} tokens, "
-              f"lazy {ls.samples} / {ls.tokens}, replayed lazy {rs.tokens} tokens", flush=True)
+        tokens["full"] += fs.tokens
+        seconds["full"] += time.perf_counter() - t0
+        logs[info.index], lps[info.index] = fs.log, base.target_logprobs(full.prompts, full.targets)
+        line = [f"checkpoint {info.index}: full {fs.samples} samples / {fs.tokens} tokens"]
+        for name, tr in trackers.items():
+            live: list[CountingSampler] = []
+
+            def factory(model):  # the deferred pass re-samples earlier weights through this
+                live.append(CountingSampler(HFSampler(model, tok, batch_size=args.batch_size), tok))
+                return live[-1]
+
+            t0 = time.perf_counter()
+            tr.measure(factory(m), info, model=m, sampler_factory=factory)
+            seconds[name] += time.perf_counter() - t0
+            tokens[name] += sum(c.tokens for c in live)
+            line.append(f"{name} {sum(c.samples for c in live)} / {sum(c.tokens for c in live)}")
+        for name, tr in replays.items():
+            played: list[ReplaySampler] = []
+
+            def replay_factory(model, tr=tr):  # serve the completions full tracking drew back then
+                j = info.index if tr.replaying is None else tr.replaying
+                played.append(ReplaySampler(logs[j], lps[j], tok))
+                return played[-1]
+
+            tr.measure(replay_factory(m), info, model=m, sampler_factory=replay_factory)
+            tokens[f"{name} replayed"] += sum(r.tokens for r in played)
+            line.append(f"{name} replayed {sum(r.tokens for r in played)} tokens")
+        print(", ".join(line), flush=True)
 
     t0 = time.perf_counter()
     finetune(model, tok, examples, fmt, settings, on_checkpoint=on_checkpoint, progress=False)
     total = time.perf_counter() - t0
-    lf, ll, lr_ = full.ledger(), lazy.ledger(), replay.ledger()
-    pf, pl, pr = M.dataset_premem(lf), M.dataset_premem(ll), M.dataset_premem(lr_)
+    lf = full.ledger()
+    final = lf.checkpoints[-1]
+    pf = M.premem_acc(lf)[final]
     print(f"\nmodel {args.model}, {args.n} examples, {args.epochs} epochs ({n_ckpt} checkpoints), "
           f"k={args.k}, p={args.p}, T={args.temperature}, max_new_tokens={args.max_new_tokens}; "
           f"run {total:.1f}s incl. training")
     print(f"fraction memorized per checkpoint: {np.round(M.fraction_memorized(lf).to_numpy(), 3).tolist()}")
     print(f"final train acc (full): {M.train_accuracy(lf).iloc[-1]:.3f}")
-    print(f"{'pass':>22} {'samples':>8} {'tokens':>8} {'seconds':>8}  final PreMemAcc")
-    print(f"{'full':>22} {full.samples_drawn:8d} {stats['full'][0]:8d} {stats['full'][1]:8.1f}  {pf.iloc[-1]:.4f}")
-    print(f"{'lazy (live)':>22} {lazy.samples_drawn:8d} {stats['lazy'][0]:8d} {stats['lazy'][1]:8.1f}  {pl.iloc[-1]:.4f}")
-    print(f"{'lazy (replayed full)':>22} {replay.samples_drawn:8d} {stats['replay'][0]:8d} {'-':>8}  {pr.iloc[-1]:.4f}")
-    same = np.array_equal(M.premem_acc(lr_)[lf.checkpoints[-1]].to_numpy(), M.premem_acc(lf)[lf.checkpoints[-1]].to_numpy())
-    ratio_tok = stats["replay"][0] / max(stats["full"][0], 1)
-    print(f"replayed lazy / full tokens: {ratio_tok:.3f}; live lazy / full tokens: "
-          f"{stats['lazy'][0] / max(stats['full'][0], 1):.3f}; live wall time ratio: "
-          f"{stats['lazy'][1] / max(stats['full'][1], 1e-9):.3f}")
-    print(f"generate calls: full {full.generate_calls}, lazy (live) {lazy.generate_calls}")
-    print(f"final per-example PreMemAcc identical (replayed lazy vs full): {same}")
-    if not same:
-        raise SystemExit("lazy tracking changed PreMemAcc: this is a bug")
+    print(f"{'pass':>18} {'samples':>8} {'tokens':>8} {'tok ratio':>9} {'seconds':>8} {'s ratio':>8} "
+          f"{'calls':>6}  final PreMemAcc")
+    rows = [("full", full)] + list(trackers.items()) + [(f"{n} replayed", t) for n, t in replays.items()]
+    identical = True
+    for name, tr in rows:
+        led = tr.ledger()
+        if args.out:
+            led.to_parquet(f"{args.out}/{name.replace(' ', '-')}.parquet")
+        pm = M.premem_acc(led)[final]
+        sec = seconds.get(name)
+        s_txt = f"{sec:8.1f} {sec / max(seconds['full'], 1e-9):8.3f}" if sec is not None else f"{'-':>8} {'-':>8}"
+        print(f"{name:>18} {tr.samples_drawn:8d} {tokens[name]:8d} {tokens[name] / max(tokens['full'], 1):9.3f} "
+              f"{s_txt} {tr.generate_calls:6d}  {M.dataset_premem(led).iloc[-1]:.4f}")
+        if "replayed" in name and not np.array_equal(pm.to_numpy(), pf.to_numpy()):
+            identical = False
+            print(f"  !! {name}: per-example final PreMemAcc differs from full tracking")
+    print(f"final per-example PreMemAcc identical to full tracking (replayed passes): {identical}")
+    if not identical:
+        raise SystemExit("lazy or deferred tracking changed PreMemAcc: this is a bug")
 
 
 if __name__ == "__main__":
