@@ -82,6 +82,36 @@ class ReplaySampler:
         return self.lp
 
 
+def oracle_samples(ledger, p: float, k: int) -> int:
+    """The fewest samples any exact scheme could draw to determine every final PreMemAcc of a fully
+    tracked ledger, if it knew each sample's outcome in advance (a lower bound for lazy tracking).
+
+    Per example, with A the final correct count and R the max correct count over intermediate
+    checkpoints where it is not memorized: not memorized at the end -> k (PreMemAcc = Acc).
+    Memorized -> the cheaper of two proofs: PreMemAcc = R (needs R <= A: one max cell complete, every
+    other cell k - R wrong samples, R correct final samples) or PreMemAcc = A (needs A <= R: the
+    final cell complete, A correct samples in one intermediate cell).
+    """
+    c = ledger.pivot("n_correct").to_numpy()
+    mem = (ledger.pivot("perplexity") <= p).to_numpy()
+    last = c.shape[1] - 1
+    total = 0
+    for i in range(len(c)):
+        A = int(c[i, last])
+        if not mem[i, last]:
+            total += k
+            continue
+        cells = [int(c[i, j]) for j in range(last) if not mem[i, j]]
+        R = max(cells, default=0)
+        options = []
+        if R <= A:
+            options.append((k + (len(cells) - 1) * (k - R) if cells else 0) + R)
+        if A <= R:
+            options.append(k + A)
+        total += min(options)
+    return total
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny-random")
@@ -99,7 +129,17 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch threads (same for all passes)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write every pass's ledger here (<pass>.parquet)")
+    ap.add_argument("--oracle", default=None, metavar="LEDGER",
+                    help="only print the oracle lower bound of a fully tracked ledger file, then exit")
     args = ap.parse_args(argv)
+    if args.oracle:
+        from curator.dynamics.ledger import read_ledger
+
+        led = read_ledger(args.oracle)
+        n = oracle_samples(led, led.p, led.k)
+        print(f"oracle: {n} of {int(led.df.n_samples.sum())} samples "
+              f"({n / max(int(led.df.n_samples.sum()), 1):.3f})")
+        return
 
     import torch
 
@@ -205,6 +245,9 @@ def main(argv=None):
         if "replayed" in name and not np.array_equal(pm.to_numpy(), pf.to_numpy()):
             identical = False
             print(f"  !! {name}: per-example final PreMemAcc differs from full tracking")
+    orc = oracle_samples(lf, args.p, args.k)
+    print(f"oracle lower bound (knowing every outcome in advance): {orc} samples, "
+          f"{orc / max(full.samples_drawn, 1):.3f} of full")
     print(f"final per-example PreMemAcc identical to full tracking (replayed passes): {identical}")
     if not identical:
         raise SystemExit("lazy or deferred tracking changed PreMemAcc: this is a bug")
