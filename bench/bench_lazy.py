@@ -196,7 +196,7 @@ def main(argv=None):
         for name, tr in trackers.items():
             live: list[CountingSampler] = []
 
-            def factory(model):  # the deferred pass re-samples earlier weights through this
+            def factory(model, live=live):  # the deferred pass re-samples earlier weights through this
                 live.append(CountingSampler(HFSampler(model, tok, batch_size=args.batch_size), tok))
                 return live[-1]
 
@@ -208,7 +208,7 @@ def main(argv=None):
         for name, tr in replays.items():
             played: list[ReplaySampler] = []
 
-            def replay_factory(model, tr=tr):  # serve the completions full tracking drew back then
+            def replay_factory(model, tr=tr, played=played):  # serve the completions full tracking drew back then
                 j = info.index if tr.replaying is None else tr.replaying
                 played.append(ReplaySampler(logs[j], lps[j], tok))
                 return played[-1]

@@ -127,6 +127,7 @@ def test_premem_end_to_end_tiny_model(tmp_path):
                 "--p", "1.3", "--out", str(tmp_path / "deferred"), "--defer", "--quiet"])
     assert r.exit_code == 0, (r.output, r.exception)
     assert "deferred lazy tracking" in r.output.splitlines()[0]
+    assert any(ln.startswith("6 examples, 6 checkpoints, p=1.3, k=3, deferred lazy") for ln in r.output.splitlines())
     ld = read_ledger(tmp_path / "deferred" / "ledger.parquet")
     from curator.dynamics.metrics import premem_acc
 

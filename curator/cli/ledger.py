@@ -30,8 +30,9 @@ def render_summary(ledger, p: float | None = None) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     n_ex = len(ledger.example_ids)
-    lines = [f"{n_ex} examples, {len(s)} checkpoints, p={p_used:g}, k={ledger.k}"
-             f"{', lazy' if ledger.meta.get('lazy') else ''}", line(head), line(["-" * w for w in widths])]
+    mode = ", deferred lazy" if ledger.meta.get("defer") else ", lazy" if ledger.meta.get("lazy") else ""
+    lines = [f"{n_ex} examples, {len(s)} checkpoints, p={p_used:g}, k={ledger.k}{mode}",
+             line(head), line(["-" * w for w in widths])]
     lines += [line(r) for r in rows]
     if s["premem_acc"].isna().any() or s["train_acc"].isna().any():
         lines.append("a-b: range where lazy tracking skipped samples that cannot change the final "

@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
