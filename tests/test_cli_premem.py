@@ -134,3 +134,45 @@ def test_premem_end_to_end_tiny_model(tmp_path):
     assert ld.meta["defer"] is True
     assert premem_acc(ld)[6].to_dict() == premem_acc(led)[6].to_dict()
     assert ld.df.n_samples.sum() <= led.df.n_samples.sum()
+
+
+@pytest.mark.slow
+def test_premem_under_two_process_accelerate_launch(tmp_path):
+    """`curate premem` runs unchanged under `accelerate launch` (2 CPU processes, gloo): rank 0
+    measures and writes the ledger; deferred tracking loads earlier weights into rank 0's model and
+    restores them, and gives the same final PreMemAcc as lazy tracking of the same (seeded) run."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from curator.dynamics.metrics import premem_acc
+
+    data = tmp_path / "train.jsonl"
+    with data.open("w") as f:
+        for a, b in [(1, 2), (3, 4), (2, 2), (5, 1), (6, 3), (7, 1)]:
+            f.write(json.dumps({"question": f"{a}+{b}?", "solution": f"{a}+{b}={a + b}\n#### {a + b}",
+                                "answer": str(a + b)}) + "\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", CURATOR_QUIET="1")
+    ledgers = {}
+    for mode in ("lazy", "defer"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        out = tmp_path / mode
+        cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu",
+               "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(port), "-m", "curator.cli.main", "premem", "--model", "tiny-random",
+               "--data", str(data), "--epochs", "6", "--lr", "3e-3", "--batch-size", "1", "--samples", "3",
+               "--temperature", "0", "--max-new-tokens", "24", "--p", "1.3", "--out", str(out), "--quiet"]
+        proc = subprocess.run(cmd + (["--defer"] if mode == "defer" else []), env=env, capture_output=True,
+                              text=True, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.count("examples from") == 1  # the header is printed once, by rank 0
+        ledgers[mode] = read_ledger(out / "ledger.parquet")
+    lazy, defer = ledgers["lazy"], ledgers["defer"]
+    assert defer.meta["defer"] is True and defer.meta["train"]["epochs"] == 6
+    assert lazy.df.step.max() == 18  # 6 examples / (2 processes x batch 1) = 3 steps per epoch
+    assert premem_acc(defer)[6].to_dict() == premem_acc(lazy)[6].to_dict()
+    assert defer.df.n_samples.sum() < lazy.df.n_samples.sum()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -104,8 +105,9 @@ def premem(ledger_file, model, data, n, epochs, lr, batch_size, checkpoint_every
     examples = load_training_data(data, n)
     n_ckpt = validate_premem(examples, g, fmt=fmt, train_settings=settings, k=k, p=p,
                              allow_bad_references=allow_bad_references)
-    click.echo(f"{len(examples)} examples from {data}; {epochs} epochs, {n_ckpt} checkpoints; k={k}, p={p:g}, "
-               f"{'full' if full else 'deferred lazy' if defer else 'lazy'} tracking")
+    if os.environ.get("RANK", "0") == "0":  # once, not per process, under accelerate launch
+        click.echo(f"{len(examples)} examples from {data}; {epochs} epochs, {n_ckpt} checkpoints; k={k}, "
+                   f"p={p:g}, {'full' if full else 'deferred lazy' if defer else 'lazy'} tracking")
 
     from curator.models import load_model
 
