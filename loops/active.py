@@ -165,6 +165,10 @@ class ActiveLoop:
                                   lazy=dyn.lazy, defer=dyn.defer, n_checkpoints=n_ckpt, tokenizer=tok,
                                   progress=self.ws.progress)
         model = self._fresh_model()
+        if dyn.defer:
+            from curator.dynamics.tracker import check_deferred_memory
+
+            check_deferred_memory(model, n_ckpt)
         ckpt_metrics: list[dict] = []
 
         def on_checkpoint(m, info):

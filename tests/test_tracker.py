@@ -213,6 +213,16 @@ def test_deferred_with_a_sampler_factory():
         tr.measure(factory(model), SimpleNamespace(index=4, step=4, epoch=4.0), model=model, sampler_factory=factory)
 
 
+def test_deferred_memory_check():
+    from curator.dynamics.tracker import check_deferred_memory
+
+    model = torch.nn.Linear(10, 10)  # 110 float32 trainable parameters = 440 bytes per copy
+    model.bias.requires_grad_(False)  # frozen weights are not copied: 100 x 4 bytes
+    assert check_deferred_memory(model, 3, available=10_000) == 1200
+    with pytest.raises(ConfigError, match=r"3 copies of 0.00 GiB.*only 0.0 GiB.*LoRA"):
+        check_deferred_memory(model, 3, available=1400)
+
+
 def test_full_tracking_samples_everything():
     ex = make_examples(4)
     tr, led, sampler = run(ex, OUT, PPL, False, 3)

@@ -338,6 +338,37 @@ class DynamicsTracker:
         return correct, drawn, reasons
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_deferred_memory(model: Any, n_checkpoints: int, available: int | None = None) -> int:
+    """Refuse deferred tracking, before training starts, if its weight copies cannot fit in memory.
+
+    Deferred tracking keeps one CPU copy of the trainable weights per intermediate checkpoint
+    (plus one of the final weights while it re-samples). Returns the bytes it needs; raises
+    ConfigError if that exceeds 80% of the memory available now.
+    """
+    per_copy = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    need = per_copy * max(int(n_checkpoints), 1)
+    avail = available_memory() if available is None else available
+    if avail is not None and need > 0.8 * avail:
+        gib = 2**30
+        raise ConfigError(f"deferred tracking would keep {max(int(n_checkpoints), 1)} copies of "
+                          f"{per_copy / gib:.2f} GiB of trainable weights ({need / gib:.1f} GiB) but only "
+                          f"{avail / gib:.1f} GiB of memory is available; train LoRA adapters, use fewer "
+                          "checkpoints, or track without defer")
+    return need
+
+
 def take_snapshot(model: Any) -> dict[str, Any]:
     """A CPU copy of ``model``'s trainable parameters (the weights that change in training)."""
     snap = {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
@@ -438,6 +469,9 @@ def track_premem(loaded_model: Any, examples: Sequence[Example], *, fmt: PromptF
     tracker = DynamicsTracker(examples, fmt, grader, k=k, params=params or SamplingParams(stop=fmt.stop),
                               p=p, lazy=lazy, defer=defer, n_checkpoints=n_ckpt, tokenizer=tokenizer,
                               progress=progress)
+
+    if defer:
+        check_deferred_memory(loaded_model.model, n_ckpt)
 
     def factory(model):
         return sampler_factory(model, tokenizer)
