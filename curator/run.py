@@ -157,7 +157,13 @@ def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
     old_file = run_dir / "recipe.yaml"
     if not old_file.exists():
         return
-    old = flatten(yaml.safe_load(old_file.read_text()) or {})
+    raw = yaml.safe_load(old_file.read_text()) or {}
+    try:  # through the dataclasses, so settings added since the run was made read as their defaults
+        from curator.recipes import recipe_from_dict
+
+        old = flatten(recipe_from_dict(raw).to_dict())
+    except ConfigError:
+        old = flatten(raw)
     new = flatten(recipe.to_dict())
 
     def kept(key: str) -> bool:

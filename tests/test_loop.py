@@ -171,6 +171,12 @@ def test_resuming_with_changed_settings_is_refused(tmp_path):
     d["training"]["learning_rate"] = 0.003
     d["loop"]["rounds"] = 4  # more rounds is a legitimate resume
     prepare_workspace(recipe_from_dict(d), progress=False)
+    # a run made before a setting existed resumes: the missing key reads as its default
+    saved = tmp_path / "run" / "recipe.yaml"
+    old = yaml.safe_load(saved.read_text())
+    del old["dynamics"]["defer"]
+    saved.write_text(yaml.safe_dump(old))
+    prepare_workspace(recipe_from_dict(d), progress=False)
 
 
 def test_deferred_tracking_in_the_loop_gives_the_same_premem(tmp_path):

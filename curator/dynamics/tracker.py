@@ -190,8 +190,8 @@ class DynamicsTracker:
         self._rows_at[index] = rows
         return rows
 
-    def __call__(self, sampler: Sampler, info: Any) -> list[dict[str, Any]]:
-        return self.measure(sampler, info)
+    def __call__(self, sampler: Sampler, info: Any, **kw: Any) -> list[dict[str, Any]]:
+        return self.measure(sampler, info, **kw)
 
     def ledger(self, **meta: Any) -> Ledger:
         """The ledger of every checkpoint measured so far."""
