@@ -41,6 +41,15 @@ def _dist():
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
+def init_launch() -> None:
+    """Start the launch's process group now (under ``accelerate launch`` with several processes),
+    so that checks across ranks can run before any model loads. A no-op in one process."""
+    if _dist() is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from curator.training.sft import make_accelerator
+
+        make_accelerator()
+
+
 def world_size() -> int:
     d = _dist()
     return d.get_world_size() if d is not None else 1

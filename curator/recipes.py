@@ -21,6 +21,7 @@ from curator.config import from_dict, to_dict
 from curator.data.format import PromptFormat
 from curator.errors import ConfigError, CuratorError
 from curator.models.lora import LoraSettings
+from curator.sampling.vllm import VLLMSettings
 from curator.training.settings import TrainSettings
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -94,6 +95,8 @@ class DynamicsSettings:
     backend: Literal["hf", "vllm"] = _help("sampler backend; vllm needs the 'vllm' extra and a GPU",
                                            default="hf")
     batch_size: int = _help("prompts per sampling batch (hf backend)", default=32)
+    vllm: VLLMSettings = _help("the vLLM engine (backend: vllm): GPU memory share, tensor parallelism",
+                               default_factory=VLLMSettings)
 
     def __post_init__(self):
         problems = []

@@ -115,6 +115,19 @@ def _load_split(source: str, config: str | None, split: str, size: int | None, f
     return load_examples(source, config=config, split=split, fields=fields or None, limit=size)
 
 
+def check_launch(recipe: Recipe) -> None:
+    """Fail before any model loads when the recipe cannot run in this launch: vLLM asked for but
+    not usable here, or (under ``accelerate launch``) ranks started with different recipes."""
+    from curator import distributed
+
+    distributed.init_launch()
+    if recipe.dynamics.backend == "vllm":
+        from curator.sampling.vllm import check_vllm_ready
+
+        check_vllm_ready(recipe.dynamics.vllm)
+    distributed.check_same_on_every_rank(recipe.to_dict(), "recipe")
+
+
 def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
     """Validate, load data, pick the seed set, check the tracking store. No model is loaded."""
     from curator.data.grading import get_grader
@@ -123,6 +136,7 @@ def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
     from curator.tracking.mlflow_store import check_reachable, default_tracking_uri
 
     validate_recipe(recipe)
+    check_launch(recipe)
     run_dir = recipe.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     uri = recipe.tracking.uri or default_tracking_uri(run_dir)

@@ -101,7 +101,7 @@ def run_sweep(base: Any, train: Sequence[Any], test: Sequence[Any], *, fmt: Any,
               eval_samples: int = 1, eval_temperature: float = 0.0, eval_max_new_tokens: int | None = None,
               backend: str = "hf", sample_batch_size: int = 32, lazy: bool = False, seed: int = 0,
               p_grid: Sequence[float] | None = None, progress: bool = True,
-              sampler_factory: Callable[[Any, Any], Any] | None = None,
+              sampler_factory: Callable[[Any, Any], Any] | None = None, vllm: Any = None,
               echo: Callable[[str], None] = print) -> SweepResult:
     """Train every (learning rate, epochs) configuration, measure, write run dirs, then predict.
 
@@ -118,7 +118,8 @@ def run_sweep(base: Any, train: Sequence[Any], test: Sequence[Any], *, fmt: Any,
             extra k-sample pass at the dynamics sampling parameters does.
         lazy: lazy tracking (PreMemAcc determined at every checkpoint, train accuracy of skipped
             cells undetermined); the default full tracking gives every comparison metric.
-        sampler_factory: ``(model, tokenizer) -> Sampler``; default `make_sampler(backend, ...)`.
+        sampler_factory: ``(model, tokenizer) -> Sampler``; default: the ``backend``'s provider
+            (`make_provider`; with vLLM one engine for the whole sweep, set up by ``vllm``).
     """
     from curator import distributed
     from curator.analysis.predict import load_run, predict, write_report
@@ -139,7 +140,7 @@ def run_sweep(base: Any, train: Sequence[Any], test: Sequence[Any], *, fmt: Any,
     reuse_eval = eval_samples > 1 and eval_temperature > 0
     # one provider for the whole sweep: with vLLM, one engine that follows every configuration
     provider = (FactoryProvider(sampler_factory, tok) if sampler_factory is not None
-                else make_provider(backend, base, batch_size=sample_batch_size, lora=lora is not None))
+                else make_provider(backend, base, batch_size=sample_batch_size, vllm=vllm, lora=lora is not None))
 
     train_prompts, _ = fmt.pairs(list(train), tok)  # the tracker's prompts, to find its completions
     test_prompts = [fmt.prompt_text(e, tok) for e in test]
@@ -232,6 +233,9 @@ def sweep_from_recipe(recipe: Any, progress: bool = True, echo: Callable[[str], 
                         "PreMemAcc at every checkpoint; set dynamics.defer: false")
     if problems:
         raise ConfigError(problems)
+    from curator.run import check_launch
+
+    check_launch(recipe)
     grader = get_grader(d.grader)
     train = load_examples(d.pool, config=d.pool_config, split=d.pool_split, fields=d.fields or None,
                           limit=d.pool_size)
@@ -246,11 +250,14 @@ def sweep_from_recipe(recipe: Any, progress: bool = True, echo: Callable[[str], 
                             stop=recipe.format.stop, seed=recipe.seed)
     base = load_model(m.name, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
     out = recipe.run_dir
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.yaml").write_text(recipe.to_yaml())
+    from curator import distributed
+
+    if distributed.is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
     return run_sweep(base, train, test, fmt=recipe.format, grader=grader, train_settings=recipe.training,
                      learning_rates=sw.learning_rates, epochs=sw.epochs, out_dir=out, lora=m.lora,
                      k=dyn.samples, params=params, p=dyn.p, eval_samples=ev.samples,
                      eval_temperature=ev.temperature, eval_max_new_tokens=ev.max_new_tokens,
-                     backend=dyn.backend, sample_batch_size=dyn.batch_size, lazy=dyn.lazy, seed=recipe.seed,
+                     backend=dyn.backend, vllm=dyn.vllm, sample_batch_size=dyn.batch_size, lazy=dyn.lazy, seed=recipe.seed,
                      progress=progress, echo=echo)

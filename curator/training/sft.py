@@ -189,14 +189,21 @@ def make_accelerator():
 
     accelerate picks its gloo (MULTI_CPU) backend only when told to use the CPU; a torchrun-style
     launch (``accelerate launch --multi_gpu``, ``torchrun``) on a machine without a GPU would
-    otherwise run every process as an independent single-process job.
+    otherwise run every process as an independent single-process job. Collectives time out after
+    ``CURATOR_COLLECTIVE_TIMEOUT`` seconds (default 1800), so a dead rank stops the others.
     """
+    from datetime import timedelta
+
     import torch
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    from curator.distributed import collective_timeout_seconds
 
     has_xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
     multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(cpu=multi and not torch.cuda.is_available() and not has_xpu)
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout_seconds()))
+    return Accelerator(cpu=multi and not torch.cuda.is_available() and not has_xpu, kwargs_handlers=[timeout])
 
 
 def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: PromptFormat | None,
