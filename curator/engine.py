@@ -80,7 +80,9 @@ def sharded(sampler: Sampler, info: Any = None) -> Sampler:
     from curator import distributed
 
     world = int(getattr(info, "num_processes", 0) or distributed.world_size())
-    if world <= 1:
+    if world <= 1 or getattr(info, "params_sharded", False):
+        # FSDP: a forward pass all-gathers the parameters, so every rank must run the same
+        # forward passes; every rank then samples every prompt (identical results)
         return sampler
     from curator.sampling.sharded import ShardedSampler
 
@@ -142,6 +144,13 @@ def train_and_track(base: Any, examples: Sequence[Example], *, fmt: PromptFormat
     from curator.dynamics.tracker import DynamicsTracker, check_deferred_memory
     from curator.training import finetune
 
+    import os
+
+    from curator.errors import ConfigError
+
+    if defer and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        raise ConfigError("dynamics.defer copies and reloads whole parameters, which FSDP shards across "
+                          "processes; track with lazy (defer: false) under FSDP")
     tok = base.tokenizer
     n_ckpt = training.n_checkpoints(len(examples))
     tracker = DynamicsTracker(examples, fmt, grader, k=k, params=params or SamplingParams(stop=fmt.stop), p=p,

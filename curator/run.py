@@ -135,12 +135,17 @@ def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
     from curator.data.sources import GeneratorSource, PoolSource
     from curator.tracking.mlflow_store import check_reachable, default_tracking_uri
 
+    from curator import distributed
+
     validate_recipe(recipe)
     check_launch(recipe)
+    main = distributed.is_main_process()
     run_dir = recipe.run_dir.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     uri = recipe.tracking.uri or default_tracking_uri(run_dir)
-    check_reachable(uri)
+    if main:
+        check_reachable(uri)
 
     d = recipe.data
     grader = get_grader(d.grader)
@@ -166,9 +171,12 @@ def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
         rng = np.random.default_rng([recipe.seed, 0x5EED])
         idx = np.sort(rng.choice(len(pool), size=d.seed_size, replace=False))
         seed_ids = [pool[i].id for i in idx]
-        atomic_write_text(ids_file, json.dumps(seed_ids))
     _check_same_recipe(run_dir, recipe)
-    atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
+    distributed.barrier("checking the run directory")  # every rank read it before the main one writes
+    if main:
+        if not ids_file.exists():
+            atomic_write_text(ids_file, json.dumps(seed_ids))
+        atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
     return Workspace(recipe=recipe, run_dir=run_dir, tracking_uri=uri, pool=pool, test=test,
                      seed_ids=seed_ids, grader=grader, source=source, progress=progress)
 
@@ -210,6 +218,7 @@ def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
 
 def run_recipe(recipe: Recipe, progress: bool = True, echo=print) -> RunSummary:
     """Run (or resume) every strategy of the recipe, then compare them."""
+    from curator import distributed
     from curator.loop import check_loop_instance, get_loop
     from curator.tracking.compare import compare_run_dir
 
@@ -221,6 +230,7 @@ def run_recipe(recipe: Recipe, progress: bool = True, echo=print) -> RunSummary:
         check_loop_instance(recipe.loop.loop, lp)
         lp.setup()
         loops.append(lp)
+    distributed.barrier("setting up the strategies' runs")  # a rank that failed setup stops the others
     t0 = time.time()
     for r in range(recipe.loop.rounds):
         ws.cache.clear()
@@ -235,11 +245,12 @@ def run_recipe(recipe: Recipe, progress: bool = True, echo=print) -> RunSummary:
     strategies = {lp.spec.run_name: lp.summary() for lp in loops}
     summary = RunSummary(run_dir=ws.run_dir, tracking_uri=ws.tracking_uri, experiment=recipe.experiment,
                          strategies=strategies)
-    if len(loops) >= 1:
+    if loops and distributed.is_main_process():
         result = compare_run_dir(ws.run_dir, baseline="iid", out_dir=ws.run_dir)
         summary.compare_table = result.table
         summary.curves_png = result.png
         for lp in loops:
             lp.log_final_artifacts(result)
-    echo(f"done in {time.time() - t0:.0f}s")
+    if distributed.is_main_process():
+        echo(f"done in {time.time() - t0:.0f}s")
     return summary

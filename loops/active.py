@@ -35,8 +35,10 @@ from curator.recipes import StrategySpec
 
 
 def fault_point(name: str) -> None:
-    """Crash-test hook: ``CURATOR_FAULT=<name>`` kills the process here with SIGKILL."""
-    if os.environ.get("CURATOR_FAULT") == name:
+    """Crash-test hook: ``CURATOR_FAULT=<name>`` kills the process here with SIGKILL (only the rank
+    ``CURATOR_FAULT_RANK`` under a multi-process launch, when set)."""
+    only = os.environ.get("CURATOR_FAULT_RANK")
+    if os.environ.get("CURATOR_FAULT") == name and (only is None or only == os.environ.get("RANK", "0")):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -57,6 +59,10 @@ class ActiveLoop:
         self.history: list[dict[str, Any]] = []
         self.stopped_reason: str | None = None
         self.mlflow = None
+        # under `accelerate launch` every rank trains, measures and selects alike; one writes
+        from curator.distributed import is_main_process
+
+        self.main = is_main_process()
         self._model_state: dict | None = None  # trainable weights carried over (continue_training)
 
     # ---- durable state -------------------------------------------------------------------
@@ -66,6 +72,9 @@ class ActiveLoop:
     def setup(self) -> None:
         from curator.tracking.mlflow_store import MlflowRun, flatten
 
+        if not self.main:
+            self._replay()
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         self.mlflow = MlflowRun(self.ws.tracking_uri, self.recipe.experiment,
                                 artifact_root=self.ws.run_dir / "mlartifacts")
@@ -83,7 +92,10 @@ class ActiveLoop:
                                   params=flatten(self.recipe.to_dict()), tags=tags)
         if meta.get("mlflow_run_id") != run_id or meta.get("spec") != spec:
             atomic_write_json(meta_path, {"mlflow_run_id": run_id, "strategy": self.spec.name, "spec": spec})
-        # replay finished rounds
+        self._replay()
+
+    def _replay(self) -> None:
+        """Read finished rounds back (every rank); the main process also logs any not yet logged."""
         r = 0
         while (self.round_dir(r) / "DONE").exists():
             rd = self.round_dir(r)
@@ -102,7 +114,7 @@ class ActiveLoop:
         self.next_round = r
         if r >= self.recipe.loop.rounds:
             self.done = True
-        if self.done:
+        if self.done and self.mlflow is not None:
             self.mlflow.finish()  # reopened to check the log; a finished run stays FINISHED
         if self.recipe.loop.continue_training and r > 0 and not self.done:
             state_file = self.round_dir(r - 1) / "trainable_state.pt"
@@ -160,7 +172,8 @@ class ActiveLoop:
         rec = self.recipe
         t0 = time.time()
         rd = self.round_dir(r)
-        rd.mkdir(parents=True, exist_ok=True)
+        if self.main:
+            rd.mkdir(parents=True, exist_ok=True)
         train = [self.examples[i] for i in self.train_ids]
         key = self.ws.cache.key(self.train_ids, r, rec.loop.continue_training)
         entry = self.ws.cache.entries.get(key)
@@ -169,7 +182,8 @@ class ActiveLoop:
             self.ws.cache.entries[key] = entry
         fault_point(f"round{r}:trained")
         ledger = entry["ledger"]
-        ledger.to_parquet(rd / "ledger.parquet")
+        if self.main:
+            ledger.to_parquet(rd / "ledger.parquet")
         summ = ledger_summary(ledger, rec.dynamics.p)
         last = summ.iloc[-1]
         metrics: dict[str, Any] = {
@@ -216,7 +230,11 @@ class ActiveLoop:
                 for i in sel.ids:
                     self.examples[i] = by_id[i]
                 new_ids = list(sel.ids)
-                self._write_selection(rd, ctx, sel)
+                from curator.distributed import check_same_on_every_rank
+
+                check_same_on_every_rank(new_ids, f"selection of round {r} ({self.spec.run_name})")
+                if self.main:
+                    self._write_selection(rd, ctx, sel)
                 if sel.note:
                     metrics["selection_note"] = sel.note
                 if len(sel.ids) < budget:
@@ -224,21 +242,24 @@ class ActiveLoop:
                                                  f"{len(sel.ids)} of {budget} examples")
         metrics["round_seconds"] = time.time() - t0
         next_ids = self.train_ids + new_ids
-        if new_examples:
+        if self.main and new_examples:
             write_examples_jsonl(rd / "new_examples.jsonl", new_examples)
-        atomic_write_text(rd / "next_train_ids.json", json.dumps(next_ids))
-        atomic_write_json(rd / "checkpoints.json", entry["checkpoints"])
+        if self.main:
+            atomic_write_text(rd / "next_train_ids.json", json.dumps(next_ids))
+            atomic_write_json(rd / "checkpoints.json", entry["checkpoints"])
         if rec.loop.continue_training and r < rec.loop.rounds - 1:
             import torch
 
             # before DONE: a finished round must always have the weights the next one starts from
             state = {n: p.detach().cpu() for n, p in entry["model"].named_parameters() if p.requires_grad}
-            tmp = rd / ".trainable_state.pt.tmp"
-            torch.save(state, tmp)
-            os.replace(tmp, rd / "trainable_state.pt")
+            if self.main:
+                tmp = rd / ".trainable_state.pt.tmp"
+                torch.save(state, tmp)
+                os.replace(tmp, rd / "trainable_state.pt")
             self._model_state = state
-        atomic_write_json(rd / "metrics.json", metrics)
-        atomic_write_text(rd / "DONE", "")
+        if self.main:
+            atomic_write_json(rd / "metrics.json", metrics)
+            atomic_write_text(rd / "DONE", "")
         self.history.append(metrics)
         self._log_round(r, metrics)
         self.train_ids = next_ids
@@ -249,7 +270,7 @@ class ActiveLoop:
             self.done = True
         elif r + 1 >= rec.loop.rounds:
             self.done = True
-        if self.done:
+        if self.done and self.mlflow is not None:
             self.mlflow.finish()
 
     def _write_selection(self, rd: Path, ctx, sel) -> None:
@@ -264,6 +285,8 @@ class ActiveLoop:
         os.replace(tmp, rd / "selection.parquet")
 
     def _log_round(self, r: int, metrics: dict[str, Any]) -> None:
+        if self.mlflow is None:  # not the main process
+            return
         rd = self.round_dir(r)
         step = int(metrics["n_train"])
         numeric = {k: float(v) for k, v in metrics.items()
@@ -278,7 +301,7 @@ class ActiveLoop:
         atomic_write_text(rd / "LOGGED", "")
 
     def _print_round(self, r: int, m: dict[str, Any]) -> None:
-        if not self.ws.progress and os.environ.get("CURATOR_QUIET"):
+        if not self.main or (not self.ws.progress and os.environ.get("CURATOR_QUIET")):
             return
         acc = m["train_accuracy"]
         train_acc = (f"{acc:.3f}" if acc == acc

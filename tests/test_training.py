@@ -216,6 +216,48 @@ def test_distance_from_init():
     assert d.distance() == pytest.approx(5.0)
 
 
+def test_sharded_statistics_sum_over_shards():
+    """Each FSDP process sees a shard of every gradient; with ``reduce`` = a sum across processes
+    the window's figures equal the unsharded ones. Two shards of the hand-computed example above
+    (element 0 on one process, element 1 on the other), reduced by adding the two partials."""
+    grads = ([1.0, 0.0], [3.0, 0.0], [2.0, 3.0])
+    shards = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    partial: list = []
+    other = GradStats([shards[1]], reduce=lambda t: (partial.append(t.clone()), t)[1])
+    mine = GradStats([shards[0]], reduce=lambda t: t + partial[0])
+    for g in grads:
+        shards[0].grad, shards[1].grad = torch.tensor(g[:1]), torch.tensor(g[1:])
+        other.update()
+        mine.update()
+    other.window()  # its partial sums go to the "all-reduce"
+    w = mine.window()
+    assert w["grad_variance"] == pytest.approx(8 / 3)
+    assert w["grad_norm"] == pytest.approx((1 + 3 + math.sqrt(13)) / 3)
+    # distance from init: 3 on one shard, 4 on the other -> 5
+    dist_partial: list = []
+    a, b = torch.nn.Parameter(torch.tensor([1.0])), torch.nn.Parameter(torch.tensor([2.0]))
+    db = DistanceFromInit([b], reduce=lambda t: (dist_partial.append(t.clone()), t)[1])
+    da = DistanceFromInit([a], reduce=lambda t: t + dist_partial[0])
+    with torch.no_grad():
+        a += 3.0
+        b += 4.0
+    assert db.distance() == pytest.approx(4.0)
+    assert da.distance() == pytest.approx(5.0)
+
+
+def test_grad_variance_buffer_dtype():
+    p = torch.nn.Parameter(torch.zeros(3))
+    stats = GradStats([p], buffer_dtype=torch.bfloat16)
+    assert stats.sums[0].dtype == torch.bfloat16
+    for g in ([1.0, 0.0, 0.5], [3.0, 0.0, 0.5]):
+        p.grad = torch.tensor(g)
+        stats.update()
+    # mean (2, 0, 0.5); squared deviations 1 and 1 -> variance 1 (exact in bfloat16: 4 and 1 are)
+    assert stats.window()["grad_variance"] == 1.0
+    with pytest.raises(ConfigError, match="grad_variance_dtype must be 'float32' or 'bfloat16'"):
+        TrainSettings(grad_variance_dtype="float16")
+
+
 def test_same_seed_same_weights_and_losses():
     runs = []
     for _ in range(2):

@@ -131,6 +131,8 @@ def run_sweep(base: Any, train: Sequence[Any], test: Sequence[Any], *, fmt: Any,
                    learning_rates=learning_rates, epochs=epochs)
     out = Path(out_dir)
     main = distributed.is_main_process()
+    if not main:  # every rank of a launch runs the sweep; one speaks
+        echo = lambda *a, **k: None  # noqa: E731
     if main:
         out.mkdir(parents=True, exist_ok=True)
     tok = base.tokenizer
