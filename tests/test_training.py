@@ -443,3 +443,26 @@ def test_two_process_accelerate_launch_on_cpu(tmp_path):
     assert one["step_losses"] == pytest.approx(ranks[0]["step_losses"], rel=1e-5)
     for a, b in zip(one["checkpoints"], ranks[0]["checkpoints"]):
         assert a["metrics"]["dist_from_init"] == pytest.approx(b["metrics"]["dist_from_init"], rel=1e-4)
+
+
+def test_memory_formula_and_the_big_recipes_follow_it():
+    import re
+
+    from curator.recipes import RECIPES_DIR, load_recipe
+    from curator.training.memory import recipe_memory, training_memory
+
+    # hand-computed: 1e9 bf16 params, all trainable, float32 variance buffer
+    m = training_memory(10**9)
+    assert (m.weights, m.gradients, m.optimizer, m.grad_variance, m.cpu) == (2e9, 2e9, 4e9, 4e9, 4e9)
+    assert m.gpu == 12e9
+    assert training_memory(10**9, grad_variance_dtype="bfloat16", shards=4).gpu == 10e9 / 4
+    assert training_memory(10**9, 10**6, grad_variance_dtype=None).gpu == 2e9 + 2e6 + 4e6
+    for name in ("gsm8k-llama3-8b", "math-gemma2-9b"):
+        text = (RECIPES_DIR / f"{name}.yaml").read_text()
+        recipe = load_recipe(name)
+        lines = re.findall(r"^#\s+(1 GPU|FSDP over (\d+) GPUs):\s+(weights .* GB)$", text, flags=re.M)
+        assert len(lines) >= 2, name
+        for where, n, figures in lines:
+            assert figures == recipe_memory(recipe, shards=int(n or 1)).describe(), (name, where)
+        # the 1-GPU figure is above an 80 GB card: the recipe must not claim one is enough
+        assert recipe_memory(recipe).gpu > 80e9 and "~80 GB" not in text
