@@ -275,3 +275,27 @@ def test_vllm_asked_for_but_missing_fails_before_any_model_loads(tmp_path, monke
     with pytest.raises(MissingExtraError, match="dynamics.backend: vllm needs the 'vllm' package"):
         prepare_workspace(r, progress=False)
     assert not (tmp_path / "seed_ids.json").exists()
+
+
+def test_from_loaded_serves_a_lora_model_as_base_plus_adapter(base, fake_vllm):
+    from curator.models import LoraSettings, apply_lora
+    from curator.models.loading import LoadedModel
+    from curator.sampling import make_sampler
+    from curator.sampling.hf import HFSampler
+
+    import torch
+
+    torch.manual_seed(0)
+    peft = apply_lora(copy.deepcopy(base.model), LoraSettings(r=4, alpha=8, dropout=0.0))
+    with torch.no_grad():  # a trained-looking adapter (peft starts B at zero)
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    s = make_sampler("vllm", LoadedModel(peft, base.tokenizer, "tiny-random", "cpu", "float32"))
+    engine = fake_vllm.built[0]
+    assert weights_hash(engine.hf) == weights_hash(base.model)  # the base, not a merged copy
+    prompts, targets = PromptFormat().pairs(TRAIN)
+    got = s.target_logprobs(prompts, targets)
+    want = HFSampler(peft.eval(), base.tokenizer).target_logprobs(prompts, targets)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
