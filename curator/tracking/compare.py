@@ -9,7 +9,6 @@ only an upper bound (``<=x``).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Iterable
 import numpy as np
 
 from curator.errors import CuratorError
+from curator.io import read_json
 
 METRIC = "test_accuracy"
 
@@ -88,7 +88,7 @@ def curves_from_run_dir(run_dir: str | Path) -> list[Curve]:
         pts = []
         for rd in sorted(sdir.glob("round-*")):
             if (rd / "DONE").exists():
-                m = json.loads((rd / "metrics.json").read_text())
+                m = read_json(rd / "metrics.json")
                 pts.append((m["n_train"], m.get(METRIC, float("nan"))))
         pts = [(n, a) for n, a in pts if not (a is None or (isinstance(a, float) and math.isnan(a)))]
         if pts:
