@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -257,3 +257,86 @@ def test_strategy_params_are_converted_like_recipe_fields():
 
     s = build_strategy("uncertainty", {"n": 3.0})  # YAML's 3.0 is a whole number: accepted as int
     assert s.n == 3 and isinstance(s.n, int)
+
+
+# ---- the MLflow store (items 1, 3, 6): made whole or not at all, rebuilt when unusable
+
+def _half_made_store(path: Path) -> None:
+    """A store whose migration stopped part way (the state a Ctrl-C during creation left)."""
+    import sqlite3
+
+    from curator.tracking.mlflow_store import _client
+
+    import mlflow.store.db.utils  # noqa: F401  (imports the table definitions below)
+    from mlflow.store.db.base_sql_model import Base
+    from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
+
+    # spelled with "..": MLflow caches a store per URI string, and the code under test must open
+    # this file afresh, as a later `curate run` process would
+    other_spelling = f"{path.parent}/../{path.parent.name}/{path.name}"
+    _client("sqlite:///" + other_spelling).search_experiments(max_results=1)
+    con = sqlite3.connect(path)
+    # the initial tables are there, a later migration's table and the version stamp are not
+    late = sorted(set(Base.metadata.tables) - set(InitialBase.metadata.tables))
+    con.execute(f"DROP TABLE {late[-1]}")
+    con.execute("DROP TABLE alembic_version")
+    con.commit()
+    con.close()
+
+
+def test_half_made_store_in_the_run_dir_is_rebuilt(tmp_path):
+    from curator.errors import CuratorError
+    from curator.tracking.mlflow_store import check_reachable, default_tracking_uri
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    _half_made_store(run_dir / "mlflow.db")
+    uri = default_tracking_uri(run_dir)
+    # a store the user named is theirs: say what is wrong and what to do, touch nothing
+    shutil.copy(run_dir / "mlflow.db", tmp_path / "theirs.db")
+    with pytest.raises(CuratorError, match="cannot be opened .*move it away"):
+        check_reachable("sqlite:///" + str(tmp_path / "theirs.db"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "theirs.db"]
+    notes = check_reachable(uri, rebuild_for=run_dir)
+    assert len(notes) == 1 and "is damaged" in notes[0] and "rebuilt from the round files" in notes[0]
+    assert check_reachable(uri, rebuild_for=run_dir) == []  # the new store is whole
+    assert len(list(run_dir.glob("mlflow.db.old-*"))) == 1  # the damaged one is kept aside, not deleted
+
+
+def test_store_creation_interrupted_leaves_no_store(tmp_path, monkeypatch):
+    from curator.tracking import mlflow_store
+
+    real = mlflow_store._client
+
+    def interrupted(uri):
+        if ".tmp-" in uri:
+            real(uri)  # tables made in the temporary file, then the user presses Ctrl-C
+            raise KeyboardInterrupt
+        return real(uri)
+
+    monkeypatch.setattr(mlflow_store, "_client", interrupted)
+    uri = mlflow_store.default_tracking_uri(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        mlflow_store.check_reachable(uri, rebuild_for=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # neither a half-made mlflow.db nor a temporary file
+    monkeypatch.setattr(mlflow_store, "_client", real)
+    assert mlflow_store.check_reachable(uri, rebuild_for=tmp_path) == []
+
+
+def test_run_missing_from_the_store_is_made_again_and_quotes_need_no_escaping(tmp_path):
+    from curator.tracking.mlflow_store import MlflowRun, check_reachable, default_tracking_uri
+
+    run_dir = tmp_path / "it's here"
+    uri = default_tracking_uri(run_dir)
+    check_reachable(uri, rebuild_for=run_dir)
+    tags = {"curator.run_dir": str(run_dir / "o'brien`s"), "strategy": "iid"}
+    first = MlflowRun(uri, "exp 'quoted'", artifact_root=run_dir / "mlartifacts")
+    rid = first.open(None, "o'brien", params={"a": "1"}, tags=tags)
+    assert first.created
+    # killed before run.json was written: the run is found again by its tag, not duplicated
+    again = MlflowRun(uri, "exp 'quoted'", artifact_root=run_dir / "mlartifacts")
+    assert again.open(None, "o'brien", params={"a": "1"}, tags=tags) == rid and not again.created
+    # run.json names a run this store does not hold (another tracking.uri, a deleted store)
+    other = MlflowRun(uri, "exp 'quoted'", artifact_root=run_dir / "mlartifacts")
+    new = other.open("0123456789abcdef0123456789abcdef", "x", params={}, tags={"strategy": "x"})
+    assert new != rid and other.created

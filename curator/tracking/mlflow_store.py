@@ -92,13 +92,29 @@ def check_reachable(uri: str, rebuild_for: str | os.PathLike | None = None) -> l
 
 def _create_sqlite_store(uri: str, db: Path) -> None:
     """Make the store's tables under a temporary name, then rename: the store appears whole or not at all."""
-    tmp = db.with_name(f".{db.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
+    import uuid
+
+    # a name never used before: MLflow caches one store per URI, bound to the file it first opened
+    tmp = db.with_name(f".{db.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         _client("sqlite:///" + str(tmp)).search_experiments(max_results=1)
         os.replace(tmp, db)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _release(uri: str) -> None:
+    """Close the pooled sqlite connections MLflow keeps for ``uri``, so that the next use opens the
+    file at that path anew (after it was replaced) instead of the old file. Best effort: the
+    engine cache is not public MLflow API, and a fresh process never needs this."""
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        engine = getattr(SqlAlchemyStore, "_engine_map", {}).get(uri)
+        if engine is not None:
+            engine.dispose()
+    except Exception:
+        pass
 
 
 def _unusable_store(uri: str, run_dir: Path) -> str | None:
@@ -109,8 +125,10 @@ def _unusable_store(uri: str, run_dir: Path) -> str | None:
     try:
         exps = _client(probe).search_experiments()
     except Exception as e:
+        _release(probe)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return f"is damaged (it cannot be opened: {first[:120]})"
+    _release(probe)
     mine = run_dir.resolve().as_uri()
     for exp in exps:
         if exp.experiment_id != "0" and not str(exp.artifact_location).startswith(mine):
