@@ -55,6 +55,7 @@ class Workspace:
     cache: RoundCache = field(default_factory=RoundCache)
     progress: bool = True
     _base: Any = None
+    _provider: Any = None
     _pool_ids: set[str] | None = None
 
     @property
@@ -67,6 +68,22 @@ class Workspace:
             self._base = load_model(m.name, dtype=m.dtype, device=m.device,
                                     trust_remote_code=m.trust_remote_code)
         return self._base
+
+    @property
+    def provider(self):
+        """The sampler provider of the whole run (one vLLM engine per process, if vLLM)."""
+        if self._provider is None:
+            from curator.sampling.providers import make_provider
+
+            dyn = self.recipe.dynamics
+            self._provider = make_provider(dyn.backend, self.base, batch_size=dyn.batch_size,
+                                           vllm=getattr(dyn, "vllm", None), lora=self.recipe.model.lora is not None)
+        return self._provider
+
+    def close(self) -> None:
+        if self._provider is not None:
+            self._provider.close()
+            self._provider = None
 
     def examples_by_id(self) -> dict[str, Example]:
         return {e.id: e for e in self.pool}
@@ -179,7 +196,7 @@ def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
 
 def run_recipe(recipe: Recipe, progress: bool = True, echo=print) -> RunSummary:
     """Run (or resume) every strategy of the recipe, then compare them."""
-    from curator.loop import get_loop
+    from curator.loop import check_loop_instance, get_loop
     from curator.tracking.compare import compare_run_dir
 
     ws = prepare_workspace(recipe, progress=progress)
@@ -187,6 +204,7 @@ def run_recipe(recipe: Recipe, progress: bool = True, echo=print) -> RunSummary:
     loops = []
     for spec in recipe.strategies:
         lp = loop_cls(ws, spec)
+        check_loop_instance(recipe.loop.loop, lp)
         lp.setup()
         loops.append(lp)
     t0 = time.time()
@@ -199,6 +217,7 @@ def run_recipe(recipe: Recipe, progress: bool = True, echo=print) -> RunSummary:
         if all(lp.done for lp in loops):
             break
     ws.cache.clear()
+    ws.close()
     strategies = {lp.spec.run_name: lp.summary() for lp in loops}
     summary = RunSummary(run_dir=ws.run_dir, tracking_uri=ws.tracking_uri, experiment=recipe.experiment,
                          strategies=strategies)

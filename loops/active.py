@@ -19,7 +19,6 @@ metrics already logged for a step are not logged again.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -116,32 +115,6 @@ class ActiveLoop:
         return None
 
     # ---- one round ---------------------------------------------------------------------------
-    def _fresh_model(self):
-        """A trainable copy of the base model (plus LoRA, plus carried-over weights)."""
-        import torch
-
-        from curator.models import apply_lora
-
-        base = self.ws.base
-        torch.manual_seed(self.recipe.seed)
-        model = copy.deepcopy(base.model)
-        if self.recipe.model.lora is not None:
-            model = apply_lora(model, self.recipe.model.lora)
-        if self._model_state is not None:
-            model.load_state_dict(self._model_state, strict=False)
-        return model
-
-    def _sampler(self, model):
-        """A sampler over the live model: hf wraps it in place; vllm gets it saved to a directory."""
-        import dataclasses
-
-        from curator.sampling import HFSampler, make_sampler
-
-        dyn = self.recipe.dynamics
-        if dyn.backend == "hf":
-            return HFSampler(model, self.ws.base.tokenizer, batch_size=dyn.batch_size)
-        return make_sampler(dyn.backend, dataclasses.replace(self.ws.base, model=model))
-
     def _dynamics_params(self, seed: int):
         """Sampling settings of the dynamics measurement (also used for sampled-answer signals)."""
         from curator.sampling.base import SamplingParams
@@ -151,46 +124,19 @@ class ActiveLoop:
                               stop=self.recipe.format.stop, seed=seed)
 
     def _train_and_measure(self, r: int, train: list[Example]):
-        from curator.dynamics import DynamicsTracker
-        from curator.evaluation import evaluate_accuracy
-        from curator.sampling.base import SamplingParams
-        from curator.training import finetune
+        from curator.engine import eval_sampling, train_and_track
 
         rec = self.recipe
-        dyn = rec.dynamics
-        tok = self.ws.base.tokenizer
-        params = self._dynamics_params(seed=rec.seed + r)
-        n_ckpt = len(rec.training.checkpoint_schedule(len(train)))
-        tracker = DynamicsTracker(train, rec.format, self.ws.grader, k=dyn.samples, params=params, p=dyn.p,
-                                  lazy=dyn.lazy, defer=dyn.defer, n_checkpoints=n_ckpt, tokenizer=tok,
-                                  progress=self.ws.progress)
-        model = self._fresh_model()
-        if dyn.defer:
-            from curator.dynamics.tracker import check_deferred_memory
-
-            check_deferred_memory(model, n_ckpt)
-        ckpt_metrics: list[dict] = []
-
-        def on_checkpoint(m, info):
-            tracker.measure(self._sampler(m), info, model=m, sampler_factory=self._sampler)
-            ckpt_metrics.append({"checkpoint": info.index, "step": info.step, "epoch": info.epoch,
-                                 **{k: float(v) for k, v in (info.metrics or {}).items()}})
-
-        t0 = time.time()
-        finetune(model, tok, train, rec.format, rec.training, on_checkpoint=on_checkpoint,
-                 progress=self.ws.progress)
-        t_train = time.time() - t0
-        ledger = tracker.ledger()
-        test_acc = float("nan")
-        if self.ws.test:
-            ev = rec.evaluation
-            sampler = self._sampler(model)
-            eparams = SamplingParams(temperature=ev.temperature, top_p=1.0 if ev.temperature == 0 else dyn.top_p,
-                                     max_new_tokens=ev.max_new_tokens, stop=rec.format.stop, seed=rec.seed)
-            test_acc = evaluate_accuracy(sampler, self.ws.test, rec.format, self.ws.grader, eparams,
-                                         n=ev.samples, tokenizer=tok).accuracy
-        return {"model": model, "ledger": ledger, "test_accuracy": test_acc, "checkpoints": ckpt_metrics,
-                "train_seconds": t_train, "signals": None}
+        dyn, ev = rec.dynamics, rec.evaluation
+        res = train_and_track(self.ws.base, train, fmt=rec.format, grader=self.ws.grader, training=rec.training,
+                              provider=self.ws.provider, k=dyn.samples, params=self._dynamics_params(rec.seed + r),
+                              p=dyn.p, lazy=dyn.lazy, defer=dyn.defer, lora=rec.model.lora, seed=rec.seed,
+                              init_state=self._model_state, test=self.ws.test,
+                              eval_params=eval_sampling(ev.temperature, ev.max_new_tokens, rec.format.stop,
+                                                        rec.seed, top_p=dyn.top_p),
+                              eval_samples=ev.samples, progress=self.ws.progress)
+        return {"model": res.model, "ledger": res.ledger, "test_accuracy": res.test_accuracy,
+                "checkpoints": res.checkpoints, "train_seconds": res.train_seconds, "signals": None}
 
     def _signals(self, entry):
         from curator.signals import Signals
@@ -200,7 +146,7 @@ class ActiveLoop:
             dyn = rec.dynamics
             params = self._dynamics_params(seed=rec.seed)
             entry["signals"] = Signals(model=entry["model"], tokenizer=self.ws.base.tokenizer,
-                                       sampler=self._sampler(entry["model"]), grader=self.ws.grader,
+                                       sampler=self.ws.provider.sampler(entry["model"]), grader=self.ws.grader,
                                        fmt=rec.format, sampling=params, n_answers=dyn.samples,
                                        batch_size=dyn.batch_size, max_length=rec.training.max_length)
         return entry["signals"]
