@@ -247,6 +247,10 @@ def run_selection(strategy: "Strategy", ctx: SelectionContext, k: int) -> Select
                             f"{', '.join(outside[:5])}")
     if len(chosen) > k:
         raise StrategyError(f"strategy {name!r} returned {len(chosen)} ids but only k={k} were asked for")
+    if len(chosen) < min(k, len(ctx.pool)):
+        # stopping the loop here would blame the pool ("ran out") for the strategy's shortfall
+        raise StrategyError(f"strategy {name!r} returned {len(chosen)} ids for k={k} while {len(ctx.pool)} "
+                            "candidates remain; select() must return k ids whenever the pool has them")
     if len(chosen) < k:
         notes.append(f"strategy {name!r} returned {len(chosen)} of the {k} asked for")
     notes.extend(ctx.notes)

@@ -78,7 +78,9 @@ def curves_from_run_dir(run_dir: str | Path) -> list[Curve]:
     if not run_dir.is_dir():
         raise CuratorError(f"run directory {run_dir} does not exist; pass the output_dir of a `curate run`")
     seed = 0
-    recipe_file = run_dir / "recipe.yaml"
+    recipe_file = run_dir / "curator-run.yaml"  # the resolved recipe (recipe.yaml in older runs)
+    if not recipe_file.exists():
+        recipe_file = run_dir / "recipe.yaml"
     if recipe_file.exists():
         import yaml
 
