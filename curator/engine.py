@@ -71,6 +71,17 @@ def fresh_model(base: Any, *, lora: Any = None, init_state: dict | None = None, 
 
         model = apply_lora(model, lora)
     if init_state is not None:
+        # only the trainable weights are carried over, so the check is on those: each one present,
+        # nothing unknown (a state from another model or LoRA setting would otherwise load silently)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        unknown = sorted(set(init_state) - {n for n, _ in model.named_parameters()})
+        missing = sorted(trainable - set(init_state))
+        if unknown or missing:
+            from curator.errors import DataError
+
+            raise DataError(f"saved trainable weights do not fit this model: {len(missing)} missing "
+                            f"(e.g. {missing[:2]}), {len(unknown)} unknown (e.g. {unknown[:2]}); was the run "
+                            "made with another model or LoRA setting? Start a new output_dir")
         model.load_state_dict(init_state, strict=False)
     return model
 

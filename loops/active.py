@@ -32,6 +32,7 @@ from curator.data.example import Example
 from curator.errors import CuratorError, StrategyError
 from curator.io import atomic_write_json, atomic_write_text, read_examples_jsonl, read_json, write_examples_jsonl
 from curator.recipes import StrategySpec
+from curator.run import RESOLVED_RECIPE
 
 
 def fault_point(name: str) -> None:
@@ -104,7 +105,8 @@ class ActiveLoop:
                     self.examples[e.id] = e
             metrics = read_json(rd / "metrics.json")
             self.history.append(metrics)
-            if not (rd / "LOGGED").exists():
+            # a store made anew (another tracking.uri, a rebuilt or deleted store) gets every round again
+            if self.mlflow is not None and (self.mlflow.created or not (rd / "LOGGED").exists()):
                 self._log_round(r, metrics)
             self.train_ids = read_json(rd / "next_train_ids.json")
             if metrics.get("stopped_reason"):
@@ -120,7 +122,8 @@ class ActiveLoop:
             state_file = self.round_dir(r - 1) / "trainable_state.pt"
             import torch
 
-            self._model_state = torch.load(state_file, map_location="cpu")
+            # weights only: a crafted pickle in a run directory must not run code
+            self._model_state = torch.load(state_file, map_location="cpu", weights_only=True)
 
     def save_state(self) -> None:
         # every round's files are written atomically inside run_round; nothing is held in memory only
@@ -175,7 +178,7 @@ class ActiveLoop:
         if self.main:
             rd.mkdir(parents=True, exist_ok=True)
         train = [self.examples[i] for i in self.train_ids]
-        key = self.ws.cache.key(self.train_ids, r, rec.loop.continue_training)
+        key = self.ws.cache.key(self.train_ids, r, rec.loop.continue_training, owner=self.spec.run_name)
         entry = self.ws.cache.entries.get(key)
         if entry is None:
             entry = self._train_and_measure(r, train)
@@ -238,8 +241,10 @@ class ActiveLoop:
                 if sel.note:
                     metrics["selection_note"] = sel.note
                 if len(sel.ids) < budget:
-                    metrics["stopped_reason"] = (f"the pool ran out: round {r} could add only "
-                                                 f"{len(sel.ids)} of {budget} examples")
+                    # run_selection refused a strategy's shortfall, so the pool ran out: the next
+                    # round still trains on this final selection, and stops when nothing is left
+                    ran_out = f"the pool ran out: round {r} could add only {len(sel.ids)} of {budget} examples"
+                    metrics["selection_note"] = "; ".join(x for x in (sel.note, ran_out) if x)
         metrics["round_seconds"] = time.time() - t0
         next_ids = self.train_ids + new_ids
         if self.main and new_examples:
@@ -297,7 +302,7 @@ class ActiveLoop:
             if (rd / name).exists():
                 self.mlflow.log_artifact(rd / name, f"rounds/round-{r:02d}")
         if r == 0:
-            self.mlflow.log_artifact(self.ws.run_dir / "recipe.yaml")
+            self.mlflow.log_artifact(self.ws.run_dir / RESOLVED_RECIPE)
         atomic_write_text(rd / "LOGGED", "")
 
     def _print_round(self, r: int, m: dict[str, Any]) -> None:
