@@ -256,6 +256,7 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
+    from curator.distributed import collective_errors
     from curator.training.stats import DistanceFromInit, GradStats
 
     acc = accelerator or make_accelerator()
@@ -392,7 +393,8 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
         t0 = time.perf_counter()
         for epoch in range(settings.epochs):
             for step_batches in epoch_plan(n, settings, epoch, world):
-                local_sum, local_tokens = train_step(step_batches)
+                with collective_errors(f"training step {step + 1}"):  # a dead rank: one line, not a hang
+                    local_sum, local_tokens = train_step(step_batches)
                 step += 1
                 if not bar.disable:
                     bar.set_postfix(loss=f"{float(local_sum) / max(local_tokens, 1):.4f}", epoch=epoch + 1)
