@@ -91,8 +91,10 @@ def test_a_rank_that_dies_stops_the_others(tmp_path):
     d["output_dir"] = str(tmp_path / "dies")
     path = tmp_path / "dies.yaml"
     path.write_text(yaml.safe_dump(d))
-    # rank 1 is killed right after training round 0; rank 0 goes on to the selection's collective,
-    # which fails (RankFailure) unless the launcher has already stopped it: either way, no hang
+    # rank 1 is killed right after training round 0. torchrun's agent (under accelerate launch)
+    # then stops rank 0 at once (SIGTERM); where no agent does (a rank on another node), rank 0's
+    # next collective fails with one RankFailure line (test_a_failed_collective_is_one_line).
+    # Either way: no hang, and the round stays undone
     env = dict(_env(), CURATOR_FAULT="round0:trained", CURATOR_FAULT_RANK="1")
     proc = subprocess.run(_launch(2, ["run", str(path), "--quiet"]), env=env, capture_output=True, text=True,
                           timeout=400, check=False)
