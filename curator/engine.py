@@ -172,8 +172,11 @@ def train_and_track(base: Any, examples: Sequence[Example], *, fmt: PromptFormat
     if defer:
         check_deferred_memory(model, n_ckpt)
     records: list[dict[str, Any]] = []
+    last_info: list[Any] = [None]  # how the launch is laid out (processes, FSDP), for the evaluation
 
     def on_checkpoint(m: Any, info: Any) -> None:
+        last_info[0] = info
+
         def sampler_for(state: Any) -> Sampler:
             s = sharded(provider.sampler(state), info)
             return RecordingSampler(s) if record_completions else s
@@ -200,7 +203,7 @@ def train_and_track(base: Any, examples: Sequence[Example], *, fmt: PromptFormat
         from curator.evaluation import evaluate_accuracy
 
         ep = eval_params or SamplingParams(temperature=0.0, top_p=1.0, stop=fmt.stop)
-        test_acc = evaluate_accuracy(sharded(provider.sampler(model)), test, fmt, grader, ep,
+        test_acc = evaluate_accuracy(sharded(provider.sampler(model), last_info[0]), test, fmt, grader, ep,
                                      n=eval_samples, tokenizer=tok).accuracy
     return RoundResult(model=model, ledger=ledger, checkpoints=records, test_accuracy=test_acc,
                        train_seconds=seconds, samples_drawn=tracker.samples_drawn, train=result)
