@@ -48,8 +48,13 @@ def loop_recipe(out: Path, smoke: bool) -> dict:
 
 def sampler_section(smoke: bool) -> None:
     import torch
+    from bench_sampler import (
+        NOMINAL_HBM,
+        build_prompts,
+        decode_bytes,
+        measured_bandwidth,
+    )
 
-    from bench_sampler import NOMINAL_HBM, build_prompts, decode_bytes, measured_bandwidth
     from curator.models import load_model
     from curator.sampling import HFSampler, SamplingParams
 
@@ -143,7 +148,7 @@ def multiprocess_section(smoke: bool, work: Path, one: Path) -> None:
     print("== 3. multi-process: 2 processes vs 1 (" + ("CPU, gloo" if smoke else f"{n_gpu} GPUs") + ")")
     recipe = loop_recipe(work / "two", smoke)
     recipe["training"]["batch_size"] //= 2  # same global batch as the one-process run
-    sec, rounds, two = run_loop(recipe, 2, 0 if smoke else n_gpu)
+    sec, _, two = run_loop(recipe, 2, 0 if smoke else n_gpu)
     for r in sorted(p.name for p in one.glob("round-*")):
         a, b = pd.read_parquet(one / r / "ledger.parquet"), pd.read_parquet(two / r / "ledger.parquet")
         same = (a["n_correct"].to_numpy() == b["n_correct"].to_numpy()).mean()

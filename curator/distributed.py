@@ -14,7 +14,8 @@ import contextlib
 import hashlib
 import json
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from curator.errors import ConfigError, CuratorError
 

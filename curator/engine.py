@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from curator.data.example import Example
 from curator.data.format import PromptFormat
 from curator.dynamics.ledger import Ledger
+from curator.errors import ConfigError
 from curator.sampling.base import Sampler, SamplingParams
 
 
@@ -154,10 +157,6 @@ def train_and_track(base: Any, examples: Sequence[Example], *, fmt: PromptFormat
     """
     from curator.dynamics.tracker import DynamicsTracker, check_deferred_memory
     from curator.training import finetune
-
-    import os
-
-    from curator.errors import ConfigError
 
     if defer and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         raise ConfigError("dynamics.defer copies and reloads whole parameters, which FSDP shards across "

@@ -114,18 +114,19 @@ def test_sharded_sampler_equals_one_process(base):
     for world in (2, 3):
         shares: list = []
         for r in range(world):  # each rank's own share, as it would send it to the gather
-            s = ShardedSampler(inner, r, world, lambda obj: (shares.append(obj), [obj])[1])
+            s = ShardedSampler(inner, r, world, lambda obj, shares=shares: (shares.append(obj), [obj])[1])
             s.generate(prompts, counts, params)
-        got = ShardedSampler(inner, 0, world, lambda obj: shares).generate(prompts, counts, params)
+        got = ShardedSampler(inner, 0, world, lambda obj, shares=shares: shares).generate(prompts, counts, params)
         assert got == want_gen
         # every copy of a prompt went to the same rank, so "which repeat" is the same as in one call
         owners = {prompts[i]: r for r, (idx, _) in enumerate(shares) for i in idx}
         assert sum(len(idx) for idx, _ in shares) == len(prompts) and len(owners) == 4
         lp_shares: list = []
         for r in range(world):
-            ShardedSampler(inner, r, world, lambda obj: (lp_shares.append(obj), [obj])[1]
+            ShardedSampler(inner, r, world, lambda obj, lp_shares=lp_shares: (lp_shares.append(obj), [obj])[1]
                            ).target_logprobs(prompts, targets)
-        got_lp = ShardedSampler(inner, 0, world, lambda obj: lp_shares).target_logprobs(prompts, targets)
+        got_lp = ShardedSampler(inner, 0, world, lambda obj, lp_shares=lp_shares: lp_shares).target_logprobs(
+            prompts, targets)
         for a, b in zip(got_lp, want_lp):  # other batch companions: padding moves logits by ~1e-7
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 

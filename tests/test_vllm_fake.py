@@ -17,6 +17,7 @@ import hashlib
 import sys
 import types
 from types import SimpleNamespace
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -58,20 +59,19 @@ class _EngineModel:
 
 
 class FakeLLM:
-    built: list["FakeLLM"] = []
+    built: ClassVar[list[FakeLLM]] = []
 
     def __init__(self, model, tokenizer=None, dtype="auto", seed=0, enable_prefix_caching=True,
                  enable_lora=False, max_lora_rank=16, gpu_memory_utilization=0.9, trust_remote_code=False,
                  tensor_parallel_size=1, max_model_len=None, enable_sleep_mode=False,
                  distributed_executor_backend=None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
         self.tok = AutoTokenizer.from_pretrained(tokenizer or model)
         self.enable_lora, self.max_lora_rank = enable_lora, max_lora_rank
-        self.kwargs = dict(gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size)
+        self.kwargs = {"gpu_memory_utilization": gpu_memory_utilization, "tensor_parallel_size": tensor_parallel_size}
         self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(
             model_runner=SimpleNamespace(model=_EngineModel(self)))))
         self.weight_loads = self.prefix_resets = 0
@@ -191,7 +191,7 @@ live_hash = [""]
 
 def track_live_weights(monkeypatch):
     """Record the live model's weights at every checkpoint callback (before measurement)."""
-    import curator.training.sft as sft
+    from curator.training import sft
 
     real = sft.finetune
 
@@ -278,12 +278,12 @@ def test_vllm_asked_for_but_missing_fails_before_any_model_loads(tmp_path, monke
 
 
 def test_from_loaded_serves_a_lora_model_as_base_plus_adapter(base, fake_vllm):
+    import torch
+
     from curator.models import LoraSettings, apply_lora
     from curator.models.loading import LoadedModel
     from curator.sampling import make_sampler
     from curator.sampling.hf import HFSampler
-
-    import torch
 
     torch.manual_seed(0)
     peft = apply_lora(copy.deepcopy(base.model), LoraSettings(r=4, alpha=8, dropout=0.0))

@@ -21,9 +21,10 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -132,7 +133,7 @@ def run_sweep(base: Any, train: Sequence[Any], test: Sequence[Any], *, fmt: Any,
     out = Path(out_dir)
     main = distributed.is_main_process()
     if not main:  # every rank of a launch runs the sweep; one speaks
-        echo = lambda *a, **k: None  # noqa: E731
+        echo = lambda *a, **k: None
     if main:
         out.mkdir(parents=True, exist_ok=True)
     tok = base.tokenizer

@@ -19,7 +19,8 @@ Under ``accelerate launch`` with several processes, the engine wraps what it ret
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 from curator.sampling.base import Sampler
 

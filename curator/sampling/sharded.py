@@ -9,7 +9,8 @@ depend on how prompts are split, so a launch with N ranks gives the one-process 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -28,8 +28,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -161,7 +162,7 @@ class VLLMSampler:
         return nll, n_tok
 
     @classmethod
-    def from_loaded(cls, loaded: Any, **kw: Any) -> "VLLMSampler":
+    def from_loaded(cls, loaded: Any, **kw: Any) -> VLLMSampler:
         """From a model directory / hub id, or a `LoadedModel` / alias / .gguf spec.
 
         vLLM loads weights itself, so an in-memory model (an alias, a GGUF file, a tiny model) is

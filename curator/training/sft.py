@@ -17,8 +17,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from curator.data.example import Example
 from curator.data.format import PromptFormat, encode_pair

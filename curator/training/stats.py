@@ -9,7 +9,7 @@ fused reductions per optimizer step — nothing per example.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
