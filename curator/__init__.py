@@ -27,6 +27,8 @@ _EXPORTS = {
     "make_sampler": "curator.sampling",
     "TrainSettings": "curator.training.settings",
     "finetune": "curator.training",
+    "train_and_track": "curator.engine",
+    "make_provider": "curator.sampling.providers",
     # dynamics
     "Ledger": "curator.dynamics.ledger",
     "read_ledger": "curator.dynamics.ledger",

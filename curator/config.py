@@ -142,6 +142,13 @@ def _build(cls: type, data: dict, where: str, problems: list[str]) -> Any:
     return None
 
 
+def check_value(value: Any, tp: Any, where: str) -> tuple[Any, list[str]]:
+    """Check/convert one value against a type annotation, as recipe fields are: (value, problems)."""
+    problems: list[str] = []
+    out = _convert(value, tp, where, problems)
+    return (value if problems else out), problems
+
+
 def from_dict(cls: type, data: dict, source: str | None = None, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``; raise one ConfigError listing every problem."""
     problems: list[str] = []

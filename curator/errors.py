@@ -51,3 +51,64 @@ def require(module: str, extra: str, purpose: str):
         return importlib.import_module(module)
     except ImportError as e:
         raise MissingExtraError(module.split(".")[0], extra, purpose) from e
+
+
+class PluginError(CuratorError):
+    """Third-party code (a strategy, loop, grader or sampler plugin) failed to import or build."""
+
+
+def describe_exception(e: BaseException) -> str:
+    """``TypeName: message`` on one line, for wrapping a plugin's or the OS's error."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def user_error_line(e: BaseException) -> str | None:
+    """The one line the CLI prints for an error the user can fix, or None for a bug.
+
+    Besides CuratorError, two kinds of builtin error are the user's to fix wherever they are
+    raised: files that are not UTF-8 text, and OS-level failures on the paths they gave (missing,
+    unwritable, read-only, disk full). Catching them here, once, keeps every command and every
+    plugin under the same rule instead of wrapping each open() in the code base.
+    """
+    import errno
+
+    if isinstance(e, CuratorError):
+        return str(e)
+    if isinstance(e, UnicodeDecodeError):
+        name = _file_in_traceback(e)
+        what = repr(name) if name else "a data or recipe file"
+        return (f"{what} is not UTF-8 text ({e.reason}: byte {e.object[e.start:e.start + 1]!r} at "
+                f"offset {e.start}); save it as UTF-8")
+    if isinstance(e, OSError):
+        path = e.filename if e.filename is not None else None
+        where = f"{str(path)!r}" if path is not None else "a file"
+        reason = e.strerror or describe_exception(e)
+        hint = {
+            errno.ENOSPC: "free some space or set output_dir on another disk",
+            errno.EDQUOT: "free some space or set output_dir on another disk",
+            errno.EACCES: "check its permissions or choose another output_dir",
+            errno.EPERM: "check its permissions or choose another output_dir",
+            errno.EROFS: "the file system is read-only; choose another output_dir",
+            errno.ENOENT: "check the path",
+            errno.ENOTDIR: "a part of the path is a file, not a directory; check the path",
+            errno.EISDIR: "the path is a directory; give a file",
+        }.get(e.errno or 0, "check the path and the disk")
+        return f"{where}: {reason}; {hint}"
+    return None
+
+
+def _file_in_traceback(e: BaseException) -> str | None:
+    """The name of the open text file being decoded when ``e`` was raised, if a frame holds one."""
+    import io
+
+    tb = e.__traceback__
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if isinstance(value, io.TextIOWrapper) and isinstance(getattr(value, "name", None), str):
+                return value.name
+    return None

@@ -36,7 +36,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    """Read a JSON file curator wrote; a damaged one is a DataError naming it (its writer is atomic,
+    so damage means a hand edit, a disk fault or a copy cut short)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+        from curator.errors import DataError
+
+        raise DataError(f"{path} is damaged (not valid JSON: {' '.join(str(e).split())[:120]}); restore it, or "
+                        "delete it (or the round folder holding it) so that it is made again") from None
 
 
 def write_examples_jsonl(path: str | os.PathLike, examples: Iterable[Example]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from curator.config import from_dict, to_dict
 from curator.data.format import PromptFormat
 from curator.errors import ConfigError, CuratorError
 from curator.models.lora import LoraSettings
+from curator.sampling.vllm import VLLMSettings
 from curator.training.settings import TrainSettings
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -42,6 +44,13 @@ class ModelSettings:
                                     default=False)
     lora: LoraSettings | None = _help("LoRA adapter settings; null for full finetuning",
                                       default_factory=LoraSettings)
+
+    def __post_init__(self):
+        from curator.models.loading import DTYPES, _DTYPE_ALIASES
+
+        name = str(self.dtype).lower().removeprefix("torch.")
+        if _DTYPE_ALIASES.get(name, name) not in DTYPES:
+            raise ConfigError(f"model.dtype: {self.dtype!r} is not supported; use one of {', '.join(DTYPES)}")
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,11 @@ class DataSettings:
         problems = []
         if self.seed_size < 1:
             problems.append(f"data.seed_size must be >= 1, got {self.seed_size}")
+        for key in ("pool_size", "test_size"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                problems.append(f"data.{key} must be >= 1 (or null for all), got {getattr(self, key)}")
+        if self.generator_pool_size < 1:
+            problems.append(f"data.generator_pool_size must be >= 1, got {self.generator_pool_size}")
         if self.source == "generator" and not self.pool.startswith("synthetic"):
             problems.append("data.source=generator needs a synthetic pool ('synthetic:<preset>'); "
                             "use data.source=pool for files and hub datasets")
@@ -94,15 +108,18 @@ class DynamicsSettings:
     backend: Literal["hf", "vllm"] = _help("sampler backend; vllm needs the 'vllm' extra and a GPU",
                                            default="hf")
     batch_size: int = _help("prompts per sampling batch (hf backend)", default=32)
+    vllm: VLLMSettings = _help("the vLLM engine (backend: vllm): GPU memory share, tensor parallelism",
+                               default_factory=VLLMSettings)
 
     def __post_init__(self):
         problems = []
         if self.samples < 1:
             problems.append(f"dynamics.samples must be >= 1, got {self.samples}")
-        if self.p <= 1:
-            problems.append(f"dynamics.p must be > 1 (perplexity is >= 1 always), got {self.p}")
-        if self.temperature < 0:
-            problems.append(f"dynamics.temperature must be >= 0, got {self.temperature}")
+        # written as what must hold, so that NaN (every comparison False) fails too
+        if not 1 < self.p < math.inf:
+            problems.append(f"dynamics.p must be > 1 and finite (perplexity is >= 1 always), got {self.p}")
+        if not 0 <= self.temperature < math.inf:
+            problems.append(f"dynamics.temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             problems.append(f"dynamics.top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
@@ -119,6 +136,17 @@ class EvalSettings:
                          default=1)
     temperature: float = _help("0 = greedy decoding", default=0.0)
     max_new_tokens: int = _help("longest test completion", default=256)
+
+    def __post_init__(self):
+        problems = []
+        if self.samples < 1:
+            problems.append(f"evaluation.samples must be >= 1, got {self.samples}")
+        if not 0 <= self.temperature < math.inf:
+            problems.append(f"evaluation.temperature must be a finite number >= 0, got {self.temperature}")
+        if self.max_new_tokens < 1:
+            problems.append(f"evaluation.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if problems:
+            raise ConfigError(problems)
 
 
 @dataclass(frozen=True)
@@ -153,9 +181,19 @@ class StrategySpec:
     params: dict[str, Any] = _help("strategy parameters", default_factory=dict)
     label: str | None = _help("run name in MLflow and the run dir; defaults to the name", default=None)
 
+    def __post_init__(self):
+        if self.label is not None:
+            problem = path_component_problem(self.label)
+            if problem:
+                raise ConfigError(f"label {self.label!r} {problem}; it names a folder in the run directory")
+        problem = path_component_problem(self.run_name)
+        if problem:
+            raise ConfigError(f"name {self.name!r} gives the run folder {self.run_name!r}, which {problem}; "
+                              "give the strategy a 'label'")
+
     @property
     def run_name(self) -> str:
-        return self.label or self.name.replace(":", "_").replace("/", "_")
+        return self.label or self.name.replace(":", "_").replace("/", "_").replace("\\", "_")
 
 
 @dataclass(frozen=True)
@@ -192,6 +230,11 @@ class Recipe:
         labels = [s.run_name for s in self.strategies]
         dupes = sorted({x for x in labels if labels.count(x) > 1})
         problems = []
+        if not 0 <= self.seed < 2**32:
+            problems.append(f"seed must be in [0, 2**32), got {self.seed}")
+        if self.output_dir is None and path_component_problem(self.name):
+            problems.append(f"name {self.name!r} {path_component_problem(self.name)}; with output_dir null "
+                            "the run directory is runs/<name>: give a plain name or set output_dir")
         if not self.strategies:
             problems.append("strategies: list at least one strategy")
         if dupes:
@@ -212,6 +255,17 @@ class Recipe:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def path_component_problem(name: str) -> str | None:
+    """Why ``name`` cannot be one folder name inside the run directory, or None if it can."""
+    if not name or not name.strip():
+        return "is empty"
+    if name in (".", "..") or any(c in name for c in "/\\\0"):
+        return "must be a plain folder name (no '/', '\\', '.' or '..')"
+    if name.startswith("."):
+        return "must not start with '.' (hidden folders are curator's own)"
+    return None
 
 
 def resolve_recipe_path(path: str | os.PathLike) -> Path:
@@ -237,12 +291,13 @@ def _set_path(data: dict, dotted: str, value: Any, problems: list[str]) -> None:
                 problems.append(f"--set {dotted}: {'.'.join(keys[:i])} has no item {k}")
                 return
             node = node[int(k)]
-            continue
-        if node.get(k) is None:
-            node[k] = {}
-        node = node[k]
+        else:
+            if node.get(k) is None:
+                node[k] = {}
+            node = node[k]
         if not isinstance(node, (dict, list)):
-            problems.append(f"--set {dotted}: {'.'.join(keys[:i + 1])} is not a section")
+            problems.append(f"--set {dotted}: {'.'.join(keys[:i + 1])} is a value ({node!r}), not a section "
+                            f"or list; set {'.'.join(keys[:i + 1])}=... instead")
             return
     last = keys[-1]
     if isinstance(node, list):
@@ -284,7 +339,10 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | tu
     """Read, override and validate a recipe. ``path=None`` loads the embedded demo."""
     p = resolve_recipe_path(path if path is not None else "demo")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start}); "
+                          "save the recipe as UTF-8", source=str(p)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -304,9 +362,25 @@ def validate_recipe(recipe: Recipe) -> list[str]:
         except CuratorError as e:
             problems.append(f"strategies[{i}] ({spec.name}): {e}")
     try:
-        get_grader(recipe.data.grader)
+        from curator.data.grading import GraderProtocol
+
+        grader = get_grader(recipe.data.grader)
+        if not isinstance(grader, GraderProtocol):
+            problems.append(f"data.grader: {recipe.data.grader!r} gives a {type(grader).__name__}, which is not a "
+                            "grader (it needs name, extract(completion) and is_correct(completion, answer))")
     except CuratorError as e:
         problems.append(f"data.grader: {e}")
+    except Exception as e:  # a grader plugin whose constructor fails
+        from curator.errors import describe_exception
+
+        problems.append(f"data.grader: {recipe.data.grader!r} could not be built ({describe_exception(e)})")
+    problems += _data_source_problems(recipe)
+    if recipe.tracking.uri is not None:
+        from curator.tracking.mlflow_store import uri_problem
+
+        problem = uri_problem(recipe.tracking.uri)
+        if problem:
+            problems.append(f"tracking.uri: {problem}")
     try:
         from curator.loop import get_loop
 
@@ -316,9 +390,35 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     if problems:
         raise ConfigError(problems)
     notes = []
+    if recipe.model.trust_remote_code:
+        notes.append(f"model.trust_remote_code is true: loading {recipe.model.name!r} runs Python code from its "
+                     "repository on this machine; keep it only for a model repository you trust")
     if recipe.dynamics.backend == "vllm":
         notes.append("dynamics.backend=vllm: needs the 'vllm' extra and a GPU at run time")
     return notes
+
+
+def _data_source_problems(recipe: Recipe) -> list[str]:
+    """What `run` would find wrong with the data sources before loading any model: synthetic specs
+    are parsed and one example generated; local files must exist. Hub ids are checked at run time."""
+    from curator.data.loaders import is_synthetic_source, load_examples
+    from curator.errors import describe_exception
+
+    problems = []
+    for key in ("pool", "test"):
+        src = getattr(recipe.data, key)
+        if src is None:
+            continue
+        if is_synthetic_source(src):
+            try:
+                load_examples(src, limit=1)
+            except CuratorError as e:
+                problems.append(f"data.{key}: {e}")
+            except Exception as e:  # a spec the generator cannot honour (e.g. a step count of 0)
+                problems.append(f"data.{key}: {src!r} cannot generate examples ({describe_exception(e)})")
+        elif Path(src).suffix.lower() in (".jsonl", ".json", ".parquet", ".csv") and not Path(src).is_file():
+            problems.append(f"data.{key}: file {src!r} does not exist")
+    return problems
 
 
 def reference_markdown() -> str:

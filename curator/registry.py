@@ -25,6 +25,11 @@ def import_target(path: str, what: str = "object") -> Any:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
         raise CuratorError(f"{what} {path!r}: cannot import module {mod_name!r} ({e})") from e
+    except Exception as e:  # a plugin module that raises anything while importing is still the plugin's fault
+        from curator.errors import PluginError, describe_exception
+
+        raise PluginError(f"{what} {path!r}: importing {mod_name!r} failed ({describe_exception(e)}); "
+                          "fix the plugin or remove it from the recipe (--debug shows the traceback)") from e
     obj: Any = mod
     for part in attr.split("."):
         try:

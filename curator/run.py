@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from curator.data.example import Example
-from curator.errors import DataError
+from curator.errors import CuratorError, DataError
 from curator.io import atomic_write_text, read_json
 from curator.recipes import Recipe, validate_recipe
 
@@ -31,10 +32,12 @@ class RoundCache:
     entries: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
-    def key(train_ids: list[str], round_index: int, continued: bool) -> str:
-        h = hashlib.sha1(("\n".join(sorted(train_ids))).encode()).hexdigest()[:16]
-        # a continued-training model depends on the whole history, so it is never shared
-        return f"{h}-r{round_index}" if continued else h
+    def key(train_ids: list[str], round_index: int, continued: bool, owner: str = "") -> str:
+        # everything training depends on: the ids *in order* (the order the trainer sees them),
+        # the round (it seeds the dynamics sampling) and, when training continues from the last
+        # round's weights, whose history those weights are
+        h = hashlib.sha1(("\n".join(train_ids)).encode()).hexdigest()[:16]
+        return f"{h}-r{round_index}" + (f"-{owner}" if continued and round_index > 0 else "")
 
     def clear(self) -> None:
         self.entries.clear()
@@ -55,7 +58,9 @@ class Workspace:
     cache: RoundCache = field(default_factory=RoundCache)
     progress: bool = True
     _base: Any = None
+    _provider: Any = None
     _pool_ids: set[str] | None = None
+    _lock: Any = None  # the open, locked run-directory lock file (released when the process ends)
 
     @property
     def base(self):
@@ -67,6 +72,29 @@ class Workspace:
             self._base = load_model(m.name, dtype=m.dtype, device=m.device,
                                     trust_remote_code=m.trust_remote_code)
         return self._base
+
+    @property
+    def provider(self):
+        """The sampler provider of the whole run (one vLLM engine per process, if vLLM)."""
+        if self._provider is None:
+            from curator.sampling.providers import make_provider
+
+            dyn = self.recipe.dynamics
+            self._provider = make_provider(dyn.backend, self.base, batch_size=dyn.batch_size,
+                                           vllm=getattr(dyn, "vllm", None), lora=self.recipe.model.lora is not None)
+        return self._provider
+
+    def close(self) -> None:
+        if self._provider is not None:
+            self._provider.close()
+            self._provider = None
+
+    def release(self) -> None:
+        """Free the provider and the run-directory lock (another `curate run` may then use the directory)."""
+        self.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def examples_by_id(self) -> dict[str, Example]:
         return {e.id: e for e in self.pool}
@@ -98,6 +126,19 @@ def _load_split(source: str, config: str | None, split: str, size: int | None, f
     return load_examples(source, config=config, split=split, fields=fields or None, limit=size)
 
 
+def check_launch(recipe: Recipe) -> None:
+    """Fail before any model loads when the recipe cannot run in this launch: vLLM asked for but
+    not usable here, or (under ``accelerate launch``) ranks started with different recipes."""
+    from curator import distributed
+
+    distributed.init_launch()
+    if recipe.dynamics.backend == "vllm":
+        from curator.sampling.vllm import check_vllm_ready
+
+        check_vllm_ready(recipe.dynamics.vllm)
+    distributed.check_same_on_every_rank(recipe.to_dict(), "recipe")
+
+
 def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
     """Validate, load data, pick the seed set, check the tracking store. No model is loaded."""
     from curator.data.grading import get_grader
@@ -105,12 +146,13 @@ def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
     from curator.data.sources import GeneratorSource, PoolSource
     from curator.tracking.mlflow_store import check_reachable, default_tracking_uri
 
-    validate_recipe(recipe)
-    run_dir = recipe.run_dir.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    uri = recipe.tracking.uri or default_tracking_uri(run_dir)
-    check_reachable(uri)
+    from curator import distributed
 
+    validate_recipe(recipe)
+    check_launch(recipe)
+    main = distributed.is_main_process()
+    run_dir = recipe.run_dir.resolve()
+    # everything that reads the user's inputs runs before anything is written
     d = recipe.data
     grader = get_grader(d.grader)
     pool = _load_split(d.pool, d.pool_config, d.pool_split, d.pool_size, d.fields)
@@ -124,22 +166,89 @@ def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
                                  seed=recipe.seed)
     else:
         source = PoolSource(pool)
-    if d.seed_size > len(pool):
-        raise DataError(f"data.seed_size={d.seed_size} is larger than the pool ({len(pool)} examples); "
-                        "lower data.seed_size or use a larger pool")
+    # the seed set is training data: never a test example (an overlap would inflate test accuracy)
+    test_ids = {e.id for e in test}
+    eligible = [i for i, e in enumerate(pool) if e.id not in test_ids]
+    if d.seed_size > len(eligible):
+        shared = f" ({len(pool) - len(eligible)} of them are also in data.test)" if len(eligible) < len(pool) else ""
+        raise DataError(f"data.seed_size={d.seed_size} is larger than the pool's {len(eligible)} usable examples"
+                        f"{shared}; lower data.seed_size, use a larger pool, or a test set disjoint from it")
+    _check_same_recipe(run_dir, recipe)
+    # under `accelerate launch` every rank has read the run directory before the main one writes;
+    # the main process alone holds the lock, checks the store and writes
+    distributed.barrier("checking the run directory")
+    lock = None
+    uri = recipe.tracking.uri or default_tracking_uri(run_dir)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = _lock_run_dir(run_dir)
+        _check_same_pool(run_dir, pool, d.pool)
+        for note in check_reachable(uri, rebuild_for=run_dir if recipe.tracking.uri is None else None):
+            print(f"note: {note}", flush=True)
     ids_file = run_dir / "seed_ids.json"
     if ids_file.exists():
         # a resumed run keeps the seed set it started with, even if the code's RNG changed
         seed_ids = read_json(ids_file)
     else:
         rng = np.random.default_rng([recipe.seed, 0x5EED])
-        idx = np.sort(rng.choice(len(pool), size=d.seed_size, replace=False))
-        seed_ids = [pool[i].id for i in idx]
-        atomic_write_text(ids_file, json.dumps(seed_ids))
-    _check_same_recipe(run_dir, recipe)
-    atomic_write_text(run_dir / "recipe.yaml", recipe.to_yaml())
+        idx = np.sort(rng.choice(len(eligible), size=d.seed_size, replace=False))
+        seed_ids = [pool[eligible[i]].id for i in idx]
+        if main:
+            atomic_write_text(ids_file, json.dumps(seed_ids))
+    if main:
+        # the resolved recipe is curator's own file: never `recipe.yaml`, which may be the user's
+        # recipe when output_dir is the directory it sits in
+        atomic_write_text(run_dir / RESOLVED_RECIPE, recipe.to_yaml())
     return Workspace(recipe=recipe, run_dir=run_dir, tracking_uri=uri, pool=pool, test=test,
-                     seed_ids=seed_ids, grader=grader, source=source, progress=progress)
+                     seed_ids=seed_ids, grader=grader, source=source, progress=progress, _lock=lock)
+
+
+RESOLVED_RECIPE = "curator-run.yaml"  # runs made before this name used recipe.yaml (still read)
+STATE_DIR = ".curator"  # curator's bookkeeping inside a run directory: the lock, the pool's fingerprint
+
+
+def _lock_run_dir(run_dir: Path):
+    """Hold an exclusive lock on the run directory for the life of this process (two runs in one
+    directory would redo each other's work and log every metric twice). The OS releases it when
+    the process ends, killed or not, so a crash never leaves a stale lock."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    state = run_dir / STATE_DIR
+    state.mkdir(exist_ok=True)
+    path = state / "lock"
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise CuratorError(f"{run_dir} is in use by another `curate run` ({holder or 'pid unknown'}; lock {path}); "
+                           "wait for it to finish, or set another output_dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    return f
+
+
+def _check_same_pool(run_dir: Path, pool: list[Example], source: str) -> None:
+    """Refuse to resume on a pool whose examples changed since the run started (same recipe, other
+    file contents): finished rounds name examples by id, and their selections came from the old pool."""
+    digest = hashlib.sha1()
+    for e in pool:
+        digest.update(json.dumps([e.id, e.question, e.solution, e.answer]).encode())
+    fp = digest.hexdigest()
+    path = run_dir / STATE_DIR / "pool.sha1"
+    if path.exists():
+        old = path.read_text().strip()
+        if old != fp:
+            raise DataError(f"data.pool {source!r} changed since this run started (its examples differ from the "
+                            f"ones the finished rounds used); restore it, or set another output_dir")
+    else:  # a new run, or one made before pools were fingerprinted: check from now on
+        atomic_write_text(path, fp + "\n")
 
 
 # sections a resumed run may change: more rounds, other strategies (each strategy checks its
@@ -154,9 +263,11 @@ def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
     from curator.errors import ConfigError
     from curator.tracking.mlflow_store import flatten
 
-    old_file = run_dir / "recipe.yaml"
+    old_file = run_dir / RESOLVED_RECIPE
     if not old_file.exists():
-        return
+        old_file = run_dir / "recipe.yaml"  # a run made before curator-run.yaml
+        if not (old_file.exists() and (run_dir / "seed_ids.json").exists()):
+            return  # no run here yet (a recipe.yaml alone is the user's, not a run's)
     raw = yaml.safe_load(old_file.read_text()) or {}
     try:  # through the dataclasses, so settings added since the run was made read as their defaults
         from curator.recipes import recipe_from_dict
@@ -179,16 +290,26 @@ def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
 
 def run_recipe(recipe: Recipe, progress: bool = True, echo=print) -> RunSummary:
     """Run (or resume) every strategy of the recipe, then compare them."""
-    from curator.loop import get_loop
+    ws = prepare_workspace(recipe, progress=progress)
+    try:
+        return _run_loops(ws, recipe, echo)
+    finally:
+        ws.release()
+
+
+def _run_loops(ws: Workspace, recipe: Recipe, echo) -> RunSummary:
+    from curator import distributed
+    from curator.loop import check_loop_instance, get_loop
     from curator.tracking.compare import compare_run_dir
 
-    ws = prepare_workspace(recipe, progress=progress)
     loop_cls = get_loop(recipe.loop.loop)
     loops = []
     for spec in recipe.strategies:
         lp = loop_cls(ws, spec)
+        check_loop_instance(recipe.loop.loop, lp)
         lp.setup()
         loops.append(lp)
+    distributed.barrier("setting up the strategies' runs")  # a rank that failed setup stops the others
     t0 = time.time()
     for r in range(recipe.loop.rounds):
         ws.cache.clear()
@@ -199,14 +320,16 @@ def run_recipe(recipe: Recipe, progress: bool = True, echo=print) -> RunSummary:
         if all(lp.done for lp in loops):
             break
     ws.cache.clear()
+    ws.close()
     strategies = {lp.spec.run_name: lp.summary() for lp in loops}
     summary = RunSummary(run_dir=ws.run_dir, tracking_uri=ws.tracking_uri, experiment=recipe.experiment,
                          strategies=strategies)
-    if len(loops) >= 1:
+    if loops and distributed.is_main_process():
         result = compare_run_dir(ws.run_dir, baseline="iid", out_dir=ws.run_dir)
         summary.compare_table = result.table
         summary.curves_png = result.png
         for lp in loops:
             lp.log_final_artifacts(result)
-    echo(f"done in {time.time() - t0:.0f}s")
+    if distributed.is_main_process():
+        echo(f"done in {time.time() - t0:.0f}s")
     return summary

@@ -14,6 +14,7 @@ group ``curator.strategies``, or a ``"package.module:Class"`` path written in a 
 from __future__ import annotations
 
 import inspect
+import typing
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 import numpy as np
 
 from curator.data.example import Example
-from curator.errors import CuratorError, StrategyError
+from curator.errors import CuratorError, StrategyError, describe_exception
 from curator.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -246,6 +247,10 @@ def run_selection(strategy: "Strategy", ctx: SelectionContext, k: int) -> Select
                             f"{', '.join(outside[:5])}")
     if len(chosen) > k:
         raise StrategyError(f"strategy {name!r} returned {len(chosen)} ids but only k={k} were asked for")
+    if len(chosen) < min(k, len(ctx.pool)):
+        # stopping the loop here would blame the pool ("ran out") for the strategy's shortfall
+        raise StrategyError(f"strategy {name!r} returned {len(chosen)} ids for k={k} while {len(ctx.pool)} "
+                            "candidates remain; select() must return k ids whenever the pool has them")
     if len(chosen) < k:
         notes.append(f"strategy {name!r} returned {len(chosen)} of the {k} asked for")
     notes.extend(ctx.notes)
@@ -314,7 +319,29 @@ def build_strategy(name_or_path: str, params: Mapping[str, Any] | None = None) -
     if missing:
         raise StrategyError(f"strategy {label!r} needs parameter(s) {', '.join(missing)}. "
                             f"Its parameters: {listing}")
-    obj = cls(**params)
+    # parameters are checked against the class's annotations the way recipe fields are, so a
+    # wrong-typed value ('cover_train: "no"') is an error, not a truthy string
+    from curator.config import check_value
+
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # unresolvable annotations in a plugin: leave its parameters unchecked
+        hints = {}
+    problems = []
+    for n in params:
+        if n in hints:
+            params[n], bad = check_value(params[n], hints[n], n)
+            problems += bad
+    if problems:
+        raise StrategyError(f"strategy {label!r}: {'; '.join(problems)}. Its parameters: {listing}")
+    try:
+        obj = cls(**params)
+    except CuratorError:
+        raise
+    except Exception as e:  # a wrong-typed parameter or a plugin's own bug: name the strategy either way
+        shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "no parameters"
+        raise StrategyError(f"strategy {label!r} could not be built with {shown} ({describe_exception(e)}). "
+                            f"Its parameters: {listing}") from e
     if not getattr(obj, "name", ""):
         try:
             obj.name = name_or_path

@@ -19,7 +19,6 @@ metrics already logged for a step are not logged again.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -33,11 +32,14 @@ from curator.data.example import Example
 from curator.errors import CuratorError, StrategyError
 from curator.io import atomic_write_json, atomic_write_text, read_examples_jsonl, read_json, write_examples_jsonl
 from curator.recipes import StrategySpec
+from curator.run import RESOLVED_RECIPE
 
 
 def fault_point(name: str) -> None:
-    """Crash-test hook: ``CURATOR_FAULT=<name>`` kills the process here with SIGKILL."""
-    if os.environ.get("CURATOR_FAULT") == name:
+    """Crash-test hook: ``CURATOR_FAULT=<name>`` kills the process here with SIGKILL (only the rank
+    ``CURATOR_FAULT_RANK`` under a multi-process launch, when set)."""
+    only = os.environ.get("CURATOR_FAULT_RANK")
+    if os.environ.get("CURATOR_FAULT") == name and (only is None or only == os.environ.get("RANK", "0")):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -58,6 +60,10 @@ class ActiveLoop:
         self.history: list[dict[str, Any]] = []
         self.stopped_reason: str | None = None
         self.mlflow = None
+        # under `accelerate launch` every rank trains, measures and selects alike; one writes
+        from curator.distributed import is_main_process
+
+        self.main = is_main_process()
         self._model_state: dict | None = None  # trainable weights carried over (continue_training)
 
     # ---- durable state -------------------------------------------------------------------
@@ -67,6 +73,9 @@ class ActiveLoop:
     def setup(self) -> None:
         from curator.tracking.mlflow_store import MlflowRun, flatten
 
+        if not self.main:
+            self._replay()
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         self.mlflow = MlflowRun(self.ws.tracking_uri, self.recipe.experiment,
                                 artifact_root=self.ws.run_dir / "mlartifacts")
@@ -84,7 +93,10 @@ class ActiveLoop:
                                   params=flatten(self.recipe.to_dict()), tags=tags)
         if meta.get("mlflow_run_id") != run_id or meta.get("spec") != spec:
             atomic_write_json(meta_path, {"mlflow_run_id": run_id, "strategy": self.spec.name, "spec": spec})
-        # replay finished rounds
+        self._replay()
+
+    def _replay(self) -> None:
+        """Read finished rounds back (every rank); the main process also logs any not yet logged."""
         r = 0
         while (self.round_dir(r) / "DONE").exists():
             rd = self.round_dir(r)
@@ -93,7 +105,8 @@ class ActiveLoop:
                     self.examples[e.id] = e
             metrics = read_json(rd / "metrics.json")
             self.history.append(metrics)
-            if not (rd / "LOGGED").exists():
+            # a store made anew (another tracking.uri, a rebuilt or deleted store) gets every round again
+            if self.mlflow is not None and (self.mlflow.created or not (rd / "LOGGED").exists()):
                 self._log_round(r, metrics)
             self.train_ids = read_json(rd / "next_train_ids.json")
             if metrics.get("stopped_reason"):
@@ -103,45 +116,20 @@ class ActiveLoop:
         self.next_round = r
         if r >= self.recipe.loop.rounds:
             self.done = True
-        if self.done:
+        if self.done and self.mlflow is not None:
             self.mlflow.finish()  # reopened to check the log; a finished run stays FINISHED
         if self.recipe.loop.continue_training and r > 0 and not self.done:
             state_file = self.round_dir(r - 1) / "trainable_state.pt"
             import torch
 
-            self._model_state = torch.load(state_file, map_location="cpu")
+            # weights only: a crafted pickle in a run directory must not run code
+            self._model_state = torch.load(state_file, map_location="cpu", weights_only=True)
 
     def save_state(self) -> None:
         # every round's files are written atomically inside run_round; nothing is held in memory only
         return None
 
     # ---- one round ---------------------------------------------------------------------------
-    def _fresh_model(self):
-        """A trainable copy of the base model (plus LoRA, plus carried-over weights)."""
-        import torch
-
-        from curator.models import apply_lora
-
-        base = self.ws.base
-        torch.manual_seed(self.recipe.seed)
-        model = copy.deepcopy(base.model)
-        if self.recipe.model.lora is not None:
-            model = apply_lora(model, self.recipe.model.lora)
-        if self._model_state is not None:
-            model.load_state_dict(self._model_state, strict=False)
-        return model
-
-    def _sampler(self, model):
-        """A sampler over the live model: hf wraps it in place; vllm gets it saved to a directory."""
-        import dataclasses
-
-        from curator.sampling import HFSampler, make_sampler
-
-        dyn = self.recipe.dynamics
-        if dyn.backend == "hf":
-            return HFSampler(model, self.ws.base.tokenizer, batch_size=dyn.batch_size)
-        return make_sampler(dyn.backend, dataclasses.replace(self.ws.base, model=model))
-
     def _dynamics_params(self, seed: int):
         """Sampling settings of the dynamics measurement (also used for sampled-answer signals)."""
         from curator.sampling.base import SamplingParams
@@ -151,46 +139,19 @@ class ActiveLoop:
                               stop=self.recipe.format.stop, seed=seed)
 
     def _train_and_measure(self, r: int, train: list[Example]):
-        from curator.dynamics import DynamicsTracker
-        from curator.evaluation import evaluate_accuracy
-        from curator.sampling.base import SamplingParams
-        from curator.training import finetune
+        from curator.engine import eval_sampling, train_and_track
 
         rec = self.recipe
-        dyn = rec.dynamics
-        tok = self.ws.base.tokenizer
-        params = self._dynamics_params(seed=rec.seed + r)
-        n_ckpt = len(rec.training.checkpoint_schedule(len(train)))
-        tracker = DynamicsTracker(train, rec.format, self.ws.grader, k=dyn.samples, params=params, p=dyn.p,
-                                  lazy=dyn.lazy, defer=dyn.defer, n_checkpoints=n_ckpt, tokenizer=tok,
-                                  progress=self.ws.progress)
-        model = self._fresh_model()
-        if dyn.defer:
-            from curator.dynamics.tracker import check_deferred_memory
-
-            check_deferred_memory(model, n_ckpt)
-        ckpt_metrics: list[dict] = []
-
-        def on_checkpoint(m, info):
-            tracker.measure(self._sampler(m), info, model=m, sampler_factory=self._sampler)
-            ckpt_metrics.append({"checkpoint": info.index, "step": info.step, "epoch": info.epoch,
-                                 **{k: float(v) for k, v in (info.metrics or {}).items()}})
-
-        t0 = time.time()
-        finetune(model, tok, train, rec.format, rec.training, on_checkpoint=on_checkpoint,
-                 progress=self.ws.progress)
-        t_train = time.time() - t0
-        ledger = tracker.ledger()
-        test_acc = float("nan")
-        if self.ws.test:
-            ev = rec.evaluation
-            sampler = self._sampler(model)
-            eparams = SamplingParams(temperature=ev.temperature, top_p=1.0 if ev.temperature == 0 else dyn.top_p,
-                                     max_new_tokens=ev.max_new_tokens, stop=rec.format.stop, seed=rec.seed)
-            test_acc = evaluate_accuracy(sampler, self.ws.test, rec.format, self.ws.grader, eparams,
-                                         n=ev.samples, tokenizer=tok).accuracy
-        return {"model": model, "ledger": ledger, "test_accuracy": test_acc, "checkpoints": ckpt_metrics,
-                "train_seconds": t_train, "signals": None}
+        dyn, ev = rec.dynamics, rec.evaluation
+        res = train_and_track(self.ws.base, train, fmt=rec.format, grader=self.ws.grader, training=rec.training,
+                              provider=self.ws.provider, k=dyn.samples, params=self._dynamics_params(rec.seed + r),
+                              p=dyn.p, lazy=dyn.lazy, defer=dyn.defer, lora=rec.model.lora, seed=rec.seed,
+                              init_state=self._model_state, test=self.ws.test,
+                              eval_params=eval_sampling(ev.temperature, ev.max_new_tokens, rec.format.stop,
+                                                        rec.seed, top_p=dyn.top_p),
+                              eval_samples=ev.samples, progress=self.ws.progress)
+        return {"model": res.model, "ledger": res.ledger, "test_accuracy": res.test_accuracy,
+                "checkpoints": res.checkpoints, "train_seconds": res.train_seconds, "signals": None}
 
     def _signals(self, entry):
         from curator.signals import Signals
@@ -200,7 +161,7 @@ class ActiveLoop:
             dyn = rec.dynamics
             params = self._dynamics_params(seed=rec.seed)
             entry["signals"] = Signals(model=entry["model"], tokenizer=self.ws.base.tokenizer,
-                                       sampler=self._sampler(entry["model"]), grader=self.ws.grader,
+                                       sampler=self.ws.provider.sampler(entry["model"]), grader=self.ws.grader,
                                        fmt=rec.format, sampling=params, n_answers=dyn.samples,
                                        batch_size=dyn.batch_size, max_length=rec.training.max_length)
         return entry["signals"]
@@ -214,16 +175,18 @@ class ActiveLoop:
         rec = self.recipe
         t0 = time.time()
         rd = self.round_dir(r)
-        rd.mkdir(parents=True, exist_ok=True)
+        if self.main:
+            rd.mkdir(parents=True, exist_ok=True)
         train = [self.examples[i] for i in self.train_ids]
-        key = self.ws.cache.key(self.train_ids, r, rec.loop.continue_training)
+        key = self.ws.cache.key(self.train_ids, r, rec.loop.continue_training, owner=self.spec.run_name)
         entry = self.ws.cache.entries.get(key)
         if entry is None:
             entry = self._train_and_measure(r, train)
             self.ws.cache.entries[key] = entry
         fault_point(f"round{r}:trained")
         ledger = entry["ledger"]
-        ledger.to_parquet(rd / "ledger.parquet")
+        if self.main:
+            ledger.to_parquet(rd / "ledger.parquet")
         summ = ledger_summary(ledger, rec.dynamics.p)
         last = summ.iloc[-1]
         metrics: dict[str, Any] = {
@@ -270,29 +233,38 @@ class ActiveLoop:
                 for i in sel.ids:
                     self.examples[i] = by_id[i]
                 new_ids = list(sel.ids)
-                self._write_selection(rd, ctx, sel)
+                from curator.distributed import check_same_on_every_rank
+
+                check_same_on_every_rank(new_ids, f"selection of round {r} ({self.spec.run_name})")
+                if self.main:
+                    self._write_selection(rd, ctx, sel)
                 if sel.note:
                     metrics["selection_note"] = sel.note
                 if len(sel.ids) < budget:
-                    metrics["stopped_reason"] = (f"the pool ran out: round {r} could add only "
-                                                 f"{len(sel.ids)} of {budget} examples")
+                    # run_selection refused a strategy's shortfall, so the pool ran out: the next
+                    # round still trains on this final selection, and stops when nothing is left
+                    ran_out = f"the pool ran out: round {r} could add only {len(sel.ids)} of {budget} examples"
+                    metrics["selection_note"] = "; ".join(x for x in (sel.note, ran_out) if x)
         metrics["round_seconds"] = time.time() - t0
         next_ids = self.train_ids + new_ids
-        if new_examples:
+        if self.main and new_examples:
             write_examples_jsonl(rd / "new_examples.jsonl", new_examples)
-        atomic_write_text(rd / "next_train_ids.json", json.dumps(next_ids))
-        atomic_write_json(rd / "checkpoints.json", entry["checkpoints"])
+        if self.main:
+            atomic_write_text(rd / "next_train_ids.json", json.dumps(next_ids))
+            atomic_write_json(rd / "checkpoints.json", entry["checkpoints"])
         if rec.loop.continue_training and r < rec.loop.rounds - 1:
             import torch
 
             # before DONE: a finished round must always have the weights the next one starts from
             state = {n: p.detach().cpu() for n, p in entry["model"].named_parameters() if p.requires_grad}
-            tmp = rd / ".trainable_state.pt.tmp"
-            torch.save(state, tmp)
-            os.replace(tmp, rd / "trainable_state.pt")
+            if self.main:
+                tmp = rd / ".trainable_state.pt.tmp"
+                torch.save(state, tmp)
+                os.replace(tmp, rd / "trainable_state.pt")
             self._model_state = state
-        atomic_write_json(rd / "metrics.json", metrics)
-        atomic_write_text(rd / "DONE", "")
+        if self.main:
+            atomic_write_json(rd / "metrics.json", metrics)
+            atomic_write_text(rd / "DONE", "")
         self.history.append(metrics)
         self._log_round(r, metrics)
         self.train_ids = next_ids
@@ -303,7 +275,7 @@ class ActiveLoop:
             self.done = True
         elif r + 1 >= rec.loop.rounds:
             self.done = True
-        if self.done:
+        if self.done and self.mlflow is not None:
             self.mlflow.finish()
 
     def _write_selection(self, rd: Path, ctx, sel) -> None:
@@ -318,6 +290,8 @@ class ActiveLoop:
         os.replace(tmp, rd / "selection.parquet")
 
     def _log_round(self, r: int, metrics: dict[str, Any]) -> None:
+        if self.mlflow is None:  # not the main process
+            return
         rd = self.round_dir(r)
         step = int(metrics["n_train"])
         numeric = {k: float(v) for k, v in metrics.items()
@@ -328,11 +302,11 @@ class ActiveLoop:
             if (rd / name).exists():
                 self.mlflow.log_artifact(rd / name, f"rounds/round-{r:02d}")
         if r == 0:
-            self.mlflow.log_artifact(self.ws.run_dir / "recipe.yaml")
+            self.mlflow.log_artifact(self.ws.run_dir / RESOLVED_RECIPE)
         atomic_write_text(rd / "LOGGED", "")
 
     def _print_round(self, r: int, m: dict[str, Any]) -> None:
-        if not self.ws.progress and os.environ.get("CURATOR_QUIET"):
+        if not self.main or (not self.ws.progress and os.environ.get("CURATOR_QUIET")):
             return
         acc = m["train_accuracy"]
         train_acc = (f"{acc:.3f}" if acc == acc

@@ -138,9 +138,10 @@ def test_premem_end_to_end_tiny_model(tmp_path):
 
 @pytest.mark.slow
 def test_premem_under_two_process_accelerate_launch(tmp_path):
-    """`curate premem` runs unchanged under `accelerate launch` (2 CPU processes, gloo): rank 0
-    measures and writes the ledger; deferred tracking loads earlier weights into rank 0's model and
-    restores them, and gives the same final PreMemAcc as lazy tracking of the same (seeded) run."""
+    """`curate premem` runs unchanged under `accelerate launch` (2 CPU processes, gloo): every rank
+    trains and measures its share, rank 0 writes the ledger, which equals one process's; deferred
+    tracking loads earlier weights into every rank's model and restores them, and gives the same
+    final PreMemAcc as lazy tracking of the same (seeded) run."""
     import json
     import os
     import socket
@@ -172,6 +173,16 @@ def test_premem_under_two_process_accelerate_launch(tmp_path):
         assert proc.stdout.count("examples from") == 1  # the header is printed once, by rank 0
         ledgers[mode] = read_ledger(out / "ledger.parquet")
     lazy, defer = ledgers["lazy"], ledgers["defer"]
+    # every rank measured its share: the ledger equals one process with the same global batch (2)
+    one = tmp_path / "one"
+    r = invoke(["premem", "--model", "tiny-random", "--data", str(data), "--epochs", "6", "--lr", "3e-3",
+                "--batch-size", "2", "--samples", "3", "--temperature", "0", "--max-new-tokens", "24",
+                "--p", "1.3", "--out", str(one), "--quiet"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    single = read_ledger(one / "ledger.parquet")
+    assert single.df["n_correct"].tolist() == lazy.df["n_correct"].tolist()
+    assert single.df["n_samples"].tolist() == lazy.df["n_samples"].tolist()
+    assert (single.df["target_nll"] - lazy.df["target_nll"]).abs().max() < 1e-4
     assert defer.meta["defer"] is True and defer.meta["train"]["epochs"] == 6
     assert lazy.df.step.max() == 18  # 6 examples / (2 processes x batch 1) = 3 steps per epoch
     assert premem_acc(defer)[6].to_dict() == premem_acc(lazy)[6].to_dict()

@@ -68,7 +68,7 @@ def test_two_rounds_two_strategies_tracked_in_mlflow(tmp_path):
         assert run.data.params["dynamics.samples"] == "2"
         assert run.data.tags["strategy"] == name
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"recipe.yaml", "rounds", "compare"} <= arts
+        assert {"curator-run.yaml", "rounds", "compare"} <= arts
         r0 = {a.path for a in client.list_artifacts(run.info.run_id, "rounds/round-00")}
         assert {"rounds/round-00/ledger.parquet", "rounds/round-00/selection.parquet"} <= r0
         assert client.get_run(run.info.run_id).info.status == "FINISHED"
@@ -147,16 +147,21 @@ def test_failing_strategy_leaves_round_undone_and_rerun_resumes(tmp_path):
     assert (tmp_path / f"run/{label}/round-01/DONE").exists()
 
 
-def test_budget_larger_than_pool_stops_cleanly(tmp_path):
+def test_budget_larger_than_pool_trains_on_the_final_selection(tmp_path):
     from curator.run import run_recipe
 
     d = _recipe(tmp_path, strategies=[{"name": "iid"}])
     d["data"]["pool"] = "synthetic:easy?n=9&seed=1"
-    d["loop"] = {"rounds": 3, "budget": 2}
-    # pool 9, seed 6: round 0 adds 2, round 1 can add only 1 -> stops after round 1 and says so
+    d["data"]["test"] = "synthetic:easy?n=6&seed=2"
+    d["loop"] = {"rounds": 4, "budget": 2}
+    # pool 9, seed 6: round 0 adds 2, round 1 can add only the last 1, round 2 trains on all 9
+    # (the final selection) and then stops: nothing is left to select
     s = run_recipe(recipe_from_dict(d), progress=False, echo=lambda *a: None)
     info = s.strategies["iid"]
-    assert info["rounds"] == 2 and "could add only 1 of 2" in info["stopped_reason"]
+    assert info["rounds"] == 3 and info["final"]["n_train"] == 9
+    assert info["stopped_reason"] == "the pool is exhausted"
+    r1 = json.loads((tmp_path / "run/iid/round-01/metrics.json").read_text())
+    assert "could add only 1 of 2" in r1["selection_note"]
 
 
 def test_resuming_with_changed_settings_is_refused(tmp_path):
@@ -172,7 +177,7 @@ def test_resuming_with_changed_settings_is_refused(tmp_path):
     d["loop"]["rounds"] = 4  # more rounds is a legitimate resume
     prepare_workspace(recipe_from_dict(d), progress=False)
     # a run made before a setting existed resumes: the missing key reads as its default
-    saved = tmp_path / "run" / "recipe.yaml"
+    saved = tmp_path / "run" / "curator-run.yaml"
     old = yaml.safe_load(saved.read_text())
     del old["dynamics"]["defer"]
     saved.write_text(yaml.safe_dump(old))

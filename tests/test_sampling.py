@@ -348,3 +348,14 @@ def test_choose_top_k_prefix_equals_full_sort():
     fast = _choose(logits, u, 0.8, 0.95, prefix=32)
     full = _choose(logits, u, 0.8, 0.95, prefix=10**9)
     assert torch.equal(fast, full)
+
+
+def test_sampling_uses_the_current_cache_argument(tiny, recwarn):
+    # transformers 5.x deprecates `past_key_values` for `cache` (removed in 5.40); the sampler must
+    # use whichever name the installed version's forward takes, so no FutureWarning is raised
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        out = sampler(tiny).generate(PROMPTS[:2], 2, SAMPLE)
+    assert [len(o) for o in out] == [2, 2]

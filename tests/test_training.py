@@ -216,6 +216,48 @@ def test_distance_from_init():
     assert d.distance() == pytest.approx(5.0)
 
 
+def test_sharded_statistics_sum_over_shards():
+    """Each FSDP process sees a shard of every gradient; with ``reduce`` = a sum across processes
+    the window's figures equal the unsharded ones. Two shards of the hand-computed example above
+    (element 0 on one process, element 1 on the other), reduced by adding the two partials."""
+    grads = ([1.0, 0.0], [3.0, 0.0], [2.0, 3.0])
+    shards = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    partial: list = []
+    other = GradStats([shards[1]], reduce=lambda t: (partial.append(t.clone()), t)[1])
+    mine = GradStats([shards[0]], reduce=lambda t: t + partial[0])
+    for g in grads:
+        shards[0].grad, shards[1].grad = torch.tensor(g[:1]), torch.tensor(g[1:])
+        other.update()
+        mine.update()
+    other.window()  # its partial sums go to the "all-reduce"
+    w = mine.window()
+    assert w["grad_variance"] == pytest.approx(8 / 3)
+    assert w["grad_norm"] == pytest.approx((1 + 3 + math.sqrt(13)) / 3)
+    # distance from init: 3 on one shard, 4 on the other -> 5
+    dist_partial: list = []
+    a, b = torch.nn.Parameter(torch.tensor([1.0])), torch.nn.Parameter(torch.tensor([2.0]))
+    db = DistanceFromInit([b], reduce=lambda t: (dist_partial.append(t.clone()), t)[1])
+    da = DistanceFromInit([a], reduce=lambda t: t + dist_partial[0])
+    with torch.no_grad():
+        a += 3.0
+        b += 4.0
+    assert db.distance() == pytest.approx(4.0)
+    assert da.distance() == pytest.approx(5.0)
+
+
+def test_grad_variance_buffer_dtype():
+    p = torch.nn.Parameter(torch.zeros(3))
+    stats = GradStats([p], buffer_dtype=torch.bfloat16)
+    assert stats.sums[0].dtype == torch.bfloat16
+    for g in ([1.0, 0.0, 0.5], [3.0, 0.0, 0.5]):
+        p.grad = torch.tensor(g)
+        stats.update()
+    # mean (2, 0, 0.5); squared deviations 1 and 1 -> variance 1 (exact in bfloat16: 4 and 1 are)
+    assert stats.window()["grad_variance"] == 1.0
+    with pytest.raises(ConfigError, match="grad_variance_dtype must be 'float32' or 'bfloat16'"):
+        TrainSettings(grad_variance_dtype="float16")
+
+
 def test_same_seed_same_weights_and_losses():
     runs = []
     for _ in range(2):
@@ -403,3 +445,26 @@ def test_two_process_accelerate_launch_on_cpu(tmp_path):
     assert one["step_losses"] == pytest.approx(ranks[0]["step_losses"], rel=1e-5)
     for a, b in zip(one["checkpoints"], ranks[0]["checkpoints"]):
         assert a["metrics"]["dist_from_init"] == pytest.approx(b["metrics"]["dist_from_init"], rel=1e-4)
+
+
+def test_memory_formula_and_the_big_recipes_follow_it():
+    import re
+
+    from curator.recipes import RECIPES_DIR, load_recipe
+    from curator.training.memory import recipe_memory, training_memory
+
+    # hand-computed: 1e9 bf16 params, all trainable, float32 variance buffer
+    m = training_memory(10**9)
+    assert (m.weights, m.gradients, m.optimizer, m.grad_variance, m.cpu) == (2e9, 2e9, 4e9, 4e9, 4e9)
+    assert m.gpu == 12e9
+    assert training_memory(10**9, grad_variance_dtype="bfloat16", shards=4).gpu == 10e9 / 4
+    assert training_memory(10**9, 10**6, grad_variance_dtype=None).gpu == 2e9 + 2e6 + 4e6
+    for name in ("gsm8k-llama3-8b", "math-gemma2-9b"):
+        text = (RECIPES_DIR / f"{name}.yaml").read_text()
+        recipe = load_recipe(name)
+        lines = re.findall(r"^#\s+(1 GPU|FSDP over (\d+) GPUs):\s+(weights .* GB)$", text, flags=re.M)
+        assert len(lines) >= 2, name
+        for where, n, figures in lines:
+            assert figures == recipe_memory(recipe, shards=int(n or 1)).describe(), (name, where)
+        # the 1-GPU figure is above an 80 GB card: the recipe must not claim one is enough
+        assert recipe_memory(recipe).gpu > 80e9 and "~80 GB" not in text

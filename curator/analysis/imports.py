@@ -38,8 +38,8 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     except ValueError as e:  # object arrays need pickle, which we refuse for untrusted files
         raise DataError(f"{path}: cannot read without pickle ({e}); save example_ids as a string "
                         "array, e.g. np.asarray(ids, dtype=str)") from e
-    except OSError as e:
-        raise DataError(f"{path}: not a readable .npz file ({e})") from e
+    except Exception as e:  # a truncated or foreign file: zipfile, pickle and format errors alike
+        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
 
 
 def _one_of(arrays: Mapping[str, Any], a: str, b: str, where: str) -> str:
@@ -120,9 +120,14 @@ def import_arrays(source: str | Path | Mapping[str, Any], *, k: int | None = Non
                             "(one per checkpoint)")
 
     if k is None and "k" in arrays:
-        k = int(np.asarray(arrays["k"]).reshape(-1)[0])
+        k = np.asarray(arrays["k"]).reshape(-1)[0]
+    if k is not None and (isinstance(k, (bool, np.bool_)) or not np.isfinite(float(k)) or float(k) != int(k)):
+        raise DataError(f"{where}: k (samples per cell) must be a whole number, got {k!r}")
+    k = int(k) if k is not None else None
     if "n_samples" in arrays:
         n_samples = np.asarray(arrays["n_samples"], dtype=float)
+        if (~np.isfinite(n_samples)).any() or (n_samples != np.round(n_samples)).any():
+            raise DataError(f"{where}: n_samples must hold whole numbers (no NaN)")
     elif k is not None:
         if k < 1:
             raise DataError(f"{where}: k must be >= 1, got {k}")
@@ -203,8 +208,10 @@ def _read_long(path: Path) -> pd.DataFrame:
             if isinstance(data, Mapping):
                 data = data.get("rows", data)
             return pd.DataFrame(data)
-    except (ValueError, OSError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from e
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except Exception as e:  # pandas/pyarrow raise many types for a corrupt or foreign file
+        raise DataError(f"{path}: cannot read as {suffix} ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
     raise DataError(f"{path}: unknown format {suffix!r}; use .csv, .json, .jsonl or .parquet")
 
 

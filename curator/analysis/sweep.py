@@ -17,21 +17,27 @@ A configuration whose run.json says complete is not retrained, so an interrupted
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
+import os
 import time
-from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from curator.errors import ConfigError, CuratorError
 from curator.evaluation import grade_completions
+from curator.io import atomic_write_text
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
 
 
 def config_name(learning_rate: float, epochs: int) -> str:
@@ -75,23 +81,6 @@ def validate_sweep(train: Sequence[Any], test: Sequence[Any], *, fmt: Any, grade
     check_references(train, grader, fmt)
 
 
-class _RecordingSampler:
-    """Passes calls through to a Sampler and keeps every completion by prompt (for ATC)."""
-
-    def __init__(self, inner: Any):
-        self.inner = inner
-        self.completions: dict[str, list[str]] = defaultdict(list)
-
-    def generate(self, prompts, n, params):
-        outs = self.inner.generate(prompts, n, params)
-        for p, o in zip(prompts, outs):
-            self.completions[p].extend(o)
-        return outs
-
-    def target_logprobs(self, prompts, targets):
-        return self.inner.target_logprobs(prompts, targets)
-
-
 def _confidence(grader: Any, completions: Sequence[str]) -> float:
     from curator.analysis.predict import agreement_confidence
 
@@ -113,7 +102,7 @@ def run_sweep(base: Any, train: Sequence[Any], test: Sequence[Any], *, fmt: Any,
               eval_samples: int = 1, eval_temperature: float = 0.0, eval_max_new_tokens: int | None = None,
               backend: str = "hf", sample_batch_size: int = 32, lazy: bool = False, seed: int = 0,
               p_grid: Sequence[float] | None = None, progress: bool = True,
-              sampler_factory: Callable[[Any, Any], Any] | None = None,
+              sampler_factory: Callable[[Any, Any], Any] | None = None, vllm: Any = None,
               echo: Callable[[str], None] = print) -> SweepResult:
     """Train every (learning rate, epochs) configuration, measure, write run dirs, then predict.
 
@@ -130,106 +119,97 @@ def run_sweep(base: Any, train: Sequence[Any], test: Sequence[Any], *, fmt: Any,
             extra k-sample pass at the dynamics sampling parameters does.
         lazy: lazy tracking (PreMemAcc determined at every checkpoint, train accuracy of skipped
             cells undetermined); the default full tracking gives every comparison metric.
-        sampler_factory: ``(model, tokenizer) -> Sampler``; default `make_sampler(backend, ...)`.
+        sampler_factory: ``(model, tokenizer) -> Sampler``; default: the ``backend``'s provider
+            (`make_provider`; with vLLM one engine for the whole sweep, set up by ``vllm``).
     """
-    import torch
-
+    from curator import distributed
     from curator.analysis.predict import load_run, predict, write_report
-    from curator.dynamics.tracker import DynamicsTracker
+    from curator.engine import eval_sampling, train_and_track
     from curator.sampling.base import SamplingParams
-    from curator.training import finetune
+    from curator.sampling.providers import FactoryProvider, make_provider
 
     validate_sweep(train, test, fmt=fmt, grader=grader, train_settings=train_settings,
                    learning_rates=learning_rates, epochs=epochs)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main_process()
+    if not main:  # every rank of a launch runs the sweep; one speaks
+        echo = lambda *a, **k: None
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     tok = base.tokenizer
     params = params or SamplingParams(stop=fmt.stop, seed=seed)
-    eparams = SamplingParams(temperature=eval_temperature, top_p=params.top_p if eval_temperature > 0 else 1.0,
-                             max_new_tokens=eval_max_new_tokens or params.max_new_tokens, stop=fmt.stop, seed=seed)
+    eparams = eval_sampling(eval_temperature, eval_max_new_tokens or params.max_new_tokens, fmt.stop, seed,
+                            top_p=params.top_p)
     reuse_eval = eval_samples > 1 and eval_temperature > 0
-    if sampler_factory is None:
-        from curator.sampling import make_sampler
+    # one provider for the whole sweep: with vLLM, one engine that follows every configuration
+    provider = (FactoryProvider(sampler_factory, tok) if sampler_factory is not None
+                else make_provider(backend, base, batch_size=sample_batch_size, vllm=vllm, lora=lora is not None))
 
-        def sampler_factory(model, tokenizer):
-            # make_sampler takes a LoadedModel: the trained copy with the base's tokenizer and device
-            loaded = SimpleNamespace(model=model, tokenizer=tokenizer, spec=getattr(base, "spec", ""),
-                                     device=str(next(model.parameters()).device))
-            return make_sampler(backend, loaded, batch_size=sample_batch_size)
-
+    train_prompts, _ = fmt.pairs(list(train), tok)  # the tracker's prompts, to find its completions
     test_prompts = [fmt.prompt_text(e, tok) for e in test]
     grid = [(float(lr), int(e)) for e in epochs for lr in learning_rates]
     run_dirs, seconds = [], {}
-    for i, (lr, n_ep) in enumerate(grid, 1):
-        name = config_name(lr, n_ep)
-        rd = out / name
-        run_dirs.append(rd)
-        meta_path = rd / "run.json"
-        if meta_path.exists() and json.loads(meta_path.read_text()).get("complete"):
-            echo(f"[{i}/{len(grid)}] {name}: already done, skipped")
-            continue
-        settings = dataclasses.replace(train_settings, learning_rate=lr, epochs=n_ep, seed=seed)
-        n_ckpt = settings.n_checkpoints(len(train))
-        tracker = DynamicsTracker(train, fmt, grader, k=k, params=params, p=p, lazy=lazy,
-                                  n_checkpoints=n_ckpt, exact_every_checkpoint=lazy, tokenizer=tok,
-                                  progress=progress)
-        torch.manual_seed(seed)
-        model = copy.deepcopy(base.model)
-        if lora is not None:
-            from curator.models import apply_lora
+    try:
+        for i, (lr, n_ep) in enumerate(grid, 1):
+            name = config_name(lr, n_ep)
+            rd = out / name
+            run_dirs.append(rd)
+            meta_path = rd / "run.json"
+            if meta_path.exists() and json.loads(meta_path.read_text()).get("complete"):
+                echo(f"[{i}/{len(grid)}] {name}: already done, skipped")
+                continue
+            settings = dataclasses.replace(train_settings, learning_rate=lr, epochs=n_ep, seed=seed)
+            conf_rows: list[dict] = []
 
-            model = apply_lora(model, lora)
-        rows: list[dict] = []
-        conf_rows: list[dict] = []
-        t0 = time.time()
+            def after_checkpoint(sampler, info, cells, name=name, conf_rows=conf_rows):
+                t_ck = time.time()
+                # train side of ATC: each example's agreement confidence and its sampled accuracy
+                for ex, prompt, cell in zip(train, train_prompts, cells):
+                    comps = sampler.completions.get(prompt, [])
+                    if comps and cell["skip_reason"] is None:
+                        conf_rows.append({"checkpoint": int(info.index), "split": "train", "example_id": ex.id,
+                                          "confidence": _confidence(grader, comps),
+                                          "accuracy": cell["n_correct"] / cell["n_samples"]})
+                outs = sampler.inner.generate(test_prompts, eval_samples, eparams)
+                test_acc = grade_completions(test, outs, grader).accuracy
+                if not reuse_eval:
+                    outs = sampler.inner.generate(test_prompts, k, dataclasses.replace(params, seed=params.seed + 7919))
+                for ex, comps in zip(test, outs):
+                    conf_rows.append({"checkpoint": int(info.index), "split": "test", "example_id": ex.id,
+                                      "confidence": _confidence(grader, comps), "accuracy": np.nan})
+                echo(f"  {name} checkpoint {info.index}: test acc {test_acc:.3f}, "
+                     f"train loss {(info.metrics or {}).get('train_loss', float('nan')):.4f}")
+                return {"test_accuracy": float(test_acc), "seconds": time.time() - t_ck}
 
-        def on_checkpoint(m, info):
-            t_ck = time.time()
-            sampler = _RecordingSampler(sampler_factory(m, tok))
-            cells = tracker.measure(sampler, info)
-            # train side of ATC: each example's agreement confidence and its sampled accuracy
-            for ex, prompt, cell in zip(tracker.examples, tracker.prompts, cells):
-                comps = sampler.completions.get(prompt, [])
-                if comps and cell["skip_reason"] is None:
-                    conf_rows.append({"checkpoint": int(info.index), "split": "train", "example_id": ex.id,
-                                      "confidence": _confidence(grader, comps),
-                                      "accuracy": cell["n_correct"] / cell["n_samples"]})
-            outs = sampler.inner.generate(test_prompts, eval_samples, eparams)
-            test_acc = grade_completions(test, outs, grader).accuracy
-            if not reuse_eval:
-                outs = sampler.inner.generate(test_prompts, k, dataclasses.replace(params, seed=params.seed + 7919))
-            for ex, comps in zip(test, outs):
-                conf_rows.append({"checkpoint": int(info.index), "split": "test", "example_id": ex.id,
-                                  "confidence": _confidence(grader, comps), "accuracy": np.nan})
-            rows.append({"checkpoint": int(info.index), "step": int(info.step), "epoch": float(info.epoch),
-                         "test_accuracy": float(test_acc),
-                         **{key: float(v) for key, v in (info.metrics or {}).items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool)},
-                         "seconds": time.time() - t_ck})
-            echo(f"  {name} checkpoint {info.index}: test acc {rows[-1]['test_accuracy']:.3f}, "
-                 f"train loss {rows[-1].get('train_loss', float('nan')):.4f}")
-
-        echo(f"[{i}/{len(grid)}] {name}: training {len(train)} examples for {n_ep} epoch(s)")
-        finetune(model, tok, list(train), fmt, settings, on_checkpoint=on_checkpoint, progress=progress)
-        seconds[name] = time.time() - t0
-        ledger = tracker.ledger(model=str(getattr(base, "spec", "")), sweep_config=name)
-        rd.mkdir(parents=True, exist_ok=True)
-        ledger.to_parquet(rd / "ledger.parquet")
-        pd.DataFrame(rows).to_csv(rd / "checkpoints.csv", index=False)
-        pd.DataFrame(conf_rows).to_parquet(rd / "confidences.parquet", index=False)
-        meta = {"name": name, "learning_rate": lr, "epochs": n_ep, "n_train": len(train), "n_test": len(test),
-                "k": k, "p": p, "lazy": lazy, "eval_samples": eval_samples, "eval_temperature": eval_temperature,
-                "train": dataclasses.asdict(settings), "seconds": seconds[name],
-                "samples_drawn": tracker.samples_drawn, "complete": True}
-        tmp = meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta, indent=2, default=str))
-        tmp.replace(meta_path)  # written last: its presence marks the configuration done
-        echo(f"[{i}/{len(grid)}] {name}: done in {seconds[name]:.0f}s")
-        del model
+            echo(f"[{i}/{len(grid)}] {name}: training {len(train)} examples for {n_ep} epoch(s)")
+            res = train_and_track(base, list(train), fmt=fmt, grader=grader, training=settings, provider=provider,
+                                  k=k, params=params, p=p, lazy=lazy, exact_every_checkpoint=lazy, lora=lora,
+                                  seed=seed, after_checkpoint=after_checkpoint, record_completions=True,
+                                  ledger_meta={"sweep_config": name}, progress=progress)
+            seconds[name] = res.train_seconds
+            rows = [{key: r[key] for key in ("checkpoint", "step", "epoch", "test_accuracy")}
+                    | {key: v for key, v in r.items() if key not in ("checkpoint", "step", "epoch", "test_accuracy")}
+                    for r in res.checkpoints]
+            if main:
+                rd.mkdir(parents=True, exist_ok=True)
+                res.ledger.to_parquet(rd / "ledger.parquet")
+                atomic_write_text(rd / "checkpoints.csv", pd.DataFrame(rows).to_csv(index=False))
+                _write_parquet(pd.DataFrame(conf_rows), rd / "confidences.parquet")
+                meta = {"name": name, "learning_rate": lr, "epochs": n_ep, "n_train": len(train),
+                        "n_test": len(test), "k": k, "p": p, "lazy": lazy, "eval_samples": eval_samples,
+                        "eval_temperature": eval_temperature, "train": dataclasses.asdict(settings),
+                        "seconds": seconds[name], "samples_drawn": res.samples_drawn, "complete": True}
+                # written last: its presence marks the configuration done
+                atomic_write_text(meta_path, json.dumps(meta, indent=2, default=str))
+            distributed.barrier("waiting for the main process to write the sweep's files")
+            echo(f"[{i}/{len(grid)}] {name}: done in {seconds[name]:.0f}s")
+            del res
+    finally:
+        provider.close()
 
     runs = [load_run(d) for d in run_dirs]
     report = predict(runs, p=p, p_grid=p_grid)
-    paths = write_report(report, out / "predict")
+    paths = write_report(report, out / "predict") if main else {}
     return SweepResult(out_dir=out, run_dirs=run_dirs, report=report, report_paths=paths, seconds=seconds)
 
 
@@ -256,6 +236,9 @@ def sweep_from_recipe(recipe: Any, progress: bool = True, echo: Callable[[str], 
                         "PreMemAcc at every checkpoint; set dynamics.defer: false")
     if problems:
         raise ConfigError(problems)
+    from curator.run import check_launch
+
+    check_launch(recipe)
     grader = get_grader(d.grader)
     train = load_examples(d.pool, config=d.pool_config, split=d.pool_split, fields=d.fields or None,
                           limit=d.pool_size)
@@ -270,11 +253,14 @@ def sweep_from_recipe(recipe: Any, progress: bool = True, echo: Callable[[str], 
                             stop=recipe.format.stop, seed=recipe.seed)
     base = load_model(m.name, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
     out = recipe.run_dir
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.yaml").write_text(recipe.to_yaml())
+    from curator import distributed
+
+    if distributed.is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
     return run_sweep(base, train, test, fmt=recipe.format, grader=grader, train_settings=recipe.training,
                      learning_rates=sw.learning_rates, epochs=sw.epochs, out_dir=out, lora=m.lora,
                      k=dyn.samples, params=params, p=dyn.p, eval_samples=ev.samples,
                      eval_temperature=ev.temperature, eval_max_new_tokens=ev.max_new_tokens,
-                     backend=dyn.backend, sample_batch_size=dyn.batch_size, lazy=dyn.lazy, seed=recipe.seed,
+                     backend=dyn.backend, vllm=dyn.vllm, sample_batch_size=dyn.batch_size, lazy=dyn.lazy, seed=recipe.seed,
                      progress=progress, echo=echo)

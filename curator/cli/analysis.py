@@ -137,7 +137,11 @@ def sweep(recipe, overrides, no_progress):
     from curator.analysis.sweep import sweep_from_recipe
     from curator.recipes import load_recipe
 
+    from curator.distributed import is_main_process
+
     rec = load_recipe(recipe or "sweep-cpu", overrides)
     result = sweep_from_recipe(rec, progress=not no_progress, echo=click.echo)
+    if not is_main_process():  # under `accelerate launch` every rank ran the sweep; one reports
+        return
     click.echo(result.report.to_markdown())
     click.echo(f"report: {result.report_paths['report']}")

@@ -23,6 +23,10 @@ def compare(run_dir, tracking_uri, experiment, baseline, out_dir):
     if tracking_uri:
         if not experiment:
             raise CuratorError("--tracking-uri needs --experiment NAME (the recipe's name)")
+        from curator.tracking.mlflow_store import uri_problem
+
+        if uri_problem(tracking_uri):
+            raise CuratorError(f"--tracking-uri: {uri_problem(tracking_uri)}")
         res = compare_mlflow(tracking_uri, experiment, baseline=baseline, out_dir=out_dir or ".")
     elif run_dir:
         res = compare_run_dir(run_dir, baseline=baseline, out_dir=out_dir)

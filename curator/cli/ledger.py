@@ -73,11 +73,17 @@ def import_(source, out, k, p, drop_nan, model):
     """Build a ledger OUT (.parquet) from another trainer's SOURCE (.npz arrays or a long table)."""
     from curator.analysis.imports import import_ledger
 
+    from curator.errors import ConfigError
+
+    if not 1 < p < math.inf:
+        raise ConfigError(f"--p must be a finite number > 1 (perplexity is >= 1 always), got {p}")
     meta = {"model": model} if model else {}
     led = import_ledger(source, k=k, p=p, drop_nan=drop_nan, **meta)
+    # everything that can fail runs before OUT is touched; the write itself is atomic
+    table = render_summary(led)
     path = led.to_parquet(out)
     dropped = led.meta.get("import_dropped")
     if dropped:
         click.echo(f"dropped {len(dropped)} example(s) with NaN perplexities")
-    click.echo(render_summary(led))
+    click.echo(table)
     click.echo(f"ledger: {path}")

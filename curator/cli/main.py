@@ -12,7 +12,6 @@ import sys
 
 import click
 
-from curator.errors import CuratorError
 
 # name -> ("module:attr", one-line help shown by `curate --help` without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -62,22 +61,39 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("CURATOR_DEBUG") == "1"
     try:
         cli.main(args=args, prog_name="curate", standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:
+        # click turns Ctrl-C into Abort; say how to pick the work up again
+        if isinstance(e.__context__ or e.__cause__, KeyboardInterrupt):
+            _interrupted(args)
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as e:
         e.show()
         sys.exit(2 if isinstance(e, click.UsageError) else e.exit_code)
-    except CuratorError as e:
-        if debug:
-            raise
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo("interrupted — rerun the same command to resume", err=True)
-        sys.exit(130)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        _interrupted(args)
+    except Exception as e:
+        # one place for every command and plugin: user errors become one line and exit code 2
+        from curator.errors import user_error_line
+
+        line = user_error_line(e)
+        if line is None or debug:
+            raise
+        click.echo(f"error: {line}", err=True)
+        sys.exit(2)
+
+
+def _interrupted(args: list[str]) -> None:
+    import shlex
+
+    again = shlex.join(["curate", *args])
+    if args and args[0] == "run":
+        click.echo(f"interrupted; finished rounds are kept: rerun `{again}` to resume", err=True)
+    else:
+        click.echo(f"interrupted; rerun `{again}` to start again", err=True)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -109,17 +109,20 @@ def premem(ledger_file, model, data, n, epochs, lr, batch_size, checkpoint_every
         click.echo(f"{len(examples)} examples from {data}; {epochs} epochs, {n_ckpt} checkpoints; k={k}, "
                    f"p={p:g}, {'full' if full else 'deferred lazy' if defer else 'lazy'} tracking")
 
+    from curator import distributed
     from curator.models import load_model
 
     loaded = load_model(model)
+    lora_settings = None
     if lora:
-        from curator.models import LoraSettings, apply_lora
+        from curator.models import LoraSettings
 
-        loaded.model = apply_lora(loaded.model, LoraSettings())
+        lora_settings = LoraSettings()
     ledger = track_premem(loaded, examples, fmt=fmt, grader=g, train_settings=settings, k=k, params=params,
                           p=p, lazy=not full, defer=defer, out_dir=out_dir, progress=not quiet,
-                          allow_bad_references=allow_bad_references, sample_batch_size=sample_batch_size)
-    if ledger is None:  # a non-main process under accelerate launch
+                          allow_bad_references=allow_bad_references, sample_batch_size=sample_batch_size,
+                          lora=lora_settings, seed=seed)
+    if not distributed.is_main_process():  # every rank has the ledger; one prints and saves
         return
     click.echo(render_summary(ledger))
     click.echo(f"ledger: {Path(out_dir) / 'ledger.parquet'}  summary: {Path(out_dir) / 'summary.csv'}")

@@ -22,26 +22,29 @@ def run(recipe, overrides, quiet):
     With no RECIPE, runs the embedded CPU demo (recipes/demo.yaml). Rerunning the same command
     after an interruption resumes after the last finished round.
     """
+    from curator.distributed import is_main_process
     from curator.recipes import validate_recipe
     from curator.run import run_recipe
 
+    # under `accelerate launch` every rank runs this command; one speaks
+    echo = click.echo if is_main_process() else (lambda *a, **k: None)
     r = _load(recipe, overrides)
     for note in validate_recipe(r):
-        click.echo(f"note: {note}")
-    click.echo(f"recipe {r.name!r}: {len(r.strategies)} strateg{'y' if len(r.strategies) == 1 else 'ies'} "
-               f"({', '.join(s.run_name for s in r.strategies)}), {r.loop.rounds} rounds, model {r.model.name}; "
-               f"run dir {r.run_dir}")
-    summary = run_recipe(r, progress=not quiet, echo=click.echo)
+        echo(f"note: {note}")
+    echo(f"recipe {r.name!r}: {len(r.strategies)} strateg{'y' if len(r.strategies) == 1 else 'ies'} "
+          f"({', '.join(s.run_name for s in r.strategies)}), {r.loop.rounds} rounds, model {r.model.name}; "
+          f"run dir {r.run_dir}")
+    summary = run_recipe(r, progress=not quiet, echo=echo)
     if summary.compare_table:
-        click.echo("")
-        click.echo(summary.compare_table)
+        echo("")
+        echo(summary.compare_table)
     for name, s in summary.strategies.items():
         if s.get("stopped_reason"):
-            click.echo(f"note: {name} stopped early: {s['stopped_reason']}")
+            echo(f"note: {name} stopped early: {s['stopped_reason']}")
     if summary.curves_png:
-        click.echo(f"curves: {summary.curves_png}")
-    click.echo(f"MLflow: mlflow ui --backend-store-uri {summary.tracking_uri}  "
-               f"(experiment {summary.experiment!r})")
+        echo(f"curves: {summary.curves_png}")
+    echo(f"MLflow: mlflow ui --backend-store-uri {summary.tracking_uri}  "
+          f"(experiment {summary.experiment!r})")
 
 
 @click.command()

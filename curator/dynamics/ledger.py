@@ -234,6 +234,13 @@ def read_ledger(path: str | os.PathLike) -> Ledger:
             meta = json.loads(md[METADATA_KEY])
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: metadata key 'curator.ledger' is not valid JSON ({e})") from e
+        if not isinstance(meta, dict):
+            raise DataError(f"{path}: metadata 'curator.ledger' must be a JSON object, got {type(meta).__name__}")
+        for key, ok in (("p", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 1),
+                        ("k", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)):
+            if meta.get(key) is not None and not ok(meta[key]):
+                raise DataError(f"{path}: metadata {key}={meta[key]!r} is not valid ({'a number > 1' if key == 'p' else 'an integer >= 1'}); "
+                                "see docs/LEDGER.md")
     try:
         return Ledger(table.to_pandas(), meta)
     except DataError as e:
@@ -270,6 +277,12 @@ def _validate(df: pd.DataFrame, meta: Mapping[str, Any]) -> pd.DataFrame:
         if df[col].isna().any():
             raise DataError(f"ledger column {col} has missing values at (example_id, checkpoint) "
                             f"{_rows_named(df, df[col].isna())}")
+        # counts are integers: a fraction would be silently truncated by the cast below
+        vals = pd.to_numeric(df[col], errors="coerce")
+        frac = vals.notna() & (vals != np.round(vals))
+        if frac.any():
+            raise DataError(f"ledger column {col} must hold whole numbers; found {vals[frac].iloc[0]:g} at "
+                            f"(example_id, checkpoint) {_rows_named(df, frac)}")
     try:
         df = df.astype({c: t for c, t in LEDGER_COLUMNS.items() if c not in ("skip_reason", "target_tokens")})
         df["target_tokens"] = pd.array(df["target_tokens"], dtype="Int64")

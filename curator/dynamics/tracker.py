@@ -441,55 +441,41 @@ def track_premem(loaded_model: Any, examples: Sequence[Example], *, fmt: PromptF
                  out_dir: str | os.PathLike | None = None,
                  progress: bool = True, allow_bad_references: bool = False,
                  sampler_factory: Callable[[Any, Any], Sampler] | None = None,
-                 sample_batch_size: int = 32) -> Ledger | None:
+                 sample_batch_size: int = 32, lora: Any = None, provider: Any = None,
+                 seed: int | None = None) -> Ledger:
     """Finetune ``loaded_model.model`` in place on ``examples``, tracking dynamics at every checkpoint.
 
-    Writes ``ledger.parquet`` and ``summary.csv`` to ``out_dir`` (if given) and returns the ledger.
-    ``lazy`` / ``defer`` choose the tracking mode (see `DynamicsTracker`).
-    ``sampler_factory(model, tokenizer)`` builds the Sampler used at each checkpoint (default:
-    `HFSampler`; a vLLM-backed factory works the same). Under ``accelerate launch`` with several
-    processes, measurement runs on the main process only (the others wait at their next
-    collective) and non-main processes return None.
+    One round of the round engine (`curator.engine.train_and_track`). Writes ``ledger.parquet``
+    and ``summary.csv`` to ``out_dir`` (if given; on the main process only) and returns the ledger.
+    ``lazy`` / ``defer`` choose the tracking mode (see `DynamicsTracker`). With ``lora`` (a
+    `LoraSettings`) adapters are added first and ``loaded_model.model`` becomes the peft model.
+    The sampler comes from ``provider`` (a `SamplerProvider`), else from
+    ``sampler_factory(model, tokenizer)``, else an `HFSampler`. Under ``accelerate launch`` every
+    process trains and measures its share of the examples; every process returns the same ledger.
 
     Raises:
         ConfigError / DataError: before any training, for every bad setting or reference answer.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    n_ckpt = validate_premem(examples, grader, fmt=fmt, train_settings=train_settings, k=k, p=p,
-                             allow_bad_references=allow_bad_references, num_processes=world)
-    from curator.training import finetune
+    validate_premem(examples, grader, fmt=fmt, train_settings=train_settings, k=k, p=p,
+                    allow_bad_references=allow_bad_references)
+    from curator import distributed
+    from curator.engine import train_and_track
+    from curator.sampling.providers import FactoryProvider, HFProvider
 
     tokenizer = loaded_model.tokenizer
-    if sampler_factory is None:
-        from curator.sampling.hf import HFSampler
-
-        def sampler_factory(model, tok):
-            return HFSampler(model, tok, batch_size=sample_batch_size)
-
-    tracker = DynamicsTracker(examples, fmt, grader, k=k, params=params or SamplingParams(stop=fmt.stop),
-                              p=p, lazy=lazy, defer=defer, n_checkpoints=n_ckpt, tokenizer=tokenizer,
-                              progress=progress)
-
-    if defer:
-        check_deferred_memory(loaded_model.model, n_ckpt)
-
-    def factory(model):
-        return sampler_factory(model, tokenizer)
-
-    def on_checkpoint(model, info):
-        if getattr(info, "is_main_process", True):
-            tracker.measure(factory(model), info, model=model, sampler_factory=factory)
-
-    finetune(loaded_model.model, tokenizer, list(examples), fmt, train_settings, on_checkpoint=on_checkpoint,
-             progress=progress)
-    if not tracker.rows:
-        return None
-    train = dataclasses.asdict(train_settings) if dataclasses.is_dataclass(train_settings) else {}
-    ledger = tracker.ledger(model=str(getattr(loaded_model, "spec", "")), train=train)
-    if out_dir is not None:
+    if provider is None:
+        provider = (FactoryProvider(sampler_factory, tokenizer) if sampler_factory is not None
+                    else HFProvider(tokenizer, batch_size=sample_batch_size))
+    result = train_and_track(loaded_model, list(examples), fmt=fmt, grader=grader, training=train_settings,
+                             provider=provider, k=k, params=params or SamplingParams(stop=fmt.stop), p=p,
+                             lazy=lazy, defer=defer, lora=lora, in_place=True, seed=seed, progress=progress)
+    loaded_model.model = result.model
+    ledger = result.ledger
+    if out_dir is not None and distributed.is_main_process():
         from curator.dynamics.metrics import summary
+        from curator.io import atomic_write_text
 
         out = Path(out_dir)
         ledger.to_parquet(out / "ledger.parquet")
-        summary(ledger).to_csv(out / "summary.csv")
+        atomic_write_text(out / "summary.csv", summary(ledger).to_csv())
     return ledger

@@ -82,6 +82,9 @@ class HFSampler:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         params = inspect.signature(base.forward).parameters
         self._keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+        # transformers renamed the KV-cache argument and output field `past_key_values` to `cache`
+        # (5.x; the old name warns and goes in 5.40); older versions know only the old name
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self.tokens_generated = 0  # running count, for benchmarks and logs
 
     # ------------------------------------------------------------------ generation
@@ -145,8 +148,9 @@ class HFSampler:
 
     def _forward(self, input_ids, mask, position_ids, cache, keep: int | None):
         kw = {self._keep_kw: keep} if (self._keep_kw and keep is not None) else {}
+        kw[self._cache_kw] = cache
         return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                          past_key_values=cache, use_cache=True, **kw)
+                          use_cache=True, **kw)
 
     def _generate_batch(self, batch, ids, keys, params: SamplingParams):
         import torch
@@ -162,7 +166,7 @@ class HFSampler:
         except TypeError:
             cache = DynamicCache()
         res = self._forward(input_ids, mask, position_ids, cache, keep=1)
-        cache = res.past_key_values
+        cache = getattr(res, self._cache_kw)
         # ... then give every sample its own copy of the prompt's KV cache
         src = torch.tensor([k for k, (_, js) in enumerate(batch) for _ in js], device=dev)
         cache.batch_select_indices(src)
@@ -208,7 +212,7 @@ class HFSampler:
                 active = [active[b] for b in keep_b]
             mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=-1)
             res = self._forward(tok.unsqueeze(-1), mask, pos, cache, keep=1)
-            cache = res.past_key_values
+            cache = getattr(res, self._cache_kw)
             logits = res.logits[:, -1, :].float()
             pos = pos + 1
         return done

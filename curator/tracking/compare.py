@@ -9,7 +9,6 @@ only an upper bound (``<=x``).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Iterable
 import numpy as np
 
 from curator.errors import CuratorError
+from curator.io import read_json
 
 METRIC = "test_accuracy"
 
@@ -78,7 +78,9 @@ def curves_from_run_dir(run_dir: str | Path) -> list[Curve]:
     if not run_dir.is_dir():
         raise CuratorError(f"run directory {run_dir} does not exist; pass the output_dir of a `curate run`")
     seed = 0
-    recipe_file = run_dir / "recipe.yaml"
+    recipe_file = run_dir / "curator-run.yaml"  # the resolved recipe (recipe.yaml in older runs)
+    if not recipe_file.exists():
+        recipe_file = run_dir / "recipe.yaml"
     if recipe_file.exists():
         import yaml
 
@@ -88,7 +90,7 @@ def curves_from_run_dir(run_dir: str | Path) -> list[Curve]:
         pts = []
         for rd in sorted(sdir.glob("round-*")):
             if (rd / "DONE").exists():
-                m = json.loads((rd / "metrics.json").read_text())
+                m = read_json(rd / "metrics.json")
                 pts.append((m["n_train"], m.get(METRIC, float("nan"))))
         pts = [(n, a) for n, a in pts if not (a is None or (isinstance(a, float) and math.isnan(a)))]
         if pts:

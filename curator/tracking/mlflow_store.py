@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,21 +26,114 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def check_reachable(uri: str) -> None:
-    """Fail before any training if the tracking store cannot be used."""
-    if uri.startswith("sqlite:///"):
-        parent = Path(uri[len("sqlite:///"):]).parent
+# schemes MLflow's tracking stores accept (a database URI may add a driver: postgresql+psycopg2)
+_SCHEMES = {"file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc", "uc"}
+
+
+def uri_problem(uri: str) -> str | None:
+    """Why ``uri`` cannot be an MLflow tracking URI, or None. Checks the form only, connects to nothing."""
+    if not uri.strip():
+        return "is empty; use null for the sqlite store in the run directory"
+    if "://" not in uri and not uri.startswith(("databricks", "uc:")):
+        return None  # a plain path: a local file store
+    scheme = uri.split("://", 1)[0].split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme not in _SCHEMES:
+        return (f"{uri!r} has an unknown scheme {scheme!r}; use sqlite:///path/mlflow.db, http(s)://host:port, "
+                "a database URI (postgresql://, mysql://), a local path, or null for sqlite in the run directory")
+    return None
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def check_reachable(uri: str, rebuild_for: str | os.PathLike | None = None) -> list[str]:
+    """Fail before any training if the tracking store cannot be used. Returns notes.
+
+    A new sqlite store is created under a temporary name and renamed when MLflow has finished
+    making its tables, so an interruption never leaves a half-made store behind. With
+    ``rebuild_for`` (the run directory, when the store is curator's own file inside it), a store
+    that cannot be opened or was made for another directory (the run dir was copied or moved) is
+    set aside and made anew; each strategy then logs its finished rounds again from the round
+    files, which are the source of truth.
+    """
+    problem = uri_problem(uri)
+    if problem:
+        raise CuratorError(f"tracking.uri: {problem}")
+    notes: list[str] = []
+    db = _sqlite_path(uri)
+    if db is not None:
         try:
-            parent.mkdir(parents=True, exist_ok=True)
+            db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise CuratorError(f"tracking.uri {uri!r}: cannot create {parent} ({e})") from None
+            raise CuratorError(f"tracking.uri {uri!r}: cannot create {db.parent} ({e.strerror or e})") from None
+        if rebuild_for is not None and db.exists():
+            why = _unusable_store(uri, Path(rebuild_for))
+            if why:
+                aside = db.with_name(f"{db.name}.old-{int(time.time())}")
+                os.replace(db, aside)
+                notes.append(f"the MLflow store {db} {why}; it was moved to {aside.name} and is being rebuilt "
+                             "from the round files")
+        if not db.exists() or db.stat().st_size == 0:
+            _create_sqlite_store(uri, db)
     try:
         _client(uri).search_experiments(max_results=1)
     except Exception as e:  # mlflow raises many types (MlflowException, requests errors ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if db is not None and db.exists():
+            raise CuratorError(f"tracking.uri {uri!r}: the store {db} cannot be opened ({first[:200]}); "
+                               "it may be damaged or from another MLflow version: move it away, or set "
+                               "tracking.uri to another store") from None
         raise CuratorError(f"tracking.uri {uri!r} cannot be reached ({first[:200]}); "
                            "start the server or set tracking.uri to a reachable store "
                            "(null = sqlite in the run directory)") from None
+    return notes
+
+
+def _create_sqlite_store(uri: str, db: Path) -> None:
+    """Make the store's tables under a temporary name, then rename: the store appears whole or not at all."""
+    import uuid
+
+    # a name never used before: MLflow caches one store per URI, bound to the file it first opened
+    tmp = db.with_name(f".{db.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        _client("sqlite:///" + str(tmp)).search_experiments(max_results=1)
+        os.replace(tmp, db)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _release(uri: str) -> None:
+    """Close the pooled sqlite connections MLflow keeps for ``uri``, so that the next use opens the
+    file at that path anew (after it was replaced) instead of the old file. Best effort: the
+    engine cache is not public MLflow API, and a fresh process never needs this."""
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        engine = getattr(SqlAlchemyStore, "_engine_map", {}).get(uri)
+        if engine is not None:
+            engine.dispose()
+    except Exception:
+        pass
+
+
+def _unusable_store(uri: str, run_dir: Path) -> str | None:
+    """Why curator's own store in ``run_dir`` must be rebuilt ('damaged ...', 'made ...'), or None."""
+    # probed under an equivalent spelling of the path: MLflow caches one store (and its open sqlite
+    # connections) per URI string, and the real URI must not be bound to a file about to be replaced
+    probe = "sqlite:///" + str(_sqlite_path(uri).parent) + "/./" + _sqlite_path(uri).name
+    try:
+        exps = _client(probe).search_experiments()
+    except Exception as e:
+        _release(probe)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"is damaged (it cannot be opened: {first[:120]})"
+    _release(probe)
+    mine = run_dir.resolve().as_uri()
+    for exp in exps:
+        if exp.experiment_id != "0" and not str(exp.artifact_location).startswith(mine):
+            return f"was made for another directory ({exp.artifact_location}: the run dir was copied or moved)"
+    return None
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -73,19 +167,21 @@ class MlflowRun:
             exp_id = exp.experiment_id
         self.experiment_id = exp_id
         self.run_id: str | None = None
+        self.created = False  # open() made a new run: every finished round must be logged into it
 
     def open(self, run_id: str | None, run_name: str, params: Mapping[str, str],
              tags: Mapping[str, str]) -> str:
         """Reopen `run_id` if given (resume), else create the run and log params once."""
         from mlflow.entities import RunTag
 
+        if run_id is not None and not self._exists(run_id):
+            run_id = None  # another or a rebuilt store: make the run again; the caller logs its rounds again
         if run_id is None and "curator.run_dir" in tags:
             # killed after MLflow made the run but before its id was saved: adopt it, don't duplicate
-            found = self.client.search_runs([self.experiment_id], max_results=1,
-                                            filter_string=f"tags.`curator.run_dir` = '{tags['curator.run_dir']}'")
-            if found:
+            found = self._find_by_tag("curator.run_dir", tags["curator.run_dir"])
+            if found is not None:
                 # its params may be half logged; logging the same values again is allowed
-                self.run_id = found[0].info.run_id
+                self.run_id = found
                 self._log_params(params)
                 run_id = self.run_id
         if run_id is not None:
@@ -94,12 +190,34 @@ class MlflowRun:
             if run.info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
             return run_id
+        self.created = True
         run = self.client.create_run(self.experiment_id, run_name=run_name,
                                      tags={**tags, "mlflow.runName": run_name})
         self.run_id = run.info.run_id
         self._log_params(params)
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         return self.run_id
+
+    def _exists(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return False
+        return run.info.experiment_id == self.experiment_id and run.info.lifecycle_stage != "deleted"
+
+    def _find_by_tag(self, key: str, value: str) -> str | None:
+        # compared here, not in a filter string, so quotes and backticks in paths need no escaping
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], max_results=1000, page_token=token)
+            for run in page:
+                if run.data.tags.get(key) == value:
+                    return run.info.run_id
+            token = page.token
+            if not token:
+                return None
 
     def _log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param

@@ -64,6 +64,9 @@ class TrainSettings:
     track_grad_variance: bool = field(default=True, metadata={
         "help": "Compute the grad_variance metric (costs one float32 copy of the trainable "
                 "parameters and one pass over the gradients per optimizer step)."})
+    grad_variance_dtype: str = field(default="float32", metadata={
+        "help": "dtype of the grad_variance running-sum buffer (one per trainable parameter): "
+                "'float32' (4 bytes/param) or 'bfloat16' (2 bytes/param, ~3 significant digits)."})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "Recompute activations in the backward pass: less memory, ~30% slower."})
 
@@ -101,6 +104,9 @@ class TrainSettings:
         if not (ce == "epoch" or (is_int(ce) and ce >= 1)):
             problems.append(f"training.checkpoint_every must be 'epoch' or an integer number of optimizer "
                             f"steps >= 1, got {ce!r}")
+        if self.grad_variance_dtype not in ("float32", "bfloat16"):
+            problems.append(f"training.grad_variance_dtype must be 'float32' or 'bfloat16', got "
+                            f"{self.grad_variance_dtype!r}")
         if self.save_checkpoints and not self.output_dir:
             problems.append("training.save_checkpoints is true but training.output_dir is not set; set an "
                             "output_dir or save_checkpoints=false")

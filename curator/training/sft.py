@@ -17,8 +17,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from curator.data.example import Example
 from curator.data.format import PromptFormat, encode_pair
@@ -42,6 +43,8 @@ class CheckpointInfo:
             ``learning_rate`` (see docs/TRAINING.md for definitions); identical on every process.
         path: the saved checkpoint directory, or None when settings.save_checkpoints is false.
         is_main_process / process_index / num_processes: where this callback runs.
+        params_sharded: the model's parameters are sharded (FSDP); a forward pass gathers them,
+            so every process must run the same forward passes (no sharded sampling).
     """
 
     index: int
@@ -52,6 +55,7 @@ class CheckpointInfo:
     is_main_process: bool = True
     process_index: int = 0
     num_processes: int = 1
+    params_sharded: bool = False  # FSDP: every process must run the same forward passes
 
 
 @dataclass
@@ -171,13 +175,26 @@ def _set_activation_checkpointing(model: Any, on: bool) -> None:
         model.gradient_checkpointing_disable()
 
 
+def params_sharded(acc: Any) -> bool:
+    """Whether this launch shards parameters across processes (accelerate's FSDP)."""
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type == DistributedType.FSDP
+
+
 def _check_accelerator(acc: Any) -> None:
     from accelerate.utils import DistributedType
 
-    if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP, DistributedType.MEGATRON_LM):
-        raise ConfigError(f"finetune supports one process or DDP; this launch uses {acc.distributed_type.value}, "
-                          "whose sharded parameters its loop and gradient statistics do not handle; launch "
-                          "without a DeepSpeed/FSDP/Megatron config")
+    if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        raise ConfigError(f"finetune supports one process, DDP and FSDP; this launch uses {acc.distributed_type.value}, "
+                          "whose parameter handling its gradient statistics do not cover; launch with an FSDP "
+                          "config (accelerate launch --use_fsdp) instead")
+    if params_sharded(acc):
+        plugin = acc.state.fsdp_plugin
+        if getattr(plugin, "fsdp_version", 1) == 1 and not getattr(plugin, "use_orig_params", True):
+            raise ConfigError("FSDP version 1 with use_orig_params=false flattens parameters, so finetune cannot "
+                              "tell trainable from frozen weights; set fsdp_use_orig_params: true (or "
+                              "fsdp_version: 2) in the accelerate config")
     if acc.gradient_accumulation_steps != 1:
         raise ConfigError(f"accelerate is set to accumulate {acc.gradient_accumulation_steps} steps; finetune "
                           "accumulates itself: set training.grad_accum instead and launch without "
@@ -189,14 +206,25 @@ def make_accelerator():
 
     accelerate picks its gloo (MULTI_CPU) backend only when told to use the CPU; a torchrun-style
     launch (``accelerate launch --multi_gpu``, ``torchrun``) on a machine without a GPU would
-    otherwise run every process as an independent single-process job.
+    otherwise run every process as an independent single-process job. Collectives time out after
+    ``CURATOR_COLLECTIVE_TIMEOUT`` seconds (default 1800), so a dead rank stops the others.
     """
+    from datetime import timedelta
+
     import torch
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    from curator.distributed import collective_timeout_seconds
 
     has_xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
     multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(cpu=multi and not torch.cuda.is_available() and not has_xpu)
+    if multi and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not torch.cuda.is_available():
+        # accelerate would silently run an FSDP launch without GPUs as unsharded CPU processes
+        raise ConfigError("an FSDP launch (--use_fsdp) needs GPUs; on CPUs launch with --multi_gpu or --cpu "
+                          "(each process then holds the whole model)")
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout_seconds()))
+    return Accelerator(cpu=multi and not torch.cuda.is_available() and not has_xpu, kwargs_handlers=[timeout])
 
 
 def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: PromptFormat | None,
@@ -229,6 +257,7 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
+    from curator.distributed import collective_errors
     from curator.training.stats import DistanceFromInit, GradStats
 
     acc = accelerator or make_accelerator()
@@ -271,8 +300,12 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
     scheduler = get_scheduler({"constant": "constant_with_warmup"}.get(settings.lr_scheduler, settings.lr_scheduler),
                               optimizer, num_warmup_steps=math.ceil(settings.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-    grad_stats = GradStats(trainable, track_variance=settings.track_grad_variance)
-    dist = DistanceFromInit(trainable)
+    sharded = params_sharded(acc)
+    # FSDP: each process holds a shard of every parameter; the statistics sum over shards
+    reduce = (lambda t: acc.reduce(t, reduction="sum")) if sharded else None
+    grad_stats = GradStats(trainable, track_variance=settings.track_grad_variance,
+                           buffer_dtype=getattr(torch, settings.grad_variance_dtype), reduce=reduce)
+    dist = DistanceFromInit(trainable, reduce=reduce)
 
     result = TrainResult(steps=total_steps, epochs=settings.epochs, n_examples=n, num_processes=world,
                          n_truncated=n_cut)
@@ -300,10 +333,13 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
         path = os.path.join(settings.output_dir, f"checkpoint-{step}") if settings.save_checkpoints else None
         info = CheckpointInfo(index=checkpoint_at[step], step=step,
                               epoch=settings.epoch_at(step, n, world), metrics=metrics, path=path,
-                              is_main_process=acc.is_main_process, process_index=rank, num_processes=world)
+                              is_main_process=acc.is_main_process, process_index=rank, num_processes=world,
+                              params_sharded=sharded)
         if path is not None:
+            # FSDP: gathering the full state dict is a collective every process joins
+            full = acc.get_state_dict(ddp_model) if sharded else None
             if acc.is_main_process:
-                base.save_pretrained(path)
+                base.save_pretrained(path, **({"state_dict": full} if full is not None else {}))
                 tokenizer.save_pretrained(path)
                 with open(os.path.join(path, "curator_checkpoint.json"), "w") as f:
                     json.dump({k: v for k, v in asdict(info).items()
@@ -358,7 +394,8 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
         t0 = time.perf_counter()
         for epoch in range(settings.epochs):
             for step_batches in epoch_plan(n, settings, epoch, world):
-                local_sum, local_tokens = train_step(step_batches)
+                with collective_errors(f"training step {step + 1}"):  # a dead rank: one line, not a hang
+                    local_sum, local_tokens = train_step(step_batches)
                 step += 1
                 if not bar.disable:
                     bar.set_postfix(loss=f"{float(local_sum) / max(local_tokens, 1):.4f}", epoch=epoch + 1)

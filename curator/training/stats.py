@@ -9,9 +9,19 @@ fused reductions per optimizer step — nothing per example.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This process's part of a tensor: the local shard of an FSDP2 (DTensor) parameter or
+    gradient, the tensor itself otherwise."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _no_reduce(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 class GradStats:
@@ -22,36 +32,46 @@ class GradStats:
         grad_variance = (1/T) * sum_t ||g_t - mean_g||^2  =  (1/T) * sum_t ||g_t||^2 - ||mean_g||^2
         grad_norm     = (1/T) * sum_t ||g_t||
 
-    computed from running sums, so only sum_t g_t is kept. g_t is the gradient the optimizer sees
-    (accumulated over micro-batches and averaged across processes, before clipping), so it is the
-    same on every process. A window of one step has variance 0. With track_variance=False only
+    computed from running sums, so only sum_t g_t is kept (in ``buffer_dtype``: float32 by
+    default; bfloat16 halves that buffer at the cost of ~3 significant digits in the sum). g_t is
+    the gradient the optimizer sees (accumulated over micro-batches and averaged across processes,
+    before clipping). A window of one step has variance 0. With track_variance=False only
     grad_norm is computed (no parameter-sized buffer) and grad_variance is NaN.
+
+    Sharded parameters (FSDP): each process holds a shard of every gradient, so every sum above
+    is a sum over shards. Each process keeps the per-step squared norms and ||mean_g||^2 of its
+    shard; at the window's end ``reduce`` (a sum across processes, e.g. an all-reduce) adds them
+    up, once per window — then every process has the full-model figures. Unsharded (DDP or one
+    process), ``reduce`` is the identity.
     """
 
-    def __init__(self, params: Sequence[torch.nn.Parameter], track_variance: bool = True):
+    def __init__(self, params: Sequence[torch.nn.Parameter], track_variance: bool = True,
+                 buffer_dtype: torch.dtype = torch.float32, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.params = list(params)
         self.track_variance = track_variance
-        self.sums = [torch.zeros_like(p, dtype=torch.float32) for p in self.params] if track_variance else []
-        dev = self.params[0].device if self.params else torch.device("cpu")
-        # float64 scalars kept on the device: no host sync per step
-        self.sq_sum = torch.zeros((), dtype=torch.float64, device=dev)
-        self.norm_sum = torch.zeros((), dtype=torch.float64, device=dev)
-        self.count = 0
+        self.reduce = reduce or _no_reduce
+        self.sums = ([torch.zeros_like(local(p), dtype=buffer_dtype) for p in self.params]
+                     if track_variance else [])
+        dev = local(self.params[0]).device if self.params else torch.device("cpu")
+        self.device = dev
+        self.step_sq: list[torch.Tensor] = []  # this shard's ||g_t||^2 per step (float64, on device)
+
+    @property
+    def count(self) -> int:
+        return len(self.step_sq)
 
     @torch.no_grad()
     def update(self) -> None:
         """Record the current .grad of every parameter as one step (missing grads count as 0)."""
-        sq = torch.zeros((), dtype=torch.float64, device=self.sq_sum.device)
+        sq = torch.zeros((), dtype=torch.float64, device=self.device)
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
-            g = p.grad.float()
+            g = local(p.grad).float()
             sq += g.pow(2).sum().to(sq.device, torch.float64)
             if self.track_variance:
-                self.sums[i].add_(g)
-        self.sq_sum += sq
-        self.norm_sum += sq.sqrt()
-        self.count += 1
+                self.sums[i].add_(g.to(self.sums[i].dtype))
+        self.step_sq.append(sq)  # kept on the device: no host sync per step
 
     @torch.no_grad()
     def window(self) -> dict[str, float]:
@@ -59,16 +79,20 @@ class GradStats:
         t = self.count
         if t == 0:
             return {"grad_variance": math.nan, "grad_norm": math.nan}
-        out = {"grad_norm": float(self.norm_sum) / t, "grad_variance": math.nan}
+        mean_sq = torch.zeros((), dtype=torch.float64, device=self.device)
         if self.track_variance:
-            mean_sq = sum(float((s.double() / t).pow(2).sum()) for s in self.sums)
+            for s in self.sums:
+                mean_sq += (s.double() / t).pow(2).sum()
+        # one reduction per window: every step's squared norm and ||mean_g||^2, summed over shards
+        totals = self.reduce(torch.stack(self.step_sq + [mean_sq])).double().cpu()
+        step_sq, mean_sq_total = totals[:-1], float(totals[-1])
+        out = {"grad_norm": float(step_sq.sqrt().sum()) / t, "grad_variance": math.nan}
+        if self.track_variance:
             # the two terms can differ by rounding only when the true variance is ~0
-            out["grad_variance"] = max(float(self.sq_sum) / t - mean_sq, 0.0)
+            out["grad_variance"] = max(float(step_sq.sum()) / t - mean_sq_total, 0.0)
             for s in self.sums:
                 s.zero_()
-        self.sq_sum.zero_()
-        self.norm_sum.zero_()
-        self.count = 0
+        self.step_sq.clear()
         return out
 
 
@@ -77,16 +101,21 @@ class DistanceFromInit:
 
     For a LoRA model the trainable parameters are the adapter matrices (A, B), so this is the
     parameter-space distance the adapter has moved (not the norm of the merged weight delta B·A).
-    The initial values are copied to CPU once, so GPU memory is not spent on them.
+    The initial values are copied to CPU once, so GPU memory is not spent on them. Sharded
+    parameters: each process copies and compares its shard; ``reduce`` sums the squared
+    distances across processes.
     """
 
-    def __init__(self, params: Sequence[torch.nn.Parameter]):
+    def __init__(self, params: Sequence[torch.nn.Parameter],
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.params = list(params)
-        self.init = [p.detach().to("cpu", torch.float32, copy=True) for p in self.params]
+        self.reduce = reduce or _no_reduce
+        self.init = [local(p).detach().to("cpu", torch.float32, copy=True) for p in self.params]
 
     @torch.no_grad()
     def distance(self) -> float:
-        sq = 0.0
+        sq = torch.zeros((), dtype=torch.float64)
         for p, p0 in zip(self.params, self.init):
-            sq += float((p.detach().to("cpu", torch.float32) - p0).pow(2).sum(dtype=torch.float64))
-        return math.sqrt(sq)
+            sq += (local(p).detach().to("cpu", torch.float32) - p0).pow(2).sum(dtype=torch.float64)
+        dev = local(self.params[0]).device if self.params else torch.device("cpu")
+        return math.sqrt(float(self.reduce(sq.to(dev)).cpu()))

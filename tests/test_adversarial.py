@@ -1,0 +1,342 @@
+"""Bad input to every command: exit code 2, one line naming the problem, no traceback, and no file
+changed (docs/RELIABILITY.md).
+
+Each case builds its inputs in a fresh directory, runs `curate` in-process through the same
+`main()` the console script uses, and checks the four promises. Cases run before any model loads,
+so the whole table takes seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from curator.cli.main import main
+
+# a recipe that validates (tiny model, small synthetic data); cases break one thing in it
+GOOD = {
+    "name": "adv",
+    "model": {"name": "tiny-random", "lora": None},
+    "data": {"pool": "synthetic:easy?n=20&seed=1", "test": "synthetic:easy?n=4&seed=2",
+             "seed_size": 4, "grader": "gsm8k"},
+    "loop": {"rounds": 2, "budget": [2]},
+    "strategies": [{"name": "iid"}],
+}
+
+
+def _recipe(d: Path, **changes) -> str:
+    r = json.loads(json.dumps(GOOD))
+    r["output_dir"] = str(d / "run")
+    for dotted, value in changes.items():
+        node = r
+        keys = dotted.split("__")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    path = d / "recipe.yaml"
+    path.write_text(yaml.safe_dump(r))
+    return str(path)
+
+
+def _write(d: Path, name: str, data: bytes | str) -> str:
+    p = d / name
+    p.write_bytes(data.encode() if isinstance(data, str) else data)
+    return str(p)
+
+
+def _plugin(d: Path, module: str, body: str) -> None:
+    (d / f"{module}.py").write_text(body)
+
+
+def _ledger_csv(d: Path, name: str = "led.csv", n_correct: str = "1") -> str:
+    rows = ["example_id,checkpoint,n_correct,n_samples,perplexity",
+            f"a,1,{n_correct},4,1.5", "a,2,2,4,1.2", "b,1,0,4,2.0", "b,2,1,4,1.4"]
+    return _write(d, name, "\n".join(rows) + "\n")
+
+
+def _good_ledger(d: Path, name: str = "good.parquet") -> str:
+    from curator.dynamics.ledger import Ledger
+
+    led = Ledger.from_arrays(["a", "b"], np.array([[1, 2], [0, 1]]), k=4,
+                             perplexity=np.array([[1.5, 1.2], [2.0, 1.4]]), p=1.105)
+    return str(led.to_parquet(d / name))
+
+
+def _bad_meta_ledger(d: Path, meta: str) -> str:
+    import pyarrow.parquet as pq
+
+    path = _good_ledger(d, "meta.parquet")
+    table = pq.read_table(path)
+    md = dict(table.schema.metadata)
+    md[b"curator.ledger"] = meta.encode()
+    pq.write_table(table.replace_schema_metadata(md), path)
+    return path
+
+
+def _run_dir_with(d: Path, corrupt: str) -> str:
+    """A finished-looking run directory with one corrupt file (what `compare` reads back)."""
+    rd = d / "run" / "iid" / "round-00"
+    rd.mkdir(parents=True)
+    (rd.parent / "run.json").write_text("{}")
+    (rd / "DONE").write_text("")
+    (rd / "metrics.json").write_text('{"n_train": 4, "test_accuracy": 0.5' if corrupt == "metrics" else
+                                     json.dumps({"n_train": 4, "test_accuracy": 0.5, "round": 0}))
+    return str(d / "run")
+
+
+# (case id, builder(d) -> argv, words the one line must contain). The id says what is wrong.
+CASES = [
+    # ---- recipes: `validate` must refuse everything `run` would refuse before training (item 10)
+    ("p-nan", lambda d: ["validate", _recipe(d, dynamics__p=float("nan"))], ["dynamics.p"]),
+    ("p-nan-run", lambda d: ["run", _recipe(d, dynamics__p=float("nan"))], ["dynamics.p"]),
+    ("dtype-float64", lambda d: ["validate", _recipe(d, model__dtype="float64")], ["model.dtype", "float64"]),
+    ("synthetic-bad-option", lambda d: ["validate", _recipe(d, data__pool="synthetic:easy?n=5&max_steps=0")],
+     ["data.pool", "max_steps"]),
+    ("synthetic-bad-preset", lambda d: ["validate", _recipe(d, data__test="synthetic:impossible")],
+     ["data.test", "impossible"]),
+    ("grader-not-a-grader", lambda d: ["validate", _recipe(d, data__grader="collections:OrderedDict")],
+     ["data.grader", "not a grader"]),
+    ("eval-samples-0", lambda d: ["validate", _recipe(d, evaluation__samples=0)], ["evaluation.samples"]),
+    ("pool-size-negative", lambda d: ["validate", _recipe(d, data__pool_size=-1)], ["data.pool_size"]),
+    ("seed-negative", lambda d: ["validate", _recipe(d, seed=-1)], ["seed"]),
+    ("seed-too-big", lambda d: ["validate", _recipe(d, seed=2**32)], ["seed"]),
+    ("pool-file-missing", lambda d: ["validate", _recipe(d, data__pool=str(d / "nope.jsonl"))], ["data.pool", "nope.jsonl"]),
+    ("tracking-scheme", lambda d: ["validate", _recipe(d, tracking={"uri": "foo://host/x"})], ["tracking.uri", "foo"]),
+    ("tracking-scheme-run", lambda d: ["run", _recipe(d, tracking={"uri": "foo://host/x"})], ["tracking.uri", "foo"]),
+    # --set into a value or into a list item (item 9)
+    ("set-into-scalar", lambda d: ["validate", _recipe(d), "--set", "seed.x=1"], ["seed"]),
+    ("set-into-list-item", lambda d: ["validate", _recipe(d), "--set", "loop.budget.0.x=1"], ["loop.budget.0"]),
+    ("set-into-string", lambda d: ["validate", _recipe(d), "--set", "strategies.0.name.x=1"], ["strategies.0.name"]),
+    ("set-list-index", lambda d: ["validate", _recipe(d), "--set", "strategies.5.name=iid"], ["strategies"]),
+    # strategies: wrong-typed built-in parameters, plugin failures of any kind (items 9, 6)
+    ("param-wrong-type-bool", lambda d: ["validate", _recipe(d, strategies=[
+        {"name": "embedding-diversity", "params": {"cover_train": "no"}}])], ["cover_train"]),
+    ("param-wrong-type-number", lambda d: ["validate", _recipe(d, strategies=[
+        {"name": "premem-threshold", "params": {"threshold": "high"}}])], ["threshold"]),
+    ("param-wrong-type-run", lambda d: ["run", _recipe(d, strategies=[
+        {"name": "embedding-diversity", "params": {"eps": [1]}}])], ["eps"]),
+    ("plugin-import-raises", lambda d: (_plugin(d, "adv_plug_a", "raise RuntimeError('plugin broke')\n"),
+                                        ["validate", _recipe(d, strategies=[{"name": "adv_plug_a:S"}])])[1],
+     ["adv_plug_a", "RuntimeError", "plugin broke"]),
+    ("plugin-syntax-error", lambda d: (_plugin(d, "adv_plug_b", "def (:\n"),
+                                       ["validate", _recipe(d, strategies=[{"name": "adv_plug_b:S"}])])[1],
+     ["adv_plug_b", "SyntaxError"]),
+    ("plugin-init-raises", lambda d: (_plugin(d, "adv_plug_c", (
+        "from curator.strategy import Strategy\n"
+        "class S(Strategy):\n"
+        "    def __init__(self, n: int = 1):\n"
+        "        raise ValueError('bad n')\n"
+        "    def score(self, ctx):\n"
+        "        return None\n")), ["validate", _recipe(d, strategies=[{"name": "adv_plug_c:S"}])])[1],
+     ["adv_plug_c", "ValueError", "bad n"]),
+    ("plugin-import-raises-run", lambda d: (_plugin(d, "adv_plug_d", "import json\njson.loads('{')\n"),
+                                            ["run", _recipe(d, strategies=[{"name": "adv_plug_d:S"}])])[1],
+     ["adv_plug_d", "JSONDecodeError"]),
+    ("grader-plugin-init-raises", lambda d: (_plugin(d, "adv_plug_e", "class G:\n    def __init__(self):\n        1/0\n"),
+                                             ["validate", _recipe(d, data__grader="adv_plug_e:G")])[1],
+     ["data.grader", "ZeroDivisionError"]),
+    # paths (item 6): labels and names are single folder names inside output_dir
+    ("label-escapes", lambda d: ["validate", _recipe(d, strategies=[{"name": "iid", "label": "../../x"}])],
+     ["label", "../../x"]),
+    ("label-dotdot", lambda d: ["run", _recipe(d, strategies=[{"name": "iid", "label": ".."}])], ["label"]),
+    ("name-escapes", lambda d: ["validate", _recipe(d, name="../../escape", output_dir=None)], ["name"]),
+    # files that are not UTF-8, directories where files belong, files where directories belong (item 9)
+    ("recipe-not-utf8", lambda d: ["validate", _write(d, "latin.yaml", "name: caf\xe9\n".encode("latin-1"))],
+     ["latin.yaml", "UTF-8"]),
+    ("recipe-is-dir", lambda d: ["validate", str(d)], ["directory"]),
+    ("data-not-utf8", lambda d: ["data", "preview", _write(d, "bad.jsonl", b'{"question": "\xff"}\n')],
+     ["bad.jsonl", "UTF-8"]),
+    ("data-not-utf8-run", lambda d: ["run", _recipe(d, data__pool=_write(d, "pool.jsonl", b'{"q": "\xff\xfe"}\n'))],
+     ["pool.jsonl", "UTF-8"]),
+    ("output-under-a-file", lambda d: ["run", _recipe(d, output_dir=_write(d, "afile", "x") + "/run")], ["afile"]),
+    ("synth-out-under-a-file", lambda d: ["data", "synth", "--n", "2", "--out", _write(d, "f", "x") + "/o.jsonl"], ["f"]),
+    # ledgers: corrupt inputs, fractional counts, wrong-typed metadata (items 5, 8, 9)
+    ("ledger-show-corrupt", lambda d: ["ledger", "show", _write(d, "x.parquet", b"PAR1garbage")], ["x.parquet"]),
+    ("ledger-show-bad-meta", lambda d: ["ledger", "show", _bad_meta_ledger(d, '{"p": "high"}')], ["p="]),
+    ("ledger-show-meta-list", lambda d: ["ledger", "show", _bad_meta_ledger(d, "[1, 2]")], ["JSON object"]),
+    ("ledger-import-bad-p", lambda d: ["ledger", "import", _ledger_csv(d), _good_ledger(d, "out.parquet"), "--p", "0.5"],
+     ["--p"]),
+    ("ledger-import-fractional", lambda d: ["ledger", "import", _ledger_csv(d, n_correct="1.5"), str(d / "o.parquet")],
+     ["n_correct", "whole"]),
+    ("ledger-import-fractional-k", lambda d: ["ledger", "import", _write(d, "a.npz", _npz(k=2.5)), str(d / "o.parquet")],
+     ["k", "whole"]),
+    ("ledger-import-corrupt-npz", lambda d: ["ledger", "import", _write(d, "c.npz", b"PK\x03\x04broken"), str(d / "o.parquet")],
+     ["c.npz"]),
+    ("ledger-import-corrupt-parquet", lambda d: ["ledger", "import", _write(d, "c.parquet", b"PAR1xx"), str(d / "o.parquet")],
+     ["c.parquet"]),
+    ("ledger-import-corrupt-json", lambda d: ["ledger", "import", _write(d, "c.json", "{not json"), str(d / "o.parquet")],
+     ["c.json"]),
+    ("ledger-import-not-utf8-csv", lambda d: ["ledger", "import", _write(d, "c.csv", b"example_id\xff,x\n"), str(d / "o.parquet")],
+     ["c.csv"]),
+    # compare reads round files back
+    ("compare-missing-dir", lambda d: ["compare", str(d / "nothing")], ["nothing"]),
+    ("compare-corrupt-metrics", lambda d: ["compare", _run_dir_with(d, "metrics")], ["metrics.json"]),
+    ("compare-bad-scheme", lambda d: ["compare", "--tracking-uri", "foo://x", "--experiment", "e"], ["foo"]),
+]
+
+
+def _npz(**arrays) -> bytes:
+    import io
+
+    base = {"example_ids": np.array(["a", "b"]), "n_correct": np.array([[1, 2], [0, 1]]),
+            "perplexity": np.array([[1.5, 1.2], [2.0, 1.4]])}
+    base.update({k: np.asarray(v) for k, v in arrays.items()})
+    buf = io.BytesIO()
+    np.savez(buf, **base)
+    return buf.getvalue()
+
+
+def _snapshot(d: Path) -> dict[str, str]:
+    return {str(p.relative_to(d)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(d.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_exits_2_with_one_line(case, tmp_path, monkeypatch, capsys):
+    name, build, words = case
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("CURATOR_DEBUG", raising=False)
+    argv = build(tmp_path)
+    capsys.readouterr()
+    before = _snapshot(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    out, err = capsys.readouterr()
+    assert e.value.code == 2, (name, out, err)
+    assert "Traceback" not in err + out
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    after = _snapshot(tmp_path)
+    assert after == before, f"{name} changed files: {sorted(set(after.items()) ^ set(before.items()))}"
+
+
+def test_validate_warns_about_trust_remote_code(tmp_path, capsys):
+    main(["validate", _recipe(tmp_path, model__trust_remote_code=True)])
+    out = capsys.readouterr().out
+    assert "note: model.trust_remote_code is true" in out and "runs Python code" in out
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    import curator.run
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(curator.run, "run_recipe", interrupted)
+    path = _recipe(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["run", path, "--quiet"])
+    err = capsys.readouterr().err
+    assert e.value.code == 130
+    assert f"rerun `curate run {path} --quiet` to resume" in err and "aborted" not in err
+
+
+def test_unknown_errors_keep_their_traceback(tmp_path, monkeypatch):
+    """A bug is not a user error: it must not be hidden behind a one-liner."""
+    import curator.run
+
+    def bug(*a, **kw):
+        raise KeyError("internal")
+
+    monkeypatch.setattr(curator.run, "run_recipe", bug)
+    with pytest.raises(KeyError):
+        main(["run", _recipe(tmp_path), "--quiet"])
+
+
+def test_strategy_params_are_converted_like_recipe_fields():
+    from curator.strategy import build_strategy
+
+    s = build_strategy("uncertainty", {"n": 3.0})  # YAML's 3.0 is a whole number: accepted as int
+    assert s.n == 3 and isinstance(s.n, int)
+
+
+# ---- the MLflow store (items 1, 3, 6): made whole or not at all, rebuilt when unusable
+
+def _half_made_store(path: Path) -> None:
+    """A store whose migration stopped part way (the state a Ctrl-C during creation left)."""
+    import sqlite3
+
+    from curator.tracking.mlflow_store import _client
+
+    import mlflow.store.db.utils  # noqa: F401  (imports the table definitions below)
+    from mlflow.store.db.base_sql_model import Base
+    from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
+
+    # spelled with "..": MLflow caches a store per URI string, and the code under test must open
+    # this file afresh, as a later `curate run` process would
+    other_spelling = f"{path.parent}/../{path.parent.name}/{path.name}"
+    _client("sqlite:///" + other_spelling).search_experiments(max_results=1)
+    con = sqlite3.connect(path)
+    # the initial tables are there, a later migration's table and the version stamp are not
+    late = sorted(set(Base.metadata.tables) - set(InitialBase.metadata.tables))
+    con.execute(f"DROP TABLE {late[-1]}")
+    con.execute("DROP TABLE alembic_version")
+    con.commit()
+    con.close()
+
+
+def test_half_made_store_in_the_run_dir_is_rebuilt(tmp_path):
+    from curator.errors import CuratorError
+    from curator.tracking.mlflow_store import check_reachable, default_tracking_uri
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    _half_made_store(run_dir / "mlflow.db")
+    uri = default_tracking_uri(run_dir)
+    # a store the user named is theirs: say what is wrong and what to do, touch nothing
+    shutil.copy(run_dir / "mlflow.db", tmp_path / "theirs.db")
+    with pytest.raises(CuratorError, match="cannot be opened .*move it away"):
+        check_reachable("sqlite:///" + str(tmp_path / "theirs.db"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "theirs.db"]
+    notes = check_reachable(uri, rebuild_for=run_dir)
+    assert len(notes) == 1 and "is damaged" in notes[0] and "rebuilt from the round files" in notes[0]
+    assert check_reachable(uri, rebuild_for=run_dir) == []  # the new store is whole
+    assert len(list(run_dir.glob("mlflow.db.old-*"))) == 1  # the damaged one is kept aside, not deleted
+
+
+def test_store_creation_interrupted_leaves_no_store(tmp_path, monkeypatch):
+    from curator.tracking import mlflow_store
+
+    real = mlflow_store._client
+
+    def interrupted(uri):
+        if ".tmp-" in uri:
+            real(uri)  # tables made in the temporary file, then the user presses Ctrl-C
+            raise KeyboardInterrupt
+        return real(uri)
+
+    monkeypatch.setattr(mlflow_store, "_client", interrupted)
+    uri = mlflow_store.default_tracking_uri(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        mlflow_store.check_reachable(uri, rebuild_for=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # neither a half-made mlflow.db nor a temporary file
+    monkeypatch.setattr(mlflow_store, "_client", real)
+    assert mlflow_store.check_reachable(uri, rebuild_for=tmp_path) == []
+
+
+def test_run_missing_from_the_store_is_made_again_and_quotes_need_no_escaping(tmp_path):
+    from curator.tracking.mlflow_store import MlflowRun, check_reachable, default_tracking_uri
+
+    run_dir = tmp_path / "it's here"
+    uri = default_tracking_uri(run_dir)
+    check_reachable(uri, rebuild_for=run_dir)
+    tags = {"curator.run_dir": str(run_dir / "o'brien`s"), "strategy": "iid"}
+    first = MlflowRun(uri, "exp 'quoted'", artifact_root=run_dir / "mlartifacts")
+    rid = first.open(None, "o'brien", params={"a": "1"}, tags=tags)
+    assert first.created
+    # killed before run.json was written: the run is found again by its tag, not duplicated
+    again = MlflowRun(uri, "exp 'quoted'", artifact_root=run_dir / "mlartifacts")
+    assert again.open(None, "o'brien", params={"a": "1"}, tags=tags) == rid and not again.created
+    # run.json names a run this store does not hold (another tracking.uri, a deleted store)
+    other = MlflowRun(uri, "exp 'quoted'", artifact_root=run_dir / "mlartifacts")
+    new = other.open("0123456789abcdef0123456789abcdef", "x", params={}, tags={"strategy": "x"})
+    assert new != rid and other.created
