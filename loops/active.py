@@ -36,7 +36,10 @@ from curator.run import RESOLVED_RECIPE
 
 
 def fault_point(name: str) -> None:
-    """Crash-test hook: ``CURATOR_FAULT=<name>`` kills the process here with SIGKILL."""
+    """Crash-test hook: ``CURATOR_FAULT=<name>`` kills the process here with SIGKILL.
+
+    Points: ``round<r>:trained`` (model trained, nothing written), ``round<r>:selected`` (selection
+    made, not written), ``round<r>:done`` (round written, not yet logged to MLflow)."""
     if os.environ.get("CURATOR_FAULT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -111,7 +114,12 @@ class ActiveLoop:
             import torch
 
             # weights only: a crafted pickle in a run directory must not run code
-            self._model_state = torch.load(state_file, map_location="cpu", weights_only=True)
+            try:
+                self._model_state = torch.load(state_file, map_location="cpu", weights_only=True)
+            except Exception as e:  # missing, truncated, or not plain tensors
+                raise CuratorError(f"{state_file} cannot be read as saved weights ({type(e).__name__}: "
+                                   f"{' '.join(str(e).split())[:160]}); delete {self.round_dir(r - 1)} to redo "
+                                   "that round") from None
 
     def save_state(self) -> None:
         # every round's files are written atomically inside run_round; nothing is held in memory only
@@ -244,6 +252,7 @@ class ActiveLoop:
             self._model_state = state
         atomic_write_json(rd / "metrics.json", metrics)
         atomic_write_text(rd / "DONE", "")
+        fault_point(f"round{r}:done")  # finished, not yet in MLflow
         self.history.append(metrics)
         self._log_round(r, metrics)
         self.train_ids = next_ids
