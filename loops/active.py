@@ -37,7 +37,10 @@ from curator.run import RESOLVED_RECIPE
 
 def fault_point(name: str) -> None:
     """Crash-test hook: ``CURATOR_FAULT=<name>`` kills the process here with SIGKILL (only the rank
-    ``CURATOR_FAULT_RANK`` under a multi-process launch, when set)."""
+    ``CURATOR_FAULT_RANK`` under a multi-process launch, when set).
+
+    Points: ``round<r>:trained`` (model trained, nothing written), ``round<r>:selected`` (selection
+    made, not written), ``round<r>:done`` (round written, not yet logged to MLflow)."""
     only = os.environ.get("CURATOR_FAULT_RANK")
     if os.environ.get("CURATOR_FAULT") == name and (only is None or only == os.environ.get("RANK", "0")):
         os.kill(os.getpid(), signal.SIGKILL)
@@ -123,7 +126,12 @@ class ActiveLoop:
             import torch
 
             # weights only: a crafted pickle in a run directory must not run code
-            self._model_state = torch.load(state_file, map_location="cpu", weights_only=True)
+            try:
+                self._model_state = torch.load(state_file, map_location="cpu", weights_only=True)
+            except Exception as e:  # missing, truncated, or not plain tensors
+                raise CuratorError(f"{state_file} cannot be read as saved weights ({type(e).__name__}: "
+                                   f"{' '.join(str(e).split())[:160]}); delete {self.round_dir(r - 1)} to redo "
+                                   "that round") from None
 
     def save_state(self) -> None:
         # every round's files are written atomically inside run_round; nothing is held in memory only
@@ -265,6 +273,7 @@ class ActiveLoop:
         if self.main:
             atomic_write_json(rd / "metrics.json", metrics)
             atomic_write_text(rd / "DONE", "")
+        fault_point(f"round{r}:done")  # finished, not yet in MLflow
         self.history.append(metrics)
         self._log_round(r, metrics)
         self.train_ids = next_ids

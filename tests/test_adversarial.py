@@ -340,3 +340,135 @@ def test_run_missing_from_the_store_is_made_again_and_quotes_need_no_escaping(tm
     other = MlflowRun(uri, "exp 'quoted'", artifact_root=run_dir / "mlartifacts")
     new = other.open("0123456789abcdef0123456789abcdef", "x", params={}, tags={"strategy": "x"})
     assert new != rid and other.created
+
+
+# ---- the run directory (items 4, 5, 7, 8, 9): the user's files, the lock, the seed set, the pool
+
+USER_RECIPE = "# my recipe: these comments are mine\nname: mine\n"
+
+
+def test_run_dir_guarantees(tmp_path, monkeypatch, capsys):
+    """One workspace, several promises (one MLflow store is slow to make):
+    the user's recipe.yaml beside output_dir '.' is untouched; the seed set avoids test examples;
+    a second run on the directory is refused by the lock; a pool that changed under a resumed run
+    is refused; saved weights are read with weights_only=True and a crafted pickle does not run."""
+    import pickle
+
+    from curator.data.loaders import load_examples, save_examples
+    from curator.run import prepare_workspace
+
+    monkeypatch.chdir(tmp_path)
+    pool = load_examples("synthetic:easy?n=12&seed=1")
+    save_examples(pool, tmp_path / "pool.jsonl")
+    save_examples(pool[:8], tmp_path / "test.jsonl")  # 8 of the 12 pool examples are test examples
+    (tmp_path / "recipe.yaml").write_text(USER_RECIPE)
+    d = json.loads(json.dumps(GOOD))
+    d.update(output_dir=".", data={"pool": "pool.jsonl", "test": "test.jsonl", "seed_size": 4, "grader": "gsm8k"},
+             loop={"rounds": 2, "budget": 2, "continue_training": True})
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(d))
+    ws = prepare_workspace(recipe_from_dict_(d), progress=False)
+
+    assert (tmp_path / "recipe.yaml").read_text() == USER_RECIPE  # item 5
+    assert (tmp_path / "curator-run.yaml").exists()
+    test_ids = {e.id for e in pool[:8]}
+    assert len(ws.seed_ids) == 4 and not set(ws.seed_ids) & test_ids  # item 8: the 4 non-test examples
+
+    def refused(words):
+        before = _snapshot(tmp_path)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            main(["run", "mine.yaml", "--quiet"])
+        err = capsys.readouterr().err
+        lines = [x for x in err.splitlines() if x.strip() and " INFO " not in x]
+        assert e.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
+        assert all(w in lines[0] for w in words), lines[0]
+        assert _snapshot(tmp_path) == before
+
+    refused(["in use by another `curate run`", ".curator/lock"])  # item 4
+
+    # item 7: saved weights are never unpickled as code
+    import torch
+
+    from loops.active import ActiveLoop
+    from curator.recipes import StrategySpec
+
+    rd = tmp_path / "iid" / "round-00"
+    rd.mkdir(parents=True)
+    (rd / "metrics.json").write_text(json.dumps({"round": 0, "n_train": 4, "test_accuracy": 0.0}))
+    (rd / "next_train_ids.json").write_text(json.dumps(ws.seed_ids))
+    (rd / "DONE").write_text("")
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    (rd / "trainable_state.pt").write_bytes(pickle.dumps({"w": Payload()}))
+    calls = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: (calls.append(kw), real_load(*a, **kw))[1])
+    from curator.errors import CuratorError
+
+    with pytest.raises(CuratorError, match="trainable_state.pt cannot be read as saved weights"):
+        ActiveLoop(ws, StrategySpec(name="iid")).setup()
+    assert calls and calls[0].get("weights_only") is True and not marker.exists()
+    shutil.rmtree(tmp_path / "iid")
+    ws.release()
+
+    # item 9: the pool file changed under the run
+    changed = pool[:11] + [load_examples("synthetic:easy?n=13&seed=1")[12]]
+    save_examples(changed, tmp_path / "pool.jsonl")
+    refused(["data.pool", "changed since this run started"])
+
+
+def recipe_from_dict_(d):
+    from curator.recipes import recipe_from_dict
+
+    return recipe_from_dict(d)
+
+
+def test_seed_set_from_a_pool_that_is_the_test_set_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = _recipe(tmp_path, data__test=GOOD["data"]["pool"])
+    before = _snapshot(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["run", path])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "also in data.test" in err and len(err.strip().splitlines()) == 1
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_strategy_returning_fewer_than_k_is_its_error():
+    import numpy as np
+
+    from curator.data.loaders import load_examples
+    from curator.errors import StrategyError
+    from curator.strategy import SelectionContext, Strategy, run_selection
+
+    class Short(Strategy):
+        name = "short"
+        needs = frozenset()
+
+        def select(self, ctx, k):
+            return ctx.ids[:1]
+
+    pool = load_examples("synthetic:easy?n=6&seed=1")
+    ctx = SelectionContext(pool=pool, train=[], ledger=None, signals=None, rng=np.random.default_rng(0),
+                           round=0, p=1.105, source=None)
+    with pytest.raises(StrategyError, match="'short' returned 1 ids for k=3 while 6 candidates remain"):
+        run_selection(Short(), ctx, 3)
+
+
+def test_carried_weights_must_fit_the_model():
+    from curator.engine import fresh_model
+    from curator.errors import DataError
+    from curator.models import load_model
+
+    base = load_model("tiny-random")
+    state = {n: p.detach().clone() for n, p in base.model.named_parameters()}
+    fresh_model(base, init_state=state)  # the model's own weights fit
+    with pytest.raises(DataError, match="1 unknown"):
+        fresh_model(base, init_state={**state, "lm_head.extra": state[next(iter(state))]})
+    del state[next(iter(state))]
+    with pytest.raises(DataError, match="1 missing"):
+        fresh_model(base, init_state=state)

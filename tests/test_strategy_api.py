@@ -101,9 +101,10 @@ def test_contract_violations_name_the_strategy(out, msg):
         run_selection(Returns(out), SelectionContext(pool=pool(3)), 2)
 
 
-def test_fewer_than_k_is_noted():
-    sel = run_selection(Returns(["c1"]), SelectionContext(pool=pool(3)), 2)
-    assert sel.ids == ["c1"] and "returned 1 of the 2" in sel.note
+def test_fewer_than_k_with_candidates_left_is_an_error():
+    # not a note: the loop would otherwise stop with a false "the pool ran out" (issue 16)
+    with pytest.raises(StrategyError, match="'returns' returned 1 ids for k=2 while 3 candidates remain"):
+        run_selection(Returns(["c1"]), SelectionContext(pool=pool(3)), 2)
 
 
 def test_score_of_wrong_shape_is_an_error():
