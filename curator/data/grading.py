@@ -7,8 +7,9 @@ a reference answer (`equivalent`). Built-ins, registered in `graders`:
   ignored); fallback "The answer is X"; numeric equality with a small tolerance.
 - ``math``: the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces), fallback "The answer is X";
   equality after the usual MATH normalisation (``\\frac``/``\\dfrac``, ``\\left``/``\\right``,
-  ``\\text{}``, degrees, percent, ``x =``, spaces ...) or, failing that, numerically
-  (``0.5`` = ``\\frac12`` = ``1/2``).
+  ``\\text{}``, degrees, percent, ``x =``, spaces ...) or numerically (``0.5`` = ``\\frac12``);
+  failing both, symbolically with math-verify when it is installed (``2\\sqrt2`` = ``\\sqrt8``,
+  ``\\{1,2\\}`` = ``\\{2,1\\}``). docs/GRADING.md compares the two.
 - ``numeric``: the last number in the completion.
 - ``auto``: picks one of the above from what the completion looks like.
 """
@@ -16,17 +17,24 @@ a reference answer (`equivalent`). Built-ins, registered in `graders`:
 from __future__ import annotations
 
 import abc
-
+import functools
+import importlib.util
+import logging
 import math
 import re
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Iterable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from curator.errors import CuratorError
 from curator.registry import Registry
 
-graders: Registry = Registry("grader", entry_point_group="curator.graders")
+if TYPE_CHECKING:
+    from curator.data.example import Example
+
+graders: Registry[type[Grader] | Grader] = Registry("grader", entry_point_group="curator.graders")
 
 # ---------------------------------------------------------------- numbers
 
@@ -357,14 +365,64 @@ def math_value(normalized: str) -> Fraction | None:
     return None
 
 
+# ---------------------------------------------------------------- math-verify (optional)
+
+
+def math_verify_available() -> bool:
+    """Whether math-verify is installed (a dependency; absent only from a ``--no-deps`` install)."""
+    return importlib.util.find_spec("math_verify") is not None
+
+
+def _mv_timeout() -> int | None:
+    # math-verify bounds its sympy work with signal.alarm, which works only on the main thread;
+    # elsewhere it runs unbounded (it would otherwise fail and grade everything wrong)
+    return 5 if threading.current_thread() is threading.main_thread() else None
+
+
+@functools.lru_cache(maxsize=65536)
+def _mv_parse(answer: str) -> tuple:
+    from math_verify import parse
+
+    # the answer is already extracted; boxing it tells math-verify to read all of it as one answer
+    return tuple(parse("\\boxed{" + answer + "}", parsing_timeout=_mv_timeout()))
+
+
+@functools.lru_cache(maxsize=65536)
+def symbolic_equivalent(pred: str, ref: str) -> bool:
+    """math-verify's verdict on two extracted answers (sympy: ``2\\sqrt2`` = ``\\sqrt8``).
+
+    Cached: the k samples of one prompt repeat the same few answers. An answer math-verify cannot
+    parse is not equivalent. Needs math-verify installed.
+    """
+    from math_verify import verify
+
+    gold, target = _mv_parse(ref), _mv_parse(pred)
+    if not gold or not target:
+        return False
+    # math-verify logs each timeout/parse failure as a warning; a grading run would print thousands
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    return bool(verify(list(gold), list(target), timeout_seconds=_mv_timeout()))
+
+
 @graders.register("math")
 class MathGrader(Grader):
-    """MATH: the last ``\\boxed{}``; normalised string or numeric equality."""
+    """MATH: the last ``\\boxed{}``; normalised string or numeric equality, then math-verify.
+
+    Args:
+        rel_tol: relative tolerance of the numeric comparison.
+        symbolic: check answers the normaliser calls different with math-verify. None (default):
+            when math-verify is installed; True: require it; False: the normaliser alone (faster,
+            misses equivalences that need algebra, see docs/GRADING.md).
+    """
 
     name = "math"
 
-    def __init__(self, rel_tol: float = 1e-6):
+    def __init__(self, rel_tol: float = 1e-6, symbolic: bool | None = None):
         self.rel_tol = rel_tol
+        available = math_verify_available()
+        if symbolic and not available:
+            raise CuratorError("symbolic MATH grading needs math-verify: pip install math-verify")
+        self.symbolic = available if symbolic is None else symbolic
 
     def extract(self, completion: str) -> str | None:
         boxed = last_boxed(completion)
@@ -372,7 +430,8 @@ class MathGrader(Grader):
             return boxed.strip() or None
         return _answer_is(completion)
 
-    def equivalent(self, pred: str, ref: str) -> bool:
+    def normalized_equivalent(self, pred: str, ref: str) -> bool:
+        """The fast path: equal after MATH normalisation, or equal as numbers."""
         a, b = normalize_math(pred), normalize_math(ref)
         if a == b:
             return True
@@ -380,6 +439,14 @@ class MathGrader(Grader):
         if va is not None and vb is not None:
             return numbers_close(va, vb, rel_tol=self.rel_tol)
         return False
+
+    def equivalent(self, pred: str, ref: str) -> bool:
+        if self.normalized_equivalent(pred, ref):
+            return True
+        return self.symbolic and symbolic_equivalent(pred.strip(), str(ref).strip())
+
+    def __repr__(self) -> str:
+        return f"MathGrader(symbolic={self.symbolic})"
 
 
 @graders.register("auto")
@@ -391,7 +458,7 @@ class AutoGrader(Grader):
 
     name = "auto"
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._gsm8k = GSM8KGrader()
         self._math = MathGrader()
         self._numeric = NumericGrader()
@@ -450,7 +517,7 @@ class GradeReport:
         return text
 
 
-def grade_references(examples: Iterable, grader: "str | Grader" = "auto") -> GradeReport:
+def grade_references(examples: Iterable[Example], grader: "str | Grader" = "auto") -> GradeReport:
     """Grade each Example's own solution against its answer; a sound dataset scores 100%."""
     g = get_grader(grader)
     n = n_correct = 0
