@@ -20,15 +20,27 @@ import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
-T = TypeVar("T")
-
 # libraries whose warnings and INFO/WARNING logs are not for the person running `curate`
-LIBRARIES = ("transformers", "peft", "torch", "mlflow", "accelerate", "datasets", "huggingface_hub",
-             "trl", "alembic", "urllib3", "filelock", "math_verify", "sentence_transformers", "vllm")
+LIBRARIES = (
+    "transformers",
+    "peft",
+    "torch",
+    "mlflow",
+    "accelerate",
+    "datasets",
+    "huggingface_hub",
+    "trl",
+    "alembic",
+    "urllib3",
+    "filelock",
+    "math_verify",
+    "sentence_transformers",
+    "vllm",
+)
 # env var -> value in quiet mode: read by each library when it configures its logger at import
 _QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
@@ -38,6 +50,29 @@ _QUIET_ENV = {
     "MLFLOW_LOGGING_LEVEL": "ERROR",
     "TOKENIZERS_PARALLELISM": "false",  # its fork warning; curator does not tokenize in parallel workers
 }
+
+
+class Progress(Protocol):
+    """What `progress` returns: the part of tqdm's interface curator uses."""
+
+    disable: bool
+    n: int
+    total: int | None
+
+    def update(self, n: float = 1) -> Any: ...
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None: ...
+
+    def set_description(self, desc: str | None = None, refresh: bool = True) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: Any) -> Any: ...
+
 
 _verbose = False
 _open: list[Any] = []  # the stack of open bars (real tqdm bars and nested phases)
@@ -91,8 +126,7 @@ def _forget(bar: object) -> None:
 class _NestedPhase:
     """A phase inside an open bar: shown as ``desc n/total`` at the end of that bar's line."""
 
-    def __init__(self, parent: Any, iterable: Iterable[Any] | None, total: int | None, desc: str,
-                 disable: bool):
+    def __init__(self, parent: Any, iterable: Iterable[Any] | None, total: int | None, desc: str, disable: bool):
         self.parent, self.iterable, self.desc, self.disable = parent, iterable, desc, disable
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
@@ -145,12 +179,13 @@ class _NestedPhase:
     def __enter__(self) -> _NestedPhase:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
-class _Bar(tqdm):  # type: ignore[misc]  # tqdm has no type hints
+class _Bar(tqdm):
     """A tqdm bar that leaves the stack of open bars when it closes."""
 
     def close(self) -> None:
@@ -158,8 +193,16 @@ class _Bar(tqdm):  # type: ignore[misc]  # tqdm has no type hints
         super().close()
 
 
-def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "",
-             unit: str = "it", disable: bool = False, leave: bool | None = None, **kwargs: Any) -> Any:
+def progress(
+    iterable: Iterable[Any] | None = None,
+    *,
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    disable: bool = False,
+    leave: bool | None = None,
+    **kwargs: Any,
+) -> Progress:
     """A progress display for one phase (tqdm's interface: ``update``, ``set_postfix``, ``close``,
     iteration, ``with``).
 
@@ -178,8 +221,16 @@ def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, d
         return phase
     if not sys.stderr.isatty():
         kwargs.setdefault("mininterval", 30.0)
-    bar = _Bar(iterable, total=total, desc=desc, unit=unit, disable=disable,
-               leave=True if leave is None else leave, dynamic_ncols=True, **kwargs)
+    bar = _Bar(
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=disable,
+        leave=True if leave is None else leave,
+        dynamic_ncols=True,
+        **kwargs,
+    )
     if not disable:
         _open.append(bar)
     return bar

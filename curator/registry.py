@@ -89,7 +89,8 @@ class Registry(Generic[T]):
                 raise CuratorError(
                     f"{self.kind} {name!r} is registered twice: by {self._sources.get(name, repr(old))} and by "
                     f"{source}. Rename one of them (a plugin must not reuse a built-in name), or uninstall "
-                    f"the plugin you do not want")
+                    f"the plugin you do not want"
+                )
             return  # the same target again: keep the first entry (it may already be resolved)
         self._entries[name] = target
         self._sources[name] = source
@@ -134,5 +135,7 @@ class Registry(Generic[T]):
         names = self.names()
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        return (f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(names) or '(none)'}"
-                f" — or give a 'package.module:Class' path")
+        return (
+            f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(names) or '(none)'}"
+            f" — or give a 'package.module:Class' path"
+        )

@@ -48,7 +48,7 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
-@click.option("-v", "--verbose", is_flag=True, help="Show library warnings and logs (transformers, torch, mlflow ...).")
+@click.option("-v", "--verbose", is_flag=True, help="Show library warnings and logs (transformers, torch, mlflow...).")
 @click.version_option(__version__, package_name="premem-curator", prog_name="curate")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:

@@ -183,8 +183,9 @@ class GSM8KGrader(NumericGrader):
 
     def extract(self, completion: str) -> str | None:
         idx = completion.rfind("####")
+        raw: str | None
         if idx >= 0:
-            raw = completion[idx + 4:].strip().split("\n")[0].strip()
+            raw = completion[idx + 4 :].strip().split("\n")[0].strip()
         else:
             raw = _answer_is(completion)
             if raw is None:
@@ -222,11 +223,11 @@ def last_boxed(text: str) -> str | None:
             elif c == "}":
                 depth -= 1
                 if depth == 0:
-                    return text[i + 1:j]
+                    return text[i + 1 : j]
         return None  # unbalanced braces: no answer rather than a wrong one
     # "\boxed 5" form: up to the next "$" or whitespace
-    m = re.match(r"([^\s$]+)", text[i:])
-    return m.group(1) if m else None
+    bare = re.match(r"([^\s$]+)", text[i:])
+    return bare.group(1) if bare else None
 
 
 def _strip_wrapper(s: str, cmd: str) -> str:
@@ -252,7 +253,7 @@ def _strip_wrapper(s: str, cmd: str) -> str:
         if depth:  # unbalanced: keep the rest as is
             out.append(s[j:])
             return "".join(out)
-        out.append(s[start:k - 1])
+        out.append(s[start : k - 1])
         i = k
 
 
@@ -271,8 +272,8 @@ def _fix_fracs(s: str) -> str:
                     depth += c == "{"
                     depth -= c == "}"
                     if depth == 0:
-                        args.append(rest[:k + 1])
-                        rest = rest[k + 1:]
+                        args.append(rest[: k + 1])
+                        rest = rest[k + 1 :]
                         break
                 else:
                     args.append(rest)
@@ -289,9 +290,37 @@ def _fix_sqrt(s: str) -> str:
 
 
 _TEXT_UNIT_RE = re.compile(r"\\(?:text|textbf|mbox|mathrm)\{\s*[A-Za-z][A-Za-z .]*\}\s*$")
-_UNIT_WORDS = ("units", "unit", "sq", "square", "cm", "m", "km", "inches", "inch", "feet", "foot",
-               "ft", "meters", "meter", "degrees", "degree", "dollars", "dollar", "cents", "cent",
-               "hours", "hour", "minutes", "minute", "seconds", "second", "days", "day", "mph")
+_UNIT_WORDS = (
+    "units",
+    "unit",
+    "sq",
+    "square",
+    "cm",
+    "m",
+    "km",
+    "inches",
+    "inch",
+    "feet",
+    "foot",
+    "ft",
+    "meters",
+    "meter",
+    "degrees",
+    "degree",
+    "dollars",
+    "dollar",
+    "cents",
+    "cent",
+    "hours",
+    "hour",
+    "minutes",
+    "minute",
+    "seconds",
+    "second",
+    "days",
+    "day",
+    "mph",
+)
 
 
 def normalize_math(answer: str) -> str:
@@ -482,12 +511,12 @@ class AutoGrader(Grader):
         return self._math.equivalent(pred, ref)
 
 
-def get_grader(name: "str | Grader") -> Grader:
+def get_grader(name: str | Grader) -> Grader:
     """A grader instance by registry name (``gsm8k``, ``math``, ``numeric``, ``auto``), a
     ``module:Class`` path, or an instance (returned as is)."""
     if not isinstance(name, str):
         if isinstance(name, GraderProtocol):
-            return name  # type: ignore[return-value]
+            return name
         raise CuratorError(f"grader must be a name or a Grader, got {type(name).__name__}")
     target = graders.get(name)
     return target() if isinstance(target, type) else target
@@ -517,7 +546,7 @@ class GradeReport:
         return text
 
 
-def grade_references(examples: Iterable[Example], grader: "str | Grader" = "auto") -> GradeReport:
+def grade_references(examples: Iterable[Example], grader: str | Grader = "auto") -> GradeReport:
     """Grade each Example's own solution against its answer; a sound dataset scores 100%."""
     g = get_grader(grader)
     n = n_correct = 0
