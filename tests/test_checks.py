@@ -30,3 +30,9 @@ def test_mypy():
     res = _run("mypy")  # files and settings from [tool.mypy] in pyproject.toml
     assert res.returncode == 0, f"`mypy` failed:\n{res.stdout}{res.stderr}"
     assert "Success: no issues found" in res.stdout
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci.endswith("&& pytest") and f"```bash\n{ci}\n```" in readme
