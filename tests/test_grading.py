@@ -1,6 +1,7 @@
 """Graders: extraction and equivalence on hand-written GSM8K- and MATH-style cases."""
 
 import importlib.util
+import logging
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -11,6 +12,7 @@ from curator.data.example import Example
 from curator.data.grading import (
     AutoGrader, GSM8KGrader, Grader, MathGrader, NumericGrader, format_number, get_grader,
     grade_references, graders, last_boxed, normalize_math, parse_number, symbolic_equivalent,
+    symbolic_worth_trying,
 )
 from curator.errors import CuratorError
 
@@ -182,15 +184,26 @@ def test_issue_pairs_need_math_verify(pred, ref):
     assert AutoGrader().is_correct(rf"\boxed{{{pred}}}", ref)
 
 
-def test_math_verify_off_the_main_thread():
-    # math-verify's timeouts use signal.alarm, which raises off the main thread; the grader turns
-    # them off there instead of grading everything wrong
-    symbolic_equivalent.cache_clear()
+def test_math_verify_only_on_the_main_thread(caplog):
+    # math-verify's timeouts use signal.alarm, which fails off the main thread, and without them
+    # 10^{10^{10}} never returns: there the grader falls back to the normaliser, and says so
     out = []
-    t = threading.Thread(target=lambda: out.append(MathGrader().equivalent(r"2\sqrt2", r"\sqrt8")))
-    t.start()
-    t.join()
-    assert out == [True]
+    with caplog.at_level(logging.WARNING, logger="curator.data.grading"):
+        t = threading.Thread(target=lambda: out.append((MathGrader().equivalent(r"2\sqrt2", r"\sqrt8"),
+                                                        MathGrader().equivalent(r"\frac12", "0.5"))))
+        t.start()
+        t.join()
+    assert out == [(False, True)]
+    assert "off the main thread use curator's normaliser only" in caplog.text
+
+
+def test_math_verify_skips_long_predictions():
+    assert symbolic_worth_trying(r"2\sqrt2", r"\sqrt8")
+    assert not symbolic_worth_trying("x" * 50, r"\frac12")  # math-verify takes >1 s to reject this
+    assert not symbolic_worth_trying("1", "1" * 201)
+    symbolic_equivalent.cache_clear()
+    assert not MathGrader().equivalent("so we get " * 10, "7")
+    assert symbolic_equivalent.cache_info().currsize == 0  # math-verify was not asked
 
 
 def test_math_grader_without_math_verify(monkeypatch):

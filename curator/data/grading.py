@@ -402,10 +402,15 @@ def math_verify_available() -> bool:
     return importlib.util.find_spec("math_verify") is not None
 
 
-def _mv_timeout() -> int | None:
-    # math-verify bounds its sympy work with signal.alarm, which works only on the main thread;
-    # elsewhere it runs unbounded (it would otherwise fail and grade everything wrong)
-    return 5 if threading.current_thread() is threading.main_thread() else None
+# math-verify bounds each parse and comparison with signal.alarm: seconds per call
+_MV_TIMEOUT_S = 2
+log = logging.getLogger(__name__)
+
+
+def symbolic_worth_trying(pred: str, ref: str) -> bool:
+    """Whether to ask math-verify at all: equivalent forms are of similar length, and sympy on a
+    long string (a sentence taken for an answer) costs seconds before it says no."""
+    return len(ref) <= 200 and len(pred) <= 3 * len(ref) + 20
 
 
 @functools.lru_cache(maxsize=65536)
@@ -413,7 +418,7 @@ def _mv_parse(answer: str) -> tuple:
     from math_verify import parse
 
     # the answer is already extracted; boxing it tells math-verify to read all of it as one answer
-    return tuple(parse("\\boxed{" + answer + "}", parsing_timeout=_mv_timeout()))
+    return tuple(parse("\\boxed{" + answer + "}", parsing_timeout=_MV_TIMEOUT_S))
 
 
 @functools.lru_cache(maxsize=65536)
@@ -421,7 +426,8 @@ def symbolic_equivalent(pred: str, ref: str) -> bool:
     """math-verify's verdict on two extracted answers (sympy: ``2\\sqrt2`` = ``\\sqrt8``).
 
     Cached: the k samples of one prompt repeat the same few answers. An answer math-verify cannot
-    parse is not equivalent. Needs math-verify installed.
+    parse, or that takes longer than its timeout, is not equivalent. Main thread only (the timeout
+    is a signal); needs math-verify installed.
     """
     from math_verify import verify
 
@@ -430,7 +436,15 @@ def symbolic_equivalent(pred: str, ref: str) -> bool:
         return False
     # math-verify logs each timeout/parse failure as a warning; a grading run would print thousands
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    return bool(verify(list(gold), list(target), timeout_seconds=_mv_timeout()))
+    return bool(verify(list(gold), list(target), timeout_seconds=_MV_TIMEOUT_S))
+
+
+@functools.lru_cache(maxsize=1)
+def _note_off_main_thread() -> None:
+    log.warning(
+        "MATH answers graded off the main thread use curator's normaliser only: math-verify's "
+        "timeouts need the main thread, and without them an answer like 10^{10^{10}} never returns"
+    )
 
 
 @graders.register("math")
@@ -441,7 +455,8 @@ class MathGrader(Grader):
         rel_tol: relative tolerance of the numeric comparison.
         symbolic: check answers the normaliser calls different with math-verify. None (default):
             when math-verify is installed; True: require it; False: the normaliser alone (faster,
-            misses equivalences that need algebra, see docs/GRADING.md).
+            misses equivalences that need algebra, see docs/GRADING.md). math-verify is skipped
+            for a prediction much longer than the reference and off the main thread.
     """
 
     name = "math"
@@ -472,7 +487,13 @@ class MathGrader(Grader):
     def equivalent(self, pred: str, ref: str) -> bool:
         if self.normalized_equivalent(pred, ref):
             return True
-        return self.symbolic and symbolic_equivalent(pred.strip(), str(ref).strip())
+        pred, ref = pred.strip(), str(ref).strip()
+        if not self.symbolic or not symbolic_worth_trying(pred, ref):
+            return False
+        if threading.current_thread() is not threading.main_thread():
+            _note_off_main_thread()
+            return False
+        return symbolic_equivalent(pred, ref)
 
     def __repr__(self) -> str:
         return f"MathGrader(symbolic={self.symbolic})"
