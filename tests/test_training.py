@@ -255,7 +255,9 @@ def test_grad_accumulation_gives_the_global_token_mean():
     (p0, l0) = out[0]
     for p, l in out[1:]:
         assert l == pytest.approx(l0, rel=1e-5)
-        assert all(torch.allclose(p0[k], p[k], atol=1e-5) for k in p0)
+        # Adam divides by sqrt(v): where a gradient is near zero, float32 summation-order noise
+        # between micro-batch splits moves a weight by ~1% of lr (2.7e-5 at lr 3e-3 seen on one BLAS)
+        assert all(torch.allclose(p0[k], p[k], atol=1e-4) for k in p0)
 
 
 def test_every_n_steps_checkpoints_and_tail_metrics():
