@@ -129,6 +129,8 @@ def test_final_summary_is_short_and_exact():
           premem-threshold        20     0.281      0.550  best  stopped early: pool exhausted
         curves: /nonexistent/run/curves.png
         MLflow: mlflow ui --backend-store-uri sqlite:////r/mlflow.db  (experiment 'demo')""")
+    s.strategies["iid"]["final"]["test_accuracy"] = 0.28125  # a tie: nobody is marked best
+    assert " best" not in final_summary(s)
 
 
 QUIET_CHECK = """

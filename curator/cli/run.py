@@ -37,7 +37,7 @@ def run(recipe, overrides, quiet):
         echo(f"note: {note}")
     n = len(r.strategies)
     echo(f"recipe {r.name!r}: {n} strateg{'y' if n == 1 else 'ies'} ({', '.join(s.run_name for s in r.strategies)}), "
-         f"{r.loop.rounds} rounds, model {r.model.name}; run dir {r.run_dir}")
+         f"{r.loop.rounds} round{'' if r.loop.rounds == 1 else 's'}, model {r.model.name}; run dir {r.run_dir}")
     summary = run_recipe(r, progress=not quiet, echo=echo)
     if summary.compare_table and is_verbose():
         echo("")
@@ -56,6 +56,7 @@ def final_summary(summary: RunSummary) -> str:
                      f"{premem:.3f}" if premem is not None else "-",
                      f"stopped early: {s['stopped_reason']}" if s.get("stopped_reason") else ""))
     best = max((float(r[2]) for r in rows if r[2] != "-"), default=None)
+    n_best = sum(1 for r in rows if r[2] != "-" and float(r[2]) == best)  # a tie marks nobody best
     head = ("strategy", "examples", "test acc", "PreMemAcc", "")
     widths = [max(len(row[i]) for row in [head, *rows]) for i in range(4)]
 
@@ -65,7 +66,7 @@ def final_summary(summary: RunSummary) -> str:
 
     out = [line(head, "")]
     for row in rows:
-        top = best is not None and len(rows) > 1 and row[2] != "-" and float(row[2]) == best
+        top = n_best == 1 and len(rows) > 1 and row[2] != "-" and float(row[2]) == best
         out.append(line(row, "  ".join(x for x in ("best" if top else "", row[4]) if x)))
     table = summary.run_dir / "compare.md"
     if summary.curves_png:
