@@ -35,7 +35,7 @@ class MissingExtraError(CuratorError):
 
     def __init__(self, package: str, extra: str, purpose: str):
         super().__init__(
-            f"{purpose} needs the '{package}' package: pip install 'curator[{extra}]'"
+            f"{purpose} needs the '{package}' package: pip install 'premem-curator[{extra}]'"
         )
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar, overload
 
 from curator.errors import CuratorError
 
@@ -39,14 +40,36 @@ def import_target(path: str, what: str = "object") -> Any:
     return obj
 
 
+def target_path(target: object) -> str | None:
+    """``"module:QualName"`` of a registered class or function, the string itself for a lazy target,
+    None for anything else (an instance)."""
+    if isinstance(target, str):
+        return target
+    module, qualname = getattr(target, "__module__", None), getattr(target, "__qualname__", None)
+    return f"{module}:{qualname}" if module and qualname else None
+
+
 class Registry(Generic[T]):
-    """Name -> object (or lazy ``module:Attr`` target) for one kind of plugin."""
+    """Name -> object (or lazy ``module:Attr`` target) for one kind of plugin.
+
+    A name has one owner: registering it again with something else — a plugin reusing a built-in
+    name, or two plugins the same name — raises a CuratorError that names both sources, instead of
+    one silently replacing the other. Registering the same target again (a reloaded module, a lazy
+    ``"mod:Cls"`` and then ``Cls`` itself) is not a clash.
+    """
 
     def __init__(self, kind: str, entry_point_group: str | None = None):
         self.kind = kind
         self.entry_point_group = entry_point_group
         self._entries: dict[str, T | str] = {}
+        self._sources: dict[str, str] = {}  # name -> where it was registered, for clash messages
         self._entry_points_loaded = False
+
+    @overload
+    def register(self, name: str) -> Callable[[T], T]: ...
+
+    @overload
+    def register(self, name: str, target: T | str) -> None: ...
 
     def register(self, name: str, target: T | str | None = None) -> Callable[[T], T] | None:
         """``@registry.register("name")`` on a class, or ``registry.register("name", "mod:Cls")``."""
@@ -60,13 +83,22 @@ class Registry(Generic[T]):
 
         return deco
 
-    def _add(self, name: str, target: T | str) -> None:
-        old = self._entries.get(name)
-        if old is not None and old is not target and not isinstance(old, str):
-            # re-registering the same name with a different object is a plugin clash, not an update
-            if not (isinstance(target, str) or getattr(old, "__qualname__", None) == getattr(target, "__qualname__", 0)):
-                raise CuratorError(f"{self.kind} {name!r} is registered twice ({old!r} and {target!r})")
+    def _add(self, name: str, target: T | str, source: str | None = None) -> None:
+        """The one place entries come in (code and entry points): refuses a second owner of a name."""
+        path = target_path(target)
+        source = source or (repr(path) if path else repr(target))
+        if name in self._entries:
+            old = self._entries[name]
+            old_path = target_path(old)
+            if old is not target and (path is None or path != old_path):
+                raise CuratorError(
+                    f"{self.kind} {name!r} is registered twice: by {self._sources.get(name, repr(old))} and by "
+                    f"{source}. Rename one of them (a plugin must not reuse a built-in name), or uninstall "
+                    f"the plugin you do not want"
+                )
+            return  # the same target again: keep the first entry (it may already be resolved)
         self._entries[name] = target
+        self._sources[name] = source
 
     def _load_entry_points(self) -> None:
         if self._entry_points_loaded or not self.entry_point_group:
@@ -75,7 +107,9 @@ class Registry(Generic[T]):
         from importlib.metadata import entry_points
 
         for ep in entry_points(group=self.entry_point_group):
-            self._entries.setdefault(ep.name, ep.value)
+            dist = getattr(ep, "dist", None)
+            owner = f"the package {dist.name!r}" if dist is not None else "an installed package"
+            self._add(ep.name, ep.value, source=f"{owner} (entry point {ep.name} = {ep.value})")
 
     def names(self) -> list[str]:
         self._load_entry_points()
@@ -97,13 +131,16 @@ class Registry(Generic[T]):
             raise CuratorError(self.unknown_message(name))
         target = self._entries[name]
         if isinstance(target, str):
-            target = import_target(target, f"{self.kind} {name!r}")
-            self._entries[name] = target
+            resolved: T = import_target(target, f"{self.kind} {name!r}")
+            self._entries[name] = resolved
+            return resolved
         return target
 
     def unknown_message(self, name: str) -> str:
         names = self.names()
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        return (f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(names) or '(none)'}"
-                f" — or give a 'package.module:Class' path")
+        return (
+            f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(names) or '(none)'}"
+            f" — or give a 'package.module:Class' path"
+        )

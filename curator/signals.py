@@ -107,7 +107,7 @@ class Signals:
         fmt: the PromptFormat (prompt/target text); default the paper's.
         sampling: SamplingParams for ``answers``; n_answers: samples per candidate by default.
         encoder: ``"model"`` (default) or a sentence-transformers model name or directory
-            (needs ``pip install 'curator[st]'``).
+            (needs ``pip install 'premem-curator[st]'``).
         embed_fn: any ``list[Example] -> [n, d] array`` to use instead (a custom encoder).
         key: the model key for the cache (default: a fingerprint of the model's weights).
         cache: a SignalCache to share between Signals objects (default: a private one).
@@ -283,8 +283,8 @@ def mean_pooled_hidden_states(model: Any, tokenizer: Any, texts: Sequence[str], 
                               max_length: int = 512) -> np.ndarray:
     """[n, hidden] float32: last-layer hidden states averaged over each prompt's real tokens."""
     import torch
-    from tqdm.auto import tqdm
 
+    from curator.console import progress
     from curator.data.format import encode_prompt
 
     ids = [encode_prompt(tokenizer, t)[:max_length] or [tokenizer.eos_token_id or 0] for t in texts]
@@ -296,7 +296,7 @@ def mean_pooled_hidden_states(model: Any, tokenizer: Any, texts: Sequence[str], 
     try:
         with torch.no_grad():
             starts = range(0, len(ids), batch_size)
-            for s in tqdm(starts, desc="embedding", unit="batch", disable=len(starts) < 20):
+            for s in progress(starts, desc="embedding", unit="batch", disable=len(starts) < 20):
                 idx = order[s:s + batch_size]
                 L = max(len(ids[i]) for i in idx)
                 inp = torch.zeros((len(idx), L), dtype=torch.long)

@@ -24,7 +24,8 @@ _CHUNK = 65536
 def min_sq_dist(X: np.ndarray, C: np.ndarray, chunk: int = _CHUNK, progress: bool = False) -> np.ndarray:
     """Squared L2 distance from each row of X to its nearest row of C (FAISS brute force)."""
     import faiss
-    from tqdm.auto import tqdm
+
+    from curator.console import progress as progress_bar
 
     out = np.empty(len(X), np.float32)
     if len(C) == 0:
@@ -32,7 +33,7 @@ def min_sq_dist(X: np.ndarray, C: np.ndarray, chunk: int = _CHUNK, progress: boo
         return out
     C = np.ascontiguousarray(C, dtype=np.float32)
     starts = range(0, len(X), chunk)
-    for s in tqdm(starts, desc="distances to covered set", unit="chunk", disable=not progress):
+    for s in progress_bar(starts, desc="distances to covered set", unit="chunk", disable=not progress):
         D, _ = faiss.knn(np.ascontiguousarray(X[s:s + chunk], dtype=np.float32), C, 1)
         out[s:s + chunk] = np.maximum(D[:, 0], 0)
     return out

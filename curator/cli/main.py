@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from curator import __version__
 
 # name -> ("module:attr", one-line help shown by `curate --help` without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -46,10 +47,14 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
-@click.version_option(package_name="curator")
+@click.option("-v", "--verbose", is_flag=True, help="Show library warnings and logs (transformers, torch, mlflow...).")
+@click.version_option(__version__, package_name="premem-curator", prog_name="curate")
 @click.pass_context
-def cli(ctx, debug):
+def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     """curator: active data curation for LLM reasoning finetuning, driven by learning dynamics."""
+    from curator.console import set_verbose
+
+    set_verbose(verbose)
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     if debug:

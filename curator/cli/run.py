@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
+
+from curator.console import echo as _echo
+from curator.console import is_verbose
+
+if TYPE_CHECKING:
+    from curator.run import RunSummary
 
 
 def _load(recipe, overrides):
@@ -27,24 +35,50 @@ def run(recipe, overrides, quiet):
     from curator.run import run_recipe
 
     # under `accelerate launch` every rank runs this command; one speaks
-    echo = click.echo if is_main_process() else (lambda *a, **k: None)
+    echo = _echo if is_main_process() else (lambda *a, **k: None)
     r = _load(recipe, overrides)
     for note in validate_recipe(r):
         echo(f"note: {note}")
-    echo(f"recipe {r.name!r}: {len(r.strategies)} strateg{'y' if len(r.strategies) == 1 else 'ies'} "
-          f"({', '.join(s.run_name for s in r.strategies)}), {r.loop.rounds} rounds, model {r.model.name}; "
-          f"run dir {r.run_dir}")
+    n = len(r.strategies)
+    echo(f"recipe {r.name!r}: {n} strateg{'y' if n == 1 else 'ies'} ({', '.join(s.run_name for s in r.strategies)}), "
+         f"{r.loop.rounds} round{'' if r.loop.rounds == 1 else 's'}, model {r.model.name}; run dir {r.run_dir}")
     summary = run_recipe(r, progress=not quiet, echo=echo)
-    if summary.compare_table:
+    if summary.compare_table and is_verbose():
         echo("")
         echo(summary.compare_table)
+    echo("")
+    echo(final_summary(summary))
+
+
+def final_summary(summary: RunSummary) -> str:
+    """What a run ended with, readable in five seconds: one row per strategy, then where to look."""
+    rows = []
     for name, s in summary.strategies.items():
-        if s.get("stopped_reason"):
-            echo(f"note: {name} stopped early: {s['stopped_reason']}")
+        final = s.get("final") or {}
+        acc, premem = final.get("test_accuracy"), final.get("premem_acc")
+        rows.append((name, str(final.get("n_train", "-")), f"{acc:.3f}" if acc is not None else "-",
+                     f"{premem:.3f}" if premem is not None else "-",
+                     f"stopped early: {s['stopped_reason']}" if s.get("stopped_reason") else ""))
+    best = max((float(r[2]) for r in rows if r[2] != "-"), default=None)
+    n_best = sum(1 for r in rows if r[2] != "-" and float(r[2]) == best)  # a tie marks nobody best
+    head = ("strategy", "examples", "test acc", "PreMemAcc", "")
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(4)]
+
+    def line(row: tuple[str, ...], note: str) -> str:
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:4], widths[1:])]
+        return ("  " + "  ".join(cells) + (f"  {note}" if note else "")).rstrip()
+
+    out = [line(head, "")]
+    for row in rows:
+        top = n_best == 1 and len(rows) > 1 and row[2] != "-" and float(row[2]) == best
+        out.append(line(row, "  ".join(x for x in ("best" if top else "", row[4]) if x)))
+    table = summary.run_dir / "compare.md"
     if summary.curves_png:
-        echo(f"curves: {summary.curves_png}")
-    echo(f"MLflow: mlflow ui --backend-store-uri {summary.tracking_uri}  "
-          f"(experiment {summary.experiment!r})")
+        out.append(f"curves: {summary.curves_png}")
+    if table.exists():
+        out.append(f"table:  {table}  (efficiency vs iid{'' if is_verbose() else '; printed with curate --verbose'})")
+    out.append(f"MLflow: mlflow ui --backend-store-uri {summary.tracking_uri}  (experiment {summary.experiment!r})")
+    return "\n".join(out)
 
 
 @click.command()

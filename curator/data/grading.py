@@ -7,8 +7,9 @@ a reference answer (`equivalent`). Built-ins, registered in `graders`:
   ignored); fallback "The answer is X"; numeric equality with a small tolerance.
 - ``math``: the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces), fallback "The answer is X";
   equality after the usual MATH normalisation (``\\frac``/``\\dfrac``, ``\\left``/``\\right``,
-  ``\\text{}``, degrees, percent, ``x =``, spaces ...) or, failing that, numerically
-  (``0.5`` = ``\\frac12`` = ``1/2``).
+  ``\\text{}``, degrees, percent, ``x =``, spaces ...) or numerically (``0.5`` = ``\\frac12``);
+  failing both, symbolically with math-verify when it is installed (``2\\sqrt2`` = ``\\sqrt8``,
+  ``\\{1,2\\}`` = ``\\{2,1\\}``). docs/GRADING.md compares the two.
 - ``numeric``: the last number in the completion.
 - ``auto``: picks one of the above from what the completion looks like.
 """
@@ -16,17 +17,24 @@ a reference answer (`equivalent`). Built-ins, registered in `graders`:
 from __future__ import annotations
 
 import abc
-
+import functools
+import importlib.util
+import logging
 import math
 import re
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Iterable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from curator.errors import CuratorError
 from curator.registry import Registry
 
-graders: Registry = Registry("grader", entry_point_group="curator.graders")
+if TYPE_CHECKING:
+    from curator.data.example import Example
+
+graders: Registry[type[Grader] | Grader] = Registry("grader", entry_point_group="curator.graders")
 
 # ---------------------------------------------------------------- numbers
 
@@ -175,8 +183,9 @@ class GSM8KGrader(NumericGrader):
 
     def extract(self, completion: str) -> str | None:
         idx = completion.rfind("####")
+        raw: str | None
         if idx >= 0:
-            raw = completion[idx + 4:].strip().split("\n")[0].strip()
+            raw = completion[idx + 4 :].strip().split("\n")[0].strip()
         else:
             raw = _answer_is(completion)
             if raw is None:
@@ -214,11 +223,11 @@ def last_boxed(text: str) -> str | None:
             elif c == "}":
                 depth -= 1
                 if depth == 0:
-                    return text[i + 1:j]
+                    return text[i + 1 : j]
         return None  # unbalanced braces: no answer rather than a wrong one
     # "\boxed 5" form: up to the next "$" or whitespace
-    m = re.match(r"([^\s$]+)", text[i:])
-    return m.group(1) if m else None
+    bare = re.match(r"([^\s$]+)", text[i:])
+    return bare.group(1) if bare else None
 
 
 def _strip_wrapper(s: str, cmd: str) -> str:
@@ -244,7 +253,7 @@ def _strip_wrapper(s: str, cmd: str) -> str:
         if depth:  # unbalanced: keep the rest as is
             out.append(s[j:])
             return "".join(out)
-        out.append(s[start:k - 1])
+        out.append(s[start : k - 1])
         i = k
 
 
@@ -263,8 +272,8 @@ def _fix_fracs(s: str) -> str:
                     depth += c == "{"
                     depth -= c == "}"
                     if depth == 0:
-                        args.append(rest[:k + 1])
-                        rest = rest[k + 1:]
+                        args.append(rest[: k + 1])
+                        rest = rest[k + 1 :]
                         break
                 else:
                     args.append(rest)
@@ -281,9 +290,37 @@ def _fix_sqrt(s: str) -> str:
 
 
 _TEXT_UNIT_RE = re.compile(r"\\(?:text|textbf|mbox|mathrm)\{\s*[A-Za-z][A-Za-z .]*\}\s*$")
-_UNIT_WORDS = ("units", "unit", "sq", "square", "cm", "m", "km", "inches", "inch", "feet", "foot",
-               "ft", "meters", "meter", "degrees", "degree", "dollars", "dollar", "cents", "cent",
-               "hours", "hour", "minutes", "minute", "seconds", "second", "days", "day", "mph")
+_UNIT_WORDS = (
+    "units",
+    "unit",
+    "sq",
+    "square",
+    "cm",
+    "m",
+    "km",
+    "inches",
+    "inch",
+    "feet",
+    "foot",
+    "ft",
+    "meters",
+    "meter",
+    "degrees",
+    "degree",
+    "dollars",
+    "dollar",
+    "cents",
+    "cent",
+    "hours",
+    "hour",
+    "minutes",
+    "minute",
+    "seconds",
+    "second",
+    "days",
+    "day",
+    "mph",
+)
 
 
 def normalize_math(answer: str) -> str:
@@ -357,14 +394,79 @@ def math_value(normalized: str) -> Fraction | None:
     return None
 
 
+# ---------------------------------------------------------------- math-verify (optional)
+
+
+def math_verify_available() -> bool:
+    """Whether math-verify is installed (a dependency; absent only from a ``--no-deps`` install)."""
+    return importlib.util.find_spec("math_verify") is not None
+
+
+# math-verify bounds each parse and comparison with signal.alarm: seconds per call
+_MV_TIMEOUT_S = 2
+log = logging.getLogger(__name__)
+
+
+def symbolic_worth_trying(pred: str, ref: str) -> bool:
+    """Whether to ask math-verify at all: equivalent forms are of similar length, and sympy on a
+    long string (a sentence taken for an answer) costs seconds before it says no."""
+    return len(ref) <= 200 and len(pred) <= 3 * len(ref) + 20
+
+
+@functools.lru_cache(maxsize=65536)
+def _mv_parse(answer: str) -> tuple:
+    from math_verify import parse
+
+    # the answer is already extracted; boxing it tells math-verify to read all of it as one answer
+    return tuple(parse("\\boxed{" + answer + "}", parsing_timeout=_MV_TIMEOUT_S))
+
+
+@functools.lru_cache(maxsize=65536)
+def symbolic_equivalent(pred: str, ref: str) -> bool:
+    """math-verify's verdict on two extracted answers (sympy: ``2\\sqrt2`` = ``\\sqrt8``).
+
+    Cached: the k samples of one prompt repeat the same few answers. An answer math-verify cannot
+    parse, or that takes longer than its timeout, is not equivalent. Main thread only (the timeout
+    is a signal); needs math-verify installed.
+    """
+    from math_verify import verify
+
+    gold, target = _mv_parse(ref), _mv_parse(pred)
+    if not gold or not target:
+        return False
+    # math-verify logs each timeout/parse failure as a warning; a grading run would print thousands
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    return bool(verify(list(gold), list(target), timeout_seconds=_MV_TIMEOUT_S))
+
+
+@functools.lru_cache(maxsize=1)
+def _note_off_main_thread() -> None:
+    log.warning(
+        "MATH answers graded off the main thread use curator's normaliser only: math-verify's "
+        "timeouts need the main thread, and without them an answer like 10^{10^{10}} never returns"
+    )
+
+
 @graders.register("math")
 class MathGrader(Grader):
-    """MATH: the last ``\\boxed{}``; normalised string or numeric equality."""
+    """MATH: the last ``\\boxed{}``; normalised string or numeric equality, then math-verify.
+
+    Args:
+        rel_tol: relative tolerance of the numeric comparison.
+        symbolic: check answers the normaliser calls different with math-verify. None (default):
+            when math-verify is installed; True: require it; False: the normaliser alone (faster,
+            misses equivalences that need algebra, see docs/GRADING.md). math-verify is skipped
+            for a prediction much longer than the reference and off the main thread.
+    """
 
     name = "math"
 
-    def __init__(self, rel_tol: float = 1e-6):
+    def __init__(self, rel_tol: float = 1e-6, symbolic: bool | None = None):
         self.rel_tol = rel_tol
+        available = math_verify_available()
+        if symbolic and not available:
+            raise CuratorError("symbolic MATH grading needs math-verify: pip install math-verify")
+        self.symbolic = available if symbolic is None else symbolic
 
     def extract(self, completion: str) -> str | None:
         boxed = last_boxed(completion)
@@ -372,7 +474,8 @@ class MathGrader(Grader):
             return boxed.strip() or None
         return _answer_is(completion)
 
-    def equivalent(self, pred: str, ref: str) -> bool:
+    def normalized_equivalent(self, pred: str, ref: str) -> bool:
+        """The fast path: equal after MATH normalisation, or equal as numbers."""
         a, b = normalize_math(pred), normalize_math(ref)
         if a == b:
             return True
@@ -380,6 +483,20 @@ class MathGrader(Grader):
         if va is not None and vb is not None:
             return numbers_close(va, vb, rel_tol=self.rel_tol)
         return False
+
+    def equivalent(self, pred: str, ref: str) -> bool:
+        if self.normalized_equivalent(pred, ref):
+            return True
+        pred, ref = pred.strip(), str(ref).strip()
+        if not self.symbolic or not symbolic_worth_trying(pred, ref):
+            return False
+        if threading.current_thread() is not threading.main_thread():
+            _note_off_main_thread()
+            return False
+        return symbolic_equivalent(pred, ref)
+
+    def __repr__(self) -> str:
+        return f"MathGrader(symbolic={self.symbolic})"
 
 
 @graders.register("auto")
@@ -391,7 +508,7 @@ class AutoGrader(Grader):
 
     name = "auto"
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._gsm8k = GSM8KGrader()
         self._math = MathGrader()
         self._numeric = NumericGrader()
@@ -415,12 +532,12 @@ class AutoGrader(Grader):
         return self._math.equivalent(pred, ref)
 
 
-def get_grader(name: "str | Grader") -> Grader:
+def get_grader(name: str | Grader) -> Grader:
     """A grader instance by registry name (``gsm8k``, ``math``, ``numeric``, ``auto``), a
     ``module:Class`` path, or an instance (returned as is)."""
     if not isinstance(name, str):
         if isinstance(name, GraderProtocol):
-            return name  # type: ignore[return-value]
+            return name
         raise CuratorError(f"grader must be a name or a Grader, got {type(name).__name__}")
     target = graders.get(name)
     return target() if isinstance(target, type) else target
@@ -450,7 +567,7 @@ class GradeReport:
         return text
 
 
-def grade_references(examples: Iterable, grader: "str | Grader" = "auto") -> GradeReport:
+def grade_references(examples: Iterable[Example], grader: str | Grader = "auto") -> GradeReport:
     """Grade each Example's own solution against its answer; a sound dataset scores 100%."""
     g = get_grader(grader)
     n = n_correct = 0

