@@ -16,7 +16,9 @@ def _load(recipe, overrides):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value, e.g. --set loop.rounds=2 (repeatable; CLI > YAML > defaults).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def run(recipe, overrides, quiet):
+@click.option("--seeds", help="Run once per seed, e.g. 0,1,2,3,4 (each in seed-<n>/), and compare with "
+              "intervals over seeds; same as --set 'seeds=[0,1,2,3,4]'.")
+def run(recipe, overrides, quiet, seeds):
     """Run the active curation loop from RECIPE (a path or a shipped recipe name).
 
     With no RECIPE, runs the embedded CPU demo (recipes/demo.yaml). Rerunning the same command
@@ -25,12 +27,22 @@ def run(recipe, overrides, quiet):
     from curator.recipes import validate_recipe
     from curator.run import run_recipe
 
+    if seeds:
+        overrides = (*overrides, f"seeds=[{seeds}]")
     r = _load(recipe, overrides)
     for note in validate_recipe(r):
         click.echo(f"note: {note}")
     click.echo(f"recipe {r.name!r}: {len(r.strategies)} strateg{'y' if len(r.strategies) == 1 else 'ies'} "
                f"({', '.join(s.run_name for s in r.strategies)}), {r.loop.rounds} rounds, model {r.model.name}; "
                f"run dir {r.run_dir}")
+    if r.seeds:
+        from curator.seeds import run_seeds
+
+        res = run_seeds(r, progress=not quiet, echo=click.echo)
+        click.echo(f"\n{res.compare_table}\ncurves: {res.curves_png}\n"
+                   f"done: {len(res.seeds)} seeds in {res.seconds:.0f}s; per-seed runs and MLflow "
+                   f"stores under {res.run_dir}/seed-<n>/")
+        return
     summary = run_recipe(r, progress=not quiet, echo=click.echo)
     if summary.compare_table:
         click.echo("")
