@@ -4,6 +4,7 @@ uneven skills, so curation strategies can be compared with statistical power on 
 
 from curator.organism.build import (ALIAS, OrganismConfig, build, check_config, config_from_dict,
                                     organism_dir, parse_spec, weights_hash)
+from curator.organism.report import skill_accuracy
 
 __all__ = ["ALIAS", "OrganismConfig", "build", "check_config", "config_from_dict", "organism_dir",
-           "parse_spec", "weights_hash"]
+           "parse_spec", "skill_accuracy", "weights_hash"]
