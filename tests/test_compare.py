@@ -63,7 +63,15 @@ def test_efficiency_interval_planted_win_is_beyond_noise():
     smart = _seeds("smart", [10, 20], [[0.2, 0.5]] * 5)
     e = efficiency_interval(smart, base)
     assert (e.value, e.lo, e.hi, e.bound, e.seeds) == (pytest.approx(1.5), pytest.approx(1.5), pytest.approx(1.5), "", 5)
-    assert e.acc_diff == pytest.approx(0.1) and e.verdict == "yes: more efficient"
+    assert e.acc_diff == pytest.approx(0.1) and e.verdict == "yes: better"
+
+
+def test_a_flat_baseline_censors_the_ratio_but_not_the_accuracy_verdict():
+    flat = _seeds("iid", [16, 32], [[0.16, 0.155]] * 5)  # finetuning more does not help i.i.d.
+    up = _seeds("loss", [16, 32], [[0.16, 0.18 + d] for d in (0.0, 0.01, -0.01, 0.02, -0.02)])
+    e = efficiency_interval(up, flat)
+    assert e.bound == ">" and e.censored == 1.0  # iid never reaches 0.18: only a lower bound
+    assert e.acc_diff == pytest.approx(0.025) and e.diff_lo > 0 and e.verdict == "yes: better"
 
 
 def test_efficiency_interval_noise_is_not_called_a_difference():
@@ -74,7 +82,7 @@ def test_efficiency_interval_noise_is_not_called_a_difference():
     assert e.lo < 1.0 < e.hi and e.diff_lo < 0 < e.diff_hi and e.verdict == "no"
     worse = _seeds("worse", [10, 20], [[0.2, 0.3]] * 5)  # iid reaches 0.3 at 15 -> 0.75x
     w = efficiency_interval(worse, base)
-    assert w.value == pytest.approx(0.75) and w.verdict == "yes: less efficient"
+    assert w.value == pytest.approx(0.75) and w.acc_diff == pytest.approx(-0.1) and w.verdict == "yes: worse"
 
 
 def test_efficiency_interval_pairs_seeds_and_says_when_there_is_one():
@@ -104,7 +112,7 @@ def test_compare_reads_every_seed_of_a_multi_seed_run_dir(tmp_path):
         _fake_run(tmp_path, s, "smart", [(10, 0.2 + bump), (20, 0.5 + bump)])
     res = compare_run_dir(tmp_path)
     assert "mean over 3 seeds [95% interval of the mean]" in res.table
-    assert res.intervals["smart"].seeds == 3 and res.intervals["smart"].verdict == "yes: more efficient"
+    assert res.intervals["smart"].seeds == 3 and res.intervals["smart"].verdict == "yes: better"
     assert "| smart | 3 | 1.50× |" in res.table and "beyond noise" in res.table
     assert res.png.exists()
 

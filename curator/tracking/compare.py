@@ -9,9 +9,11 @@ only an upper bound (``<=x``).
 With several seeds (``curate run`` of a recipe with ``seeds:``, one sub-directory per seed) the
 curves carry 95% bands (t interval of the mean over seeds), and each strategy's efficiency comes
 with a paired bootstrap interval over seeds (seeds resampled with replacement, the same seeds for
-the strategy and the baseline, since a seed fixes the seed set and the pool they share). A
-difference is called beyond noise when that interval excludes 1.0. One seed is a smoke test, and
-the table says so.
+the strategy and the baseline, since a seed fixes the seed set and the pool they share), next to
+the paired difference in test accuracy at the strategy's last budget with its own bootstrap
+interval. A difference is called beyond noise when that accuracy interval excludes 0: the ratio
+alone cannot decide, because it is only a bound whenever the baseline's curve is flat or never
+reaches the strategy's accuracy. One seed is a smoke test, and the table says so.
 """
 
 from __future__ import annotations
@@ -117,12 +119,15 @@ class Efficiency:
 
     @property
     def verdict(self) -> str:
+        """Beyond noise = the paired difference in test accuracy at the strategy's last budget has
+        a 95% interval that excludes 0. (The efficiency ratio is censored whenever the baseline
+        curve is flat or never reaches the strategy's accuracy, so it cannot decide alone.)"""
         if self.seeds < 2:
             return "one seed: no interval"
-        if self.lo > 1.0:
-            return "yes: more efficient"
-        if self.hi < 1.0:
-            return "yes: less efficient"
+        if self.diff_lo > 0:
+            return "yes: better"
+        if self.diff_hi < 0:
+            return "yes: worse"
         return "no"
 
 
@@ -296,8 +301,9 @@ def _interval_section(grouped: dict[str, list[Curve]], baseline: str, labels: li
              "at each strategy's last budget; intervals: paired bootstrap over seeds (95%), 2000 draws. "
              "`censored`: share of draws where the baseline never reached the strategy's accuracy "
              "(the ratio there is a lower bound) or had already reached it at its first budget (an "
-             "upper bound). Beyond noise = the efficiency interval excludes 1.0 (no correction for "
-             "comparing several strategies).", "",
+             "upper bound). Δ test acc: strategy minus baseline at that budget, paired by seed. "
+             "Beyond noise = the Δ interval excludes 0 (no correction for comparing several "
+             "strategies).", "",
              "| strategy | seeds | efficiency | 95% interval | censored | Δ test acc | Δ 95% interval | beyond noise |",
              "|---|---|---|---|---|---|---|---|"]
     for lab in labels:
