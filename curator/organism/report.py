@@ -30,3 +30,43 @@ def skill_accuracy(loaded: Any, task: SyntheticTask, n_per_skill: int = 100, see
         test = sub.generate(n_per_skill, seed=seed * 100 + i)
         out[skill] = evaluate_accuracy(sampler, test, fmt, grader, params).accuracy
     return out
+
+
+def selected_skills(run_dir: Any, pool: Any) -> Any:
+    """Share of each skill among the examples each strategy *added* (beyond the seed set), over
+    every seed and finished round of a run directory (one run or ``seed-<n>/`` sub-directories).
+
+    Args:
+        run_dir: a `curate run` output directory.
+        pool: the pool's Examples (their ``meta["skill"]`` is read).
+
+    Returns:
+        A DataFrame: one row per strategy, one column per skill (shares summing to 1), plus ``n``.
+    """
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from curator.tracking.compare import seed_dirs
+
+    skill_of = {e.id: (e.meta or {}).get("skill", "?") for e in pool}
+    root = Path(run_dir)
+    counts: dict[str, dict[str, int]] = {}
+    for d in seed_dirs(root) or [root]:
+        seed_ids = set(json.loads((d / "seed_ids.json").read_text()))
+        for sdir in sorted(p for p in d.iterdir() if (p / "run.json").exists()):
+            done = sorted(r for r in sdir.glob("round-*") if (r / "DONE").exists())
+            if len(done) < 2:
+                continue
+            # the last finished round trained on what the round before it chose: everything
+            # selected so far that has also been trained on
+            trained = set(json.loads((done[-2] / "next_train_ids.json").read_text()))
+            c = counts.setdefault(sdir.name, {})
+            for i in trained - seed_ids:
+                c[skill_of.get(i, "?")] = c.get(skill_of.get(i, "?"), 0) + 1
+    table = pd.DataFrame(counts).T.fillna(0)
+    n = table.sum(axis=1)
+    table = table.div(n, axis=0).round(3)
+    table["n"] = n.astype(int)
+    return table.sort_index()
