@@ -95,3 +95,27 @@ def test_cache_builds_once_and_never_uses_a_half_built_organism(tmp_path, monkey
     assert d1 == d2 and len(calls) == 1 and d1.name == f"organism-{parse_spec(SMALL).key()}"
     loaded = load_model(SMALL, device="cpu")
     assert loaded.model.config.hidden_size == 16 and loaded.tokenizer.pad_token_id == 0
+
+
+def test_selected_skills_counts_what_each_strategy_added_and_trained_on(tmp_path):
+    import json
+
+    from curator.data.example import Example
+    from curator.organism.report import selected_skills
+
+    pool = [Example(id=f"x{i}", question="q", solution="s", answer="1",
+                    meta={"skill": "sharing" if i < 4 else "rates"}) for i in range(8)]
+    for seed, loss_picks in ((0, ["x0", "x1"]), (1, ["x2", "x4"])):
+        d = tmp_path / f"seed-{seed}"
+        d.mkdir()
+        (d / "seed_ids.json").write_text(json.dumps(["x7"]))
+        for name, picks in (("loss", loss_picks), ("iid", ["x5", "x6"])):
+            for r, nxt in enumerate((["x7"] + picks, ["x7"] + picks + ["x3"])):  # round 1 adds x3, untrained
+                rd = d / name / f"round-{r:02d}"
+                rd.mkdir(parents=True)
+                (rd / "DONE").write_text("")
+                (rd / "next_train_ids.json").write_text(json.dumps(nxt))
+            (d / name / "run.json").write_text("{}")
+    t = selected_skills(tmp_path, pool)
+    assert t.loc["loss", "sharing"] == 0.75 and t.loc["loss", "rates"] == 0.25 and t.loc["loss", "n"] == 4
+    assert t.loc["iid", "rates"] == 1.0 and t.loc["iid", "sharing"] == 0.0
