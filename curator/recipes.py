@@ -212,6 +212,9 @@ class SweepSettings:
 class Recipe:
     name: str = _help("recipe name: MLflow experiment and run directory name", default="curator")
     seed: int = _help("seeds the seed set, training, sampling and selection", default=0)
+    seeds: list[int] | None = _help("run the recipe once per seed, each in <output_dir>/seed-<n>/ "
+                                    "(resumable per seed), and compare with intervals over seeds; "
+                                    "null: one run with `seed`", default=None)
     output_dir: str | None = _help("run directory; null: runs/<name>", default=None)
     model: ModelSettings = _help("base model", default_factory=ModelSettings)
     format: PromptFormat = _help("prompt/target templates", default_factory=PromptFormat)
@@ -239,6 +242,8 @@ class Recipe:
             problems.append("strategies: list at least one strategy")
         if dupes:
             problems.append(f"strategies: run names {dupes} appear twice; give each a distinct 'label'")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            problems.append(f"seeds: give distinct seeds (or null for one run), got {self.seeds}")
         if problems:
             raise ConfigError(problems)
 

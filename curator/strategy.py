@@ -39,6 +39,8 @@ BUILTINS = {
     "premem-threshold": "strategies.premem:PreMemThreshold",
     "uncertainty": "strategies.uncertainty:AnswerEntropy",
     "premem-diverse": "strategies.composite:PreMemDiverse",
+    "learnability": "strategies.learnability:Learnability",
+    "s2l": "strategies.s2l:SmallToLarge",
 }
 for _name, _target in BUILTINS.items():
     strategies.register(_name, _target)

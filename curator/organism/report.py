@@ -1,0 +1,72 @@
+"""What an organism (or any model) can do per skill: greedy accuracy on fresh problems of each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from curator.data.synthetic import SKILLS, SyntheticTask
+
+
+def skill_accuracy(loaded: Any, task: SyntheticTask, n_per_skill: int = 100, seed: int = 7,
+                   max_new_tokens: int = 64, batch_size: int = 128) -> dict[str, float]:
+    """Skill -> greedy accuracy of ``loaded`` (a LoadedModel) on ``n_per_skill`` new problems.
+
+    The prompt is the paper's (``question + "\\nAnswer:"``), so it measures what the model does
+    with the recipes' format, in whatever solution style it writes.
+    """
+    from curator.data.format import PromptFormat
+    from curator.data.grading import get_grader
+    from curator.evaluation import evaluate_accuracy
+    from curator.sampling.base import SamplingParams
+    from curator.sampling.hf import HFSampler
+
+    sampler = HFSampler.from_loaded(loaded, batch_size=batch_size)
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    grader, fmt = get_grader("gsm8k"), PromptFormat()
+    out = {}
+    for i, skill in enumerate(SKILLS):
+        sub = SyntheticTask(min_steps=task.min_steps, max_steps=task.max_steps,
+                            max_operand=task.max_operand, n_traces=task.n_traces, skills=(skill,))
+        test = sub.generate(n_per_skill, seed=seed * 100 + i)
+        out[skill] = evaluate_accuracy(sampler, test, fmt, grader, params).accuracy
+    return out
+
+
+def selected_skills(run_dir: Any, pool: Any) -> Any:
+    """Share of each skill among the examples each strategy *added* (beyond the seed set), over
+    every seed and finished round of a run directory (one run or ``seed-<n>/`` sub-directories).
+
+    Args:
+        run_dir: a `curate run` output directory.
+        pool: the pool's Examples (their ``meta["skill"]`` is read).
+
+    Returns:
+        A DataFrame: one row per strategy, one column per skill (shares summing to 1), plus ``n``.
+    """
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from curator.tracking.compare import seed_dirs
+
+    skill_of = {e.id: (e.meta or {}).get("skill", "?") for e in pool}
+    root = Path(run_dir)
+    counts: dict[str, dict[str, int]] = {}
+    for d in seed_dirs(root) or [root]:
+        seed_ids = set(json.loads((d / "seed_ids.json").read_text()))
+        for sdir in sorted(p for p in d.iterdir() if (p / "run.json").exists()):
+            done = sorted(r for r in sdir.glob("round-*") if (r / "DONE").exists())
+            if len(done) < 2:
+                continue
+            # the last finished round trained on what the round before it chose: everything
+            # selected so far that has also been trained on
+            trained = set(json.loads((done[-2] / "next_train_ids.json").read_text()))
+            c = counts.setdefault(sdir.name, {})
+            for i in trained - seed_ids:
+                c[skill_of.get(i, "?")] = c.get(skill_of.get(i, "?"), 0) + 1
+    table = pd.DataFrame(counts).T.fillna(0)
+    n = table.sum(axis=1)
+    table = table.div(n, axis=0).round(3)
+    table["n"] = n.astype(int)
+    return table.sort_index()
