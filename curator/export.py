@@ -14,6 +14,8 @@ finished round (``DONE`` marker) is exported; output is written to a temporary p
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -196,7 +198,11 @@ def write_dataset(ds: Any, out: Path, format: str) -> None:
         else:
             target = tmp / out.name
             if format == "jsonl":
-                ds.to_json(str(target), lines=True, force_ascii=False)
+                # not Dataset.to_json: pandas writes floats with 10 significant digits, and scores
+                # must come back exactly; NaN (not valid JSON) becomes null
+                with open(target, "w", encoding="utf-8") as f:
+                    for row in ds:
+                        f.write(json.dumps({k: _json_value(v) for k, v in row.items()}, ensure_ascii=False) + "\n")
             else:
                 ds.to_parquet(str(target))
         if out.exists():  # overwrite was asked for: move the old one aside only now
@@ -205,6 +211,10 @@ def write_dataset(ds: Any, out: Path, format: str) -> None:
         os.replace(target, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _json_value(v: Any) -> Any:
+    return None if isinstance(v, float) and math.isnan(v) else v
 
 
 def push_dataset(ds: Any, repo_id: str, *, private: bool = True) -> None:
