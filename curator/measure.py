@@ -153,7 +153,10 @@ class CheckpointLoader:
             from curator.models import load_model
             from curator.models.loading import LoadedModel
 
-            if not _has_tokenizer(ckpt.path) and self.base_spec:
+            if not _has_tokenizer(ckpt.path) and not self.base_spec:
+                raise ConfigError(f"{ckpt.path}: the checkpoint holds no tokenizer (the trainer was not given "
+                                  "one); pass --base, the model whose tokenizer it uses")
+            if not _has_tokenizer(ckpt.path):
                 # Trainer saves the tokenizer only when it was given one; take the base model's
                 from transformers import AutoModelForCausalLM
 
@@ -236,6 +239,11 @@ def measure_checkpoints(paths: Sequence[str | os.PathLike], examples: Sequence[E
     from curator.sampling import make_sampler
     from curator.sampling.base import SamplingParams
 
+    from curator.dynamics.tracker import check_premem_settings
+
+    problems = check_premem_settings(len(examples), k, p)
+    if problems:  # before any checkpoint loads
+        raise ConfigError(problems)
     fmt = fmt or PromptFormat()
     grader = get_grader(grader) if isinstance(grader, str) else grader
     ckpts = find_checkpoints(paths)

@@ -301,3 +301,25 @@ def test_unattached_callback_still_records_and_a_resumed_run_is_not_measured(tmp
     state = SimpleNamespace(global_step=7)
     resumed.on_train_begin(SimpleNamespace(output_dir="o"), state, None)
     assert resumed.tracker is None and "curate measure o" in resumed._disabled
+
+
+@pytest.mark.slow
+def test_checkpoint_source_measures_the_saved_directory_like_the_live_model(tmp_path, examples, one_thread,
+                                                                          fresh_accelerate_state):
+    """source="checkpoint" (what FSDP / ZeRO-3 runs use) loads each directory the trainer just saved;
+    in the same run a live-model callback sees the same weights, so the two ledgers are equal."""
+    from trl import SFTTrainer
+
+    from curator.export import trl_dataset
+    from curator.integrations import PreMemCallback
+    from curator.models import load_model
+
+    lm = load_model("tiny-random")
+    trainer = SFTTrainer(model=lm.model, args=_sft_config(tmp_path / "o"), train_dataset=trl_dataset(examples[:4]),
+                         processing_class=lm.tokenizer)
+    kw = dict(grader=EvenLength(), k=2, params=PARAMS, p=50.0, progress=False)
+    live = PreMemCallback(examples[:4], out=tmp_path / "live.parquet", source="live", **kw).attach(trainer)
+    saved = PreMemCallback(examples[:4], out=tmp_path / "saved.parquet", source="checkpoint", **kw).attach(trainer)
+    trainer.train()
+    assert saved.source == "checkpoint" and len(saved.ledger.checkpoints) == 2
+    pd.testing.assert_frame_equal(live.ledger.df, saved.ledger.df)

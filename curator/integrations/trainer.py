@@ -222,7 +222,7 @@ class PreMemCallback(TrainerCallback):
         info = CheckpointInfo(self._index, int(state.global_step), float(state.epoch or 0.0),
                      checkpoint_metrics(state.log_history, int(state.global_step)))
         if self.source == "checkpoint":
-            loaded = self._load_saved(args, state)
+            loaded = self._load_saved(args, state, model)
             model_for, tok = loaded.model, loaded.tokenizer
         else:
             model_for, tok = model, self._tokenizer
@@ -252,12 +252,15 @@ class PreMemCallback(TrainerCallback):
     def ledger_path(self, args) -> Path:
         return Path(self.out) if self.out is not None else Path(args.output_dir) / "ledger.parquet"
 
-    def _load_saved(self, args, state):
+    def _load_saved(self, args, state, model):
         from curator.measure import CheckpointLoader, read_checkpoint
 
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if self._loader is None:
-            self._loader = CheckpointLoader()
+            # the dtype the model trains in (sharded parameters keep it); on this process's device
+            param = next(model.parameters())
+            device = f"cuda:{param.device.index or 0}" if param.device.type == "cuda" else "cpu"
+            self._loader = CheckpointLoader(dtype=param.dtype, device=device)
         return self._loader.load(read_checkpoint(path))
 
     def _metrics(self) -> dict[str, float]:
