@@ -323,3 +323,22 @@ def test_checkpoint_source_measures_the_saved_directory_like_the_live_model(tmp_
     trainer.train()
     assert saved.source == "checkpoint" and len(saved.ledger.checkpoints) == 2
     pd.testing.assert_frame_equal(live.ledger.df, saved.ledger.df)
+
+
+def test_a_full_checkpoint_without_tokenizer_needs_base(tmp_path, examples):
+    _fake_ckpt(tmp_path / "run" / "checkpoint-3", 3, 1.0)
+    with pytest.raises(ConfigError, match=r"checkpoint-3: the checkpoint holds no tokenizer.*pass --base"):
+        measure_checkpoints([tmp_path / "run"], examples, progress=False)
+    with pytest.raises(ConfigError, match="samples per example"):
+        measure_checkpoints([tmp_path / "run"], examples, k=0, progress=False)
+
+
+def test_importing_the_integrations_package_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, curator.integrations, curator.measure, curator.export, curator.cli.measure, "
+            "curator.cli.export; print(sorted(m for m in ('torch', 'transformers', 'trl', 'datasets', 'peft') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
