@@ -342,3 +342,58 @@ def test_importing_the_integrations_package_stays_light():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+DDP_SCRIPT = """
+import json, os, sys
+import torch
+torch.set_num_threads(1)
+from trl import SFTConfig, SFTTrainer
+from curator.data.loaders import load_examples
+from curator.export import trl_dataset
+from curator.integrations import PreMemCallback
+from curator.models import load_model
+from curator.sampling.base import SamplingParams
+
+out, rank = sys.argv[1], int(os.environ["RANK"])
+examples = load_examples("synthetic:easy?n=8&seed=0")
+lm = load_model("tiny-random")
+args = SFTConfig(output_dir=out, num_train_epochs=2, per_device_train_batch_size=2, learning_rate=1e-3,
+                 save_strategy="epoch", save_only_model=True, logging_steps=1, report_to=[], use_cpu=True,
+                 seed=0, max_length=256, disable_tqdm=True, bf16=False)
+trainer = SFTTrainer(model=lm.model, args=args, train_dataset=trl_dataset(examples), processing_class=lm.tokenizer)
+cb = PreMemCallback(examples, k=2, params=SamplingParams(max_new_tokens=8, seed=5), p=50.0, progress=False,
+                    out=os.path.join(out, f"ledger-rank{rank}.parquet")).attach(trainer)
+trainer.train()
+logged = [h for h in trainer.state.log_history if "fraction_memorized" in h]
+json.dump({"world": trainer.args.world_size, "ledger": cb.ledger.df.to_json(), "logged": logged},
+          open(os.path.join(out, f"report-{rank}.json"), "w"))
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_measures_on_every_rank_and_only_the_main_one_writes(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_callback.py"
+    script.write_text(DDP_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu",
+           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(port), str(script), str(tmp_path / "out")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = [json.loads((tmp_path / "out" / f"report-{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in reports] == [2, 2]
+    # both ranks measured the same ledger and reported the same metrics; only rank 0 wrote
+    assert reports[0]["ledger"] == reports[1]["ledger"] and reports[0]["logged"] == reports[1]["logged"]
+    assert (tmp_path / "out" / "ledger-rank0.parquet").exists()
+    assert not (tmp_path / "out" / "ledger-rank1.parquet").exists()
+    # 8 examples / (2 ranks x 2) -> 2 steps per epoch; one measurement per saved epoch
+    assert [h["step"] for h in reports[0]["logged"]] == [2, 4]
