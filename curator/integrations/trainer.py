@@ -255,6 +255,10 @@ class PreMemCallback(TrainerCallback):
     def _load_saved(self, args, state, model):
         from curator.measure import CheckpointLoader, read_checkpoint
 
+        from accelerate import PartialState
+
+        # every process must see the complete directory before any loads it
+        PartialState().wait_for_everyone()
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if self._loader is None:
             # the dtype the model trains in (sharded parameters keep it); on this process's device
