@@ -297,6 +297,10 @@ def test_unattached_callback_still_records_and_a_resumed_run_is_not_measured(tmp
     assert [h["step"] for h in trainer.state.log_history if "premem_acc" in h] == [1]
     assert (tmp_path / "l.parquet").exists()
 
+    never_saves = PreMemCallback(examples[:4], k=1, params=PARAMS, progress=False)
+    with pytest.raises(ConfigError, match="never saves.*save_strategy='epoch'"):
+        never_saves.on_train_begin(trainer.args, SimpleNamespace(global_step=0), None)
+
     resumed = PreMemCallback(examples[:4], k=1, params=PARAMS, progress=False)
     state = SimpleNamespace(global_step=7)
     resumed.on_train_begin(SimpleNamespace(output_dir="o"), state, None)

@@ -169,6 +169,7 @@ class PreMemCallback(TrainerCallback):
         from curator.dynamics.tracker import DynamicsTracker
         from curator.sampling.base import SamplingParams
 
+        self.tracker = None
         if state.global_step > 0:
             # the tracker's running maxima of the earlier checkpoints are gone with the old process
             self._disabled = (f"PreMemCallback: the run resumed at step {state.global_step}; a ledger cannot "
@@ -177,13 +178,14 @@ class PreMemCallback(TrainerCallback):
             log.warning(self._disabled)
             return
         tok = getattr(processing_class, "tokenizer", processing_class)
-        n = self.n_checkpoints or planned_checkpoints(args, state, self.on)
-        if n is None and self.lazy and self.on == "save":
-            raise ConfigError(f"PreMemCallback cannot tell how many checkpoints save_strategy="
-                              f"{_strategy(args.save_strategy)!r} will make; pass n_checkpoints=, or lazy=False")
         if self.on == "save" and _strategy(args.save_strategy) == "no":
             raise ConfigError("PreMemCallback(on='save') but the trainer never saves (save_strategy='no'); "
                               "set save_strategy='epoch' or 'steps', or use on='epoch'")
+        n = self.n_checkpoints or planned_checkpoints(args, state, self.on)
+        if n is None and self.lazy:
+            raise ConfigError(f"PreMemCallback cannot tell how many checkpoints save_strategy="
+                              f"{_strategy(args.save_strategy)!r} will make; pass n_checkpoints=, or lazy=False")
+        self._index, self._disabled = 0, None  # a callback object may serve several train() calls
         if self.source == "auto":
             self.source = "checkpoint" if _sharded(args) and self.on == "save" else "live"
         self.tracker = DynamicsTracker(
