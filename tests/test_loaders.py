@@ -327,3 +327,58 @@ def test_synthetic_task_from_source():
     assert synthetic_task_from_source("synthetic") == synthetic_task("easy")
     with pytest.raises(ConfigError, match="not a synthetic source"):
         synthetic_task_from_source("data/train.jsonl")
+
+
+# -- what HF users keep on disk: save_to_disk directories, TRL's prompt/completion and messages --
+
+def test_save_to_disk_dataset_directory_loads_without_the_hub(tmp_path, monkeypatch):
+    import datasets
+
+    from curator.data import loaders
+
+    def no_hub(*a, **k):
+        raise AssertionError("a save_to_disk directory must not go near the hub")
+
+    monkeypatch.setattr(loaders, "_hub_unreachable", no_hub)
+    datasets.Dataset.from_list(GSM8K_ROWS).save_to_disk(str(tmp_path / "ds"))
+    exs = load_examples(tmp_path / "ds")
+    assert [e.answer for e in exs] == ["72", "2000", "10"]
+    assert exs[0].question == GSM8K_ROWS[0]["question"]
+    assert len(load_examples(tmp_path / "ds", limit=2)) == 2
+
+
+def test_save_to_disk_dataset_dict_takes_the_split(tmp_path):
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(GSM8K_ROWS[:2]),
+                          "test": datasets.Dataset.from_list(GSM8K_ROWS[2:])}).save_to_disk(str(tmp_path / "dd"))
+    assert [e.answer for e in load_examples(tmp_path / "dd")] == ["72", "2000"]
+    assert [e.answer for e in load_examples(tmp_path / "dd", split="test")] == ["10"]
+    with pytest.raises(DataError, match=r"dd: the saved DatasetDict has no split 'validation'; available: train, test"):
+        load_examples(tmp_path / "dd", split="validation")
+
+
+def test_prompt_completion_columns(tmp_path):
+    rows = [{"prompt": "What is 2+3?", "completion": "2+3 = 5.\n#### 5"},
+            {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 4*2?"}],
+             "completion": [{"role": "assistant", "content": "4*2 = 8.\n#### 8"}]}]
+    path = tmp_path / "pc.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    a, b = load_examples(path)
+    assert (a.question, a.solution, a.answer) == ("What is 2+3?", "2+3 = 5.\n#### 5", "5")
+    assert (b.question, b.solution, b.answer) == ("What is 4*2?", "4*2 = 8.\n#### 8", "8")
+
+
+def test_messages_column_takes_the_last_user_turn_and_the_final_answer(tmp_path):
+    rows = [{"messages": [{"role": "system", "content": "You solve math."},
+                          {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                          {"role": "user", "content": "What is 9-4?"},
+                          {"role": "assistant", "content": "9-4 = 5. The answer is 5"}], "id": "m1"},
+            {"messages": [{"role": "user", "content": "No reply here"}], "id": "m2"}]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"field 'solution' .*row 2"):
+        load_examples(path)
+    (ex,) = load_examples(path, strict=False)
+    assert (ex.id, ex.question, ex.solution, ex.answer) == ("m1", "What is 9-4?", "9-4 = 5. The answer is 5", "5")
+    assert ex.meta["system"] == "You solve math."

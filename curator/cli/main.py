@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "robustness": ("curator.cli.analysis:robustness", "Accuracy under forced response prefixes, per PreMemAcc bucket."),
     "sweep": ("curator.cli.analysis:sweep", "Train a learning-rate x epochs grid with dynamics tracking, then predict."),
     "ledger": ("curator.cli.ledger:ledger", "Inspect, summarise and import learning-dynamics ledgers."),
+    "measure": ("curator.cli.measure:measure", "A learning-dynamics ledger from checkpoints any trainer saved (full or peft)."),
+    "export": ("curator.cli.export:export", "A run's selected training set as a datasets dataset (jsonl, parquet, save_to_disk, hub)."),
     "data": ("curator.cli.data:data", "Preview datasets and write synthetic reasoning tasks."),
 }
 

@@ -2,13 +2,17 @@
 
 ``load_examples(source)`` takes
 
-- a local ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` file (or a local dataset folder);
+- a local ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` file, a ``save_to_disk`` Dataset or
+  DatasetDict directory, or another local dataset folder;
 - a hub id, e.g. ``load_examples("openai/gsm8k", config="main", split="train")``;
 - ``synthetic`` / ``synthetic:<preset>`` with options, e.g. ``synthetic:easy?n=200&seed=0``.
 
 Columns map to question / solution / answer through ``fields``; without it the GSM8K layout
 (``question``, ``answer`` ending ``#### N``) and the MATH layout (``problem``, ``solution`` with
-``\\boxed{}``) are recognised, as are files written by ``save_examples`` / ``curate data synth``.
+``\\boxed{}``) are recognised, as are files written by ``save_examples`` / ``curate data synth``,
+and TRL's layouts: a ``messages`` column (question = the last user turn before the final
+assistant turn, solution = that assistant turn) or ``prompt`` / ``completion`` columns (text or
+message lists).
 Ids come from the source's id column (``id_field``, ``id`` or ``unique_id``), else a content hash.
 """
 
@@ -104,6 +108,8 @@ def load_examples(source: "str | os.PathLike", *, config: str | None = None, spl
 
 def _read_rows(src: str, config: str | None, split: str, limit: int | None) -> tuple[list[dict], str]:
     path = Path(src).expanduser()
+    if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
+        return _read_saved(path, split, limit), str(path)
     if path.is_dir():
         return _read_hub(str(path), config, split, limit), str(path)
     if path.is_file():
@@ -188,6 +194,26 @@ def _read_csv(path: Path) -> list[dict]:
     return df.to_dict("records")
 
 
+def _read_saved(path: Path, split: str, limit: int | None) -> list[dict]:
+    """A ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` directory (``split`` picks from a dict)."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # a half-copied or foreign directory
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DataError(f"{path}: cannot read this save_to_disk dataset ({reason}); re-save it with "
+                        "Dataset.save_to_disk") from e
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(f"{path}: the saved DatasetDict has no split {split!r}; available: "
+                            f"{', '.join(ds)} (CLI: --split; Python: split=)")
+        ds = ds[split]
+    if limit is not None and limit < len(ds):
+        ds = ds.select(range(limit))
+    return ds.to_list()
+
+
 def _hub_unreachable(timeout: float = 3.0) -> str | None:
     """Why the hub endpoint cannot be reached (DNS or TCP), or None when it can."""
     import socket
@@ -249,6 +275,33 @@ def _final_answer(text: str) -> str | None:
     return _answer_is(text)
 
 
+def _message_text(value: Any, role: str) -> Any:
+    """The content of the last ``role`` turn of a message list (a plain string passes through)."""
+    if isinstance(value, str) or value is None:
+        return value
+    turns = [m for m in value if isinstance(m, Mapping) and m.get("role") == role]
+    return turns[-1].get("content") if turns else None
+
+
+def _from_trl_row(row: Mapping[str, Any], layout: str) -> dict[str, Any]:
+    """question/solution from a TRL-style row: the last user turn and the final assistant turn."""
+    out = dict(row)
+    if layout == "messages":
+        msgs = list(out.pop("messages") or [])
+        last_assistant = max((i for i, m in enumerate(msgs) if isinstance(m, Mapping)
+                              and m.get("role") == "assistant"), default=None)
+        before = msgs[:last_assistant] if last_assistant is not None else msgs
+        out["question"] = _message_text(before, "user")
+        out["solution"] = msgs[last_assistant].get("content") if last_assistant is not None else None
+        system = _message_text(before, "system")
+        if system:
+            out.setdefault("system", system)
+    else:
+        out["question"] = _message_text(out.pop("prompt"), "user")
+        out["solution"] = _message_text(out.pop("completion"), "assistant")
+    return out
+
+
 def rows_to_examples(rows: Sequence[Mapping[str, Any]], *, fields: "FieldMap | Mapping | None" = None,
                      id_field: str | None = None, strict: bool = True,
                      where: str = "dataset") -> list[Example]:
@@ -263,6 +316,16 @@ def rows_to_examples(rows: Sequence[Mapping[str, Any]], *, fields: "FieldMap | M
             if k not in seen_cols:
                 seen_cols.add(k)
                 columns.append(k)
+    if fmap.question is None and fmap.solution is None and not seen_cols & {"question", "problem"}:
+        # TRL's layouts: a messages column, or prompt/completion (plain text or message lists)
+        chat_layout = "messages" if "messages" in seen_cols else \
+            "prompt-completion" if {"prompt", "completion"} <= seen_cols else None
+        if chat_layout is not None:
+            rows = [_from_trl_row(row, chat_layout) for row in rows]
+            for c in ("question", "solution"):
+                if c not in seen_cols:
+                    seen_cols.add(c)
+                    columns.append(c)
     avail = ", ".join(columns)
 
     def check(field: str, col: str | None) -> str | None:

@@ -1,0 +1,292 @@
+"""`PreMemCallback`: the dynamics ledger of a training set, measured inside a Trainer / SFTTrainer run.
+
+At each save (or each epoch end) the callback hands the live model to curator's
+`DynamicsTracker` — the same measurement `curate premem`, the curation loop and `curate measure`
+use, lazy by default — writes the ledger so far (Parquet, atomically) and reports dataset
+PreMemAcc, train accuracy and fraction memorized through the trainer's own ``log`` (so MLflow,
+W&B and every other ``report_to`` backend receive them at the trainer's global step).
+
+Every process measures (the tracker decides how the work is split across ranks); only the main
+process writes the ledger. Models whose parameters are sharded across processes (FSDP,
+DeepSpeed ZeRO-3) cannot be sampled in place: there the callback measures each checkpoint from
+the directory the trainer just saved (``source="checkpoint"``, chosen automatically), exactly as
+`curate measure` would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from transformers import TrainerCallback
+
+from curator.data.example import Example
+from curator.data.format import PromptFormat
+from curator.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+REPORTED = ("premem_acc", "train_accuracy", "fraction_memorized")
+
+
+def _strategy(value: Any) -> str:
+    return str(getattr(value, "value", value))
+
+
+def planned_checkpoints(args: Any, state: Any, on: str) -> int | None:
+    """How many times a run will call the callback's measurement, known at ``on_train_begin``.
+
+    ``on="epoch"``: one per epoch (``state.num_train_epochs``, which already accounts for
+    ``max_steps``). ``on="save"``: one per epoch for ``save_strategy="epoch"``; for ``"steps"``,
+    one every ``save_steps`` plus the save Trainer makes at the last step when that is not a
+    multiple. None when unknowable (``"best"``).
+    """
+    if on == "epoch":
+        return int(state.num_train_epochs)
+    strategy = _strategy(args.save_strategy)
+    if strategy == "epoch":
+        return int(state.num_train_epochs)
+    if strategy == "steps":
+        every = int(state.save_steps or args.save_steps)
+        return state.max_steps // every + (1 if state.max_steps % every else 0)
+    return None
+
+
+@contextlib.contextmanager
+def without_autocast(model: Any):
+    """Run ``model`` with its own forward while inside the block.
+
+    Under mixed precision (bf16/fp16) accelerate replaces ``model.forward`` with an autocast
+    wrapper for training and keeps the plain one in ``_original_forward``. Measuring through the
+    wrapper would score the weights at autocast precision, so the ledger would differ from the
+    one `curate measure` computes from the very same saved weights; the plain forward is the
+    model itself (bf16 weights still run in bf16).
+    """
+    plain = model.__dict__.get("_original_forward")
+    if plain is None:
+        yield model
+        return
+    wrapped = model.__dict__.get("forward")
+    model.forward = plain
+    try:
+        yield model
+    finally:
+        if wrapped is not None:
+            model.forward = wrapped
+        else:
+            del model.forward
+
+
+def _sharded(args: Any) -> bool:
+    """Whether the trainer shards parameters across processes (FSDP or DeepSpeed ZeRO-3)."""
+    if getattr(args, "fsdp", None) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return True
+    plugin = getattr(args, "hf_deepspeed_config", None)
+    try:
+        return bool(plugin is not None and plugin.is_zero3())
+    except AttributeError:
+        return False
+
+
+class PreMemCallback(TrainerCallback):
+    """Measure PreMemAcc of ``examples`` inside a transformers `Trainer` or TRL `SFTTrainer` run.
+
+    Args:
+        examples: the training examples to follow (curator `Example`s, or any `load_examples`
+            source); usually the training set itself, or a sample of it.
+        fmt: how examples become (prompt, target) text — the same text the trainer trains on
+            (`curator.export.trl_dataset(examples, fmt)` builds such a dataset).
+        grader: answer grader (name or object).
+        k, params, p, lazy, defer: the tracker's settings (samples per cell, sampling, threshold,
+            lazy / deferred tracking).
+        on: ``"save"`` (measure each checkpoint the trainer saves) or ``"epoch"``.
+        n_checkpoints: the number of measurements the run will make; lazy tracking needs it to
+            make the last one exact. Default: computed from the training arguments at train begin.
+        out: where the ledger goes (default ``<output_dir>/ledger.parquet``); rewritten after
+            each measurement.
+        batch_size: prompts per sampler batch (hf).
+        source: ``"live"`` (the model in memory), ``"checkpoint"`` (the directory just saved; needs
+            ``on="save"``) or ``"auto"`` (checkpoint for FSDP / ZeRO-3, else live).
+        sampler_factory: ``f(model, tokenizer) -> Sampler`` replacing the hf sampler.
+        progress: sampling progress bars (default: unless the trainer's ``disable_tqdm``).
+
+    Report through the trainer's own logging by attaching it: ``PreMemCallback(...).attach(trainer)``
+    (a callback is not told which trainer runs it). Unattached, the metrics still go into
+    ``state.log_history`` (and so into ``trainer_state.json``), but no ``report_to`` backend sees them.
+    """
+
+    def __init__(self, examples: Sequence[Example] | str | os.PathLike, *, fmt: PromptFormat | None = None,
+                 grader: Any = "auto", k: int = 5, params: Any = None, p: float = 1.105, lazy: bool = True,
+                 defer: bool = False, on: str = "save", n_checkpoints: int | None = None,
+                 out: str | os.PathLike | None = None, batch_size: int = 32, source: str = "auto",
+                 sampler_factory: Callable[[Any, Any], Any] | None = None, progress: bool | None = None):
+        from curator.data.grading import get_grader
+        from curator.dynamics.tracker import check_premem_settings
+
+        if isinstance(examples, (str, os.PathLike)):
+            from curator.data.loaders import load_examples
+
+            examples = load_examples(examples)
+        problems = check_premem_settings(len(examples), k, p)
+        if on not in ("save", "epoch"):
+            problems.append(f"on must be 'save' or 'epoch', got {on!r}")
+        if source not in ("auto", "live", "checkpoint"):
+            problems.append(f"source must be 'auto', 'live' or 'checkpoint', got {source!r}")
+        if source == "checkpoint" and on != "save":
+            problems.append("source='checkpoint' reads the directories the trainer saves, so it needs on='save'")
+        if defer and source == "checkpoint":
+            problems.append("defer=True re-samples earlier weights of the live model; use source='live'")
+        if problems:
+            raise ConfigError(problems)
+        self.examples = list(examples)
+        self.fmt = fmt or PromptFormat()
+        self.grader = get_grader(grader) if isinstance(grader, str) else grader
+        self.k, self.params, self.p, self.lazy, self.defer = k, params, p, lazy, defer
+        self.on, self.n_checkpoints, self.out = on, n_checkpoints, out
+        self.batch_size, self.source, self.sampler_factory = batch_size, source, sampler_factory
+        self.progress = progress
+        self.trainer: Any = None
+        self.tracker: Any = None
+        self.ledger: Any = None  # the latest ledger (all checkpoints so far)
+        self.measure_seconds = 0.0
+        self._index = 0
+        self._loader: Any = None
+        self._warned_unattached = False
+        self._disabled: str | None = None
+
+    def attach(self, trainer: Any) -> "PreMemCallback":
+        """Add this callback to ``trainer`` and report through its ``log``; returns self."""
+        trainer.add_callback(self)
+        self.trainer = trainer
+        return self
+
+    # -- trainer events ---------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        from curator.dynamics.tracker import DynamicsTracker
+        from curator.sampling.base import SamplingParams
+
+        self.tracker = None
+        if state.global_step > 0:
+            # the tracker's running maxima of the earlier checkpoints are gone with the old process
+            self._disabled = (f"PreMemCallback: the run resumed at step {state.global_step}; a ledger cannot "
+                              "continue across a restart, so this run is not measured. Run `curate measure "
+                              f"{args.output_dir}` over all its checkpoints when it ends")
+            log.warning(self._disabled)
+            return
+        tok = getattr(processing_class, "tokenizer", processing_class)
+        if self.on == "save" and _strategy(args.save_strategy) == "no":
+            raise ConfigError("PreMemCallback(on='save') but the trainer never saves (save_strategy='no'); "
+                              "set save_strategy='epoch' or 'steps', or use on='epoch'")
+        n = self.n_checkpoints or planned_checkpoints(args, state, self.on)
+        if n is None and self.lazy:
+            raise ConfigError(f"PreMemCallback cannot tell how many checkpoints save_strategy="
+                              f"{_strategy(args.save_strategy)!r} will make; pass n_checkpoints=, or lazy=False")
+        self._index, self._disabled = 0, None  # a callback object may serve several train() calls
+        if self.source == "auto":
+            self.source = "checkpoint" if _sharded(args) and self.on == "save" else "live"
+        self.tracker = DynamicsTracker(
+            self.examples, self.fmt, self.grader, k=self.k, params=self.params or SamplingParams(stop=self.fmt.stop),
+            p=self.p, lazy=self.lazy, defer=self.defer, n_checkpoints=n, tokenizer=tok,
+            progress=not args.disable_tqdm if self.progress is None else self.progress)
+        self.n_checkpoints = n
+        self._tokenizer = tok
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if self.on == "save":
+            self._measure(args, state, model)
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        if self.on == "epoch":
+            self._measure(args, state, model)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._disabled or self.tracker is None:
+            return
+        if self._index != self.n_checkpoints:
+            log.warning("PreMemCallback measured %d checkpoints but expected %s; the last one's PreMemAcc is "
+                        "exact only if it was counted as final (pass n_checkpoints=)", self._index,
+                        self.n_checkpoints)
+
+    # -- measuring --------------------------------------------------------------------------------
+    def _measure(self, args, state, model) -> None:
+        import time
+
+        from curator.measure import CheckpointInfo, checkpoint_metrics
+
+        if self._disabled or self.tracker is None:
+            return
+        t0 = time.perf_counter()
+        self._index += 1
+        info = CheckpointInfo(self._index, int(state.global_step), float(state.epoch or 0.0),
+                     checkpoint_metrics(state.log_history, int(state.global_step)))
+        if self.source == "checkpoint":
+            loaded = self._load_saved(args, state, model)
+            model_for, tok = loaded.model, loaded.tokenizer
+        else:
+            model_for, tok = model, self._tokenizer
+            if tok is None:
+                raise ConfigError("PreMemCallback needs the tokenizer: give the trainer processing_class=tokenizer")
+
+        def factory(m):
+            if self.sampler_factory is not None:
+                return self.sampler_factory(m, tok)
+            from curator.sampling.hf import HFSampler
+
+            return HFSampler(m, tok, batch_size=self.batch_size)
+
+        was_training = model_for.training
+        model_for.eval()
+        try:
+            with without_autocast(model_for):
+                self.tracker.measure(factory(model_for), info, model=model_for, sampler_factory=factory)
+        finally:
+            model_for.train(was_training)
+        self.ledger = self.tracker.ledger(source="PreMemCallback", output_dir=str(args.output_dir))
+        if state.is_world_process_zero:
+            self.ledger.to_parquet(self.ledger_path(args))
+        self.measure_seconds += time.perf_counter() - t0
+        self._report(state, self._metrics())
+
+    def ledger_path(self, args) -> Path:
+        return Path(self.out) if self.out is not None else Path(args.output_dir) / "ledger.parquet"
+
+    def _load_saved(self, args, state, model):
+        from curator.measure import CheckpointLoader, read_checkpoint
+
+        from accelerate import PartialState
+
+        # every process must see the complete directory before any loads it
+        PartialState().wait_for_everyone()
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self._loader is None:
+            # the dtype the model trains in (sharded parameters keep it); on this process's device
+            param = next(model.parameters())
+            device = f"cuda:{param.device.index or 0}" if param.device.type == "cuda" else "cpu"
+            self._loader = CheckpointLoader(dtype=param.dtype, device=device)
+        return self._loader.load(read_checkpoint(path))
+
+    def _metrics(self) -> dict[str, float]:
+        from curator.dynamics.metrics import summary
+
+        last = summary(self.ledger).iloc[-1]
+        values = {"premem_acc": last["premem_acc"], "train_accuracy": last["train_acc"],
+                  "fraction_memorized": last["fraction_memorized"]}
+        # lazy tracking leaves intermediate PreMemAcc within bounds (NaN point value): report what is known
+        return {k: float(v) for k, v in values.items() if math.isfinite(float(v))}
+
+    def _report(self, state, metrics: dict[str, float]) -> None:
+        if not metrics:
+            return
+        if self.trainer is not None:
+            self.trainer.log(dict(metrics))
+            return
+        state.log_history.append({**metrics, "epoch": state.epoch, "step": state.global_step})
+        if not self._warned_unattached:
+            self._warned_unattached = True
+            log.warning("PreMemCallback is not attached to its trainer, so report_to backends do not get "
+                        "PreMemAcc; add it with PreMemCallback(...).attach(trainer)")
+
