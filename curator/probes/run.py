@@ -223,3 +223,100 @@ def run_probes(recipe: ProbeRecipe, out_dir: str | os.PathLike | None = None, *,
                                                  "train_seconds": run.train_seconds, "notes": pset.notes})
         atomic_write_text(out / "DONE", "")
     return run
+
+
+# -- the figure -----------------------------------------------------------------------------------
+
+FAMILY_TITLES = {
+    "chosen": "y+ (chosen)", "rejected": "y- (rejected)", "chosen_rephrase": "y+ rephrased",
+    "rejected_rephrase": "y- rephrased", "other_chosen": "y+ of another train prompt",
+    "test_chosen": "y+ of a test prompt", "unrelated": "unrelated sentence",
+    "chosen_shuffled": "y+ words shuffled", "unrelated_shuffled": "unrelated, shuffled",
+    "greedy": "greedy response at start",
+}
+MARKED = "tab:red"  # frame colour of the panels the squeezing effect is read from
+
+
+def plot_probes(table: Any, path: str | os.PathLike | None = None, metric: str = "logprob_sum",
+                title: str | None = None) -> Any:
+    """One panel per family plus the argmax panel, one line per recipe; x = steps since DPO began.
+
+    The y- panel and the argmax panel (teacher-forced argmax-token log-prob along y+) are framed
+    in red: DPO should push the first down and, by the squeezing effect, the second up. Returns
+    the matplotlib Figure (saved to `path` when given); no global backend is changed.
+    """
+    from matplotlib.figure import Figure
+
+    from curator.probes.families import FAMILIES
+    from curator.probes.scoring import family_curves
+
+    curves = family_curves(table, metric)
+    argmax_metric = "argmax_" + metric.replace("argmax_", "")
+    argmax = family_curves(table[table["family"] == "chosen"], argmax_metric)
+    fams = [f for f in FAMILIES if f in set(curves["family"])]
+    fams += sorted(set(curves["family"]) - set(fams))
+    panels = fams + ["argmax"]
+    cols = 4
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(4.0 * cols, 3.0 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    recipes = list(dict.fromkeys(table["recipe"]))
+    colors = {r: c for r, c in zip(recipes, ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"] * 4)}
+    for ax, fam in zip(axes, panels):
+        data = argmax if fam == "argmax" else curves[curves["family"] == fam]
+        for recipe in recipes:
+            d = data[data["recipe"] == recipe].sort_values("step")
+            ax.plot(d["since_dpo"], d[argmax_metric if fam == "argmax" else metric], marker=".", ms=3,
+                    color=colors[recipe], label=recipe)
+        ax.axvline(0, color="0.6", lw=0.8, ls="--")
+        name = "argmax token along y+ (teacher forced)" if fam == "argmax" else FAMILY_TITLES.get(fam, fam)
+        ax.set_title(name, fontsize=9, color=MARKED if fam in ("rejected", "argmax") else "black")
+        if fam in ("rejected", "argmax"):
+            for s in ax.spines.values():
+                s.set_color(MARKED)
+                s.set_linewidth(1.6)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7)
+    fig.supxlabel("optimizer steps since DPO began (dashed line; negative = SFT)", fontsize=9)
+    label = {"logprob_sum": "summed log-prob", "logprob_mean": "mean per-token log-prob"}.get(metric, metric)
+    fig.supylabel(f"{label}, mean over probes", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    if path is not None:
+        import io
+
+        from curator.io import atomic_write_bytes
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=110)
+        atomic_write_bytes(path, buf.getvalue())
+    return fig
+
+
+def squeeze_report(table: Any, metric: str = "logprob_sum") -> dict[str, dict[str, dict[str, float]]]:
+    """Per recipe and family: the value at the DPO start, at the DPO end, and the change.
+
+    The argmax-token log-prob along y+ appears as the family ``argmax``. This is what docs/PROBES.md
+    reads the squeezing effect from.
+    """
+    from curator.probes.scoring import family_curves
+
+    curves = family_curves(table, metric)
+    argmax_metric = "argmax_" + metric.replace("argmax_", "")
+    am = family_curves(table[table["family"] == "chosen"], argmax_metric).rename(columns={argmax_metric: metric})
+    am["family"] = "argmax"
+    import pandas as pd
+
+    allc = pd.concat([curves, am], ignore_index=True)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (recipe, fam), d in allc.groupby(["recipe", "family"], sort=False):
+        d = d.sort_values("step")
+        start = d[d["since_dpo"] <= 0]
+        after = d[d["since_dpo"] > 0]
+        if not len(start) or not len(after):
+            continue
+        a, b = float(start[metric].iloc[-1]), float(after[metric].iloc[-1])
+        out.setdefault(recipe, {})[fam] = {"dpo_start": a, "dpo_end": b, "change": b - a}
+    return out
