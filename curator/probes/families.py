@@ -191,10 +191,10 @@ def rephrase(sampler: Any, responses: Sequence[str], max_new_tokens: int = 128) 
 
 def greedy_responses(sampler: Any, probes: Sequence[PreferenceRow], fmt: PromptFormat, tokenizer: Any = None,
                      max_new_tokens: int = 96) -> list[str]:
-    """The model's greedy target text for each probe prompt, with the stop string put back.
+    """The model's greedy target text for each probe prompt, up to and including its stop string.
 
-    Generation cuts the stop string off; it is appended again when the completion ended on it, so
-    the greedy family is scored on exactly the text the model would produce, ending included.
+    The greedy family is scored on exactly the text the model produced, its ending included (a
+    completion that never reaches a stop string is kept whole, `max_new_tokens` long).
     """
     from curator.sampling.base import SamplingParams
 
