@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import random
 
 import numpy as np
@@ -325,3 +326,72 @@ def test_shipped_probe_recipes_validate():
     from dataclasses import replace
 
     assert replace(b, name=a.name, stages=a.stages) == a
+
+
+def test_greedy_responses_keep_the_stop_string():
+    from curator.probes.families import greedy_responses
+
+    class Fixed:
+        def generate(self, prompts, n, params):
+            assert params.temperature == 0 and params.stop == ()
+            return [[" 1 + 1 = 2\nDone. and more"], [" never stops"]]
+
+    got = greedy_responses(Fixed(), [row(0), row(1)], PromptFormat())
+    assert got == [" 1 + 1 = 2\nDone.", " never stops"]
+
+
+@pytest.mark.slow
+def test_curate_probes_end_to_end_on_the_tiny_model(tmp_path):
+    """Both shipped recipes on the tiny model through the CLI: table, figure, report; a rerun skips."""
+    import subprocess
+    import sys
+
+    import matplotlib
+
+    from curator.probes.scoring import read_probe_table
+
+    backend = matplotlib.get_backend()
+    sets = ["--set", "model.name=tiny-random", "--set", "model.lora=null", "--set", "probes.greedy_max_new_tokens=8",
+            "--set", "data.preferences=synthetic:easy?n=6&seed=0&max_steps=2&max_operand=10",
+            "--set", "stages.0.training.epochs=1", "--set", "stages.1.training.epochs=2", "--set", "probes.eval_every=2"]
+    cmd = [sys.executable, "-m", "curator.cli.main", "probes", "recipes/probes/sft-dpo.yaml",
+           "recipes/probes/extended-sft-dpo.yaml", "--out", str(tmp_path), "--quiet", *sets]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny ops: threads only contend on a shared CI machine
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "change of the logprob sum during DPO" in r.stdout and "rejected" in r.stdout
+    assert (tmp_path / "probes.png").stat().st_size > 10_000
+    t = read_probe_table(tmp_path / "extended-sft-dpo" / "probes.parquet")
+    # 6 rows x 2 (y+ and y-) / batch 4 = 3 SFT steps, 1 epoch; DPO 2 steps per epoch, 2 epochs; every 2 steps
+    # and at each stage's end
+    assert sorted(set(t.step)) == [0, 2, 3, 5, 7] and t[t.stage == "dpo"].stage_step.max() == 4
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert again.returncode == 0 and "finished earlier" in again.stdout
+    changed = subprocess.run(cmd + ["--set", "seed=1"], capture_output=True, text=True, env=env)
+    assert changed.returncode == 2 and "holds a finished run of a different 'sft-dpo' recipe" in changed.stderr
+    assert matplotlib.get_backend() == backend
+
+
+def test_figure_has_a_panel_per_family_and_the_argmax(tmp_path):
+    import pandas as pd
+
+    from curator.probes.run import plot_probes, squeeze_report
+
+    rows = []
+    for recipe, drop in (("a", 1.0), ("b", 0.5)):
+        for step, stage, ss in ((0, "init", 0), (2, "sft", 2), (4, "dpo", 2)):
+            for fam in ("chosen", "rejected", "unrelated"):
+                v = -10.0 - (drop * (fam == "rejected") * (stage == "dpo"))
+                rows.append({"recipe": recipe, "stage": stage, "stage_index": {"init": 0, "sft": 1, "dpo": 2}[stage],
+                             "step": step, "stage_step": ss, "epoch": 0.0, "family": fam, "probe_id": "p",
+                             "n_tokens": 5, "logprob_sum": v, "logprob_mean": v / 5,
+                             "argmax_logprob_sum": -1.0 + (stage == "dpo"), "argmax_logprob_mean": 0.0})
+    t = pd.DataFrame(rows)
+    fig = plot_probes(t, tmp_path / "f.png")
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in visible] == ["y+ (chosen)", "y- (rejected)", "unrelated sentence",
+                                                  "argmax token along y+ (teacher forced)"]
+    assert all(len(ax.get_lines()) == 2 + 1 for ax in visible)  # two recipes + the DPO-start line
+    rep = squeeze_report(t)
+    assert rep["a"]["rejected"]["change"] == pytest.approx(-1.0) and rep["b"]["rejected"]["change"] == pytest.approx(-0.5)
+    assert rep["a"]["chosen"]["change"] == 0 and rep["a"]["argmax"]["change"] == pytest.approx(1.0)

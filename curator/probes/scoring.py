@@ -14,7 +14,6 @@ same pass, which the Sampler protocol does not expose.
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -170,7 +169,8 @@ def check_probe_table(df: Any, where: str = "probe table") -> None:
 
 def family_curves(df: Any, metric: str = "logprob_sum"):
     """Mean of `metric` over probes per (recipe, stage, step, family), with the DPO start of each
-    recipe subtracted from the step as ``since_dpo`` (negative: before preference training)."""
+    recipe subtracted from the step as ``since_dpo`` (negative: before preference training; a
+    recipe without a DPO stage keeps its steps)."""
     if metric not in METRICS:
         raise DataError(f"unknown probe metric {metric!r}; use one of {', '.join(METRICS)}")
     g = (df.groupby(["recipe", "stage", "stage_index", "step", "family"], sort=True)[metric]
@@ -179,6 +179,7 @@ def family_curves(df: Any, metric: str = "logprob_sum"):
     for recipe, sub in df.groupby("recipe"):
         dpo = sub[sub["stage"] == "dpo"]
         # the last evaluation before the first DPO step is where DPO starts
-        starts[recipe] = (int(dpo["step"].min()) - int(dpo["stage_step"].min())) if len(dpo) else math.nan
+        # a recipe without DPO is drawn against its own steps
+        starts[recipe] = (int(dpo["step"].min()) - int(dpo["stage_step"].min())) if len(dpo) else 0
     g["since_dpo"] = g["step"] - g["recipe"].map(starts)
     return g
