@@ -6,7 +6,7 @@ Both arms train the same stages on the same rows from the same weights; the prob
 the greedy responses, scores every family at step 0 and every `--eval-every` optimizer steps (and
 at each stage's end), as `curate probes` does; the unprobed arm checkpoints once per epoch. The
 arms alternate, `--repeats` times each, and the figure is the ratio of median wall times. The
-default probe size is `ProbeSettings()`'s (4 probes x 10 families, every 5 steps). Target: <= 20%.
+default probe size is `ProbeSettings()`'s (4 probes x 10 families, every 10 steps). Target: <= 20%.
 """
 
 from __future__ import annotations

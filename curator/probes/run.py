@@ -45,7 +45,7 @@ class ProbeData:
 class ProbeSettings:
     n: int = field(default=4, metadata={"help": "Probe prompts: the first n training rows (more: smoother curves, "
                                                  "slower evaluations; 10 families per probe)."})
-    eval_every: int = field(default=5, metadata={
+    eval_every: int = field(default=10, metadata={
         "help": "Optimizer steps between probe evaluations (every stage; also at the start and each stage's end)."})
     rephrase_model: Union[str, None] = field(default=None, metadata={
         "help": "Model that rephrases y+ / y- for rows without rephrase columns; null: such rows' "
