@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "measure": ("curator.cli.measure:measure", "A learning-dynamics ledger from checkpoints any trainer saved (full or peft)."),
     "export": ("curator.cli.export:export", "A run's selected training set as a datasets dataset (jsonl, parquet, save_to_disk, hub)."),
     "data": ("curator.cli.data:data", "Preview datasets and write synthetic reasoning tasks."),
+    "probes": ("curator.cli.probes:probes", "Response-family probes through SFT / extended SFT / DPO (squeezing effect)."),
 }
 
 
