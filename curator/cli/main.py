@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("curator.cli.analysis:sweep", "Train a learning-rate x epochs grid with dynamics tracking, then predict."),
     "ledger": ("curator.cli.ledger:ledger", "Inspect, summarise and import learning-dynamics ledgers."),
     "data": ("curator.cli.data:data", "Preview datasets and write synthetic reasoning tasks."),
+    "routing": ("curator.cli.routing:routing", "Validate MoE routing monitors (pathway distance/consistency) on a small MoE."),
 }
 
 
