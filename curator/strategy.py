@@ -38,6 +38,7 @@ BUILTINS = {
     "premem-threshold": "strategies.premem:PreMemThreshold",
     "uncertainty": "strategies.uncertainty:AnswerEntropy",
     "premem-diverse": "strategies.composite:PreMemDiverse",
+    "routing-outliers": "strategies.routing:RoutingOutliers",
 }
 for _name, _target in BUILTINS.items():
     strategies.register(_name, _target)
