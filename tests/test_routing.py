@@ -49,19 +49,21 @@ def test_batched_distances_match_the_textbook_dp():
     i, j = np.triu_indices(40, 1)
     want = [levenshtein(pathway_symbols(paths[a]).tolist(), pathway_symbols(paths[b]).tolist()) for a, b in zip(i, j)]
     assert ps.distances(i, j).tolist() == want  # bit-parallel (<= 64 symbols)
-    assert ps._dp(i, j).tolist() == want  # the vectorised DP fallback
+    assert ps.distances(i, j, max_table_bytes=0).tolist() == want  # the vectorised DP fallback
     assert ps.distances(j, i).tolist() == want  # symmetric
 
 
-def test_long_pathways_use_the_dp_and_stay_exact():
+def test_pathways_longer_than_one_word_stay_exact():
     rng = np.random.default_rng(1)
-    paths = _random_paths(rng, 8, max_layers=30, experts=8, max_k=5)
-    paths[0] = [[0, 1, 2, 3]] * 20  # 80 symbols: beyond one 64-bit word
+    paths = _random_paths(rng, 10, max_layers=50, experts=8, max_k=5)
+    paths[0] = [[0, 1, 2, 3]] * 40  # 160 symbols: three 64-bit words
+    paths[1] = [[0, 1, 2, 3]] * 17 + [[4]]  # 69: one symbol past the first word
     ps = PathwaySet.from_paths(paths)
-    assert ps.codes.shape[1] > 64
-    i, j = np.triu_indices(8, 1)
+    assert ps.codes.shape[1] > 128
+    i, j = np.triu_indices(10, 1)
     want = [levenshtein(pathway_symbols(paths[a]).tolist(), pathway_symbols(paths[b]).tolist()) for a, b in zip(i, j)]
-    assert ps.distances(i, j).tolist() == want
+    assert ps.distances(i, j).tolist() == want  # blocked bit-parallel kernel
+    assert ps.distances(i, j, max_table_bytes=0).tolist() == want  # the DP, when the bit table is too big
 
 
 def test_sampled_distance_reports_a_standard_error_that_covers_the_exact_mean():

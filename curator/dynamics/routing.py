@@ -303,75 +303,129 @@ class PathwaySet:
         return PathwaySet(self.codes[rows], self.lengths[rows])
 
     @property
+    def words(self) -> int:
+        """64-bit words per pathway in the bit-parallel kernel (one per 64 symbols)."""
+        return max(1, -(-int(self.codes.shape[1]) // 64))
+
+    @property
     def peq(self) -> np.ndarray:
-        """[N, S] uint64: bit i of peq[n, s] is set when position i of pathway n holds symbol s."""
+        """[N, W, S] uint64: bit i of peq[n, w, s] is set when position 64 w + i of pathway n holds
+        symbol s."""
         if self._peq is None:
             n_sym = int(self.codes.max()) + 1 if self.codes.size else 0
-            peq = np.zeros((len(self), n_sym), np.uint64)
+            peq = np.zeros((len(self), self.words, max(n_sym, 1)), np.uint64)
             rows = np.arange(len(self))
-            for i in range(min(self.codes.shape[1], 64)):
-                ok = self.codes[:, i] >= 0
-                np.bitwise_or.at(peq, (rows[ok], self.codes[ok, i]), np.uint64(1) << np.uint64(i))
+            for pos in range(self.codes.shape[1]):
+                ok = self.codes[:, pos] >= 0
+                np.bitwise_or.at(peq, (rows[ok], pos // 64, self.codes[ok, pos]),
+                                 np.uint64(1) << np.uint64(pos % 64))
             self._peq = peq
         return self._peq
 
-    def distances(self, i: Any, j: Any, chunk: int = 1 << 18) -> np.ndarray:
-        """Levenshtein distance between pathways i[p] and j[p] for every pair p."""
+    def peq_bytes(self) -> int:
+        n_sym = int(self.codes.max()) + 1 if self.codes.size else 1
+        return len(self) * self.words * n_sym * 8
+
+    def distances(self, i: Any, j: Any, chunk: int = 1 << 16, threads: int = 1,
+                  max_table_bytes: int = 1 << 30) -> np.ndarray:
+        """Levenshtein distance between pathways i[p] and j[p] for every pair p.
+
+        Bit-parallel (`_myers`) with the shorter pathway of each pair as the pattern; the vectorised
+        DP (`_dp`) only when the bit table would exceed ``max_table_bytes``. ``threads`` > 1 runs
+        chunks in a thread pool (numpy's element-wise loops release the GIL).
+        """
         i = np.asarray(i, np.int64)
         j = np.asarray(j, np.int64)
+        swap = self.lengths[i] > self.lengths[j]  # distance is symmetric: pattern = the shorter
+        i, j = np.where(swap, j, i), np.where(swap, i, j)
         out = np.empty(len(i), np.int64)
-        fast = self.codes.shape[1] <= 64
-        for s in range(0, len(i), chunk):
-            a, b = i[s:s + chunk], j[s:s + chunk]
-            out[s:s + chunk] = self._myers(a, b) if fast else self._dp(a, b)
+        if len(i) == 0:
+            return out
+        if self.peq_bytes() <= max_table_bytes:
+            self.peq  # built once, before any thread needs it
+            kernel = self._myers
+        else:
+            kernel = self._dp
+
+        def run(s: int) -> None:
+            out[s:s + chunk] = kernel(i[s:s + chunk], j[s:s + chunk])
+
+        starts = range(0, len(i), chunk)
+        if threads > 1 and len(starts) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(run, starts))
+        else:
+            for s in starts:
+                run(s)
         return out
 
     def _myers(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        # Myers (1999) / Hyyro (2001) bit-vector edit distance: pathway a is the pattern (one bit per
-        # symbol), b the text; one step per text symbol for every pair of the batch at once. Pairs are
-        # sorted by text length so that step t touches only the pairs still reading; at the end
-        # (pv, mv) hold each pair's last DP column as vertical +1/-1 deltas, so
-        # D[m][n] = D[0][n] + popcount(pv) - popcount(mv) = n + popcount(pv) - popcount(mv).
+        # Myers (1999) bit-vector edit distance in Hyyro's block form (as in edlib): pathway a is the
+        # pattern, 64 rows of the DP per word, b the text; one step per text symbol for every pair
+        # of the batch at once. Pairs are sorted by text length so that step t touches only the
+        # pairs still reading. At the end (pv, mv) hold each pair's last DP column as vertical
+        # +1/-1 deltas, so D[m][n] = D[0][n] + popcount(pv) - popcount(mv) over rows 1..m. Rows
+        # past m (padding bits) never reach rows <= m: carries and block outputs only flow down.
         order = np.argsort(-self.lengths[b], kind="stable")
         a, b = a[order], b[order]
         m = self.lengths[a]
         n = self.lengths[b]
         peq = self.peq
-        n_sym = peq.shape[1]
-        one = np.uint64(1)
-        mask = np.where(m >= 64, ~np.uint64(0), (one << np.minimum(m, 63).astype(np.uint64)) - one).astype(np.uint64)
-        pv = mask.copy()
-        mv = np.zeros(len(a), np.uint64)
+        W = int(max(1, -(-int(m.max()) // 64))) if len(m) else 1
+        n_sym = peq.shape[2]
         flat = peq.reshape(-1)
-        base = a * n_sym
+        one, top = np.uint64(1), np.uint64(63)
+        ones = ~np.uint64(0)
+        rows_in = np.clip(m[None, :] - 64 * np.arange(W)[:, None], 0, 64).astype(np.uint64)  # [W, P]
+        mask = np.where(rows_in >= 64, ones, (one << np.minimum(rows_in, 63)) - one).astype(np.uint64)
+        pv = mask.copy()
+        mv = np.zeros_like(pv)
+        base = a * (self.words * n_sym)
         text = self.codes[b]
         live_count = np.searchsorted(-n, -np.arange(text.shape[1]), side="left")  # pairs with n > t
-        eq = np.empty(len(a), np.uint64)
-        xv, xh, ph, mh = (np.empty(len(a), np.uint64) for _ in range(4))
+        P_ = len(a)
+        eq, xv, xh, ph, mh = (np.empty(P_, np.uint64) for _ in range(5))
+        hp = np.empty(P_, np.uint64)  # horizontal +1 entering the block (bit 0)
+        hm = np.empty(P_, np.uint64)  # horizontal -1 entering the block
         for t in range(text.shape[1]):
             k = int(live_count[t])
             if k == 0:
                 break
-            e, v, h, p_, q = eq[:k], xv[:k], xh[:k], ph[:k], mh[:k]
-            P, M = pv[:k], mv[:k]
-            np.take(flat, base[:k] + text[:k, t], out=e)
-            np.bitwise_or(e, M, out=v)
-            np.bitwise_and(e, P, out=h)
-            np.add(h, P, out=h)
-            np.bitwise_xor(h, P, out=h)
-            np.bitwise_or(h, e, out=h)
-            np.bitwise_or(h, P, out=p_)
-            np.invert(p_, out=p_)
-            np.bitwise_or(p_, M, out=p_)
-            np.bitwise_and(P, h, out=q)
-            np.left_shift(p_, one, out=p_)
-            np.bitwise_or(p_, one, out=p_)  # the DP's first row grows by one per text symbol
-            np.left_shift(q, one, out=q)
-            np.bitwise_or(v, p_, out=P)
-            np.invert(P, out=P)
-            np.bitwise_or(P, q, out=P)
-            np.bitwise_and(p_, v, out=M)
-        d = (n + np.bitwise_count(pv & mask).astype(np.int64) - np.bitwise_count(mv & mask).astype(np.int64))
+            col = base[:k] + text[:k, t]
+            hp[:k] = one  # the DP's first row grows by one per text symbol
+            hm[:k] = 0
+            for w in range(W):
+                e, v, h, p_, q = eq[:k], xv[:k], xh[:k], ph[:k], mh[:k]
+                P, M, Hp, Hm = pv[w, :k], mv[w, :k], hp[:k], hm[:k]
+                np.take(flat, col + w * n_sym, out=e)
+                np.bitwise_or(e, M, out=v)
+                np.bitwise_or(e, Hm, out=e)  # a -1 entering the block acts as a match in row 1
+                np.bitwise_and(e, P, out=h)
+                np.add(h, P, out=h)
+                np.bitwise_xor(h, P, out=h)
+                np.bitwise_or(h, e, out=h)
+                np.bitwise_or(h, P, out=p_)
+                np.invert(p_, out=p_)
+                np.bitwise_or(p_, M, out=p_)
+                np.bitwise_and(P, h, out=q)
+                if w + 1 < W:  # the horizontal delta leaving the block's last row enters the next
+                    nxt_p = p_ >> top
+                    nxt_m = q >> top
+                np.left_shift(p_, one, out=p_)
+                np.bitwise_or(p_, Hp, out=p_)
+                np.left_shift(q, one, out=q)
+                np.bitwise_or(q, Hm, out=q)
+                np.bitwise_or(v, p_, out=P)
+                np.invert(P, out=P)
+                np.bitwise_or(P, q, out=P)
+                np.bitwise_and(p_, v, out=M)
+                if w + 1 < W:
+                    Hp[:] = nxt_p
+                    Hm[:] = nxt_m
+        d = n + (np.bitwise_count(pv & mask).astype(np.int64).sum(0)
+                 - np.bitwise_count(mv & mask).astype(np.int64).sum(0))
         d = np.where(m == 0, n, d)
         out = np.empty_like(d)
         out[order] = d
@@ -412,7 +466,8 @@ class DistanceEstimate:
     exact: bool
 
 
-def pathway_distance(paths: Any, max_pairs: int = DEFAULT_MAX_PAIRS, seed: int = 0) -> DistanceEstimate:
+def pathway_distance(paths: Any, max_pairs: int = DEFAULT_MAX_PAIRS, seed: int = 0, threads: int = 1
+                     ) -> DistanceEstimate:
     """Mean Levenshtein distance over pairs of distinct samples' pathways.
 
     Exact over all N(N-1)/2 pairs when that is at most ``max_pairs``; otherwise ``max_pairs``
@@ -424,13 +479,18 @@ def pathway_distance(paths: Any, max_pairs: int = DEFAULT_MAX_PAIRS, seed: int =
         return DistanceEstimate(math.nan, math.nan, 0, True)
     total = N * (N - 1) // 2
     if total <= max_pairs:
-        i, j = np.triu_indices(N, 1)
-        d = ps.distances(i, j)
-        return DistanceEstimate(float(d.mean()), 0.0, int(total), True)
+        total_d = 0
+        for r0 in range(0, N - 1, 256):  # blocks of rows: the pair index stays small in memory
+            rows = np.arange(r0, min(r0 + 256, N - 1))
+            cnt = N - 1 - rows
+            i = np.repeat(rows, cnt)
+            j = np.arange(len(i)) - np.repeat(np.cumsum(cnt) - cnt, cnt) + i + 1
+            total_d += int(ps.distances(i, j, threads=threads).sum())
+        return DistanceEstimate(total_d / total, 0.0, int(total), True)
     rng = np.random.default_rng(seed)
     i = rng.integers(0, N, max_pairs)
     j = (i + rng.integers(1, N, max_pairs)) % N  # uniform over j != i
-    d = ps.distances(i, j).astype(np.float64)
+    d = ps.distances(i, j, threads=threads).astype(np.float64)
     return DistanceEstimate(float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))), int(max_pairs), False)
 
 
