@@ -358,3 +358,13 @@ def test_monitor_runs_inside_finetune(tok):
     cols = mon.columns()
     assert mon.checkpoints == [1, 2]
     assert cols["pathway"].shape == (6, 2) and np.isfinite(cols["pathway_consistency"]).all()
+
+
+def test_pathway_set_from_weights_equals_from_paths():
+    rng = np.random.default_rng(4)
+    w = rng.dirichlet(np.full(5, 0.4), size=(30, 4))
+    direct = PathwaySet.from_weights(w, 0.8)
+    via = PathwaySet.from_paths(pathways(w, 0.8))
+    i, j = np.triu_indices(30, 1)
+    assert direct.lengths.tolist() == via.lengths.tolist()
+    assert direct.distances(i, j).tolist() == via.distances(i, j).tolist()

@@ -209,13 +209,8 @@ def sample_routing(model: Any, sequences: Sequence[Sequence[int]], batch_size: i
 # ------------------------------------------------------------------------------------ pathways
 
 
-def pathways(weights: np.ndarray, cutoff: float = DEFAULT_CUTOFF) -> list[list[np.ndarray]]:
-    """Per sample, per layer: the experts (ascending id) kept up to cumulative weight ``cutoff``.
-
-    Experts are taken in decreasing weight (ties: lower id first) until their weights sum to at
-    least ``cutoff`` of the layer's total; so at least one expert per layer, and cutoff = 1 keeps
-    every expert with weight > 0.
-    """
+def keep_mask(weights: np.ndarray, cutoff: float = DEFAULT_CUTOFF) -> np.ndarray:
+    """[N, L, E] bool: the experts each sample keeps per layer (see `pathways`)."""
     cutoff = check_cutoff(cutoff)
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim != 3:
@@ -228,7 +223,21 @@ def pathways(weights: np.ndarray, cutoff: float = DEFAULT_CUTOFF) -> list[list[n
     n_keep = (cum < cutoff * total - 1e-9).sum(-1) + 1
     if cutoff == 1:
         n_keep = np.minimum(n_keep, (sw > 0).sum(-1).clip(min=1))
-    return [[np.sort(order[i, l, :n_keep[i, l]]) for l in range(w.shape[1])] for i in range(w.shape[0])]
+    ranked = np.arange(w.shape[-1]) < n_keep[..., None]
+    mask = np.zeros(w.shape, bool)
+    np.put_along_axis(mask, order, ranked, -1)
+    return mask
+
+
+def pathways(weights: np.ndarray, cutoff: float = DEFAULT_CUTOFF) -> list[list[np.ndarray]]:
+    """Per sample, per layer: the experts (ascending id) kept up to cumulative weight ``cutoff``.
+
+    Experts are taken in decreasing weight (ties: lower id first) until their weights sum to at
+    least ``cutoff`` of the layer's total; so at least one expert per layer, and cutoff = 1 keeps
+    every expert with weight > 0.
+    """
+    mask = keep_mask(weights, cutoff)
+    return [[np.flatnonzero(layer) for layer in sample] for sample in mask]
 
 
 def format_pathway(path: Sequence[Sequence[int]]) -> str:
@@ -293,6 +302,19 @@ class PathwaySet:
             for i, s in enumerate(seqs):
                 codes[i, :len(s)] = inv[pos:pos + len(s)]
                 pos += len(s)
+        return cls(codes, lengths)
+
+    @classmethod
+    def from_weights(cls, weights: np.ndarray, cutoff: float = DEFAULT_CUTOFF) -> "PathwaySet":
+        """Straight from [N, L, E] routing weights (vectorised; same pathways as `pathways`)."""
+        mask = keep_mask(weights, cutoff).reshape(len(weights), -1)  # (layer, expert) order = pathway order
+        lengths = mask.sum(1).astype(np.int64)
+        codes = np.full((len(mask), int(lengths.max()) if len(mask) else 0), -1, np.int32)
+        n, flat = np.nonzero(mask)
+        start = np.cumsum(lengths) - lengths
+        codes[n, np.arange(len(n)) - start[n]] = flat
+        used, inv = np.unique(codes[codes >= 0], return_inverse=True)  # compact alphabet
+        codes[codes >= 0] = inv
         return cls(codes, lengths)
 
     def __len__(self) -> int:
@@ -760,14 +782,14 @@ def per_example_routing(ledger: Any, settings: RoutingSettings | None = None, ch
 class ValidationSettings:
     """The reproducible validation run of `curate routing` (docs/ROUTING.md)."""
 
-    n_train: int = 96
-    n_test: int = 96
+    n_train: int = 64
+    n_test: int = 64
     preset: str = "easy"
     epochs: int = 40
     learning_rate: float = 3e-3
     batch_size: int = 16
-    checkpoint_every: int = 20
-    max_new_tokens: int = 160
+    checkpoint_every: int = 16
+    max_new_tokens: int = 280  # the longest easy target is 270 characters
     seed: int = 0
     routing: RoutingSettings = field(default_factory=RoutingSettings)
 
