@@ -698,7 +698,7 @@ class RoutingMonitor:
                             f"{merged.loc[lost, ['example_id', 'checkpoint']].head(3).values.tolist()}); "
                             "the monitor must see the same examples and checkpoints as the ledger")
         merged["pathway"] = merged["pathway"].astype("string")
-        meta = dict(ledger.meta, routing={"cutoff": self.cutoff})
+        meta = dict(ledger.meta, routing={**dict(ledger.meta.get("routing") or {}), "cutoff": self.cutoff})
         return Ledger(merged, meta)
 
 
