@@ -10,8 +10,8 @@ import click
               help="Run directory: ledger.parquet, checkpoints.csv, routing.csv, routing.png, report.md.")
 @click.option("--n-train", type=int, default=64, show_default=True, help="Synthetic training problems.")
 @click.option("--n-test", type=int, default=64, show_default=True, help="Held-out synthetic test problems.")
-@click.option("--epochs", type=int, default=40, show_default=True)
-@click.option("--checkpoint-every", type=int, default=16, show_default=True, help="Optimizer steps between checkpoints.")
+@click.option("--epochs", type=int, default=100, show_default=True)
+@click.option("--checkpoint-every", type=int, default=40, show_default=True, help="Optimizer steps between checkpoints.")
 @click.option("--cutoff", type=float, default=0.8, show_default=True,
               help="Cumulative routing weight of the experts kept per layer, in (0, 1].")
 @click.option("--epsilon", type=float, default=0.5, show_default=True,

@@ -785,10 +785,10 @@ class ValidationSettings:
     n_train: int = 64
     n_test: int = 64
     preset: str = "easy"
-    epochs: int = 40
+    epochs: int = 100
     learning_rate: float = 3e-3
     batch_size: int = 16
-    checkpoint_every: int = 16
+    checkpoint_every: int = 40
     max_new_tokens: int = 280  # the longest easy target is 270 characters
     seed: int = 0
     routing: RoutingSettings = field(default_factory=RoutingSettings)
@@ -901,6 +901,9 @@ def _plot_validation(t: pd.DataFrame, path: Any) -> None:
     from curator.analysis.predict import _fig
 
     fig = _fig(1, 3, size=(13.0, 3.8))
+    final = int(t["n_memorized"].iloc[-1])
+    half = t.loc[t["n_memorized"] >= max(final, 1) / 2, "step"]
+    onset = float(half.iloc[0]) if final and len(half) else None  # half the memorized set memorized
     ax = fig.add_subplot(131)
     for col, lab in (("pathway_distance", "memorized samples"), ("pathway_distance_all", "all samples")):
         se = t.get(col.replace("distance", "distance_se"), None)
@@ -928,6 +931,10 @@ def _plot_validation(t: pd.DataFrame, path: Any) -> None:
     ax.legend(fontsize=7, loc="upper left")
     ax2.legend(fontsize=7, loc="upper right")
     ax.set_title("loss, test accuracy, memorization", fontsize=9)
+    if onset is not None:
+        for a in fig.axes:
+            a.axvline(onset, color="grey", ls=":", lw=1)
+        fig.axes[0].text(onset, fig.axes[0].get_ylim()[1], " half memorized", fontsize=7, va="top", color="grey")
     fig.tight_layout()
     fig.savefig(path)
 
