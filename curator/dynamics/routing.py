@@ -874,14 +874,25 @@ def routing_validation(out_dir: Any, settings: ValidationSettings | None = None,
                                                                                "test_accuracy", "test_nll",
                                                                                "train_loss"]], on="checkpoint")
     both.to_csv(out / "routing.csv", index=False)
-    corr = correlations(both)
-    _plot_validation(both, out / "routing.png")
-    (out / "report.md").write_text(_validation_report(both, corr, s))
+    corr = write_validation_report(out, repr(s))
     return {"dir": out, "table": both, "correlations": corr}
 
 
+def write_validation_report(out_dir: Any, settings: str = "") -> pd.DataFrame:
+    """``report.md`` and ``routing.png`` from a validation run's ``routing.csv``; the correlations."""
+    from pathlib import Path
+
+    out = Path(out_dir)
+    table = pd.read_csv(out / "routing.csv")
+    corr = correlations(table)
+    _plot_validation(table, out / "routing.png")
+    (out / "report.md").write_text(_validation_report(table, corr, settings))
+    return corr
+
+
 def correlations(table: pd.DataFrame) -> pd.DataFrame:
-    """Pearson r of each monitor with test accuracy and test NLL across checkpoints."""
+    """Pearson r of each monitor with test accuracy and test NLL across checkpoints, with a 95%
+    interval (Fisher z; checkpoints of one run are not independent, so it is optimistic)."""
     rows = []
     for metric in ("pathway_distance", "pathway_consistency", "pathway_distance_all", "pathway_consistency_all",
                    "train_loss"):
@@ -889,10 +900,15 @@ def correlations(table: pd.DataFrame) -> pd.DataFrame:
         for target in ("test_accuracy", "test_nll"):
             x, y = table[metric].to_numpy(float), table[target].to_numpy(float)
             ok = np.isfinite(x) & np.isfinite(y)
-            r = (float(np.corrcoef(x[ok], y[ok])[0, 1]) if ok.sum() >= 3 and x[ok].std() > 0 and y[ok].std() > 0
+            n = int(ok.sum())
+            r = (float(np.corrcoef(x[ok], y[ok])[0, 1]) if n >= 3 and x[ok].std() > 0 and y[ok].std() > 0
                  else math.nan)
+            half = 1.96 / math.sqrt(n - 3) if n > 3 else math.nan
+            z = math.atanh(max(min(r, 0.999999), -0.999999)) if np.isfinite(r) else math.nan
             row[f"r_{target}"] = r
-            row[f"n_{target}"] = int(ok.sum())
+            row[f"ci_{target}"] = (f"[{math.tanh(z - half):.2f}, {math.tanh(z + half):.2f}]"
+                                   if np.isfinite(z) and np.isfinite(half) else "-")
+        row["n"] = n
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -939,11 +955,11 @@ def _plot_validation(t: pd.DataFrame, path: Any) -> None:
     fig.savefig(path)
 
 
-def _validation_report(t: pd.DataFrame, corr: pd.DataFrame, s: ValidationSettings) -> str:
+def _validation_report(t: pd.DataFrame, corr: pd.DataFrame, settings: str) -> str:
     cols = ["checkpoint", "step", "train_loss", "test_nll", "test_accuracy", "n_memorized", "n_routing_samples",
             "pathway_distance", "pathway_distance_se", "pathway_consistency", "pathway_distance_all",
             "pathway_consistency_all"]
-    lines = ["# Routing monitors on a small MoE trained from scratch", "", f"Settings: `{s!r}`", "",
+    lines = ["# Routing monitors on a small MoE trained from scratch", "", f"Settings: `{settings}`", "",
              "## Per checkpoint", "", _markdown(t[cols], ".4g"), "",
              "## Pearson r across checkpoints (single seed: a smoke test, not a claim)", "",
              _markdown(corr, ".3f"), "", "![routing](routing.png)", ""]
