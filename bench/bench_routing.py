@@ -39,7 +39,7 @@ def bench_distances(args) -> None:
     w = make_weights(args.n, args.layers, args.experts, args.tokens)
     t0 = time.perf_counter()
     ps = PathwaySet.from_weights(w, 0.8)
-    ps.peq
+    _ = ps.peq
     build = time.perf_counter() - t0
     lens = ps.lengths
     print(f"{args.n} pathways x {args.layers} layers ({args.experts} experts): {lens.mean():.1f} symbols on "

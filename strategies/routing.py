@@ -40,7 +40,11 @@ class RoutingOutliers(Strategy):
 
     def targets(self, ctx: SelectionContext) -> tuple[list[Example], dict[str, float]]:
         """The worst-scoring ``fraction`` of memorized training examples, worst first; id -> score."""
-        from curator.dynamics.routing import has_routing, per_example_routing, routing_settings_from
+        from curator.dynamics.routing import (
+            has_routing,
+            per_example_routing,
+            routing_settings_from,
+        )
 
         if ctx.ledger is None or not has_routing(ctx.ledger):
             raise StrategyError(f"strategy {self.name!r} needs a ledger with routing columns (pathway, "

@@ -9,10 +9,18 @@ import numpy as np
 import pytest
 
 from curator.dynamics import routing as R
-from curator.dynamics.routing import (PathwaySet, RoutingError, RoutingSettings, consistency_ci,
-                                      levenshtein, memorization_checkpoint, pathway_consistency,
-                                      pathway_distance, pathway_symbols, pathways)
-
+from curator.dynamics.routing import (
+    PathwaySet,
+    RoutingError,
+    RoutingSettings,
+    consistency_ci,
+    levenshtein,
+    memorization_checkpoint,
+    pathway_consistency,
+    pathway_distance,
+    pathway_symbols,
+    pathways,
+)
 
 # ------------------------------------------------------------------ edit distance
 

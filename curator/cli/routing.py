@@ -28,7 +28,11 @@ def routing(out_dir, n_train, n_test, epochs, checkpoint_every, cutoff, epsilon,
     """
     import torch
 
-    from curator.dynamics.routing import RoutingSettings, ValidationSettings, routing_validation
+    from curator.dynamics.routing import (
+        RoutingSettings,
+        ValidationSettings,
+        routing_validation,
+    )
 
     torch.set_num_threads(1)  # the reference run; results are reproducible with one thread
     rs = RoutingSettings(cutoff=cutoff, epsilon=epsilon, delta=delta, memorized_only=not all_samples, seed=seed)

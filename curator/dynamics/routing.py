@@ -129,7 +129,7 @@ class RoutingCapture:
 
     def __init__(self, model: Any):
         self.routers = router_modules(model)
-        self.num_experts = int(getattr(self.routers[0][1], "num_experts"))
+        self.num_experts = int(self.routers[0][1].num_experts)
         self.calls: list[list[tuple[Any, Any]]] = [[] for _ in self.routers]
         self._handles: list[Any] = []
 
@@ -313,7 +313,7 @@ class PathwaySet:
         n, flat = np.nonzero(mask)
         start = np.cumsum(lengths) - lengths
         codes[n, np.arange(len(n)) - start[n]] = flat
-        used, inv = np.unique(codes[codes >= 0], return_inverse=True)  # compact alphabet
+        _, inv = np.unique(codes[codes >= 0], return_inverse=True)  # compact alphabet
         codes[codes >= 0] = inv
         return cls(codes, lengths)
 
@@ -364,7 +364,7 @@ class PathwaySet:
         if len(i) == 0:
             return out
         if self.peq_bytes() <= max_table_bytes:
-            self.peq  # built once, before any thread needs it
+            _ = self.peq  # built once, before any thread needs it
             kernel = self._myers
         else:
             kernel = self._dp
