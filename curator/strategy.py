@@ -41,6 +41,8 @@ BUILTINS = {
     "premem-diverse": "strategies.composite:PreMemDiverse",
     "learnability": "strategies.learnability:Learnability",
     "s2l": "strategies.s2l:SmallToLarge",
+
+    "routing-outliers": "strategies.routing:RoutingOutliers",
 }
 for _name, _target in BUILTINS.items():
     strategies.register(_name, _target)

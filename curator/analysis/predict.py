@@ -12,6 +12,9 @@ Metrics (all per checkpoint; see docs/ANALYSIS.md for the definitions):
 - ``train_accuracy``: mean fraction of sampled answers that are correct on the training set.
 - ``train_loss``, ``grad_variance``, ``dist_from_init``: from the training hooks.
 - ``atc``: average-threshold-confidence (Garg et al. 2022), see `atc_predict`.
+- ``pathway_distance``, ``pathway_consistency``: MoE routing monitors (Li, Fan & Zhou) from a
+  ledger's ``pathway`` / ``pathway_consistency`` columns, at the routing settings recorded in its
+  metadata (`curator.dynamics.routing.routing_metrics`; docs/ROUTING.md).
 
 Nothing here silently drops data: points or examples left out are listed in the report's
 ``exclusions``; anything that would make a fit meaningless raises `CuratorError`.
@@ -38,6 +41,8 @@ METRICS: dict[str, str] = {
     "grad_variance": "gradient variance",
     "dist_from_init": "distance from init",
     "atc": "ATC",
+    "pathway_distance": "pathway distance",
+    "pathway_consistency": "pathway consistency",
 }
 #: per-checkpoint columns taken as given from a run's checkpoint table
 CHECKPOINT_SIGNALS = ("train_loss", "grad_variance", "dist_from_init")
@@ -378,6 +383,26 @@ def _train_accuracy(ledger: Any) -> pd.Series:
     return _per_checkpoint(metrics.train_accuracy(ledger), "train_accuracy")
 
 
+_ROUTING_CACHE: dict[int, tuple[Any, pd.DataFrame]] = {}
+
+
+def _routing_per_checkpoint(ledger: Any) -> pd.DataFrame | None:
+    """Pathway distance and consistency per checkpoint, or None for a ledger without routing.
+
+    Computed once per ledger object: the p sweep rebuilds the metric table for every p.
+    """
+    from curator.dynamics import routing
+
+    if not routing.has_routing(ledger):
+        return None
+    hit = _ROUTING_CACHE.get(id(ledger))
+    if hit is None or hit[0] is not ledger:
+        table = routing.routing_metrics(ledger, routing.routing_settings_from(ledger)).set_index("checkpoint")
+        _ROUTING_CACHE.clear()  # one analysis at a time; never hold old ledgers alive
+        hit = _ROUTING_CACHE[id(ledger)] = (ledger, table)
+    return hit[1]
+
+
 def _as_ledger(run: Run) -> Any:
     """The run's ledger as a Ledger object when the dynamics module can build one."""
     if hasattr(run.ledger, "df"):
@@ -391,7 +416,8 @@ def metric_table(runs: Sequence[Run], p: float, check: bool = True) -> pd.DataFr
     """One row per (run, checkpoint): every metric and the test accuracy.
 
     Columns: run, checkpoint, step, epoch, premem, train_accuracy, train_loss, grad_variance,
-    dist_from_init, atc, test_accuracy (NaN where a run does not provide that signal).
+    dist_from_init, atc, pathway_distance, pathway_consistency, test_accuracy (NaN where a run does
+    not provide that signal).
     """
     if not runs:
         raise CuratorError("no runs given; pass run directories, a sweep directory or Run objects")
@@ -425,6 +451,9 @@ def metric_table(runs: Sequence[Run], p: float, check: bool = True) -> pd.DataFr
             out["atc"] = tab["atc"].astype(float)
         else:
             out["atc"] = np.nan
+        rt = _routing_per_checkpoint(led)
+        for col in ("pathway_distance", "pathway_consistency"):
+            out[col] = rt[col].reindex(out.index).astype(float) if rt is not None else np.nan
         out["test_accuracy"] = tab["test_accuracy"].astype(float)
         frames.append(out.reset_index())
     return pd.concat(frames, ignore_index=True)

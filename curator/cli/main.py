@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("curator.cli.export:export", "A run's selected training set as a datasets dataset (jsonl, parquet, save_to_disk, hub)."),
     "data": ("curator.cli.data:data", "Preview datasets and write synthetic reasoning tasks."),
     "probes": ("curator.cli.probes:probes", "Response-family probes through SFT / extended SFT / DPO (squeezing effect)."),
+
+    "routing": ("curator.cli.routing:routing", "Validate MoE routing monitors (pathway distance/consistency) on a small MoE."),
 }
 
 
