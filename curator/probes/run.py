@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from curator.data.format import PromptFormat
 from curator.errors import ConfigError
@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 class ProbeModel:
     name: str = field(default="tiny-random", metadata={
         "help": "Model spec: hub id, local dir, .gguf, smollm2-135m-instruct, tiny-random."})
-    dtype: Union[str, None] = field(default=None, metadata={"help": "float32 (CPU default), bfloat16, float16."})
-    lora: Union[LoraSettings, None] = field(default=None, metadata={
+    dtype: str | None = field(default=None, metadata={"help": "float32 (CPU default), bfloat16, float16."})
+    lora: LoraSettings | None = field(default=None, metadata={
         "help": "LoRA adapter settings; null: full finetuning (every stage trains the same adapter)."})
 
 
@@ -37,7 +37,7 @@ class ProbeData:
     preferences: str = field(default="synthetic:easy?n=32&seed=0", metadata={
         "help": "Training rows: 'synthetic[:preset][?...]' (y+ a correct trace, y- one wrong step) or a "
                 ".jsonl/.json/.parquet/.csv file with question, chosen, rejected (+ optional rephrasings)."})
-    test: Union[str, None] = field(default="synthetic:easy?n=8&seed=1", metadata={
+    test: str | None = field(default="synthetic:easy?n=8&seed=1", metadata={
         "help": "Held-out rows (same columns) for the test_chosen family; null leaves that family out."})
 
 
@@ -47,7 +47,7 @@ class ProbeSettings:
                                                  "slower evaluations; 10 families per probe)."})
     eval_every: int = field(default=10, metadata={
         "help": "Optimizer steps between probe evaluations (every stage; also at the start and each stage's end)."})
-    rephrase_model: Union[str, None] = field(default=None, metadata={
+    rephrase_model: str | None = field(default=None, metadata={
         "help": "Model that rephrases y+ / y- for rows without rephrase columns; null: such rows' "
                 "rephrase families are left out."})
     unrelated: tuple[str, ...] = field(default=UNRELATED, metadata={
@@ -174,7 +174,11 @@ def _setup(recipe: ProbeRecipe, loaded: Any) -> tuple[Any, Any, list, Any]:
 
     Data and the rephrasing model are checked before the main model loads.
     """
-    from curator.probes.families import build_probe_set, greedy_responses, load_rephraser
+    from curator.probes.families import (
+        build_probe_set,
+        greedy_responses,
+        load_rephraser,
+    )
     from curator.probes.preferences import load_preferences
     from curator.sampling.hf import HFSampler
 
