@@ -30,31 +30,33 @@ from curator.training import TrainSettings, finetune
 from curator.training.dpo import PreferencePair, dpo_finetune
 
 
-def run(base, tok, rows, test, probes: ProbeSettings | None, sft: TrainSettings, dpo: TrainSettings) -> tuple[float, float]:
-    """Wall seconds of SFT then DPO from a copy of `base`, and of those the seconds spent probing."""
+def run(base, tok, rows, test, probes: ProbeSettings | None, sft: TrainSettings,
+        dpo: TrainSettings) -> tuple[float, float, float]:
+    """Wall seconds of SFT then DPO from a copy of `base`; of those, seconds scoring and seconds
+    making the greedy responses (once, before training)."""
     model = copy.deepcopy(base)
     fmt = PromptFormat()
     pairs = [PreferencePair(fmt.prompt_text(r.example()), fmt.target_text(r.example("chosen")),
                             fmt.target_text(r.example("rejected"))) for r in rows]
     t0 = time.perf_counter()
-    cb, logger = None, None
+    cb, logger, greedy_s = None, None, 0.0
     if probes is not None:
-        pset = build_probe_set(rows[: probes.n], rows, test, unrelated=probes.unrelated,
-                               greedy=greedy_responses(HFSampler(model, tok), rows[: probes.n], fmt, tok,
-                                                       probes.greedy_max_new_tokens))
+        greedy = greedy_responses(HFSampler(model, tok), rows[: probes.n], fmt, tok, probes.greedy_max_new_tokens)
+        greedy_s = time.perf_counter() - t0
+        pset = build_probe_set(rows[: probes.n], rows, test, unrelated=probes.unrelated, greedy=greedy)
         logger = ProbeLogger(pset, fmt, tok, batch_size=probes.batch_size)
         logger.log(model, stage="init", stage_index=0, step=0, stage_step=0, epoch=0.0)
 
         def cb(m, info):
             logger.log(m, stage="x", stage_index=1, step=info.step, stage_step=info.step, epoch=info.epoch)
 
-        sft = replace(sft, checkpoint_every=probes.eval_every)
-        dpo = replace(dpo, checkpoint_every=probes.eval_every)
+        # as run_probes does: a stage shorter than eval_every is still evaluated
+        sft = replace(sft, checkpoint_every=min(probes.eval_every, sft.total_steps(len(rows), 1)))
+        dpo = replace(dpo, checkpoint_every=min(probes.eval_every, dpo.total_steps(len(rows), 1)))
     finetune(model, tok, [r.example("chosen") for r in rows], fmt, sft, on_checkpoint=cb, progress=False)
     dpo_finetune(model, tok, pairs, dpo, on_checkpoint=cb, progress=False)
     wall = time.perf_counter() - t0
-    # a greedy pass is made by the probed arm before training; its time is in `wall` already
-    return wall, (logger.seconds if logger else 0.0)
+    return wall, (logger.seconds if logger else 0.0), greedy_s
 
 
 def main() -> None:
@@ -64,8 +66,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=32, help="preference rows trained on")
     ap.add_argument("--probes", type=int, default=ProbeSettings().n)
     ap.add_argument("--eval-every", type=int, default=ProbeSettings().eval_every)
-    ap.add_argument("--epochs", type=int, default=2, help="epochs of each stage")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=3, help="epochs of each stage")
+    ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -80,20 +82,25 @@ def main() -> None:
     probes = ProbeSettings(n=args.probes, eval_every=args.eval_every)
     steps = 2 * sft.total_steps(len(rows), 1)
     times: dict[bool, list[float]] = {False: [], True: []}
-    probe_s = []
+    probe_s, greedy_s = [], []
     for _ in range(args.repeats):
         for on in (False, True):
-            wall, ps = run(base, lm.tokenizer, rows, test, probes if on else None, sft, dpo)
+            wall, ps, gs = run(base, lm.tokenizer, rows, test, probes if on else None, sft, dpo)
             times[on].append(wall)
             if on:
                 probe_s.append(ps)
+                greedy_s.append(gs)
     off, on = statistics.median(times[False]), statistics.median(times[True])
-    evals = 1 + 2 * len(range(args.eval_every, sft.total_steps(len(rows), 1) + 1, args.eval_every))
+    per_stage = sft.total_steps(len(rows), 1)
+    evals = 1 + 2 * len(range(min(args.eval_every, per_stage), per_stage + 1, min(args.eval_every, per_stage)))
     print(f"{args.model}{' lora' if args.lora else ''}: {len(rows)} rows, {steps} optimizer steps (SFT + DPO), "
           f"{args.probes} probes x 10 families every {args.eval_every} steps ({evals} evaluations)")
+    score, greedy = statistics.median(probe_s), statistics.median(greedy_s)
     print(f"  wall s: without probes {off:.2f}, with probes {on:.2f}  overhead {100 * (on / off - 1):+.1f}%  "
-          f"(median of {args.repeats}; of which scoring {statistics.median(probe_s):.2f}s, the rest the greedy pass "
-          f"and extra checkpoints)")
+          f"(median of {args.repeats})")
+    print(f"  of which: scoring {score:.2f}s ({100 * score / off:.1f}% of training), greedy pass {greedy:.2f}s "
+          f"({100 * greedy / off:.1f}%, once per run), the rest ({on - off - score - greedy:+.2f}s) extra "
+          f"checkpoints and noise")
 
 
 if __name__ == "__main__":

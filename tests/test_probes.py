@@ -9,10 +9,20 @@ import numpy as np
 import pytest
 
 from curator.data.format import PromptFormat, encode_pair
-from curator.errors import ConfigError, CuratorError, DataError
-from curator.probes.families import FAMILIES, build_probe_set, load_rephraser, shuffle_words
-from curator.probes.preferences import (PreferenceRow, corrupt_last_step, load_preferences, rows_to_preferences,
-                                        synthetic_preferences)
+from curator.errors import ConfigError, DataError
+from curator.probes.families import (
+    FAMILIES,
+    build_probe_set,
+    load_rephraser,
+    shuffle_words,
+)
+from curator.probes.preferences import (
+    PreferenceRow,
+    corrupt_last_step,
+    load_preferences,
+    rows_to_preferences,
+    synthetic_preferences,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -96,16 +106,18 @@ def test_rephrasings_from_columns_or_a_model():
     b = row(1, chosen_rephrase="fine 1", rejected_rephrase="wrong 1")
 
     class Echo:  # a stand-in rephrasing sampler: upper-cases the response inside the prompt
-        calls = []
+        def __init__(self):
+            self.calls = []
 
         def generate(self, prompts, n, params):
             self.calls.append(len(prompts))
             return [[" " + p.split("\n\n")[1].upper()] for p in prompts]
 
-    ps = build_probe_set([a, b], [a, b], rephraser=Echo())
+    echo = Echo()
+    ps = build_probe_set([a, b], [a, b], rephraser=echo)
     assert ps.responses["chosen_rephrase"] == ["fine 0", "fine 1"]
     assert ps.responses["rejected_rephrase"] == ["BAD 0 ANSWER", "wrong 1"]  # only the missing one made
-    assert Echo.calls == [1]
+    assert echo.calls == [1]
 
 
 def test_pairs_use_the_target_template_except_for_greedy():
@@ -150,8 +162,14 @@ def test_scores_match_a_direct_forward_pass_and_the_sampler(tiny):
 
 
 def test_probe_logger_rows_and_table_roundtrip(tiny, tmp_path):
-    from curator.probes.scoring import (PROBE_COLUMNS, ProbeLogger, family_curves, read_probe_table,
-                                        score_targets, write_probe_table)
+    from curator.probes.scoring import (
+        PROBE_COLUMNS,
+        ProbeLogger,
+        family_curves,
+        read_probe_table,
+        score_targets,
+        write_probe_table,
+    )
 
     a, b = row(0), row(1)
     ps = build_probe_set([a, b], [a, b], unrelated=["x y z"])
@@ -238,8 +256,8 @@ def test_dpo_starts_at_log2_and_lowers_the_loss():
 
 def test_squeezing_direction_dpo_lowers_log_p_of_rejected(tmp_path):
     """A deliberately small run (tiny model, 8 pairs): during DPO the summed log-prob of y- falls."""
-    from curator.probes.run import ProbeRecipe, run_probes, squeeze_report
     from curator.config import from_dict
+    from curator.probes.run import ProbeRecipe, run_probes, squeeze_report
 
     recipe = from_dict(ProbeRecipe, {
         "name": "small", "model": {"name": "tiny-random"},
@@ -310,7 +328,7 @@ def test_recipe_errors_all_at_once_and_cli_exit_2(tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "curator.cli.main", "probes", str(bad)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "curator.cli.main", "probes", str(bad)], check=False, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
 
 
@@ -357,7 +375,7 @@ def test_curate_probes_end_to_end_on_the_tiny_model(tmp_path):
     cmd = [sys.executable, "-m", "curator.cli.main", "probes", "recipes/probes/sft-dpo.yaml",
            "recipes/probes/extended-sft-dpo.yaml", "--out", str(tmp_path), "--quiet", *sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny ops: threads only contend on a shared CI machine
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "change of the logprob sum during DPO" in r.stdout and "rejected" in r.stdout
     assert (tmp_path / "probes.png").stat().st_size > 10_000
@@ -365,9 +383,9 @@ def test_curate_probes_end_to_end_on_the_tiny_model(tmp_path):
     # 6 rows x 2 (y+ and y-) / batch 4 = 3 SFT steps, 1 epoch; DPO 2 steps per epoch, 2 epochs; every 2 steps
     # and at each stage's end
     assert sorted(set(t.step)) == [0, 2, 3, 5, 7] and t[t.stage == "dpo"].stage_step.max() == 4
-    again = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    again = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     assert again.returncode == 0 and "finished earlier" in again.stdout
-    changed = subprocess.run(cmd + ["--set", "seed=1"], capture_output=True, text=True, env=env)
+    changed = subprocess.run(cmd + ["--set", "seed=1"], check=False, capture_output=True, text=True, env=env)
     assert changed.returncode == 2 and "holds a finished run of a different 'sft-dpo' recipe" in changed.stderr
     assert matplotlib.get_backend() == backend
 

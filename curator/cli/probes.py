@@ -41,7 +41,12 @@ def probes(recipes, out_dir, overrides, metric, plot_only, quiet):
     import pandas as pd
 
     from curator.errors import ConfigError
-    from curator.probes.run import load_probe_recipe, plot_probes, run_probes, squeeze_report
+    from curator.probes.run import (
+        load_probe_recipe,
+        plot_probes,
+        run_probes,
+        squeeze_report,
+    )
     from curator.probes.scoring import read_probe_table
 
     out = Path(out_dir)

@@ -25,8 +25,9 @@ probe or a family never changes the others.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from curator.data.example import Example
 from curator.data.format import PromptFormat

@@ -14,9 +14,10 @@ import json
 import os
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from curator.data.example import Example, content_id
 from curator.errors import DataError

@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from curator.data.format import PromptFormat
 from curator.errors import ConfigError
@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 class ProbeModel:
     name: str = field(default="tiny-random", metadata={
         "help": "Model spec: hub id, local dir, .gguf, smollm2-135m-instruct, tiny-random."})
-    dtype: Union[str, None] = field(default=None, metadata={"help": "float32 (CPU default), bfloat16, float16."})
-    lora: Union[LoraSettings, None] = field(default=None, metadata={
+    dtype: str | None = field(default=None, metadata={"help": "float32 (CPU default), bfloat16, float16."})
+    lora: LoraSettings | None = field(default=None, metadata={
         "help": "LoRA adapter settings; null: full finetuning (every stage trains the same adapter)."})
 
 
@@ -37,7 +37,7 @@ class ProbeData:
     preferences: str = field(default="synthetic:easy?n=32&seed=0", metadata={
         "help": "Training rows: 'synthetic[:preset][?...]' (y+ a correct trace, y- one wrong step) or a "
                 ".jsonl/.json/.parquet/.csv file with question, chosen, rejected (+ optional rephrasings)."})
-    test: Union[str, None] = field(default="synthetic:easy?n=8&seed=1", metadata={
+    test: str | None = field(default="synthetic:easy?n=8&seed=1", metadata={
         "help": "Held-out rows (same columns) for the test_chosen family; null leaves that family out."})
 
 
@@ -47,7 +47,7 @@ class ProbeSettings:
                                                  "slower evaluations; 10 families per probe)."})
     eval_every: int = field(default=10, metadata={
         "help": "Optimizer steps between probe evaluations (every stage; also at the start and each stage's end)."})
-    rephrase_model: Union[str, None] = field(default=None, metadata={
+    rephrase_model: str | None = field(default=None, metadata={
         "help": "Model that rephrases y+ / y- for rows without rephrase columns; null: such rows' "
                 "rephrase families are left out."})
     unrelated: tuple[str, ...] = field(default=UNRELATED, metadata={
@@ -139,90 +139,106 @@ def run_probes(recipe: ProbeRecipe, out_dir: str | os.PathLike | None = None, *,
     """
     import time
 
-    from curator.io import atomic_write_json, atomic_write_text
-    from curator.probes.families import build_probe_set, greedy_responses, load_rephraser
-    from curator.probes.preferences import load_preferences
-    from curator.probes.scoring import ProbeLogger, write_probe_table
-    from curator.sampling.hf import HFSampler
-    from curator.training import finetune
-    from curator.training.dpo import PreferencePair, dpo_finetune
+    from curator.probes.scoring import ProbeLogger
 
-    rows = load_preferences(recipe.data.preferences, seed=recipe.seed)
-    test = load_preferences(recipe.data.test, seed=recipe.seed) if recipe.data.test else []
-    if recipe.probes.n > len(rows):
-        raise ConfigError(f"probes.n={recipe.probes.n} but data.preferences has only {len(rows)} rows")
-    rephraser = load_rephraser(recipe.probes.rephrase_model)  # fails before the main model loads
-    if loaded is None:
-        from curator.models import load_model
-
-        loaded = load_model(recipe.model.name, dtype=recipe.model.dtype)
-    model, tok, fmt = loaded.model, loaded.tokenizer, recipe.format
-    if recipe.model.lora is not None:
-        from curator.models.lora import apply_lora
-
-        model = apply_lora(model, recipe.model.lora)
-    probes = rows[: recipe.probes.n]
-    greedy = greedy_responses(HFSampler(model, tok), probes, fmt, tok, recipe.probes.greedy_max_new_tokens)
-    pset = build_probe_set(probes, rows, test, seed=recipe.seed, unrelated=recipe.probes.unrelated,
-                           rephraser=rephraser, greedy=greedy)
-    for note in pset.notes:
-        log.warning("%s", note)
-    logger = ProbeLogger(pset, fmt, tok, recipe=recipe.name, batch_size=recipe.probes.batch_size)
+    model, tok, rows, pset = _setup(recipe, loaded)
+    logger = ProbeLogger(pset, recipe.format, tok, recipe=recipe.name, batch_size=recipe.probes.batch_size)
     logger.log(model, stage="init", stage_index=0, step=0, stage_step=0, epoch=0.0)
-
     offset, summaries, train_seconds = 0, [], 0.0
     for k, stage in enumerate(recipe.stages, start=1):
-        n_rows = len(rows) * (2 if stage.kind == "sft" and stage.targets == "both" else 1)
-        total = stage.training.total_steps(n_rows, 1)
-        settings = replace(stage.training, checkpoint_every=min(recipe.probes.eval_every, total), save_checkpoints=False)
         logged: set[int] = set()
 
         def log_at(m, step, epoch, stage=stage, k=k, offset=offset, logged=logged):
             logger.log(m, stage=stage.kind, stage_index=k, step=offset + step, stage_step=step, epoch=epoch)
             logged.add(step)
 
-        def on_checkpoint(m, info, log_at=log_at):
-            log_at(m, info.step, info.epoch)
-
-        t0 = time.perf_counter()
-        p0 = logger.seconds
-        if stage.kind == "sft":
-            examples = [r.example("chosen") for r in rows]
-            if stage.targets == "both":
-                examples += [r.example("rejected") for r in rows]
-            res = finetune(model, tok, examples, fmt, settings, on_checkpoint=on_checkpoint, progress=progress)
-        else:
-            pairs = []
-            for r in rows:
-                prompt = fmt.prompt_text(r.example(), tok)
-                pairs.append(PreferencePair(prompt, fmt.target_text(r.example("chosen")),
-                                            fmt.target_text(r.example("rejected"))))
-            res = dpo_finetune(model, tok, pairs, settings, beta=stage.beta, on_checkpoint=on_checkpoint,
-                               progress=progress)
+        t0, p0 = time.perf_counter(), logger.seconds
+        res, n_rows = _train_stage(model, tok, recipe, stage, rows, lambda m, info, f=log_at: f(m, info.step, info.epoch),
+                                   progress)
         if res.steps not in logged:  # the stage's end is always an evaluation
-            model.eval()
             log_at(model, res.steps, float(stage.training.epochs))
-            model.train()
         train_seconds += time.perf_counter() - t0 - (logger.seconds - p0)
         summaries.append({"stage": k, "kind": stage.kind, "targets": stage.targets if stage.kind == "sft" else None,
                           "steps": res.steps, "rows": n_rows, "final_metrics": res.final_metrics,
                           "step_losses": res.step_losses})
         offset += res.steps
-
-    table = logger.table()
-    run = ProbeRun(recipe=recipe, table=table, probe_set=pset, stages=summaries,
+    run = ProbeRun(recipe=recipe, table=logger.table(), probe_set=pset, stages=summaries,
                    probe_seconds=logger.seconds, train_seconds=train_seconds)
     if out_dir is not None:
-        from curator.config import to_dict
-
-        out = Path(out_dir)
-        write_probe_table(table, out / "probes.parquet")
-        atomic_write_json(out / "probe_set.json", pset.to_dict())
-        atomic_write_json(out / "summary.json", {"recipe": to_dict(recipe), "stages": summaries,
-                                                 "probe_seconds": run.probe_seconds,
-                                                 "train_seconds": run.train_seconds, "notes": pset.notes})
-        atomic_write_text(out / "DONE", "")
+        _write_run(run, Path(out_dir))
     return run
+
+
+def _setup(recipe: ProbeRecipe, loaded: Any) -> tuple[Any, Any, list, Any]:
+    """Rows, the rephrasing model, the model (LoRA applied), its greedy responses and the probe set.
+
+    Data and the rephrasing model are checked before the main model loads.
+    """
+    from curator.probes.families import (
+        build_probe_set,
+        greedy_responses,
+        load_rephraser,
+    )
+    from curator.probes.preferences import load_preferences
+    from curator.sampling.hf import HFSampler
+
+    rows = load_preferences(recipe.data.preferences, seed=recipe.seed)
+    test = load_preferences(recipe.data.test, seed=recipe.seed) if recipe.data.test else []
+    if recipe.probes.n > len(rows):
+        raise ConfigError(f"probes.n={recipe.probes.n} but data.preferences has only {len(rows)} rows")
+    rephraser = load_rephraser(recipe.probes.rephrase_model)
+    if loaded is None:
+        from curator.models import load_model
+
+        loaded = load_model(recipe.model.name, dtype=recipe.model.dtype)
+    model, tok = loaded.model, loaded.tokenizer
+    if recipe.model.lora is not None:
+        from curator.models.lora import apply_lora
+
+        model = apply_lora(model, recipe.model.lora)
+    probes = rows[: recipe.probes.n]
+    greedy = greedy_responses(HFSampler(model, tok), probes, recipe.format, tok, recipe.probes.greedy_max_new_tokens)
+    pset = build_probe_set(probes, rows, test, seed=recipe.seed, unrelated=recipe.probes.unrelated,
+                           rephraser=rephraser, greedy=greedy)
+    for note in pset.notes:
+        log.warning("%s", note)
+    return model, tok, rows, pset
+
+
+def _train_stage(model: Any, tok: Any, recipe: ProbeRecipe, stage: Stage, rows: list, on_checkpoint: Any,
+                 progress: bool) -> tuple[Any, int]:
+    """One SFT or DPO stage with a checkpoint every probes.eval_every steps; (TrainResult, rows trained on)."""
+    from curator.training import finetune
+    from curator.training.dpo import PreferencePair, dpo_finetune
+
+    fmt = recipe.format
+    n_rows = len(rows) * (2 if stage.kind == "sft" and stage.targets == "both" else 1)
+    total = stage.training.total_steps(n_rows, 1)
+    # a stage shorter than eval_every still gets an evaluation at its end (see run_probes)
+    settings = replace(stage.training, checkpoint_every=min(recipe.probes.eval_every, total), save_checkpoints=False)
+    if stage.kind == "sft":
+        examples = [r.example("chosen") for r in rows]
+        if stage.targets == "both":
+            examples += [r.example("rejected") for r in rows]
+        return finetune(model, tok, examples, fmt, settings, on_checkpoint=on_checkpoint, progress=progress), n_rows
+    pairs = [PreferencePair(fmt.prompt_text(r.example(), tok), fmt.target_text(r.example("chosen")),
+                            fmt.target_text(r.example("rejected"))) for r in rows]
+    return dpo_finetune(model, tok, pairs, settings, beta=stage.beta, on_checkpoint=on_checkpoint,
+                        progress=progress), n_rows
+
+
+def _write_run(run: ProbeRun, out: Path) -> None:
+    """The run's files, each written atomically, DONE last (a rerun skips a finished recipe)."""
+    from curator.config import to_dict
+    from curator.io import atomic_write_json, atomic_write_text
+    from curator.probes.scoring import write_probe_table
+
+    write_probe_table(run.table, out / "probes.parquet")
+    atomic_write_json(out / "probe_set.json", run.probe_set.to_dict())
+    atomic_write_json(out / "summary.json", {"recipe": to_dict(run.recipe), "stages": run.stages,
+                                             "probe_seconds": run.probe_seconds,
+                                             "train_seconds": run.train_seconds, "notes": run.probe_set.notes})
+    atomic_write_text(out / "DONE", "")
 
 
 # -- the figure -----------------------------------------------------------------------------------

@@ -19,12 +19,20 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from curator.errors import ConfigError, DataError
 from curator.training.settings import TrainSettings
-from curator.training.sft import CheckpointInfo, IGNORE_INDEX, TrainResult, build_features, collate, epoch_plan
+from curator.training.sft import (
+    IGNORE_INDEX,
+    CheckpointInfo,
+    TrainResult,
+    build_features,
+    collate,
+    epoch_plan,
+)
 
 
 @dataclass(frozen=True)
