@@ -24,7 +24,8 @@ def routing(out_dir, n_train, n_test, epochs, checkpoint_every, cutoff, epsilon,
     """Train a small MoE from scratch on synthetic problems; track pathway distance and consistency.
 
     Reports whether they track test accuracy across checkpoints better than the training loss does
-    (Li, Fan & Zhou, arXiv 2506.21551). CPU, a few minutes.
+    (Li, Fan & Zhou, arXiv 2506.21551). CPU only: about 20 minutes on a shared
+    2-core machine (one torch thread).
     """
     import torch
 
