@@ -256,9 +256,9 @@ def measure_checkpoints(paths: Sequence[str | os.PathLike], examples: Sequence[E
     tracker = None
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from curator.console import progress as progress_bar
 
-        bar = tqdm(total=len(ckpts), desc="measure", unit="checkpoint")
+        bar = progress_bar(total=len(ckpts), desc="measure", unit="checkpoint")
     try:
         for index, ckpt in enumerate(ckpts, 1):
             loaded = loader.load(ckpt)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from curator.console import echo
 from curator.data.example import Example
 from curator.errors import CuratorError, StrategyError
 from curator.io import atomic_write_json, atomic_write_text, read_examples_jsonl, read_json, write_examples_jsonl
@@ -320,9 +321,9 @@ class ActiveLoop:
         acc = m["train_accuracy"]
         train_acc = (f"{acc:.3f}" if acc == acc
                      else f"[{m['train_accuracy_lo']:.3f},{m['train_accuracy_hi']:.3f}]")
-        print(f"[{self.spec.run_name}] round {r}: n={m['n_train']} test_acc={m['test_accuracy']:.3f} "
-              f"premem={m['premem_acc']:.3f} train_acc={train_acc} "
-              f"memorized={m['fraction_memorized']:.2f} ({m['round_seconds']:.0f}s)", flush=True)
+        echo(f"[{self.spec.run_name}] round {r}: n={m['n_train']} test_acc={m['test_accuracy']:.3f} "
+             f"premem={m['premem_acc']:.3f} train_acc={train_acc} "
+             f"memorized={m['fraction_memorized']:.2f} ({m['round_seconds']:.0f}s)")
 
     # ---- end of run ----------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:

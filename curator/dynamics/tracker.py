@@ -297,10 +297,10 @@ class DynamicsTracker:
         counts_ok = bool(getattr(sampler, "accepts_counts", False))
         bar = None
         if self.progress:
-            from tqdm.auto import tqdm
+            from curator.console import progress as progress_bar
 
             what = f"checkpoint {index}" + (" (deferred)" if self.replaying is not None else "")
-            bar = tqdm(total=int(todo.sum()) * self.k, desc=f"sampling @ {what}", unit="sample", leave=False)
+            bar = progress_bar(total=int(todo.sum()) * self.k, desc=f"sampling @ {what}", unit="sample", leave=False)
         batch = 0
         while True:
             want: dict[int, int] = {}

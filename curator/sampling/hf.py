@@ -112,9 +112,9 @@ class HFSampler:
         out: list[list[str]] = [[""] * c for c in counts]
         bar = None
         if self.progress:
-            from tqdm.auto import tqdm
+            from curator.console import progress as progress_bar
 
-            bar = tqdm(total=sum(counts), desc="sampling", unit="sample", leave=False)
+            bar = progress_bar(total=sum(counts), desc="sampling", unit="sample", leave=False)
         was_training = self.model.training
         self.model.eval()
         try:

@@ -1,4 +1,4 @@
-"""The `vllm` sampler (optional extra ``curator[vllm]``, needs a GPU): same protocol as `HFSampler`,
+"""The `vllm` sampler (optional extra ``premem-curator[vllm]``, needs a GPU): same protocol as `HFSampler`,
 and `VLLMProvider`, which keeps one engine following the weights of a model being trained.
 
 - prompts go to vLLM as token ids made by `encode_prompt` / `encode_pair`, so they are exactly the

@@ -254,7 +254,7 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
 
     import torch
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
+    from curator.console import progress as progress_bar
     from transformers import get_scheduler
 
     from curator.distributed import collective_errors
@@ -386,7 +386,7 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
         result.n_tokens += sum(len(feats[i][0]) for mb in step_batches for i in mb)
         return local_sum, local_tokens
 
-    bar = tqdm(total=total_steps, desc="finetune", unit="step",
+    bar = progress_bar(total=total_steps, desc="finetune", unit="step",
                disable=not (progress and acc.is_local_main_process))
     try:
         ddp_model.train()
