@@ -84,17 +84,25 @@ def collective_errors(what: str) -> Iterator[None]:
         if _dist() is None or not _looks_distributed(e):
             raise
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise RankFailure(f"rank {rank()} of {world_size()}: {what} failed because another process of "
-                          f"this launch stopped or did not answer within {collective_timeout_seconds():.0f}s "
-                          f"({first}); see the other ranks' output for the cause, then rerun the same "
-                          "command to resume from the last finished round") from e
+        raise RankFailure(
+            f"rank {rank()} of {world_size()}: {what} failed because another process of "
+            f"this launch stopped or did not answer within {collective_timeout_seconds():.0f}s "
+            f"({first}); see the other ranks' output for the cause, then rerun the same "
+            "command to resume from the last finished round"
+        ) from e
 
 
 def _looks_distributed(e: BaseException) -> bool:
     name = type(e).__name__
     text = str(e).lower()
-    return (name in ("DistBackendError", "DistNetworkError", "DistStoreError") or "gloo" in text
-            or "nccl" in text or "timed out" in text or "connection" in text or "peer" in text)
+    return (
+        name in ("DistBackendError", "DistNetworkError", "DistStoreError")
+        or "gloo" in text
+        or "nccl" in text
+        or "timed out" in text
+        or "connection" in text
+        or "peer" in text
+    )
 
 
 def gather_objects(obj: Any, what: str = "gathering results") -> list[Any]:
@@ -135,5 +143,7 @@ def check_same_on_every_rank(obj: Any, what: str) -> None:
     prints = gather_objects(fingerprint(obj), f"comparing the {what} across ranks")
     if len(set(prints)) > 1:
         odd = [r for r, fp in enumerate(prints) if fp != prints[0]]
-        raise ConfigError(f"the processes of this launch disagree on the {what} (ranks {odd} differ from "
-                          "rank 0); launch every rank with the same command, recipe file and --set values")
+        raise ConfigError(
+            f"the processes of this launch disagree on the {what} (ranks {odd} differ from "
+            "rank 0); launch every rank with the same command, recipe file and --set values"
+        )

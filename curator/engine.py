@@ -61,8 +61,9 @@ class RoundResult:
     train: Any = None
 
 
-def fresh_model(base: Any, *, lora: Any = None, init_state: dict | None = None, seed: int = 0,
-                in_place: bool = False) -> Any:
+def fresh_model(
+    base: Any, *, lora: Any = None, init_state: dict | None = None, seed: int = 0, in_place: bool = False
+) -> Any:
     """A trainable model from ``base`` (a `LoadedModel`): a deep copy unless ``in_place``, with
     LoRA adapters when ``lora`` is set, and ``init_state`` (trainable weights carried over) loaded."""
     import torch
@@ -82,9 +83,11 @@ def fresh_model(base: Any, *, lora: Any = None, init_state: dict | None = None, 
         if unknown or missing:
             from curator.errors import DataError
 
-            raise DataError(f"saved trainable weights do not fit this model: {len(missing)} missing "
-                            f"(e.g. {missing[:2]}), {len(unknown)} unknown (e.g. {unknown[:2]}); was the run "
-                            "made with another model or LoRA setting? Start a new output_dir")
+            raise DataError(
+                f"saved trainable weights do not fit this model: {len(missing)} missing "
+                f"(e.g. {missing[:2]}), {len(unknown)} unknown (e.g. {unknown[:2]}); was the run "
+                "made with another model or LoRA setting? Start a new output_dir"
+            )
         model.load_state_dict(init_state, strict=False)
     return model
 
@@ -103,8 +106,9 @@ def sharded(sampler: Sampler, info: Any = None) -> Sampler:
     rank = int(getattr(info, "process_index", distributed.rank()))
     # a vLLM engine split by tensor parallelism serves a group of ranks: shard over the groups
     tp = int(getattr(sampler, "tensor_parallel_size", 1) or 1)
-    return ShardedSampler(sampler, rank // tp, world // tp,
-                          lambda obj: distributed.gather_objects(obj, "gathering sampled results")[::tp])
+    return ShardedSampler(
+        sampler, rank // tp, world // tp, lambda obj: distributed.gather_objects(obj, "gathering sampled results")[::tp]
+    )
 
 
 class RecordingSampler:
@@ -126,15 +130,32 @@ class RecordingSampler:
         return self.inner.target_logprobs(prompts, targets)
 
 
-def train_and_track(base: Any, examples: Sequence[Example], *, fmt: PromptFormat, grader: Any,
-                    training: Any, provider: Any, k: int = 5, params: SamplingParams | None = None,
-                    p: float = 1.105, lazy: bool = True, defer: bool = False,
-                    exact_every_checkpoint: bool = False, lora: Any = None, init_state: dict | None = None,
-                    in_place: bool = False, seed: int | None = None, test: Sequence[Example] = (), eval_params: SamplingParams | None = None,
-                    eval_samples: int = 1,
-                    after_checkpoint: Callable[[Sampler, Any, list[dict]], dict | None] | None = None,
-                    record_completions: bool = False, ledger_meta: dict | None = None,
-                    progress: bool = True) -> RoundResult:
+def train_and_track(
+    base: Any,
+    examples: Sequence[Example],
+    *,
+    fmt: PromptFormat,
+    grader: Any,
+    training: Any,
+    provider: Any,
+    k: int = 5,
+    params: SamplingParams | None = None,
+    p: float = 1.105,
+    lazy: bool = True,
+    defer: bool = False,
+    exact_every_checkpoint: bool = False,
+    lora: Any = None,
+    init_state: dict | None = None,
+    in_place: bool = False,
+    seed: int | None = None,
+    test: Sequence[Example] = (),
+    eval_params: SamplingParams | None = None,
+    eval_samples: int = 1,
+    after_checkpoint: Callable[[Sampler, Any, list[dict]], dict | None] | None = None,
+    record_completions: bool = False,
+    ledger_meta: dict | None = None,
+    progress: bool = True,
+) -> RoundResult:
     """Finetune a fresh copy of ``base`` on ``examples``, measuring dynamics at every checkpoint.
 
     Args:
@@ -159,15 +180,29 @@ def train_and_track(base: Any, examples: Sequence[Example], *, fmt: PromptFormat
     from curator.training import finetune
 
     if defer and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        raise ConfigError("dynamics.defer copies and reloads whole parameters, which FSDP shards across "
-                          "processes; track with lazy (defer: false) under FSDP")
+        raise ConfigError(
+            "dynamics.defer copies and reloads whole parameters, which FSDP shards across "
+            "processes; track with lazy (defer: false) under FSDP"
+        )
     tok = base.tokenizer
     n_ckpt = training.n_checkpoints(len(examples))
-    tracker = DynamicsTracker(examples, fmt, grader, k=k, params=params or SamplingParams(stop=fmt.stop), p=p,
-                              lazy=lazy, defer=defer, n_checkpoints=n_ckpt,
-                              exact_every_checkpoint=exact_every_checkpoint, tokenizer=tok, progress=progress)
-    model = fresh_model(base, lora=lora, init_state=init_state, in_place=in_place,
-                        seed=training.seed if seed is None else seed)
+    tracker = DynamicsTracker(
+        examples,
+        fmt,
+        grader,
+        k=k,
+        params=params or SamplingParams(stop=fmt.stop),
+        p=p,
+        lazy=lazy,
+        defer=defer,
+        n_checkpoints=n_ckpt,
+        exact_every_checkpoint=exact_every_checkpoint,
+        tokenizer=tok,
+        progress=progress,
+    )
+    model = fresh_model(
+        base, lora=lora, init_state=init_state, in_place=in_place, seed=training.seed if seed is None else seed
+    )
     if defer:
         check_deferred_memory(model, n_ckpt)
     records: list[dict[str, Any]] = []
@@ -182,9 +217,16 @@ def train_and_track(base: Any, examples: Sequence[Example], *, fmt: PromptFormat
 
         sampler = sampler_for(m)
         rows = tracker.measure(sampler, info, model=m, sampler_factory=sampler_for)
-        record = {"checkpoint": int(info.index), "step": int(info.step), "epoch": float(info.epoch),
-                  **{key: float(v) for key, v in (getattr(info, "metrics", None) or {}).items()
-                     if isinstance(v, (int, float)) and not isinstance(v, bool)}}
+        record = {
+            "checkpoint": int(info.index),
+            "step": int(info.step),
+            "epoch": float(info.epoch),
+            **{
+                key: float(v)
+                for key, v in (getattr(info, "metrics", None) or {}).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            },
+        }
         if after_checkpoint is not None:
             record.update(after_checkpoint(sampler, info, rows) or {})
         records.append(record)
@@ -194,22 +236,35 @@ def train_and_track(base: Any, examples: Sequence[Example], *, fmt: PromptFormat
     t0 = time.time()
     result = finetune(model, tok, list(examples), fmt, training, on_checkpoint=on_checkpoint, progress=progress)
     seconds = time.time() - t0
-    train_meta = dataclasses.asdict(training) if dataclasses.is_dataclass(training) else {}
-    ledger = tracker.ledger(**{"model": str(getattr(base, "spec", "")), "train": train_meta,
-                               **(ledger_meta or {})})
+    train_meta = dataclasses.asdict(training) if dataclasses.is_dataclass(training) and not isinstance(training, type) else {}
+    ledger = tracker.ledger(**{"model": str(getattr(base, "spec", "")), "train": train_meta, **(ledger_meta or {})})
     test_acc = float("nan")
     if test:
         from curator.evaluation import evaluate_accuracy
 
         ep = eval_params or SamplingParams(temperature=0.0, top_p=1.0, stop=fmt.stop)
-        test_acc = evaluate_accuracy(sharded(provider.sampler(model), last_info[0]), test, fmt, grader, ep,
-                                     n=eval_samples, tokenizer=tok).accuracy
-    return RoundResult(model=model, ledger=ledger, checkpoints=records, test_accuracy=test_acc,
-                       train_seconds=seconds, samples_drawn=tracker.samples_drawn, train=result)
+        test_acc = evaluate_accuracy(
+            sharded(provider.sampler(model), last_info[0]), test, fmt, grader, ep, n=eval_samples, tokenizer=tok
+        ).accuracy
+    return RoundResult(
+        model=model,
+        ledger=ledger,
+        checkpoints=records,
+        test_accuracy=test_acc,
+        train_seconds=seconds,
+        samples_drawn=tracker.samples_drawn,
+        train=result,
+    )
 
 
-def eval_sampling(temperature: float, max_new_tokens: int, stop: Sequence[str], seed: int,
-                  top_p: float = 0.95) -> SamplingParams:
+def eval_sampling(
+    temperature: float, max_new_tokens: int, stop: Sequence[str], seed: int, top_p: float = 0.95
+) -> SamplingParams:
     """Test-time sampling parameters: greedy (top_p 1) at temperature 0, else nucleus ``top_p``."""
-    return SamplingParams(temperature=temperature, top_p=1.0 if temperature == 0 else top_p,
-                          max_new_tokens=max_new_tokens, stop=tuple(stop), seed=seed)
+    return SamplingParams(
+        temperature=temperature,
+        top_p=1.0 if temperature == 0 else top_p,
+        max_new_tokens=max_new_tokens,
+        stop=tuple(stop),
+        seed=seed,
+    )

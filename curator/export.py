@@ -19,9 +19,10 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from curator.data.example import Example
 from curator.data.format import PromptFormat
@@ -30,8 +31,13 @@ from curator.errors import ConfigError, CuratorError, DataError
 FORMATS = ("jsonl", "parquet", "disk")
 
 
-def trl_dataset(examples: Sequence[Example], fmt: PromptFormat | None = None, *, chat: bool = False,
-                columns: dict[str, Sequence[Any]] | None = None):
+def trl_dataset(
+    examples: Sequence[Example],
+    fmt: PromptFormat | None = None,
+    *,
+    chat: bool = False,
+    columns: dict[str, Sequence[Any]] | None = None,
+):
     """A `datasets.Dataset` in a layout TRL's SFTTrainer reads.
 
     Args:
@@ -48,8 +54,9 @@ def trl_dataset(examples: Sequence[Example], fmt: PromptFormat | None = None, *,
     prompts = [fmt.prompt_text(e) for e in examples]
     targets = [fmt.target_text(e) for e in examples]
     if chat:
-        rows["messages"] = [[{"role": "user", "content": p}, {"role": "assistant", "content": t}]
-                            for p, t in zip(prompts, targets)]
+        rows["messages"] = [
+            [{"role": "user", "content": p}, {"role": "assistant", "content": t}] for p, t in zip(prompts, targets)
+        ]
     else:
         rows["prompt"], rows["completion"] = prompts, targets
     rows["question"] = [e.question for e in examples]
@@ -72,14 +79,19 @@ class ExportResult:
 
 
 def _strategy_dir(run_dir: Path, strategy: str | None) -> Path:
-    labels = sorted(d.name for d in run_dir.iterdir() if d.is_dir() and (d / "round-00").is_dir()) \
-        if run_dir.is_dir() else []
+    labels = (
+        sorted(d.name for d in run_dir.iterdir() if d.is_dir() and (d / "round-00").is_dir())
+        if run_dir.is_dir()
+        else []
+    )
     if not (run_dir / "recipe.yaml").is_file():
         raise DataError(f"{run_dir}: not a `curate run` directory (no recipe.yaml); give the run's output_dir")
     if strategy is None:
         if len(labels) != 1:
-            raise ConfigError(f"{run_dir} holds runs of {len(labels)} strategies ({', '.join(labels) or 'none'}); "
-                              "choose one with --strategy")
+            raise ConfigError(
+                f"{run_dir} holds runs of {len(labels)} strategies ({', '.join(labels) or 'none'}); "
+                "choose one with --strategy"
+            )
         strategy = labels[0]
     if strategy not in labels:
         raise ConfigError(f"{run_dir} has no rounds of strategy {strategy!r}; available: {', '.join(labels) or 'none'}")
@@ -90,20 +102,25 @@ def _round_dir(sdir: Path, round_: int | None) -> tuple[int, Path]:
     done = sorted(int(d.name[6:]) for d in sdir.glob("round-[0-9][0-9]") if (d / "DONE").exists())
     if round_ is None:
         if not done:
-            raise DataError(f"{sdir}: no round has finished yet (no round-NN/DONE); let `curate run` finish "
-                            "round 0 (rerun it to resume) before exporting")
+            raise DataError(
+                f"{sdir}: no round has finished yet (no round-NN/DONE); let `curate run` finish "
+                "round 0 (rerun it to resume) before exporting"
+            )
         round_ = done[-1]
     rd = sdir / f"round-{round_:02d}"
     if not rd.is_dir():
         raise ConfigError(f"{rd} does not exist; finished rounds: {', '.join(map(str, done)) or 'none'}")
     if not (rd / "DONE").exists():
-        raise DataError(f"{rd}: round {round_} has not finished (no DONE marker); rerun `curate run` to finish "
-                        f"it, or export a finished round ({', '.join(map(str, done)) or 'none yet'})")
+        raise DataError(
+            f"{rd}: round {round_} has not finished (no DONE marker); rerun `curate run` to finish "
+            f"it, or export a finished round ({', '.join(map(str, done)) or 'none yet'})"
+        )
     return round_, rd
 
 
-def selected_training_set(run_dir: str | os.PathLike, strategy: str | None = None, round: int | None = None,
-                          *, only_new: bool = False):
+def selected_training_set(
+    run_dir: str | os.PathLike, strategy: str | None = None, round: int | None = None, *, only_new: bool = False
+):
     """(examples, columns, recipe, strategy label, round) of a run's selection (module docstring)."""
     import numpy as np
     import pandas as pd
@@ -120,8 +137,12 @@ def selected_training_set(run_dir: str | os.PathLike, strategy: str | None = Non
     r, rd = _round_dir(sdir, round)
     recipe = load_recipe(run_dir / "recipe.yaml")
     d = recipe.data
-    by_id = {e.id: e for e in load_examples(d.pool, config=d.pool_config, split=d.pool_split,
-                                            fields=d.fields or None, limit=d.pool_size)}
+    by_id = {
+        e.id: e
+        for e in load_examples(
+            d.pool, config=d.pool_config, split=d.pool_split, fields=d.fields or None, limit=d.pool_size
+        )
+    }
     selected_in: dict[str, int] = {}
     score: dict[str, float] = {}
     for j in range(r + 1):
@@ -134,14 +155,20 @@ def selected_training_set(run_dir: str | os.PathLike, strategy: str | None = Non
             for row in sel[sel["selected"]].itertuples():
                 selected_in[row.example_id] = j
                 score[row.example_id] = float(row.score)
-    train_ids = read_json(run_dir / "seed_ids.json") if r == 0 else read_json(sdir / f"round-{r - 1:02d}" / "next_train_ids.json")
+    train_ids = (
+        read_json(run_dir / "seed_ids.json")
+        if r == 0
+        else read_json(sdir / f"round-{r - 1:02d}" / "next_train_ids.json")
+    )
     ids = read_json(rd / "next_train_ids.json")
     if only_new:
         ids = [i for i in ids if selected_in.get(i) == r]
     missing = [i for i in ids if i not in by_id]
     if missing:
-        raise DataError(f"{rd}: {len(missing)} selected example(s) are not in the recipe's pool ({d.pool}) or the "
-                        f"run's new_examples.jsonl (e.g. {missing[0]!r}); was the pool changed after the run?")
+        raise DataError(
+            f"{rd}: {len(missing)} selected example(s) are not in the recipe's pool ({d.pool}) or the "
+            f"run's new_examples.jsonl (e.g. {missing[0]!r}); was the pool changed after the run?"
+        )
     ledger = read_ledger(rd / "ledger.parquet")
     check_ledger_matches(ledger, [by_id[i] for i in train_ids if i in by_id], str(rd / "ledger.parquet"))
     final = premem_acc(ledger, recipe.dynamics.p).iloc[:, -1]
@@ -154,10 +181,19 @@ def selected_training_set(run_dir: str | os.PathLike, strategy: str | None = Non
     return examples, columns, recipe, sdir.name, r
 
 
-def export_selection(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
-                     strategy: str | None = None, round: int | None = None, format: str | None = None,
-                     chat: bool = False, only_new: bool = False, overwrite: bool = False,
-                     push_to_hub: str | None = None, private: bool = True) -> ExportResult:
+def export_selection(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    strategy: str | None = None,
+    round: int | None = None,
+    format: str | None = None,
+    chat: bool = False,
+    only_new: bool = False,
+    overwrite: bool = False,
+    push_to_hub: str | None = None,
+    private: bool = True,
+) -> ExportResult:
     """Write a run's selected training set as a dataset (and/or push it to the hub).
 
     ``format``: ``jsonl``, ``parquet`` or ``disk`` (``save_to_disk``); default from ``out``'s
@@ -187,7 +223,7 @@ def export_selection(run_dir: str | os.PathLike, out: str | os.PathLike | None =
     return ExportResult(out_path, len(examples), label, r, push_to_hub)
 
 
-def write_dataset(ds: Any, out: Path, format: str) -> None:
+def write_dataset(ds: Any, out: Path, format: str | None) -> None:
     """Write to a temporary sibling of ``out``, then rename: readers never see half a dataset."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -223,13 +259,16 @@ def push_dataset(ds: Any, repo_id: str, *, private: bool = True) -> None:
 
     problem = loaders._hub_unreachable()
     if problem:
-        raise CuratorError(f"cannot push to hub dataset {repo_id!r}: the Hugging Face hub is unreachable "
-                           f"({problem}); export to a local path and upload it later "
-                           "(`huggingface-cli upload` or Dataset.push_to_hub)")
+        raise CuratorError(
+            f"cannot push to hub dataset {repo_id!r}: the Hugging Face hub is unreachable "
+            f"({problem}); export to a local path and upload it later "
+            "(`huggingface-cli upload` or Dataset.push_to_hub)"
+        )
     try:
         ds.push_to_hub(repo_id, private=private)
     except Exception as e:  # auth, permissions, network: all mean "could not push", said once
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:240]
-        raise CuratorError(f"cannot push to hub dataset {repo_id!r}: {first}; check `huggingface-cli login` "
-                           "and that you may write to that repo") from e
-
+        raise CuratorError(
+            f"cannot push to hub dataset {repo_id!r}: {first}; check `huggingface-cli login` "
+            "and that you may write to that repo"
+        ) from e

@@ -43,8 +43,10 @@ def read_json(path: str | os.PathLike) -> Any:
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
         from curator.errors import DataError
 
-        raise DataError(f"{path} is damaged (not valid JSON: {' '.join(str(e).split())[:120]}); restore it, or "
-                        "delete it (or the round folder holding it) so that it is made again") from None
+        raise DataError(
+            f"{path} is damaged (not valid JSON: {' '.join(str(e).split())[:120]}); restore it, or "
+            "delete it (or the round folder holding it) so that it is made again"
+        ) from None
 
 
 def write_examples_jsonl(path: str | os.PathLike, examples: Iterable[Example]) -> None:

@@ -54,15 +54,18 @@ def check_loop(name: str, cls: Any) -> None:
     attributes ``done`` and ``spec`` are checked on the instance by `check_loop_instance`)."""
     missing = [m for m in LOOP_METHODS if not callable(getattr(cls, m, None))]
     if missing:
-        raise CuratorError(f"loop {name!r} does not satisfy the Loop contract (curator.loop.Loop): "
-                           f"missing {', '.join(missing)}")
+        raise CuratorError(
+            f"loop {name!r} does not satisfy the Loop contract (curator.loop.Loop): missing {', '.join(missing)}"
+        )
 
 
 def check_loop_instance(name: str, loop: Any) -> None:
     missing = [a for a in ("done", "spec") if not hasattr(loop, a)]
     if missing:
-        raise CuratorError(f"loop {name!r} does not satisfy the Loop contract (curator.loop.Loop): its "
-                           f"instances have no {', '.join(missing)} attribute(s); set them in __init__")
+        raise CuratorError(
+            f"loop {name!r} does not satisfy the Loop contract (curator.loop.Loop): its "
+            f"instances have no {', '.join(missing)} attribute(s); set them in __init__"
+        )
 
 
 def get_loop(name: str) -> type:

@@ -46,7 +46,7 @@ class ModelSettings:
                                       default_factory=LoraSettings)
 
     def __post_init__(self):
-        from curator.models.loading import DTYPES, _DTYPE_ALIASES
+        from curator.models.loading import _DTYPE_ALIASES, DTYPES
 
         name = str(self.dtype).lower().removeprefix("torch.")
         if _DTYPE_ALIASES.get(name, name) not in DTYPES:

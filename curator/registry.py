@@ -29,8 +29,10 @@ def import_target(path: str, what: str = "object") -> Any:
     except Exception as e:  # a plugin module that raises anything while importing is still the plugin's fault
         from curator.errors import PluginError, describe_exception
 
-        raise PluginError(f"{what} {path!r}: importing {mod_name!r} failed ({describe_exception(e)}); "
-                          "fix the plugin or remove it from the recipe (--debug shows the traceback)") from e
+        raise PluginError(
+            f"{what} {path!r}: importing {mod_name!r} failed ({describe_exception(e)}); "
+            "fix the plugin or remove it from the recipe (--debug shows the traceback)"
+        ) from e
     obj: Any = mod
     for part in attr.split("."):
         try:

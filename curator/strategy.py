@@ -14,8 +14,8 @@ group ``curator.strategies``, or a ``"package.module:Class"`` path written in a 
 from __future__ import annotations
 
 import inspect
-import typing
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 

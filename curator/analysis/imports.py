@@ -211,7 +211,8 @@ def _read_long(path: Path) -> pd.DataFrame:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except Exception as e:  # pandas/pyarrow raise many types for a corrupt or foreign file
-        raise DataError(f"{path}: cannot read as {suffix} ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from e
+        reason = " ".join(str(e).split())[:200]
+        raise DataError(f"{path}: cannot read as {suffix} ({type(e).__name__}: {reason})") from e
     raise DataError(f"{path}: unknown format {suffix!r}; use .csv, .json, .jsonl or .parquet")
 
 

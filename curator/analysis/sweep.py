@@ -133,7 +133,10 @@ def run_sweep(base: Any, train: Sequence[Any], test: Sequence[Any], *, fmt: Any,
     out = Path(out_dir)
     main = distributed.is_main_process()
     if not main:  # every rank of a launch runs the sweep; one speaks
-        echo = lambda *a, **k: None
+
+        def echo(*a, **k):
+            return None
+
     if main:
         out.mkdir(parents=True, exist_ok=True)
     tok = base.tokenizer
@@ -262,5 +265,6 @@ def sweep_from_recipe(recipe: Any, progress: bool = True, echo: Callable[[str], 
                      learning_rates=sw.learning_rates, epochs=sw.epochs, out_dir=out, lora=m.lora,
                      k=dyn.samples, params=params, p=dyn.p, eval_samples=ev.samples,
                      eval_temperature=ev.temperature, eval_max_new_tokens=ev.max_new_tokens,
-                     backend=dyn.backend, vllm=dyn.vllm, sample_batch_size=dyn.batch_size, lazy=dyn.lazy, seed=recipe.seed,
+                     backend=dyn.backend, vllm=dyn.vllm, sample_batch_size=dyn.batch_size, lazy=dyn.lazy,
+                     seed=recipe.seed,
                      progress=progress, echo=echo)

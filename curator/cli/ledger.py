@@ -72,7 +72,6 @@ def show(file, p, csv_out):
 def import_(source, out, k, p, drop_nan, model):
     """Build a ledger OUT (.parquet) from another trainer's SOURCE (.npz arrays or a long table)."""
     from curator.analysis.imports import import_ledger
-
     from curator.errors import ConfigError
 
     if not 1 < p < math.inf:

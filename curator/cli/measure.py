@@ -9,30 +9,65 @@ import click
 
 @click.command()
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path())
-@click.option("--data", required=True,
-              help="The training examples to measure: 'synthetic[:preset][?...]', a .jsonl/.json/.parquet/.csv file, "
-                   "a save_to_disk directory, or a hub dataset (prompt/completion and messages columns work).")
+@click.option(
+    "--data",
+    required=True,
+    help="The training examples to measure: 'synthetic[:preset][?...]', a .jsonl/.json/.parquet/.csv file, "
+    "a save_to_disk directory, or a hub dataset (prompt/completion and messages columns work).",
+)
 @click.option("--n", type=int, default=None, help="Use the first N examples (synthetic default: 64).")
-@click.option("--base", default=None, help="Base model for peft adapter checkpoints (default: the one the adapter "
-              "records); for full checkpoints saved without a tokenizer, where the tokenizer comes from.")
+@click.option(
+    "--base",
+    default=None,
+    help="Base model for peft adapter checkpoints (default: the one the adapter "
+    "records); for full checkpoints saved without a tokenizer, where the tokenizer comes from.",
+)
 @click.option("--backend", default="hf", show_default=True, help="Sampler backend: hf or vllm.")
 @click.option("--samples", "k", type=int, default=5, show_default=True, help="Samples per example per checkpoint (k).")
-@click.option("--p", "p", type=float, default=1.105, show_default=True, help="Memorization threshold on target perplexity.")
+@click.option(
+    "--p", "p", type=float, default=1.105, show_default=True, help="Memorization threshold on target perplexity."
+)
 @click.option("--temperature", type=float, default=0.8, show_default=True)
 @click.option("--top-p", type=float, default=0.95, show_default=True)
 @click.option("--max-new-tokens", type=int, default=256, show_default=True)
 @click.option("--full", is_flag=True, help="Sample every example at every checkpoint (complete train-accuracy curves).")
-@click.option("--chat/--no-chat", default=False, show_default=True, help="Wrap prompts in the tokenizer's chat template.")
+@click.option(
+    "--chat/--no-chat", default=False, show_default=True, help="Wrap prompts in the tokenizer's chat template."
+)
 @click.option("--grader", default="auto", show_default=True, help="Answer grader: gsm8k, math, numeric, auto.")
-@click.option("--sample-batch-size", type=int, default=32, show_default=True,
-              help="Prompts per sampler batch (keep it equal to the training-time callback's to reproduce its ledger).")
+@click.option(
+    "--sample-batch-size",
+    type=int,
+    default=32,
+    show_default=True,
+    help="Prompts per sampler batch (keep it equal to the training-time callback's to reproduce its ledger).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on capable CUDA, else fp32).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available).")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default="runs/measure/ledger.parquet", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def measure(checkpoints, data, n, base, backend, k, p, temperature, top_p, max_new_tokens, full, chat, grader,
-            sample_batch_size, seed, dtype, device, out, quiet):
+def measure(
+    checkpoints,
+    data,
+    n,
+    base,
+    backend,
+    k,
+    p,
+    temperature,
+    top_p,
+    max_new_tokens,
+    full,
+    chat,
+    grader,
+    sample_batch_size,
+    seed,
+    dtype,
+    device,
+    out,
+    quiet,
+):
     """Measure the learning-dynamics ledger of DATA over saved CHECKPOINTS.
 
     CHECKPOINTS are checkpoint directories or run directories holding checkpoint-* subdirectories,
@@ -51,18 +86,35 @@ def measure(checkpoints, data, n, base, backend, k, p, temperature, top_p, max_n
     problems = check_premem_settings(1, k, p)
     fmt = PromptFormat(chat=chat)
     try:
-        params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                stop=fmt.stop, seed=seed)
+        params = SamplingParams(
+            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, stop=fmt.stop, seed=seed
+        )
     except ConfigError as e:
         problems += e.problems
     if problems:
         raise ConfigError(problems)
     ckpts = find_checkpoints(checkpoints)  # a directory without checkpoints fails before data loads
     examples = load_training_data(data, n)
-    click.echo(f"{len(examples)} examples from {data}; {len(ckpts)} checkpoints "
-               f"(steps {', '.join(str(c.step) for c in ckpts)}); k={k}, p={p:g}, {'full' if full else 'lazy'} tracking")
-    ledger = measure_checkpoints(checkpoints, examples, base=base, fmt=fmt, grader=grader, k=k, params=params,
-                                 p=p, lazy=not full, backend=backend, batch_size=sample_batch_size, dtype=dtype,
-                                 device=device, out=out, progress=not quiet)
+    click.echo(
+        f"{len(examples)} examples from {data}; {len(ckpts)} checkpoints "
+        f"(steps {', '.join(str(c.step) for c in ckpts)}); k={k}, p={p:g}, {'full' if full else 'lazy'} tracking"
+    )
+    ledger = measure_checkpoints(
+        checkpoints,
+        examples,
+        base=base,
+        fmt=fmt,
+        grader=grader,
+        k=k,
+        params=params,
+        p=p,
+        lazy=not full,
+        backend=backend,
+        batch_size=sample_batch_size,
+        dtype=dtype,
+        device=device,
+        out=out,
+        progress=not quiet,
+    )
     click.echo(render_summary(ledger))
     click.echo(f"ledger: {Path(out)}")

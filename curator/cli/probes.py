@@ -17,19 +17,37 @@ def _finished(run_dir: Path, recipe) -> bool:
         return False
     old = read_json(run_dir / "summary.json").get("recipe")
     if old != to_dict(recipe):
-        raise ConfigError(f"{run_dir} holds a finished run of a different '{recipe.name}' recipe; use another "
-                          "--out or remove that directory")
+        raise ConfigError(
+            f"{run_dir} holds a finished run of a different '{recipe.name}' recipe; use another "
+            "--out or remove that directory"
+        )
     return True
 
 
 @click.command()
 @click.argument("recipes", nargs=-1, type=click.Path(dir_okay=False))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/probes", show_default=True,
-              help="One sub-directory per recipe (a rerun skips finished ones) and the figure.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a setting of every recipe, e.g. --set model.name=tiny-random (repeatable).")
-@click.option("--metric", type=click.Choice(["logprob_sum", "logprob_mean"]), default="logprob_sum",
-              show_default=True, help="What the panels show: summed or mean per-token log-probability.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="runs/probes",
+    show_default=True,
+    help="One sub-directory per recipe (a rerun skips finished ones) and the figure.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a setting of every recipe, e.g. --set model.name=tiny-random (repeatable).",
+)
+@click.option(
+    "--metric",
+    type=click.Choice(["logprob_sum", "logprob_mean"]),
+    default="logprob_sum",
+    show_default=True,
+    help="What the panels show: summed or mean per-token log-probability.",
+)
 @click.option("--plot-only", is_flag=True, help="Redraw the figure from finished runs in --out; train nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def probes(recipes, out_dir, overrides, metric, plot_only, quiet):
@@ -60,8 +78,10 @@ def probes(recipes, out_dir, overrides, metric, plot_only, quiet):
         loaded = [load_probe_recipe(r, overrides) for r in recipes]  # all validated before any training
         names = [r.name for r in loaded]
         if len(set(names)) != len(names):
-            raise ConfigError(f"two recipes share the name {next(n for n in names if names.count(n) > 1)!r}; "
-                              "names label the lines and directories, so make them unique")
+            raise ConfigError(
+                f"two recipes share the name {next(n for n in names if names.count(n) > 1)!r}; "
+                "names label the lines and directories, so make them unique"
+            )
         dirs = []
         for recipe in loaded:
             run_dir = out / recipe.name
@@ -69,7 +89,10 @@ def probes(recipes, out_dir, overrides, metric, plot_only, quiet):
             if _finished(run_dir, recipe):
                 click.echo(f"{recipe.name}: finished earlier ({run_dir}), skipped")
                 continue
-            click.echo(f"{recipe.name}: {' -> '.join(s.kind + ('(y+ and y-)' if s.targets == 'both' and s.kind == 'sft' else '') for s in recipe.stages)}")
+            stages = (
+                s.kind + ("(y+ and y-)" if s.targets == "both" and s.kind == "sft" else "") for s in recipe.stages
+            )
+            click.echo(f"{recipe.name}: {' -> '.join(stages)}")
             run = run_probes(recipe, run_dir, progress=not quiet)
             for note in run.probe_set.notes:
                 click.echo(f"  note: {note}")
@@ -77,17 +100,23 @@ def probes(recipes, out_dir, overrides, metric, plot_only, quiet):
     tables = [read_probe_table(d / "probes.parquet") for d in dirs]
     probe_ids = [sorted(set(t["probe_id"])) for t in tables]
     if any(p != probe_ids[0] for p in probe_ids):
-        raise ConfigError("the runs were probed on different prompts (data.preferences / probes.n differ); "
-                          "their curves cannot share a figure")
+        raise ConfigError(
+            "the runs were probed on different prompts (data.preferences / probes.n differ); "
+            "their curves cannot share a figure"
+        )
     table = pd.concat(tables, ignore_index=True)
     fig_path = out / ("probes.png" if metric == "logprob_sum" else f"probes-{metric}.png")
     plot_probes(table, fig_path, metric=metric)
     report = squeeze_report(table, metric)
-    click.echo(f"\nchange of the {metric.replace('_', ' ')} during DPO (mean over probes; argmax = "
-               "teacher-forced argmax token along y+):")
+    click.echo(
+        f"\nchange of the {metric.replace('_', ' ')} during DPO (mean over probes; argmax = "
+        "teacher-forced argmax token along y+):"
+    )
     fams = list(dict.fromkeys(f for r in report.values() for f in r))
     click.echo(f"  {'family':<20}" + "".join(f"{r:>24}" for r in report))
     for f in fams:
-        click.echo(f"  {f:<20}" + "".join(f"{report[r][f]['change']:>+24.2f}" if f in report[r] else f"{'':>24}"
-                                          for r in report))
+        click.echo(
+            f"  {f:<20}"
+            + "".join(f"{report[r][f]['change']:>+24.2f}" if f in report[r] else f"{'':>24}" for r in report)
+        )
     click.echo(f"figure: {fig_path}")

@@ -6,16 +6,34 @@ import click
 
 
 @click.command()
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/routing", show_default=True,
-              help="Run directory: ledger.parquet, checkpoints.csv, routing.csv, routing.png, report.md.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="runs/routing",
+    show_default=True,
+    help="Run directory: ledger.parquet, checkpoints.csv, routing.csv, routing.png, report.md.",
+)
 @click.option("--n-train", type=int, default=64, show_default=True, help="Synthetic training problems.")
 @click.option("--n-test", type=int, default=64, show_default=True, help="Held-out synthetic test problems.")
 @click.option("--epochs", type=int, default=100, show_default=True)
-@click.option("--checkpoint-every", type=int, default=40, show_default=True, help="Optimizer steps between checkpoints.")
-@click.option("--cutoff", type=float, default=0.8, show_default=True,
-              help="Cumulative routing weight of the experts kept per layer, in (0, 1].")
-@click.option("--epsilon", type=float, default=0.5, show_default=True,
-              help="Memorization rule: per-sample loss (nats) at most this from some checkpoint on ...")
+@click.option(
+    "--checkpoint-every", type=int, default=40, show_default=True, help="Optimizer steps between checkpoints."
+)
+@click.option(
+    "--cutoff",
+    type=float,
+    default=0.8,
+    show_default=True,
+    help="Cumulative routing weight of the experts kept per layer, in (0, 1].",
+)
+@click.option(
+    "--epsilon",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Memorization rule: per-sample loss (nats) at most this from some checkpoint on ...",
+)
 @click.option("--delta", type=float, default=0.1, show_default=True, help="... and within this of its final loss.")
 @click.option("--all-samples", is_flag=True, help="Metrics over all samples, not only the memorized ones.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -37,8 +55,9 @@ def routing(out_dir, n_train, n_test, epochs, checkpoint_every, cutoff, epsilon,
 
     torch.set_num_threads(1)  # the reference run; results are reproducible with one thread
     rs = RoutingSettings(cutoff=cutoff, epsilon=epsilon, delta=delta, memorized_only=not all_samples, seed=seed)
-    vs = ValidationSettings(n_train=n_train, n_test=n_test, epochs=epochs, checkpoint_every=checkpoint_every,
-                            seed=seed, routing=rs)
+    vs = ValidationSettings(
+        n_train=n_train, n_test=n_test, epochs=epochs, checkpoint_every=checkpoint_every, seed=seed, routing=rs
+    )
     res = routing_validation(out_dir, vs, progress=not quiet)
     corr = res["correlations"]
     click.echo(corr.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -239,8 +239,8 @@ def read_ledger(path: str | os.PathLike) -> Ledger:
         for key, ok in (("p", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 1),
                         ("k", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)):
             if meta.get(key) is not None and not ok(meta[key]):
-                raise DataError(f"{path}: metadata {key}={meta[key]!r} is not valid ({'a number > 1' if key == 'p' else 'an integer >= 1'}); "
-                                "see docs/LEDGER.md")
+                want = "a number > 1" if key == "p" else "an integer >= 1"
+                raise DataError(f"{path}: metadata {key}={meta[key]!r} is not valid ({want}); see docs/LEDGER.md")
     try:
         return Ledger(table.to_pandas(), meta)
     except DataError as e:

@@ -34,8 +34,9 @@ per-checkpoint dataset values.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -54,8 +55,7 @@ LAYOUTS: dict[str, tuple[str, str]] = {
     "qwen3_moe": ("Qwen3MoeForCausalLM", "Qwen3MoeTopKRouter"),
 }
 # config fields that mark a mixture-of-experts model (to tell "unsupported MoE" from "dense")
-_MOE_CONFIG_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts",
-                    "num_experts_per_tok")
+_MOE_CONFIG_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_experts_per_tok")
 PATHWAY_COLUMNS = ("pathway", "pathway_consistency")
 DEFAULT_CUTOFF = 0.8
 DEFAULT_MAX_PAIRS = 200_000
@@ -71,8 +71,10 @@ def supported_layouts() -> str:
 
 def check_cutoff(cutoff: Any) -> float:
     if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not 0 < cutoff <= 1:
-        raise RoutingError(f"routing cutoff must be in (0, 1] (the cumulative routing weight of the experts "
-                           f"kept per layer; the paper uses 0.8), got {cutoff!r}")
+        raise RoutingError(
+            f"routing cutoff must be in (0, 1] (the cumulative routing weight of the experts "
+            f"kept per layer; the paper uses 0.8), got {cutoff!r}"
+        )
     return float(cutoff)
 
 
@@ -91,10 +93,12 @@ def routing_layout(model: Any) -> str:
         return mtype
     name = f"{type(m).__name__} (model_type {mtype!r})"
     if config is not None and any(getattr(config, k, None) for k in _MOE_CONFIG_KEYS):
-        raise RoutingError(f"routing is not supported for the MoE layout {name}; supported layouts: "
-                           f"{supported_layouts()}")
-    raise RoutingError(f"routing needs a mixture-of-experts model, but {name} is dense; supported "
-                       f"layouts: {supported_layouts()}")
+        raise RoutingError(
+            f"routing is not supported for the MoE layout {name}; supported layouts: {supported_layouts()}"
+        )
+    raise RoutingError(
+        f"routing needs a mixture-of-experts model, but {name} is dense; supported layouts: {supported_layouts()}"
+    )
 
 
 def router_modules(model: Any) -> list[tuple[str, Any]]:
@@ -103,8 +107,9 @@ def router_modules(model: Any) -> list[tuple[str, Any]]:
     cls = LAYOUTS[layout][1]
     found = [(n, mod) for n, mod in _unwrap(model).named_modules() if type(mod).__name__ == cls]
     if not found:
-        raise RoutingError(f"{layout} model has no {cls} module (every layer dense?); routing needs at "
-                           "least one MoE layer")
+        raise RoutingError(
+            f"{layout} model has no {cls} module (every layer dense?); routing needs at least one MoE layer"
+        )
     return found  # named_modules walks layers in index order
 
 
@@ -133,7 +138,7 @@ class RoutingCapture:
         self.calls: list[list[tuple[Any, Any]]] = [[] for _ in self.routers]
         self._handles: list[Any] = []
 
-    def __enter__(self) -> "RoutingCapture":
+    def __enter__(self) -> RoutingCapture:
         for layer, (_, mod) in enumerate(self.routers):
             self._handles.append(mod.register_forward_hook(self._hook(layer)))
         return self
@@ -147,6 +152,7 @@ class RoutingCapture:
         def hook(module, inputs, output):
             # output = (router_logits, top-k weights, top-k indices); keep the dispatch only
             self.calls[layer].append((output[1].detach(), output[2].detach()))
+
         return hook
 
     def clear(self) -> None:
@@ -163,8 +169,9 @@ def dispatch_distribution(weights: Any, indices: Any, num_experts: int) -> Any:
     return out.scatter_add_(1, indices.long(), w)
 
 
-def sample_routing(model: Any, sequences: Sequence[Sequence[int]], batch_size: int = 16,
-                   progress: bool = False) -> np.ndarray:
+def sample_routing(
+    model: Any, sequences: Sequence[Sequence[int]], batch_size: int = 16, progress: bool = False
+) -> np.ndarray:
     """[N, L, E] float32: per sample and MoE layer, the mean over its tokens of each token's
     dispatch distribution (`dispatch_distribution`); every row sums to 1."""
     import torch
@@ -185,19 +192,19 @@ def sample_routing(model: Any, sequences: Sequence[Sequence[int]], batch_size: i
         with torch.no_grad(), cap:
             starts = range(0, len(order), batch_size)
             for s in tqdm(starts, desc="routing", unit="batch", disable=not progress):
-                idx = order[s:s + batch_size]
+                idx = order[s : s + batch_size]
                 width = max(len(sequences[i]) for i in idx)
                 ids = torch.zeros((len(idx), width), dtype=torch.long)
                 mask = torch.zeros((len(idx), width), dtype=torch.long)
                 for r, i in enumerate(idx):  # right padding: causal attention never sees the pads
-                    ids[r, :len(sequences[i])] = torch.tensor(list(sequences[i]))
-                    mask[r, :len(sequences[i])] = 1
+                    ids[r, : len(sequences[i])] = torch.tensor(list(sequences[i]))
+                    mask[r, : len(sequences[i])] = 1
                 cap.clear()
                 model(input_ids=ids.to(device), attention_mask=mask.to(device))
                 m = mask.to(device).reshape(-1, 1).float()
                 counts = mask.sum(1, keepdim=True).float().to(device)
                 for layer in range(L):
-                    (w, ix), = cap.calls[layer]
+                    ((w, ix),) = cap.calls[layer]
                     dist = dispatch_distribution(w, ix, E) * m  # padding tokens count for nothing
                     per = dist.reshape(len(idx), width, E).sum(1) / counts
                     out[idx, layer] = per.cpu().numpy()
@@ -254,7 +261,7 @@ def parse_pathway(text: str) -> list[list[int]]:
 
 def pathway_symbols(path: Sequence[Sequence[int]]) -> np.ndarray:
     """The pathway as one symbol sequence; symbol = layer * 2**20 + expert (layer-tagged)."""
-    return np.array([l * (1 << 20) + int(e) for l, layer in enumerate(path) for e in layer], np.int64)
+    return np.array([li * (1 << 20) + int(e) for li, layer in enumerate(path) for e in layer], np.int64)
 
 
 # ------------------------------------------------------------------------------------ edit distance
@@ -285,14 +292,13 @@ class PathwaySet:
     _peq: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
-    def from_paths(cls, paths: Sequence[Any]) -> "PathwaySet":
+    def from_paths(cls, paths: Sequence[Any]) -> PathwaySet:
         """From pathways (lists of per-layer expert lists), pathway strings, or symbol arrays."""
         seqs = []
         for p in paths:
             if isinstance(p, str):
                 p = parse_pathway(p)
-            seqs.append(np.asarray(p, np.int64) if isinstance(p, np.ndarray) and p.ndim == 1
-                        else pathway_symbols(p))
+            seqs.append(np.asarray(p, np.int64) if isinstance(p, np.ndarray) and p.ndim == 1 else pathway_symbols(p))
         n = len(seqs)
         lengths = np.array([len(s) for s in seqs], np.int64)
         codes = np.full((n, int(lengths.max()) if n else 0), -1, np.int32)
@@ -300,12 +306,12 @@ class PathwaySet:
             _, inv = np.unique(np.concatenate(seqs), return_inverse=True)
             pos = 0
             for i, s in enumerate(seqs):
-                codes[i, :len(s)] = inv[pos:pos + len(s)]
+                codes[i, : len(s)] = inv[pos : pos + len(s)]
                 pos += len(s)
         return cls(codes, lengths)
 
     @classmethod
-    def from_weights(cls, weights: np.ndarray, cutoff: float = DEFAULT_CUTOFF) -> "PathwaySet":
+    def from_weights(cls, weights: np.ndarray, cutoff: float = DEFAULT_CUTOFF) -> PathwaySet:
         """Straight from [N, L, E] routing weights (vectorised; same pathways as `pathways`)."""
         mask = keep_mask(weights, cutoff).reshape(len(weights), -1)  # (layer, expert) order = pathway order
         lengths = mask.sum(1).astype(np.int64)
@@ -320,7 +326,7 @@ class PathwaySet:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def subset(self, rows: Any) -> "PathwaySet":
+    def subset(self, rows: Any) -> PathwaySet:
         rows = np.asarray(rows, np.int64)
         return PathwaySet(self.codes[rows], self.lengths[rows])
 
@@ -339,8 +345,7 @@ class PathwaySet:
             rows = np.arange(len(self))
             for pos in range(self.codes.shape[1]):
                 ok = self.codes[:, pos] >= 0
-                np.bitwise_or.at(peq, (rows[ok], pos // 64, self.codes[ok, pos]),
-                                 np.uint64(1) << np.uint64(pos % 64))
+                np.bitwise_or.at(peq, (rows[ok], pos // 64, self.codes[ok, pos]), np.uint64(1) << np.uint64(pos % 64))
             self._peq = peq
         return self._peq
 
@@ -348,8 +353,9 @@ class PathwaySet:
         n_sym = int(self.codes.max()) + 1 if self.codes.size else 1
         return len(self) * self.words * n_sym * 8
 
-    def distances(self, i: Any, j: Any, chunk: int = 1 << 16, threads: int = 1,
-                  max_table_bytes: int = 1 << 30) -> np.ndarray:
+    def distances(
+        self, i: Any, j: Any, chunk: int = 1 << 16, threads: int = 1, max_table_bytes: int = 1 << 30
+    ) -> np.ndarray:
         """Levenshtein distance between pathways i[p] and j[p] for every pair p.
 
         Bit-parallel (`_myers`) with the shorter pathway of each pair as the pattern; the vectorised
@@ -370,7 +376,7 @@ class PathwaySet:
             kernel = self._dp
 
         def run(s: int) -> None:
-            out[s:s + chunk] = kernel(i[s:s + chunk], j[s:s + chunk])
+            out[s : s + chunk] = kernel(i[s : s + chunk], j[s : s + chunk])
 
         starts = range(0, len(i), chunk)
         if threads > 1 and len(starts) > 1:
@@ -446,8 +452,9 @@ class PathwaySet:
                 if w + 1 < W:
                     Hp[:] = nxt_p
                     Hm[:] = nxt_m
-        d = n + (np.bitwise_count(pv & mask).astype(np.int64).sum(0)
-                 - np.bitwise_count(mv & mask).astype(np.int64).sum(0))
+        d = n + (
+            np.bitwise_count(pv & mask).astype(np.int64).sum(0) - np.bitwise_count(mv & mask).astype(np.int64).sum(0)
+        )
         d = np.where(m == 0, n, d)
         out = np.empty_like(d)
         out[order] = d
@@ -463,7 +470,7 @@ class PathwaySet:
         prev = np.broadcast_to(cols, (len(a), W + 1)).copy()
         result = np.where(m == 0, n, 0)
         for r in range(A.shape[1]):
-            sub = prev[:, :-1] + (A[:, r:r + 1] != B)
+            sub = prev[:, :-1] + (A[:, r : r + 1] != B)
             t = np.empty_like(prev)
             t[:, 0] = prev[:, 0] + 1
             t[:, 1:] = np.minimum(prev[:, 1:] + 1, sub)
@@ -488,8 +495,9 @@ class DistanceEstimate:
     exact: bool
 
 
-def pathway_distance(paths: Any, max_pairs: int = DEFAULT_MAX_PAIRS, seed: int = 0, threads: int = 1
-                     ) -> DistanceEstimate:
+def pathway_distance(
+    paths: Any, max_pairs: int = DEFAULT_MAX_PAIRS, seed: int = 0, threads: int = 1
+) -> DistanceEstimate:
     """Mean Levenshtein distance over pairs of distinct samples' pathways.
 
     Exact over all N(N-1)/2 pairs when that is at most ``max_pairs``; otherwise ``max_pairs``
@@ -516,8 +524,9 @@ def pathway_distance(paths: Any, max_pairs: int = DEFAULT_MAX_PAIRS, seed: int =
     return DistanceEstimate(float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))), int(max_pairs), False)
 
 
-def per_sample_distance(paths: Any, reference: Any = None, max_pairs: int = DEFAULT_MAX_PAIRS,
-                        seed: int = 0) -> np.ndarray:
+def per_sample_distance(
+    paths: Any, reference: Any = None, max_pairs: int = DEFAULT_MAX_PAIRS, seed: int = 0
+) -> np.ndarray:
     """[N] each pathway's mean distance to the pathways of ``reference`` rows (default: all others).
 
     Exact when N x |reference| <= max_pairs; else each sample is compared with
@@ -607,16 +616,27 @@ def memorization_checkpoint(loss: Any, epsilon: float, delta: float) -> np.ndarr
 class RoutingSettings:
     """How pathways are read and which samples the dataset metrics cover."""
 
-    cutoff: float = field(default=DEFAULT_CUTOFF, metadata={
-        "help": "Cumulative routing weight of the experts kept per layer, in (0, 1] (paper: 0.8)."})
-    epsilon: float = field(default=0.5, metadata={
-        "help": "Memorization rule: loss (mean target NLL, nats) at or below this from some checkpoint on."})
-    delta: float = field(default=0.1, metadata={
-        "help": "Memorization rule: and within this of the sample's final loss."})
-    memorized_only: bool = field(default=True, metadata={
-        "help": "Dataset metrics over the samples memorized by the final checkpoint (the paper) or over all."})
-    max_pairs: int = field(default=DEFAULT_MAX_PAIRS, metadata={
-        "help": "All pairs when N(N-1)/2 <= this, else this many sampled pairs (with a standard error)."})
+    cutoff: float = field(
+        default=DEFAULT_CUTOFF,
+        metadata={"help": "Cumulative routing weight of the experts kept per layer, in (0, 1] (paper: 0.8)."},
+    )
+    epsilon: float = field(
+        default=0.5,
+        metadata={"help": "Memorization rule: loss (mean target NLL, nats) at or below this from some checkpoint on."},
+    )
+    delta: float = field(
+        default=0.1, metadata={"help": "Memorization rule: and within this of the sample's final loss."}
+    )
+    memorized_only: bool = field(
+        default=True,
+        metadata={
+            "help": "Dataset metrics over the samples memorized by the final checkpoint (the paper) or over all."
+        },
+    )
+    max_pairs: int = field(
+        default=DEFAULT_MAX_PAIRS,
+        metadata={"help": "All pairs when N(N-1)/2 <= this, else this many sampled pairs (with a standard error)."},
+    )
     seed: int = 0
 
     def __post_init__(self):
@@ -637,17 +657,26 @@ class RoutingMonitor:
     `columns()` gives the [N, M] arrays for ``Ledger.from_arrays(signals=...)``.
     """
 
-    def __init__(self, examples: Sequence[Any], tokenizer: Any, fmt: Any = None, *,
-                 cutoff: float = DEFAULT_CUTOFF, batch_size: int = 16, max_length: int = 512,
-                 progress: bool = False):
+    def __init__(
+        self,
+        examples: Sequence[Any],
+        tokenizer: Any,
+        fmt: Any = None,
+        *,
+        cutoff: float = DEFAULT_CUTOFF,
+        batch_size: int = 16,
+        max_length: int = 512,
+        progress: bool = False,
+    ):
         from curator.data.format import PromptFormat, encode_pair
 
         self.cutoff = check_cutoff(cutoff)
         self.ids = [e.id for e in examples]
         fmt = fmt or PromptFormat()
         prompts, targets = fmt.pairs(list(examples), tokenizer)
-        self.sequences = [(p + t)[:max_length] for p, t in
-                          (encode_pair(tokenizer, a, b) for a, b in zip(prompts, targets))]
+        self.sequences = [
+            (p + t)[:max_length] for p, t in (encode_pair(tokenizer, a, b) for a, b in zip(prompts, targets))
+        ]
         self.batch_size, self.progress = int(batch_size), progress
         self.checkpoints: list[int] = []
         self.paths: list[list[str]] = []
@@ -676,27 +705,30 @@ class RoutingMonitor:
         """[N, M] arrays: ``pathway`` (strings) and ``pathway_consistency``."""
         if not self.checkpoints:
             raise RoutingError("the routing monitor recorded no checkpoint; pass it as on_checkpoint")
-        return {"pathway": np.array(self.paths, dtype=object).T,
-                "pathway_consistency": np.stack(self.consistency, 1)}
+        return {"pathway": np.array(self.paths, dtype=object).T, "pathway_consistency": np.stack(self.consistency, 1)}
 
-    def attach(self, ledger: "Ledger") -> "Ledger":
+    def attach(self, ledger: Ledger) -> Ledger:
         """The ledger with the routing columns added (matched on example id and checkpoint)."""
         from curator.dynamics.ledger import Ledger
 
         cols = self.columns()
-        long = pd.DataFrame({
-            "example_id": np.repeat(self.ids, len(self.checkpoints)),
-            "checkpoint": np.tile(self.checkpoints, len(self.ids)),
-            "pathway": cols["pathway"].reshape(-1),
-            "pathway_consistency": cols["pathway_consistency"].reshape(-1),
-        })
+        long = pd.DataFrame(
+            {
+                "example_id": np.repeat(self.ids, len(self.checkpoints)),
+                "checkpoint": np.tile(self.checkpoints, len(self.ids)),
+                "pathway": cols["pathway"].reshape(-1),
+                "pathway_consistency": cols["pathway_consistency"].reshape(-1),
+            }
+        )
         df = ledger.df.drop(columns=[c for c in PATHWAY_COLUMNS if c in ledger.df.columns])
         merged = df.merge(long.astype({"example_id": "string"}), on=["example_id", "checkpoint"], how="left")
         lost = merged["pathway"].isna()
         if lost.any():
-            raise DataError(f"{int(lost.sum())} ledger rows have no recorded routing (e.g. "
-                            f"{merged.loc[lost, ['example_id', 'checkpoint']].head(3).values.tolist()}); "
-                            "the monitor must see the same examples and checkpoints as the ledger")
+            raise DataError(
+                f"{int(lost.sum())} ledger rows have no recorded routing (e.g. "
+                f"{merged.loc[lost, ['example_id', 'checkpoint']].head(3).values.tolist()}); "
+                "the monitor must see the same examples and checkpoints as the ledger"
+            )
         merged["pathway"] = merged["pathway"].astype("string")
         meta = dict(ledger.meta, routing={**dict(ledger.meta.get("routing") or {}), "cutoff": self.cutoff})
         return Ledger(merged, meta)
@@ -720,8 +752,10 @@ def routing_metrics(ledger: Any, settings: RoutingSettings | None = None) -> pd.
     s = settings or RoutingSettings()
     df = ledger.df if hasattr(ledger, "df") else ledger
     if "pathway" not in df.columns:
-        raise DataError("this ledger has no routing columns (pathway, pathway_consistency); record them "
-                        "with RoutingMonitor during training (`curate routing`, docs/ROUTING.md)")
+        raise DataError(
+            "this ledger has no routing columns (pathway, pathway_consistency); record them "
+            "with RoutingMonitor during training (`curate routing`, docs/ROUTING.md)"
+        )
     ids = list(dict.fromkeys(df["example_id"].tolist()))
     cks = sorted(df["checkpoint"].unique().tolist())
 
@@ -734,14 +768,23 @@ def routing_metrics(ledger: Any, settings: RoutingSettings | None = None) -> pd.
     cons = pivot("pathway_consistency").to_numpy(np.float64) if "pathway_consistency" in df else None
     out = []
     for c, ck in enumerate(cks):
-        est = (pathway_distance(paths.iloc[rows, c].tolist(), s.max_pairs, s.seed) if len(rows) >= 2
-               else DistanceEstimate(math.nan, math.nan, 0, True))
-        out.append({"checkpoint": int(ck), "pathway_distance": est.mean, "pathway_distance_se": est.se,
-                    "pathway_pairs": est.n_pairs, "pathway_exact": est.exact,
-                    "pathway_consistency": float(np.nanmean(cons[rows, c])) if cons is not None and len(rows)
-                    else math.nan,
-                    "n_routing_samples": int(len(rows)),
-                    "n_memorized": int(((m0 > 0) & (m0 <= c + 1)).sum())})
+        est = (
+            pathway_distance(paths.iloc[rows, c].tolist(), s.max_pairs, s.seed)
+            if len(rows) >= 2
+            else DistanceEstimate(math.nan, math.nan, 0, True)
+        )
+        out.append(
+            {
+                "checkpoint": int(ck),
+                "pathway_distance": est.mean,
+                "pathway_distance_se": est.se,
+                "pathway_pairs": est.n_pairs,
+                "pathway_exact": est.exact,
+                "pathway_consistency": float(np.nanmean(cons[rows, c])) if cons is not None and len(rows) else math.nan,
+                "n_routing_samples": int(len(rows)),
+                "n_memorized": int(((m0 > 0) & (m0 <= c + 1)).sum()),
+            }
+        )
     return pd.DataFrame(out)
 
 
@@ -753,8 +796,9 @@ def routing_settings_from(ledger: Any, **overrides: Any) -> RoutingSettings:
     return RoutingSettings(**rec)
 
 
-def per_example_routing(ledger: Any, settings: RoutingSettings | None = None, checkpoint: int | None = None
-                        ) -> pd.DataFrame:
+def per_example_routing(
+    ledger: Any, settings: RoutingSettings | None = None, checkpoint: int | None = None
+) -> pd.DataFrame:
     """Per example at one checkpoint (default the last): its mean pathway distance to the other
     memorized samples (all samples with ``memorized_only=False``), its consistency, and its
     memorization checkpoint (0 = never)."""
@@ -771,8 +815,9 @@ def per_example_routing(ledger: Any, settings: RoutingSettings | None = None, ch
     ref = np.flatnonzero(m0 > 0) if s.memorized_only else None
     dist = per_sample_distance(at["pathway"].tolist(), ref, s.max_pairs, s.seed)
     cons = at["pathway_consistency"].to_numpy(np.float64) if "pathway_consistency" in at else np.full(len(ids), np.nan)
-    return pd.DataFrame({"example_id": ids, "pathway_distance": dist, "pathway_consistency": cons,
-                         "memorized_at": m0}).set_index("example_id")
+    return pd.DataFrame(
+        {"example_id": ids, "pathway_distance": dist, "pathway_consistency": cons, "memorized_at": m0}
+    ).set_index("example_id")
 
 
 # ------------------------------------------------------------------------------------ validation run
@@ -794,7 +839,9 @@ class ValidationSettings:
     routing: RoutingSettings = field(default_factory=RoutingSettings)
 
 
-def routing_validation(out_dir: Any, settings: ValidationSettings | None = None, progress: bool = True) -> dict[str, Any]:
+def routing_validation(
+    out_dir: Any, settings: ValidationSettings | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Train the small MoE (`curator.models.moe.small_moe`) from scratch on synthetic problems and
     record, at every checkpoint: pathways and consistency of the training examples, their target
     NLL and greedy correctness (the ledger), and greedy test accuracy and test NLL.
@@ -825,7 +872,7 @@ def routing_validation(out_dir: Any, settings: ValidationSettings | None = None,
     task = synthetic_task(s.preset)
     train = task.generate(s.n_train, seed=s.seed)
     seen = {e.id for e in train}
-    test = [e for e in task.generate(s.n_test + s.n_train, seed=s.seed + 10_000) if e.id not in seen][:s.n_test]
+    test = [e for e in task.generate(s.n_test + s.n_train, seed=s.seed + 10_000) if e.id not in seen][: s.n_test]
     tok = tiny_tokenizer()
     fmt = PromptFormat()
     grader = get_grader("gsm8k")
@@ -849,30 +896,57 @@ def routing_validation(out_dir: Any, settings: ValidationSettings | None = None,
         cells["nll"].append(nll)
         cells["tokens"].append(ntok)
         cells["correct"].append([int(grader.is_correct(c[0], e.answer)) for c, e in zip(tr_out, train)])
-        per_ck.append({"checkpoint": info.index, "step": info.step, "epoch": info.epoch,
-                       "test_accuracy": grade_completions(test, te_out, grader).accuracy,
-                       "test_nll": float(np.mean(test_nll)), "train_loss": float(np.mean(nll))})
+        per_ck.append(
+            {
+                "checkpoint": info.index,
+                "step": info.step,
+                "epoch": info.epoch,
+                "test_accuracy": grade_completions(test, te_out, grader).accuracy,
+                "test_nll": float(np.mean(test_nll)),
+                "train_loss": float(np.mean(nll)),
+            }
+        )
 
-    ts = TrainSettings(epochs=s.epochs, learning_rate=s.learning_rate, batch_size=s.batch_size,
-                       checkpoint_every=s.checkpoint_every, warmup_ratio=0.05, seed=s.seed,
-                       track_grad_variance=False, max_length=1024)
+    ts = TrainSettings(
+        epochs=s.epochs,
+        learning_rate=s.learning_rate,
+        batch_size=s.batch_size,
+        checkpoint_every=s.checkpoint_every,
+        warmup_ratio=0.05,
+        seed=s.seed,
+        track_grad_variance=False,
+        max_length=1024,
+    )
     finetune(model, tok, train, fmt, ts, on_checkpoint=on_checkpoint, progress=progress)
 
     tab = pd.DataFrame(per_ck)
     ledger = Ledger.from_arrays(
-        [e.id for e in train], np.stack(cells["correct"], 1), k=1, target_nll=np.stack(cells["nll"], 1),
-        target_tokens=np.stack(cells["tokens"], 1), steps=tab["step"].tolist(), epochs=tab["epoch"].tolist(),
-        p=float(math.exp(s.routing.epsilon)), signals=monitor.columns(), model="small_moe (mixtral, from scratch)",
-        source="curate routing", routing={"cutoff": s.routing.cutoff, "epsilon": s.routing.epsilon,
-                                          "delta": s.routing.delta, "memorized_only": s.routing.memorized_only})
+        [e.id for e in train],
+        np.stack(cells["correct"], 1),
+        k=1,
+        target_nll=np.stack(cells["nll"], 1),
+        target_tokens=np.stack(cells["tokens"], 1),
+        steps=tab["step"].tolist(),
+        epochs=tab["epoch"].tolist(),
+        p=float(math.exp(s.routing.epsilon)),
+        signals=monitor.columns(),
+        model="small_moe (mixtral, from scratch)",
+        source="curate routing",
+        routing={
+            "cutoff": s.routing.cutoff,
+            "epsilon": s.routing.epsilon,
+            "delta": s.routing.delta,
+            "memorized_only": s.routing.memorized_only,
+        },
+    )
     mem = routing_metrics(ledger, s.routing)
     every = routing_metrics(ledger, RoutingSettings(**{**s.routing.__dict__, "memorized_only": False}))
     tab["pathway_distance"] = mem["pathway_distance"].to_numpy()
     tab["pathway_consistency"] = mem["pathway_consistency"].to_numpy()
     write_run(Run("small-moe", ledger, tab, meta={"settings": repr(s)}), out)
-    both = mem.merge(every, on="checkpoint", suffixes=("", "_all")).merge(tab[["checkpoint", "step", "epoch",
-                                                                               "test_accuracy", "test_nll",
-                                                                               "train_loss"]], on="checkpoint")
+    both = mem.merge(every, on="checkpoint", suffixes=("", "_all")).merge(
+        tab[["checkpoint", "step", "epoch", "test_accuracy", "test_nll", "train_loss"]], on="checkpoint"
+    )
     both.to_csv(out / "routing.csv", index=False)
     corr = write_validation_report(out, repr(s))
     return {"dir": out, "table": both, "correlations": corr}
@@ -894,20 +968,27 @@ def correlations(table: pd.DataFrame) -> pd.DataFrame:
     """Pearson r of each monitor with test accuracy and test NLL across checkpoints, with a 95%
     interval (Fisher z; checkpoints of one run are not independent, so it is optimistic)."""
     rows = []
-    for metric in ("pathway_distance", "pathway_consistency", "pathway_distance_all", "pathway_consistency_all",
-                   "train_loss"):
+    for metric in (
+        "pathway_distance",
+        "pathway_consistency",
+        "pathway_distance_all",
+        "pathway_consistency_all",
+        "train_loss",
+    ):
         row: dict[str, Any] = {"metric": metric}
         for target in ("test_accuracy", "test_nll"):
             x, y = table[metric].to_numpy(float), table[target].to_numpy(float)
             ok = np.isfinite(x) & np.isfinite(y)
             n = int(ok.sum())
-            r = (float(np.corrcoef(x[ok], y[ok])[0, 1]) if n >= 3 and x[ok].std() > 0 and y[ok].std() > 0
-                 else math.nan)
+            r = float(np.corrcoef(x[ok], y[ok])[0, 1]) if n >= 3 and x[ok].std() > 0 and y[ok].std() > 0 else math.nan
             half = 1.96 / math.sqrt(n - 3) if n > 3 else math.nan
             z = math.atanh(max(min(r, 0.999999), -0.999999)) if np.isfinite(r) else math.nan
             row[f"r_{target}"] = r
-            row[f"ci_{target}"] = (f"[{math.tanh(z - half):.2f}, {math.tanh(z + half):.2f}]"
-                                   if np.isfinite(z) and np.isfinite(half) else "-")
+            row[f"ci_{target}"] = (
+                f"[{math.tanh(z - half):.2f}, {math.tanh(z + half):.2f}]"
+                if np.isfinite(z) and np.isfinite(half)
+                else "-"
+            )
         row["n"] = n
         rows.append(row)
     return pd.DataFrame(rows)
@@ -940,8 +1021,13 @@ def _plot_validation(t: pd.DataFrame, path: Any) -> None:
     ax.plot(t["step"], t["test_nll"], marker="o", ms=3, label="test loss (nats)")
     ax2 = ax.twinx()
     ax2.plot(t["step"], t["test_accuracy"], color="C3", marker="s", ms=3, label="test accuracy")
-    ax2.plot(t["step"], t["n_memorized"] / max(int(t["n_routing_samples_all"].max()), 1), color="C4", ls="--",
-             label="fraction memorized")
+    ax2.plot(
+        t["step"],
+        t["n_memorized"] / max(int(t["n_routing_samples_all"].max()), 1),
+        color="C4",
+        ls="--",
+        label="fraction memorized",
+    )
     ax2.set_ylim(-0.02, 1.02)
     ax.set_xlabel("optimizer step")
     ax.legend(fontsize=7, loc="upper left")
@@ -956,13 +1042,36 @@ def _plot_validation(t: pd.DataFrame, path: Any) -> None:
 
 
 def _validation_report(t: pd.DataFrame, corr: pd.DataFrame, settings: str) -> str:
-    cols = ["checkpoint", "step", "train_loss", "test_nll", "test_accuracy", "n_memorized", "n_routing_samples",
-            "pathway_distance", "pathway_distance_se", "pathway_consistency", "pathway_distance_all",
-            "pathway_consistency_all"]
-    lines = ["# Routing monitors on a small MoE trained from scratch", "", f"Settings: `{settings}`", "",
-             "## Per checkpoint", "", _markdown(t[cols], ".4g"), "",
-             "## Pearson r across checkpoints (single seed: a smoke test, not a claim)", "",
-             _markdown(corr, ".3f"), "", "![routing](routing.png)", ""]
+    cols = [
+        "checkpoint",
+        "step",
+        "train_loss",
+        "test_nll",
+        "test_accuracy",
+        "n_memorized",
+        "n_routing_samples",
+        "pathway_distance",
+        "pathway_distance_se",
+        "pathway_consistency",
+        "pathway_distance_all",
+        "pathway_consistency_all",
+    ]
+    lines = [
+        "# Routing monitors on a small MoE trained from scratch",
+        "",
+        f"Settings: `{settings}`",
+        "",
+        "## Per checkpoint",
+        "",
+        _markdown(t[cols], ".4g"),
+        "",
+        "## Pearson r across checkpoints (single seed: a smoke test, not a claim)",
+        "",
+        _markdown(corr, ".3f"),
+        "",
+        "![routing](routing.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -19,8 +19,9 @@ import contextlib
 import logging
 import math
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from transformers import TrainerCallback
 
@@ -119,11 +120,25 @@ class PreMemCallback(TrainerCallback):
     ``state.log_history`` (and so into ``trainer_state.json``), but no ``report_to`` backend sees them.
     """
 
-    def __init__(self, examples: Sequence[Example] | str | os.PathLike, *, fmt: PromptFormat | None = None,
-                 grader: Any = "auto", k: int = 5, params: Any = None, p: float = 1.105, lazy: bool = True,
-                 defer: bool = False, on: str = "save", n_checkpoints: int | None = None,
-                 out: str | os.PathLike | None = None, batch_size: int = 32, source: str = "auto",
-                 sampler_factory: Callable[[Any, Any], Any] | None = None, progress: bool | None = None):
+    def __init__(
+        self,
+        examples: Sequence[Example] | str | os.PathLike,
+        *,
+        fmt: PromptFormat | None = None,
+        grader: Any = "auto",
+        k: int = 5,
+        params: Any = None,
+        p: float = 1.105,
+        lazy: bool = True,
+        defer: bool = False,
+        on: str = "save",
+        n_checkpoints: int | None = None,
+        out: str | os.PathLike | None = None,
+        batch_size: int = 32,
+        source: str = "auto",
+        sampler_factory: Callable[[Any, Any], Any] | None = None,
+        progress: bool | None = None,
+    ):
         from curator.data.grading import get_grader
         from curator.dynamics.tracker import check_premem_settings
 
@@ -158,7 +173,7 @@ class PreMemCallback(TrainerCallback):
         self._warned_unattached = False
         self._disabled: str | None = None
 
-    def attach(self, trainer: Any) -> "PreMemCallback":
+    def attach(self, trainer: Any) -> PreMemCallback:
         """Add this callback to ``trainer`` and report through its ``log``; returns self."""
         trainer.add_callback(self)
         self.trainer = trainer
@@ -172,26 +187,41 @@ class PreMemCallback(TrainerCallback):
         self.tracker = None
         if state.global_step > 0:
             # the tracker's running maxima of the earlier checkpoints are gone with the old process
-            self._disabled = (f"PreMemCallback: the run resumed at step {state.global_step}; a ledger cannot "
-                              "continue across a restart, so this run is not measured. Run `curate measure "
-                              f"{args.output_dir}` over all its checkpoints when it ends")
+            self._disabled = (
+                f"PreMemCallback: the run resumed at step {state.global_step}; a ledger cannot "
+                "continue across a restart, so this run is not measured. Run `curate measure "
+                f"{args.output_dir}` over all its checkpoints when it ends"
+            )
             log.warning(self._disabled)
             return
         tok = getattr(processing_class, "tokenizer", processing_class)
         if self.on == "save" and _strategy(args.save_strategy) == "no":
-            raise ConfigError("PreMemCallback(on='save') but the trainer never saves (save_strategy='no'); "
-                              "set save_strategy='epoch' or 'steps', or use on='epoch'")
+            raise ConfigError(
+                "PreMemCallback(on='save') but the trainer never saves (save_strategy='no'); "
+                "set save_strategy='epoch' or 'steps', or use on='epoch'"
+            )
         n = self.n_checkpoints or planned_checkpoints(args, state, self.on)
         if n is None and self.lazy:
-            raise ConfigError(f"PreMemCallback cannot tell how many checkpoints save_strategy="
-                              f"{_strategy(args.save_strategy)!r} will make; pass n_checkpoints=, or lazy=False")
+            raise ConfigError(
+                f"PreMemCallback cannot tell how many checkpoints save_strategy="
+                f"{_strategy(args.save_strategy)!r} will make; pass n_checkpoints=, or lazy=False"
+            )
         self._index, self._disabled = 0, None  # a callback object may serve several train() calls
         if self.source == "auto":
             self.source = "checkpoint" if _sharded(args) and self.on == "save" else "live"
         self.tracker = DynamicsTracker(
-            self.examples, self.fmt, self.grader, k=self.k, params=self.params or SamplingParams(stop=self.fmt.stop),
-            p=self.p, lazy=self.lazy, defer=self.defer, n_checkpoints=n, tokenizer=tok,
-            progress=not args.disable_tqdm if self.progress is None else self.progress)
+            self.examples,
+            self.fmt,
+            self.grader,
+            k=self.k,
+            params=self.params or SamplingParams(stop=self.fmt.stop),
+            p=self.p,
+            lazy=self.lazy,
+            defer=self.defer,
+            n_checkpoints=n,
+            tokenizer=tok,
+            progress=not args.disable_tqdm if self.progress is None else self.progress,
+        )
         self.n_checkpoints = n
         self._tokenizer = tok
 
@@ -207,9 +237,12 @@ class PreMemCallback(TrainerCallback):
         if self._disabled or self.tracker is None:
             return
         if self._index != self.n_checkpoints:
-            log.warning("PreMemCallback measured %d checkpoints but expected %s; the last one's PreMemAcc is "
-                        "exact only if it was counted as final (pass n_checkpoints=)", self._index,
-                        self.n_checkpoints)
+            log.warning(
+                "PreMemCallback measured %d checkpoints but expected %s; the last one's PreMemAcc is "
+                "exact only if it was counted as final (pass n_checkpoints=)",
+                self._index,
+                self.n_checkpoints,
+            )
 
     # -- measuring --------------------------------------------------------------------------------
     def _measure(self, args, state, model) -> None:
@@ -221,8 +254,12 @@ class PreMemCallback(TrainerCallback):
             return
         t0 = time.perf_counter()
         self._index += 1
-        info = CheckpointInfo(self._index, int(state.global_step), float(state.epoch or 0.0),
-                     checkpoint_metrics(state.log_history, int(state.global_step)))
+        info = CheckpointInfo(
+            self._index,
+            int(state.global_step),
+            float(state.epoch or 0.0),
+            checkpoint_metrics(state.log_history, int(state.global_step)),
+        )
         if self.source == "checkpoint":
             loaded = self._load_saved(args, state, model)
             model_for, tok = loaded.model, loaded.tokenizer
@@ -255,9 +292,9 @@ class PreMemCallback(TrainerCallback):
         return Path(self.out) if self.out is not None else Path(args.output_dir) / "ledger.parquet"
 
     def _load_saved(self, args, state, model):
-        from curator.measure import CheckpointLoader, read_checkpoint
-
         from accelerate import PartialState
+
+        from curator.measure import CheckpointLoader, read_checkpoint
 
         # every process must see the complete directory before any loads it
         PartialState().wait_for_everyone()
@@ -273,8 +310,11 @@ class PreMemCallback(TrainerCallback):
         from curator.dynamics.metrics import summary
 
         last = summary(self.ledger).iloc[-1]
-        values = {"premem_acc": last["premem_acc"], "train_accuracy": last["train_acc"],
-                  "fraction_memorized": last["fraction_memorized"]}
+        values = {
+            "premem_acc": last["premem_acc"],
+            "train_accuracy": last["train_acc"],
+            "fraction_memorized": last["fraction_memorized"],
+        }
         # lazy tracking leaves intermediate PreMemAcc within bounds (NaN point value): report what is known
         return {k: float(v) for k, v in values.items() if math.isfinite(float(v))}
 
@@ -287,6 +327,7 @@ class PreMemCallback(TrainerCallback):
         state.log_history.append({**metrics, "epoch": state.epoch, "step": state.global_step})
         if not self._warned_unattached:
             self._warned_unattached = True
-            log.warning("PreMemCallback is not attached to its trainer, so report_to backends do not get "
-                        "PreMemAcc; add it with PreMemCallback(...).attach(trainer)")
-
+            log.warning(
+                "PreMemCallback is not attached to its trainer, so report_to backends do not get "
+                "PreMemAcc; add it with PreMemCallback(...).attach(trainer)"
+            )

@@ -12,13 +12,34 @@ from typing import Any
 MOE_LAYOUTS = ("olmoe", "mixtral", "qwen2_moe", "qwen3_moe")
 
 
-def _config(layout: str, vocab: int, tokenizer: Any, *, layers: int, hidden: int, heads: int, kv_heads: int,
-            experts: int, top_k: int, expert_hidden: int, init_std: float) -> Any:
-    common = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                  num_key_value_heads=kv_heads, max_position_embeddings=4096, initializer_range=init_std,
-                  tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                  num_experts_per_tok=top_k)
+def _config(
+    layout: str,
+    vocab: int,
+    tokenizer: Any,
+    *,
+    layers: int,
+    hidden: int,
+    heads: int,
+    kv_heads: int,
+    experts: int,
+    top_k: int,
+    expert_hidden: int,
+    init_std: float,
+) -> Any:
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=4096,
+        initializer_range=init_std,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        num_experts_per_tok=top_k,
+    )
     if layout == "olmoe":
         from transformers import OlmoeConfig
 
@@ -30,22 +51,46 @@ def _config(layout: str, vocab: int, tokenizer: Any, *, layers: int, hidden: int
     if layout == "qwen2_moe":
         from transformers import Qwen2MoeConfig
 
-        return Qwen2MoeConfig(num_experts=experts, moe_intermediate_size=expert_hidden, intermediate_size=2 * hidden,
-                              shared_expert_intermediate_size=expert_hidden, decoder_sparse_step=1,
-                              mlp_only_layers=[], **common)
+        return Qwen2MoeConfig(
+            num_experts=experts,
+            moe_intermediate_size=expert_hidden,
+            intermediate_size=2 * hidden,
+            shared_expert_intermediate_size=expert_hidden,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+            **common,
+        )
     if layout == "qwen3_moe":
         from transformers import Qwen3MoeConfig
 
-        return Qwen3MoeConfig(num_experts=experts, moe_intermediate_size=expert_hidden, intermediate_size=2 * hidden,
-                              decoder_sparse_step=1, mlp_only_layers=[], head_dim=hidden // heads, **common)
+        return Qwen3MoeConfig(
+            num_experts=experts,
+            moe_intermediate_size=expert_hidden,
+            intermediate_size=2 * hidden,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+            head_dim=hidden // heads,
+            **common,
+        )
     from curator.dynamics.routing import RoutingError, supported_layouts
 
     raise RoutingError(f"no tiny MoE builder for layout {layout!r}; supported layouts: {supported_layouts()}")
 
 
-def tiny_moe(layout: str = "mixtral", seed: int = 0, *, layers: int = 2, hidden: int = 64, heads: int = 4,
-             kv_heads: int = 2, experts: int = 4, top_k: int = 2, expert_hidden: int | None = None,
-             init_std: float = 0.1, tokenizer: Any = None) -> Any:
+def tiny_moe(
+    layout: str = "mixtral",
+    seed: int = 0,
+    *,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    experts: int = 4,
+    top_k: int = 2,
+    expert_hidden: int | None = None,
+    init_std: float = 0.1,
+    tokenizer: Any = None,
+) -> Any:
     """A random-init MoE causal LM of the given layout sized for the tiny tokenizer; same seed ->
     same weights (a private RNG stream: the caller's torch RNG does not move)."""
     import torch
@@ -54,9 +99,19 @@ def tiny_moe(layout: str = "mixtral", seed: int = 0, *, layers: int = 2, hidden:
     from curator.models.tiny import tiny_tokenizer
 
     tokenizer = tokenizer or tiny_tokenizer()
-    config = _config(layout, len(tokenizer), tokenizer, layers=layers, hidden=hidden, heads=heads,
-                     kv_heads=kv_heads, experts=experts, top_k=top_k,
-                     expert_hidden=expert_hidden or 2 * hidden, init_std=init_std)
+    config = _config(
+        layout,
+        len(tokenizer),
+        tokenizer,
+        layers=layers,
+        hidden=hidden,
+        heads=heads,
+        kv_heads=kv_heads,
+        experts=experts,
+        top_k=top_k,
+        expert_hidden=expert_hidden or 2 * hidden,
+        init_std=init_std,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config)
@@ -68,5 +123,16 @@ def tiny_moe(layout: str = "mixtral", seed: int = 0, *, layers: int = 2, hidden:
 def small_moe(seed: int = 0, tokenizer: Any = None) -> Any:
     """The validation run's model: Mixtral-shaped, 4 layers, 8 experts (top-2), hidden 64
     (~0.5M parameters), trained from scratch on the synthetic corpus in minutes on a CPU."""
-    return tiny_moe("mixtral", seed, layers=4, hidden=64, heads=4, kv_heads=2, experts=8, top_k=2,
-                    expert_hidden=128, init_std=0.02, tokenizer=tokenizer)
+    return tiny_moe(
+        "mixtral",
+        seed,
+        layers=4,
+        hidden=64,
+        heads=4,
+        kv_heads=2,
+        experts=8,
+        top_k=2,
+        expert_hidden=128,
+        init_std=0.02,
+        tokenizer=tokenizer,
+    )

@@ -34,8 +34,18 @@ from curator.data.format import PromptFormat
 from curator.errors import ConfigError, DataError
 from curator.probes.preferences import PreferenceRow
 
-FAMILIES = ("chosen", "rejected", "chosen_rephrase", "rejected_rephrase", "other_chosen", "test_chosen",
-            "unrelated", "chosen_shuffled", "unrelated_shuffled", "greedy")
+FAMILIES = (
+    "chosen",
+    "rejected",
+    "chosen_rephrase",
+    "rejected_rephrase",
+    "other_chosen",
+    "test_chosen",
+    "unrelated",
+    "chosen_shuffled",
+    "unrelated_shuffled",
+    "greedy",
+)
 
 # plain sentences on nothing the tasks talk about (no numbers, no arithmetic)
 UNRELATED = (
@@ -47,8 +57,10 @@ UNRELATED = (
     "Fresh snow muffles the sound of the city, and the streets feel strangely calm at night.",
 )
 
-REPHRASE_PROMPT = ("Rephrase the following solution in different words, keeping every number and "
-                   "the final line exactly as they are.\n\n{response}\n\nRephrased:")
+REPHRASE_PROMPT = (
+    "Rephrase the following solution in different words, keeping every number and "
+    "the final line exactly as they are.\n\n{response}\n\nRephrased:"
+)
 
 
 @dataclass(frozen=True)
@@ -108,10 +120,17 @@ def _rng(seed: int, probe_id: str, family: str) -> random.Random:
     return random.Random(f"{seed}|{probe_id}|{family}")
 
 
-def build_probe_set(probes: Sequence[PreferenceRow], train: Sequence[PreferenceRow],
-                    test: Sequence[PreferenceRow] = (), *, seed: int = 0,
-                    unrelated: Sequence[str] = UNRELATED, rephraser: Any = None,
-                    greedy: Sequence[str] | None = None, rephrase_max_new_tokens: int = 128) -> ProbeSet:
+def build_probe_set(
+    probes: Sequence[PreferenceRow],
+    train: Sequence[PreferenceRow],
+    test: Sequence[PreferenceRow] = (),
+    *,
+    seed: int = 0,
+    unrelated: Sequence[str] = UNRELATED,
+    rephraser: Any = None,
+    greedy: Sequence[str] | None = None,
+    rephrase_max_new_tokens: int = 128,
+) -> ProbeSet:
     """The response families for `probes` (see the module docstring).
 
     Args:
@@ -138,21 +157,27 @@ def build_probe_set(probes: Sequence[PreferenceRow], train: Sequence[PreferenceR
     notes: list[str] = []
     resp: dict[str, list[str]] = {"chosen": [r.chosen for r in probes], "rejected": [r.rejected for r in probes]}
 
-    for fam, col, src in (("chosen_rephrase", "chosen_rephrase", "chosen"),
-                          ("rejected_rephrase", "rejected_rephrase", "rejected")):
+    for fam, col, src in (
+        ("chosen_rephrase", "chosen_rephrase", "chosen"),
+        ("rejected_rephrase", "rejected_rephrase", "rejected"),
+    ):
         given = [getattr(r, col) for r in probes]
         missing = [i for i, g in enumerate(given) if g is None]
         if missing and rephraser is not None:
             made = rephrase(rephraser, [getattr(probes[i], src) for i in missing], rephrase_max_new_tokens)
             for i, text in zip(missing, made):
                 if not text.strip():
-                    raise DataError(f"the rephrasing model returned an empty rephrasing of probe {i} "
-                                    f"(id {probes[i].id}) {src}; give a '{col}' column or another model")
+                    raise DataError(
+                        f"the rephrasing model returned an empty rephrasing of probe {i} "
+                        f"(id {probes[i].id}) {src}; give a '{col}' column or another model"
+                    )
                 given[i] = text
             missing = []
         if missing:
-            notes.append(f"{fam} left out: probe row {missing[0]} (id {probes[missing[0]].id}) has no '{col}' "
-                         "and no rephrasing model is set (probes.rephrase_model)")
+            notes.append(
+                f"{fam} left out: probe row {missing[0]} (id {probes[missing[0]].id}) has no '{col}' "
+                "and no rephrasing model is set (probes.rephrase_model)"
+            )
         else:
             resp[fam] = given
 
@@ -167,16 +192,19 @@ def build_probe_set(probes: Sequence[PreferenceRow], train: Sequence[PreferenceR
         notes.append("test_chosen left out: no test rows were given")
     resp["unrelated"] = [unrelated[_rng(seed, r.id, "unrelated").randrange(len(unrelated))] for r in probes]
     resp["chosen_shuffled"] = [shuffle_words(r.chosen, _rng(seed, r.id, "chosen_shuffled")) for r in probes]
-    resp["unrelated_shuffled"] = [shuffle_words(u, _rng(seed, r.id, "unrelated_shuffled"))
-                                  for u, r in zip(resp["unrelated"], probes)]
+    resp["unrelated_shuffled"] = [
+        shuffle_words(u, _rng(seed, r.id, "unrelated_shuffled")) for u, r in zip(resp["unrelated"], probes)
+    ]
     if greedy is not None:
         if len(greedy) != len(probes):
             raise ConfigError(f"greedy: {len(greedy)} responses for {len(probes)} probes")
         empty = [i for i, g in enumerate(greedy) if not g]
         if empty:
-            raise DataError(f"the model's greedy response to probe {empty[0]} is empty (it ended at once); "
-                            "the greedy family cannot be scored — raise probes.greedy_max_new_tokens or use "
-                            "another model")
+            raise DataError(
+                f"the model's greedy response to probe {empty[0]} is empty (it ended at once); "
+                "the greedy family cannot be scored — raise probes.greedy_max_new_tokens or use "
+                "another model"
+            )
         resp["greedy"] = list(greedy)
     return ProbeSet(probes=probes, responses=resp, notes=notes)
 
@@ -190,8 +218,9 @@ def rephrase(sampler: Any, responses: Sequence[str], max_new_tokens: int = 128) 
     return [o[0].strip() for o in outs]
 
 
-def greedy_responses(sampler: Any, probes: Sequence[PreferenceRow], fmt: PromptFormat, tokenizer: Any = None,
-                     max_new_tokens: int = 96) -> list[str]:
+def greedy_responses(
+    sampler: Any, probes: Sequence[PreferenceRow], fmt: PromptFormat, tokenizer: Any = None, max_new_tokens: int = 96
+) -> list[str]:
     """The model's greedy target text for each probe prompt, up to and including its stop string.
 
     The greedy family is scored on exactly the text the model produced, its ending included (a
@@ -199,15 +228,16 @@ def greedy_responses(sampler: Any, probes: Sequence[PreferenceRow], fmt: PromptF
     """
     from curator.sampling.base import SamplingParams
 
-    prompts = [fmt.prompt_text(Example(id=r.id, question=r.question, solution="", answer=""), tokenizer)
-               for r in probes]
+    prompts = [
+        fmt.prompt_text(Example(id=r.id, question=r.question, solution="", answer=""), tokenizer) for r in probes
+    ]
     # generate without stop strings and cut here: the sampler drops the stop string it cuts at, and
     # whether the completion ended on one (rather than running out of tokens) must be kept
     outs = sampler.generate(prompts, 1, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop=()))
     texts = []
     for (text,) in outs:
         ends = [(text.find(st) + len(st)) for st in fmt.stop if st and st in text]
-        texts.append(text[:min(ends)] if ends else text)
+        texts.append(text[: min(ends)] if ends else text)
     return texts
 
 

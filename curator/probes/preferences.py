@@ -43,8 +43,13 @@ class PreferenceRow:
 
     def example(self, which: str = "chosen") -> Example:
         """The row as an Example whose solution is the chosen (or rejected) response, for SFT."""
-        return Example(id=f"{self.id}:{which}", question=self.question, solution=getattr(self, which),
-                       answer="", meta={"preference_id": self.id, "response": which})
+        return Example(
+            id=f"{self.id}:{which}",
+            question=self.question,
+            solution=getattr(self, which),
+            answer="",
+            meta={"preference_id": self.id, "response": which},
+        )
 
 
 # -- synthetic ----------------------------------------------------------------------------------
@@ -94,8 +99,10 @@ def synthetic_preferences(examples: Sequence[Example], seed: int = 0) -> list[Pr
     for i, ex in enumerate(examples):
         traces = list(ex.meta.get("traces") or [])
         if not traces:
-            raise DataError(f"example {i} (id {ex.id}) has no meta['traces']; synthetic preferences need "
-                            "curator's synthetic tasks (source 'synthetic:...')")
+            raise DataError(
+                f"example {i} (id {ex.id}) has no meta['traces']; synthetic preferences need "
+                "curator's synthetic tasks (source 'synthetic:...')"
+            )
         try:
             answer = int(ex.answer)
         except ValueError:
@@ -104,14 +111,21 @@ def synthetic_preferences(examples: Sequence[Example], seed: int = 0) -> list[Pr
         chosen = ex.solution
         others = [t for t in traces if t != chosen]
         rephrase = others[0] if others else None
-        rows.append(PreferenceRow(
-            id=ex.id, question=ex.question, chosen=chosen, rejected=corrupt_last_step(chosen, wrong),
-            chosen_rephrase=rephrase,
-            rejected_rephrase=corrupt_last_step(rephrase, wrong) if rephrase else None))
+        rows.append(
+            PreferenceRow(
+                id=ex.id,
+                question=ex.question,
+                chosen=chosen,
+                rejected=corrupt_last_step(chosen, wrong),
+                chosen_rephrase=rephrase,
+                rejected_rephrase=corrupt_last_step(rephrase, wrong) if rephrase else None,
+            )
+        )
     return rows
 
 
 # -- files ----------------------------------------------------------------------------------------
+
 
 def rows_to_preferences(rows: Sequence[dict[str, Any]], where: str) -> list[PreferenceRow]:
     """Validate raw rows (dicts) into PreferenceRows.
@@ -125,12 +139,14 @@ def rows_to_preferences(rows: Sequence[dict[str, Any]], where: str) -> list[Pref
         q = r.get("question", r.get("prompt"))
         if not isinstance(q, str) or not q.strip():
             raise DataError(f"{where}: row {i} has no question (a non-empty 'question' or 'prompt' column)")
-        vals = {}
+        vals: dict[str, Any] = {}
         for col in REQUIRED:
             v = r.get(col)
             if v is None:
-                raise DataError(f"{where}: row {i} has no '{col}' response; every probe/preference row needs "
-                                "both 'chosen' (y+) and 'rejected' (y-)")
+                raise DataError(
+                    f"{where}: row {i} has no '{col}' response; every probe/preference row needs "
+                    "both 'chosen' (y+) and 'rejected' (y-)"
+                )
             if not isinstance(v, str) or not v.strip():
                 raise DataError(f"{where}: row {i} has an empty '{col}' response; give a non-empty text")
             vals[col] = v
@@ -184,8 +200,10 @@ def load_preferences(source: str | os.PathLike, seed: int = 0, limit: int | None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise DataError(f"{src}: expected a list of objects (one per row)")
     if rows and not any("rejected" in r for r in rows) and any("solution" in r for r in rows):
-        raise DataError(f"{src}: rows have a 'solution' but no 'rejected' column: this is an SFT set, not "
-                        "preference pairs; DPO and probes need 'chosen' and 'rejected' per row")
+        raise DataError(
+            f"{src}: rows have a 'solution' but no 'rejected' column: this is an SFT set, not "
+            "preference pairs; DPO and probes need 'chosen' and 'rejected' per row"
+        )
     if limit is not None:
         rows = rows[:limit]
     return rows_to_preferences(rows, src)

@@ -25,35 +25,60 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ProbeModel:
-    name: str = field(default="tiny-random", metadata={
-        "help": "Model spec: hub id, local dir, .gguf, smollm2-135m-instruct, tiny-random."})
+    name: str = field(
+        default="tiny-random",
+        metadata={"help": "Model spec: hub id, local dir, .gguf, smollm2-135m-instruct, tiny-random."},
+    )
     dtype: str | None = field(default=None, metadata={"help": "float32 (CPU default), bfloat16, float16."})
-    lora: LoraSettings | None = field(default=None, metadata={
-        "help": "LoRA adapter settings; null: full finetuning (every stage trains the same adapter)."})
+    lora: LoraSettings | None = field(
+        default=None,
+        metadata={"help": "LoRA adapter settings; null: full finetuning (every stage trains the same adapter)."},
+    )
 
 
 @dataclass(frozen=True)
 class ProbeData:
-    preferences: str = field(default="synthetic:easy?n=32&seed=0", metadata={
-        "help": "Training rows: 'synthetic[:preset][?...]' (y+ a correct trace, y- one wrong step) or a "
-                ".jsonl/.json/.parquet/.csv file with question, chosen, rejected (+ optional rephrasings)."})
-    test: str | None = field(default="synthetic:easy?n=8&seed=1", metadata={
-        "help": "Held-out rows (same columns) for the test_chosen family; null leaves that family out."})
+    preferences: str = field(
+        default="synthetic:easy?n=32&seed=0",
+        metadata={
+            "help": "Training rows: 'synthetic[:preset][?...]' (y+ a correct trace, y- one wrong step) or a "
+            ".jsonl/.json/.parquet/.csv file with question, chosen, rejected (+ optional rephrasings)."
+        },
+    )
+    test: str | None = field(
+        default="synthetic:easy?n=8&seed=1",
+        metadata={"help": "Held-out rows (same columns) for the test_chosen family; null leaves that family out."},
+    )
 
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    n: int = field(default=4, metadata={"help": "Probe prompts: the first n training rows (more: smoother curves, "
-                                                 "slower evaluations; 10 families per probe)."})
-    eval_every: int = field(default=10, metadata={
-        "help": "Optimizer steps between probe evaluations (every stage; also at the start and each stage's end)."})
-    rephrase_model: str | None = field(default=None, metadata={
-        "help": "Model that rephrases y+ / y- for rows without rephrase columns; null: such rows' "
-                "rephrase families are left out."})
-    unrelated: tuple[str, ...] = field(default=UNRELATED, metadata={
-        "help": "Sentences for the unrelated and unrelated_shuffled families."})
-    greedy_max_new_tokens: int = field(default=96, metadata={
-        "help": "Longest greedy response (the greedy family, generated once before training)."})
+    n: int = field(
+        default=4,
+        metadata={
+            "help": "Probe prompts: the first n training rows (more: smoother curves, "
+            "slower evaluations; 10 families per probe)."
+        },
+    )
+    eval_every: int = field(
+        default=10,
+        metadata={
+            "help": "Optimizer steps between probe evaluations (every stage; also at the start and each stage's end)."
+        },
+    )
+    rephrase_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Model that rephrases y+ / y- for rows without rephrase columns; null: such rows' "
+            "rephrase families are left out."
+        },
+    )
+    unrelated: tuple[str, ...] = field(
+        default=UNRELATED, metadata={"help": "Sentences for the unrelated and unrelated_shuffled families."}
+    )
+    greedy_max_new_tokens: int = field(
+        default=96, metadata={"help": "Longest greedy response (the greedy family, generated once before training)."}
+    )
     batch_size: int = field(default=16, metadata={"help": "Rows per scoring forward pass."})
 
     def __post_init__(self):
@@ -69,11 +94,14 @@ class ProbeSettings:
 @dataclass(frozen=True)
 class Stage:
     kind: Literal["sft", "dpo"] = field(metadata={"help": "'sft' (supervised) or 'dpo' (preference)."})
-    targets: Literal["chosen", "both"] = field(default="chosen", metadata={
-        "help": "SFT targets: 'chosen' (y+ only) or 'both' (y+ and y-: extended SFT)."})
+    targets: Literal["chosen", "both"] = field(
+        default="chosen", metadata={"help": "SFT targets: 'chosen' (y+ only) or 'both' (y+ and y-: extended SFT)."}
+    )
     beta: float = field(default=0.1, metadata={"help": "DPO β (higher: stays closer to the reference)."})
-    training: TrainSettings = field(default_factory=TrainSettings, metadata={
-        "help": "Training settings; checkpoint_every is replaced by probes.eval_every."})
+    training: TrainSettings = field(
+        default_factory=TrainSettings,
+        metadata={"help": "Training settings; checkpoint_every is replaced by probes.eval_every."},
+    )
 
     def __post_init__(self):
         if not self.beta > 0:
@@ -129,8 +157,9 @@ class ProbeRun:
     train_seconds: float
 
 
-def run_probes(recipe: ProbeRecipe, out_dir: str | os.PathLike | None = None, *, progress: bool = True,
-               loaded: Any = None) -> ProbeRun:
+def run_probes(
+    recipe: ProbeRecipe, out_dir: str | os.PathLike | None = None, *, progress: bool = True, loaded: Any = None
+) -> ProbeRun:
     """Run every stage of `recipe`, logging the probe families at every evaluation step.
 
     Writes ``probes.parquet`` (the probe table), ``probe_set.json``, ``summary.json`` and a ``DONE``
@@ -153,17 +182,32 @@ def run_probes(recipe: ProbeRecipe, out_dir: str | os.PathLike | None = None, *,
             logged.add(step)
 
         t0, p0 = time.perf_counter(), logger.seconds
-        res, n_rows = _train_stage(model, tok, recipe, stage, rows, lambda m, info, f=log_at: f(m, info.step, info.epoch),
-                                   progress)
+        res, n_rows = _train_stage(
+            model, tok, recipe, stage, rows, lambda m, info, f=log_at: f(m, info.step, info.epoch), progress
+        )
         if res.steps not in logged:  # the stage's end is always an evaluation
             log_at(model, res.steps, float(stage.training.epochs))
         train_seconds += time.perf_counter() - t0 - (logger.seconds - p0)
-        summaries.append({"stage": k, "kind": stage.kind, "targets": stage.targets if stage.kind == "sft" else None,
-                          "steps": res.steps, "rows": n_rows, "final_metrics": res.final_metrics,
-                          "step_losses": res.step_losses})
+        summaries.append(
+            {
+                "stage": k,
+                "kind": stage.kind,
+                "targets": stage.targets if stage.kind == "sft" else None,
+                "steps": res.steps,
+                "rows": n_rows,
+                "final_metrics": res.final_metrics,
+                "step_losses": res.step_losses,
+            }
+        )
         offset += res.steps
-    run = ProbeRun(recipe=recipe, table=logger.table(), probe_set=pset, stages=summaries,
-                   probe_seconds=logger.seconds, train_seconds=train_seconds)
+    run = ProbeRun(
+        recipe=recipe,
+        table=logger.table(),
+        probe_set=pset,
+        stages=summaries,
+        probe_seconds=logger.seconds,
+        train_seconds=train_seconds,
+    )
     if out_dir is not None:
         _write_run(run, Path(out_dir))
     return run
@@ -198,15 +242,17 @@ def _setup(recipe: ProbeRecipe, loaded: Any) -> tuple[Any, Any, list, Any]:
         model = apply_lora(model, recipe.model.lora)
     probes = rows[: recipe.probes.n]
     greedy = greedy_responses(HFSampler(model, tok), probes, recipe.format, tok, recipe.probes.greedy_max_new_tokens)
-    pset = build_probe_set(probes, rows, test, seed=recipe.seed, unrelated=recipe.probes.unrelated,
-                           rephraser=rephraser, greedy=greedy)
+    pset = build_probe_set(
+        probes, rows, test, seed=recipe.seed, unrelated=recipe.probes.unrelated, rephraser=rephraser, greedy=greedy
+    )
     for note in pset.notes:
         log.warning("%s", note)
     return model, tok, rows, pset
 
 
-def _train_stage(model: Any, tok: Any, recipe: ProbeRecipe, stage: Stage, rows: list, on_checkpoint: Any,
-                 progress: bool) -> tuple[Any, int]:
+def _train_stage(
+    model: Any, tok: Any, recipe: ProbeRecipe, stage: Stage, rows: list, on_checkpoint: Any, progress: bool
+) -> tuple[Any, int]:
     """One SFT or DPO stage with a checkpoint every probes.eval_every steps; (TrainResult, rows trained on)."""
     from curator.training import finetune
     from curator.training.dpo import PreferencePair, dpo_finetune
@@ -221,10 +267,17 @@ def _train_stage(model: Any, tok: Any, recipe: ProbeRecipe, stage: Stage, rows: 
         if stage.targets == "both":
             examples += [r.example("rejected") for r in rows]
         return finetune(model, tok, examples, fmt, settings, on_checkpoint=on_checkpoint, progress=progress), n_rows
-    pairs = [PreferencePair(fmt.prompt_text(r.example(), tok), fmt.target_text(r.example("chosen")),
-                            fmt.target_text(r.example("rejected"))) for r in rows]
-    return dpo_finetune(model, tok, pairs, settings, beta=stage.beta, on_checkpoint=on_checkpoint,
-                        progress=progress), n_rows
+    pairs = [
+        PreferencePair(
+            fmt.prompt_text(r.example(), tok),
+            fmt.target_text(r.example("chosen")),
+            fmt.target_text(r.example("rejected")),
+        )
+        for r in rows
+    ]
+    return dpo_finetune(
+        model, tok, pairs, settings, beta=stage.beta, on_checkpoint=on_checkpoint, progress=progress
+    ), n_rows
 
 
 def _write_run(run: ProbeRun, out: Path) -> None:
@@ -235,26 +288,39 @@ def _write_run(run: ProbeRun, out: Path) -> None:
 
     write_probe_table(run.table, out / "probes.parquet")
     atomic_write_json(out / "probe_set.json", run.probe_set.to_dict())
-    atomic_write_json(out / "summary.json", {"recipe": to_dict(run.recipe), "stages": run.stages,
-                                             "probe_seconds": run.probe_seconds,
-                                             "train_seconds": run.train_seconds, "notes": run.probe_set.notes})
+    atomic_write_json(
+        out / "summary.json",
+        {
+            "recipe": to_dict(run.recipe),
+            "stages": run.stages,
+            "probe_seconds": run.probe_seconds,
+            "train_seconds": run.train_seconds,
+            "notes": run.probe_set.notes,
+        },
+    )
     atomic_write_text(out / "DONE", "")
 
 
 # -- the figure -----------------------------------------------------------------------------------
 
 FAMILY_TITLES = {
-    "chosen": "y+ (chosen)", "rejected": "y- (rejected)", "chosen_rephrase": "y+ rephrased",
-    "rejected_rephrase": "y- rephrased", "other_chosen": "y+ of another train prompt",
-    "test_chosen": "y+ of a test prompt", "unrelated": "unrelated sentence",
-    "chosen_shuffled": "y+ words shuffled", "unrelated_shuffled": "unrelated, shuffled",
+    "chosen": "y+ (chosen)",
+    "rejected": "y- (rejected)",
+    "chosen_rephrase": "y+ rephrased",
+    "rejected_rephrase": "y- rephrased",
+    "other_chosen": "y+ of another train prompt",
+    "test_chosen": "y+ of a test prompt",
+    "unrelated": "unrelated sentence",
+    "chosen_shuffled": "y+ words shuffled",
+    "unrelated_shuffled": "unrelated, shuffled",
     "greedy": "greedy response at start",
 }
 MARKED = "tab:red"  # frame colour of the panels the squeezing effect is read from
 
 
-def plot_probes(table: Any, path: str | os.PathLike | None = None, metric: str = "logprob_sum",
-                title: str | None = None) -> Any:
+def plot_probes(
+    table: Any, path: str | os.PathLike | None = None, metric: str = "logprob_sum", title: str | None = None
+) -> Any:
     """One panel per family plus the argmax panel, one line per recipe; x = steps since DPO began.
 
     The y- panel and the argmax panel (teacher-forced argmax-token log-prob along y+) are framed
@@ -275,15 +341,21 @@ def plot_probes(table: Any, path: str | os.PathLike | None = None, metric: str =
     cols = 4
     rows = -(-len(panels) // cols)
     fig = Figure(figsize=(4.0 * cols, 3.0 * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    axes: Any = fig.subplots(rows, cols, squeeze=False).ravel()
     recipes = list(dict.fromkeys(table["recipe"]))
     colors = {r: c for r, c in zip(recipes, ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"] * 4)}
     for ax, fam in zip(axes, panels):
         data = argmax if fam == "argmax" else curves[curves["family"] == fam]
         for recipe in recipes:
             d = data[data["recipe"] == recipe].sort_values("step")
-            ax.plot(d["since_dpo"], d[argmax_metric if fam == "argmax" else metric], marker=".", ms=3,
-                    color=colors[recipe], label=recipe)
+            ax.plot(
+                d["since_dpo"],
+                d[argmax_metric if fam == "argmax" else metric],
+                marker=".",
+                ms=3,
+                color=colors[recipe],
+                label=recipe,
+            )
         ax.axvline(0, color="0.6", lw=0.8, ls="--")
         name = "argmax token along y+ (teacher forced)" if fam == "argmax" else FAMILY_TITLES.get(fam, fam)
         ax.set_title(name, fontsize=9, color=MARKED if fam in ("rejected", "argmax") else "black")
@@ -292,7 +364,7 @@ def plot_probes(table: Any, path: str | os.PathLike | None = None, metric: str =
                 s.set_color(MARKED)
                 s.set_linewidth(1.6)
         ax.tick_params(labelsize=7)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7)
     fig.supxlabel("optimizer steps since DPO began (dashed line; negative = SFT)", fontsize=9)

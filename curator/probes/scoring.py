@@ -24,13 +24,27 @@ from curator.data.format import PromptFormat, encode_scoring_pairs
 from curator.errors import DataError
 
 # the probe table: one row per (recipe, evaluation, family, probe); docs/LEDGER.md, "Probe table"
-PROBE_COLUMNS = ("recipe", "stage", "stage_index", "step", "stage_step", "epoch", "family", "probe_id",
-                 "n_tokens", "logprob_sum", "logprob_mean", "argmax_logprob_sum", "argmax_logprob_mean")
+PROBE_COLUMNS = (
+    "recipe",
+    "stage",
+    "stage_index",
+    "step",
+    "stage_step",
+    "epoch",
+    "family",
+    "probe_id",
+    "n_tokens",
+    "logprob_sum",
+    "logprob_mean",
+    "argmax_logprob_sum",
+    "argmax_logprob_mean",
+)
 METRICS = ("logprob_sum", "logprob_mean", "argmax_logprob_sum", "argmax_logprob_mean")
 
 
-def score_targets(model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequence[str], *,
-                  batch_size: int = 16) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def score_targets(
+    model: Any, tokenizer: Any, prompts: Sequence[str], targets: Sequence[str], *, batch_size: int = 16
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(target-token log-probs, argmax-token log-probs) per pair, one float per target token.
 
     Pairs are tokenized with `encode_pair` (training's tokenization). Rows are batched by length,
@@ -44,8 +58,9 @@ def score_targets(model: Any, tokenizer: Any, prompts: Sequence[str], targets: S
     pairs = encode_scoring_pairs(tokenizer, prompts, targets)
     empty = [i for i, (_, t) in enumerate(pairs) if not t]
     if empty:
-        raise DataError(f"response {empty[0]} ({targets[empty[0]]!r}) tokenizes to nothing; every probe "
-                        "response must be non-empty")
+        raise DataError(
+            f"response {empty[0]} ({targets[empty[0]]!r}) tokenizes to nothing; every probe response must be non-empty"
+        )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     device = next(model.parameters()).device
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
@@ -56,26 +71,26 @@ def score_targets(model: Any, tokenizer: Any, prompts: Sequence[str], targets: S
     try:
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
-                idx = order[start: start + batch_size]
+                idx = order[start : start + batch_size]
                 seqs = [pairs[i][0] + pairs[i][1] for i in idx]
                 width = max(len(s) for s in seqs)
                 ids = torch.full((len(seqs), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(seqs), width), dtype=torch.long)
                 for b, s in enumerate(seqs):
-                    ids[b, width - len(s):] = torch.tensor(s)
-                    mask[b, width - len(s):] = 1
+                    ids[b, width - len(s) :] = torch.tensor(s)
+                    mask[b, width - len(s) :] = 1
                 ids, mask = ids.to(device), mask.to(device)
                 pos = (mask.cumsum(-1) - 1).clamp(min=0)
                 max_t = max(len(pairs[i][1]) for i in idx)
                 kw = _keep_kwargs(model, max_t + 1)
                 logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **kw).logits
-                logp = logits[:, -(max_t + 1):-1, :].float().log_softmax(-1)  # position k predicts k + 1
+                logp = logits[:, -(max_t + 1) : -1, :].float().log_softmax(-1)  # position k predicts k + 1
                 tgt = ids[:, -max_t:]
                 lp = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).cpu().numpy()
                 mx = logp.max(-1).values.cpu().numpy()
                 for b, i in enumerate(idx):
                     t = len(pairs[i][1])
-                    tok_lp[i], max_lp[i] = lp[b, max_t - t:].astype(np.float64), mx[b, max_t - t:].astype(np.float64)
+                    tok_lp[i], max_lp[i] = lp[b, max_t - t :].astype(np.float64), mx[b, max_t - t :].astype(np.float64)
     finally:
         model.train(was_training)
     return tok_lp, max_lp
@@ -117,10 +132,23 @@ class ProbeLogger:
         tok, mx = score_targets(model, self.tokenizer, self._prompts, self._targets, batch_size=self.batch_size)
         for (fam, pid), lp, m in zip(self._keys, tok, mx):
             n = len(lp)
-            self.rows.append({"recipe": self.recipe, "stage": stage, "stage_index": stage_index, "step": step,
-                              "stage_step": stage_step, "epoch": float(epoch), "family": fam, "probe_id": pid,
-                              "n_tokens": n, "logprob_sum": float(lp.sum()), "logprob_mean": float(lp.mean()),
-                              "argmax_logprob_sum": float(m.sum()), "argmax_logprob_mean": float(m.mean())})
+            self.rows.append(
+                {
+                    "recipe": self.recipe,
+                    "stage": stage,
+                    "stage_index": stage_index,
+                    "step": step,
+                    "stage_step": stage_step,
+                    "epoch": float(epoch),
+                    "family": fam,
+                    "probe_id": pid,
+                    "n_tokens": n,
+                    "logprob_sum": float(lp.sum()),
+                    "logprob_mean": float(lp.mean()),
+                    "argmax_logprob_sum": float(m.sum()),
+                    "argmax_logprob_mean": float(m.mean()),
+                }
+            )
         self.seconds += time.perf_counter() - t0
 
     def table(self):
@@ -130,6 +158,7 @@ class ProbeLogger:
 
 
 # -- the table on disk ---------------------------------------------------------------------------
+
 
 def write_probe_table(df: Any, path: Any) -> None:
     """Write a probe table as Parquet, atomically."""
@@ -161,8 +190,10 @@ def check_probe_table(df: Any, where: str = "probe table") -> None:
     dup = df.duplicated(["recipe", "step", "family", "probe_id"])
     if dup.any():
         r = df[dup].iloc[0]
-        raise DataError(f"{where}: duplicate row for recipe {r['recipe']!r}, step {r['step']}, family "
-                        f"{r['family']!r}, probe {r['probe_id']!r}")
+        raise DataError(
+            f"{where}: duplicate row for recipe {r['recipe']!r}, step {r['step']}, family "
+            f"{r['family']!r}, probe {r['probe_id']!r}"
+        )
     bad = ~np.isfinite(df["logprob_sum"].to_numpy(dtype=float)) | (df["logprob_sum"].to_numpy(dtype=float) > 0)
     if bad.any():
         raise DataError(f"{where}: row {int(np.flatnonzero(bad)[0])} has a log-probability that is not finite or > 0")
@@ -174,8 +205,7 @@ def family_curves(df: Any, metric: str = "logprob_sum"):
     recipe without a DPO stage keeps its steps)."""
     if metric not in METRICS:
         raise DataError(f"unknown probe metric {metric!r}; use one of {', '.join(METRICS)}")
-    g = (df.groupby(["recipe", "stage", "stage_index", "step", "family"], sort=True)[metric]
-         .mean().reset_index())
+    g = df.groupby(["recipe", "stage", "stage_index", "step", "family"], sort=True)[metric].mean().reset_index()
     starts = {}
     for recipe, sub in df.groupby("recipe"):
         dpo = sub[sub["stage"] == "dpo"]

@@ -52,8 +52,9 @@ class HFProvider:
         if self._model is not model:
             from curator.sampling.hf import HFSampler
 
-            self._sampler = HFSampler(model, self.tokenizer, batch_size=self.batch_size,
-                                      max_batch_tokens=self.max_batch_tokens)
+            self._sampler = HFSampler(
+                model, self.tokenizer, batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens
+            )
             self._model = model
         return self._sampler
 
@@ -75,8 +76,9 @@ class FactoryProvider:
         return None
 
 
-def make_provider(backend: str, base: Any, *, batch_size: int = 32, vllm: Any = None,
-                  lora: bool = False) -> SamplerProvider:
+def make_provider(
+    backend: str, base: Any, *, batch_size: int = 32, vllm: Any = None, lora: bool = False
+) -> SamplerProvider:
     """The provider for a recipe's ``dynamics.backend``.
 
     Args:

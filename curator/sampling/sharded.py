@@ -41,8 +41,7 @@ class ShardedSampler:
         per_prompt = not isinstance(n, (int, np.integer))
         local: list[list[str]] = []
         if mine:
-            local = self.inner.generate([prompts[i] for i in mine], [n[i] for i in mine] if per_prompt else n,
-                                        params)
+            local = self.inner.generate([prompts[i] for i in mine], [n[i] for i in mine] if per_prompt else n, params)
         out: list[Any] = [None] * len(prompts)
         for idx, outs in self.gather((mine, local)):
             for i, o in zip(idx, outs):

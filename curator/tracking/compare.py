@@ -53,7 +53,7 @@ class CompareResult:
     table_path: Path | None
     png: Path | None
     efficiency: dict[str, Reach | None]  # label -> efficiency at the strategy's last point
-    intervals: dict[str, "Efficiency"] = field(default_factory=dict)  # label -> over seeds
+    intervals: dict[str, Efficiency] = field(default_factory=dict)  # label -> over seeds
 
 
 def examples_to_reach(n: np.ndarray, acc: np.ndarray, target: float) -> Reach:

@@ -78,8 +78,9 @@ def check_pairs(pairs: Sequence[Any], where: str = "dpo") -> list[PreferencePair
         try:
             prompt, chosen, rejected = p
         except (TypeError, ValueError):
-            raise DataError(f"{where}: pair {i} is not (prompt, chosen, rejected); DPO needs preference "
-                            "pairs, not single responses") from None
+            raise DataError(
+                f"{where}: pair {i} is not (prompt, chosen, rejected); DPO needs preference pairs, not single responses"
+            ) from None
         for name, v in (("chosen", chosen), ("rejected", rejected)):
             if not isinstance(v, str) or not v:
                 raise DataError(f"{where}: pair {i} has no {name} response; DPO needs both per row")
@@ -87,10 +88,16 @@ def check_pairs(pairs: Sequence[Any], where: str = "dpo") -> list[PreferencePair
     return out
 
 
-def dpo_finetune(model: Any, tokenizer: Any, pairs: Sequence[PreferencePair | tuple[str, str, str]],
-                 settings: TrainSettings, *, beta: float = 0.1,
-                 on_checkpoint: Callable[[Any, CheckpointInfo], None] | None = None,
-                 progress: bool = True) -> TrainResult:
+def dpo_finetune(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[PreferencePair | tuple[str, str, str]],
+    settings: TrainSettings,
+    *,
+    beta: float = 0.1,
+    on_checkpoint: Callable[[Any, CheckpointInfo], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
     """Train `model` in place with the DPO loss; the reference is `model` as given.
 
     The schedule is `settings`' (epochs, batch_size pairs per micro-batch, grad_accum,
@@ -120,8 +127,10 @@ def dpo_finetune(model: Any, tokenizer: Any, pairs: Sequence[PreferencePair | tu
     feats_r, cut_r = build_features(tokenizer, prompts, [p.rejected for p in pairs], settings.max_length)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
-        raise ConfigError("the model has no trainable parameters (all requires_grad=False); apply LoRA "
-                          "or unfreeze the model before dpo_finetune")
+        raise ConfigError(
+            "the model has no trainable parameters (all requires_grad=False); apply LoRA "
+            "or unfreeze the model before dpo_finetune"
+        )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     device = next(model.parameters()).device
     was_training = model.training
@@ -130,7 +139,7 @@ def dpo_finetune(model: Any, tokenizer: Any, pairs: Sequence[PreferencePair | tu
         """Summed log-probs of chosen and rejected for pairs `idx`, in one forward pass."""
         ids, mask, labels = (t.to(device) for t in collate([feats_c[i] for i in idx] + [feats_r[i] for i in idx], pad))
         lp = sequence_logprobs(model(input_ids=ids, attention_mask=mask).logits, labels)
-        return lp[: len(idx)], lp[len(idx):]
+        return lp[: len(idx)], lp[len(idx) :]
 
     # the reference: the model as given, in eval mode (no dropout), computed once
     model.eval()
@@ -148,18 +157,22 @@ def dpo_finetune(model: Any, tokenizer: Any, pairs: Sequence[PreferencePair | tu
     groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.learning_rate)
     total = settings.total_steps(n, 1)
-    scheduler = get_scheduler({"constant": "constant_with_warmup"}.get(settings.lr_scheduler, settings.lr_scheduler),
-                              optimizer, num_warmup_steps=math.ceil(settings.warmup_ratio * total),
-                              num_training_steps=total)
-    result = TrainResult(steps=total, epochs=settings.epochs, n_examples=n, num_processes=1,
-                         n_truncated=cut_c + cut_r)
+    scheduler = get_scheduler(
+        {"constant": "constant_with_warmup"}.get(settings.lr_scheduler, settings.lr_scheduler),
+        optimizer,
+        num_warmup_steps=math.ceil(settings.warmup_ratio * total),
+        num_training_steps=total,
+    )
+    result = TrainResult(steps=total, epochs=settings.epochs, n_examples=n, num_processes=1, n_truncated=cut_c + cut_r)
     checkpoint_at = {s: i + 1 for i, s in enumerate(schedule)}
     window: list[tuple[float, float, float, float]] = []  # per pair: loss, acc, r_c, r_r
 
     def metrics() -> dict[str, float]:
         cols = list(zip(*window)) if window else [[math.nan]] * 4
-        out = {k: float(sum(c) / len(c)) for k, c in
-               zip(("train_loss", "reward_accuracy", "reward_chosen", "reward_rejected"), cols)}
+        out = {
+            k: float(sum(c) / len(c))
+            for k, c in zip(("train_loss", "reward_accuracy", "reward_chosen", "reward_rejected"), cols)
+        }
         out["reward_margin"] = out["reward_chosen"] - out["reward_rejected"]
         out["learning_rate"] = float(scheduler.get_last_lr()[0])
         window.clear()
@@ -175,7 +188,9 @@ def dpo_finetune(model: Any, tokenizer: Any, pairs: Sequence[PreferencePair | tu
                 n_step = sum(len(mb) for mb in step_batches)
                 for mb in step_batches:
                     pc, pr = logps(mb)
-                    loss, r_c, r_r = dpo_loss(pc.double(), pr.double(), ref_c[mb].to(device), ref_r[mb].to(device), beta)
+                    loss, r_c, r_r = dpo_loss(
+                        pc.double(), pr.double(), ref_c[mb].to(device), ref_r[mb].to(device), beta
+                    )
                     (loss.sum() / n_step).backward()
                     window.extend(zip(loss.tolist(), (r_c > r_r).double().tolist(), r_c.tolist(), r_r.tolist()))
                     result.n_tokens += sum(len(feats_c[i][0]) + len(feats_r[i][0]) for i in mb)
@@ -190,8 +205,9 @@ def dpo_finetune(model: Any, tokenizer: Any, pairs: Sequence[PreferencePair | tu
                 bar.update(1)
                 if step in checkpoint_at:
                     t_cb = time.perf_counter()
-                    info = CheckpointInfo(index=checkpoint_at[step], step=step,
-                                          epoch=settings.epoch_at(step, n, 1), metrics=metrics())
+                    info = CheckpointInfo(
+                        index=checkpoint_at[step], step=step, epoch=settings.epoch_at(step, n, 1), metrics=metrics()
+                    )
                     result.checkpoints.append(info)
                     if on_checkpoint is not None:
                         model.eval()

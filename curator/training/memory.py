@@ -42,19 +42,32 @@ class MemoryEstimate:
         return self.weights + self.gradients + self.optimizer + self.grad_variance
 
     def describe(self, unit: float = 1e9) -> str:
-        return (f"weights {self.weights / unit:.1f} + gradients {self.gradients / unit:.1f} + AdamW "
-                f"{self.optimizer / unit:.1f} + grad-variance {self.grad_variance / unit:.1f} = "
-                f"{self.gpu / unit:.1f} GB")
+        return (
+            f"weights {self.weights / unit:.1f} + gradients {self.gradients / unit:.1f} + AdamW "
+            f"{self.optimizer / unit:.1f} + grad-variance {self.grad_variance / unit:.1f} = "
+            f"{self.gpu / unit:.1f} GB"
+        )
 
 
-def training_memory(n_params: int, n_trainable: int | None = None, *, dtype: str = "bfloat16",
-                    grad_variance_dtype: str | None = "float32", shards: int = 1) -> MemoryEstimate:
+def training_memory(
+    n_params: int,
+    n_trainable: int | None = None,
+    *,
+    dtype: str = "bfloat16",
+    grad_variance_dtype: str | None = "float32",
+    shards: int = 1,
+) -> MemoryEstimate:
     """The formula of the module docstring. ``grad_variance_dtype=None``: variance not tracked."""
     t = n_params if n_trainable is None else n_trainable
     bw = DTYPE_BYTES[dtype]
     bv = 0 if grad_variance_dtype is None else DTYPE_BYTES[grad_variance_dtype]
-    return MemoryEstimate(weights=n_params * bw / shards, gradients=t * bw / shards,
-                          optimizer=2 * t * bw / shards, grad_variance=t * bv / shards, cpu=t * 4 / shards)
+    return MemoryEstimate(
+        weights=n_params * bw / shards,
+        gradients=t * bw / shards,
+        optimizer=2 * t * bw / shards,
+        grad_variance=t * bv / shards,
+        cpu=t * 4 / shards,
+    )
 
 
 def recipe_memory(recipe, n_params: int | None = None, shards: int = 1) -> MemoryEstimate:
@@ -68,6 +81,9 @@ def recipe_memory(recipe, n_params: int | None = None, shards: int = 1) -> Memor
     if recipe.model.lora is not None:
         raise ConfigError("recipe_memory covers full finetuning (model.lora: null)")
     t = recipe.training
-    return training_memory(n, dtype=recipe.model.dtype,
-                           grad_variance_dtype=t.grad_variance_dtype if t.track_grad_variance else None,
-                           shards=shards)
+    return training_memory(
+        n,
+        dtype=recipe.model.dtype,
+        grad_variance_dtype=t.grad_variance_dtype if t.track_grad_variance else None,
+        shards=shards,
+    )

@@ -186,7 +186,8 @@ def _check_accelerator(acc: Any) -> None:
     from accelerate.utils import DistributedType
 
     if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
-        raise ConfigError(f"finetune supports one process, DDP and FSDP; this launch uses {acc.distributed_type.value}, "
+        raise ConfigError(f"finetune supports one process, DDP and FSDP; this launch uses "
+                          f"{acc.distributed_type.value}, "
                           "whose parameter handling its gradient statistics do not cover; launch with an FSDP "
                           "config (accelerate launch --use_fsdp) instead")
     if params_sharded(acc):
@@ -254,9 +255,9 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
 
     import torch
     from accelerate.utils import set_seed
-    from curator.console import progress as progress_bar
     from transformers import get_scheduler
 
+    from curator.console import progress as progress_bar
     from curator.distributed import collective_errors
     from curator.training.stats import DistanceFromInit, GradStats
 

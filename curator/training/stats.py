@@ -45,13 +45,17 @@ class GradStats:
     process), ``reduce`` is the identity.
     """
 
-    def __init__(self, params: Sequence[torch.nn.Parameter], track_variance: bool = True,
-                 buffer_dtype: torch.dtype = torch.float32, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(
+        self,
+        params: Sequence[torch.nn.Parameter],
+        track_variance: bool = True,
+        buffer_dtype: torch.dtype = torch.float32,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         self.params = list(params)
         self.track_variance = track_variance
         self.reduce = reduce or _no_reduce
-        self.sums = ([torch.zeros_like(local(p), dtype=buffer_dtype) for p in self.params]
-                     if track_variance else [])
+        self.sums = [torch.zeros_like(local(p), dtype=buffer_dtype) for p in self.params] if track_variance else []
         dev = local(self.params[0]).device if self.params else torch.device("cpu")
         self.device = dev
         self.step_sq: list[torch.Tensor] = []  # this shard's ||g_t||^2 per step (float64, on device)
@@ -106,8 +110,9 @@ class DistanceFromInit:
     distances across processes.
     """
 
-    def __init__(self, params: Sequence[torch.nn.Parameter],
-                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(
+        self, params: Sequence[torch.nn.Parameter], reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ):
         self.params = list(params)
         self.reduce = reduce or _no_reduce
         self.init = [local(p).detach().to("cpu", torch.float32, copy=True) for p in self.params]
