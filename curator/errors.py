@@ -93,6 +93,7 @@ def user_error_line(e: BaseException) -> str | None:
             errno.ENOENT: "check the path",
             errno.ENOTDIR: "a part of the path is a file, not a directory; check the path",
             errno.EISDIR: "the path is a directory; give a file",
+            errno.EEXIST: "a file is in the way where a directory is needed; check the path",
         }.get(e.errno or 0, "check the path and the disk")
         return f"{where}: {reason}; {hint}"
     return None

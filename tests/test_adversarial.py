@@ -472,3 +472,15 @@ def test_carried_weights_must_fit_the_model():
     del state[next(iter(state))]
     with pytest.raises(DataError, match="1 missing"):
         fresh_model(base, init_state=state)
+
+
+@pytest.mark.parametrize("err,words", [
+    (OSError(28, "No space left on device", "/data/run/ledger.parquet"), ["ledger.parquet", "No space", "free some space"]),
+    (PermissionError(13, "Permission denied", "/data/run"), ["/data/run", "Permission denied", "permissions"]),
+    (OSError(30, "Read-only file system", "/mnt/ro/run"), ["/mnt/ro/run", "read-only"]),
+])
+def test_os_errors_on_the_users_paths_are_one_line(err, words):
+    from curator.errors import user_error_line
+
+    line = user_error_line(err)
+    assert line is not None and "\n" not in line and all(w in line for w in words), line

@@ -96,11 +96,19 @@ def _create_sqlite_store(uri: str, db: Path) -> None:
 
     # a name never used before: MLflow caches one store per URI, bound to the file it first opened
     tmp = db.with_name(f".{db.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    import logging
+
+    quiet = [logging.getLogger(n) for n in ("mlflow.store.db.utils", "alembic.runtime.migration")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:  # "Creating initial MLflow database tables..." is MLflow's business, not the user's
+        lg.setLevel(logging.WARNING)
     try:
         _client("sqlite:///" + str(tmp)).search_experiments(max_results=1)
         os.replace(tmp, db)
     finally:
         tmp.unlink(missing_ok=True)
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
 
 
 def _release(uri: str) -> None:
