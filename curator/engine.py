@@ -236,7 +236,9 @@ def train_and_track(
     t0 = time.time()
     result = finetune(model, tok, list(examples), fmt, training, on_checkpoint=on_checkpoint, progress=progress)
     seconds = time.time() - t0
-    train_meta = dataclasses.asdict(training) if dataclasses.is_dataclass(training) and not isinstance(training, type) else {}
+    train_meta = (
+        dataclasses.asdict(training) if dataclasses.is_dataclass(training) and not isinstance(training, type) else {}
+    )
     ledger = tracker.ledger(**{"model": str(getattr(base, "spec", "")), "train": train_meta, **(ledger_meta or {})})
     test_acc = float("nan")
     if test:

@@ -32,12 +32,14 @@ class SeedsSummary:
 
 def seed_recipe(recipe: Recipe, seed: int) -> Recipe:
     """The single-seed recipe run for ``seed``: same settings, its own seed and directory."""
-    return dataclasses.replace(recipe, seed=int(seed), seeds=None,
-                               output_dir=str(recipe.run_dir / SEED_DIR.format(seed=int(seed))))
+    return dataclasses.replace(
+        recipe, seed=int(seed), seeds=None, output_dir=str(recipe.run_dir / SEED_DIR.format(seed=int(seed)))
+    )
 
 
-def run_seeds(recipe: Recipe, seeds: list[int] | None = None, progress: bool = True,
-              echo: Callable[[str], Any] = print) -> SeedsSummary:
+def run_seeds(
+    recipe: Recipe, seeds: list[int] | None = None, progress: bool = True, echo: Callable[[str], Any] = print
+) -> SeedsSummary:
     """Run (or resume) ``recipe`` once per seed (default ``recipe.seeds``), then compare across seeds."""
     from curator.errors import ConfigError
     from curator.run import run_recipe

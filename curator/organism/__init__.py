@@ -3,16 +3,25 @@ uneven skills, so curation strategies can be compared with statistical power on 
 (docs/ORGANISM.md). ``load_model("organism")`` builds it on first use and caches it."""
 
 from curator.organism.build import (
-                                    ALIAS,
-                                    OrganismConfig,
-                                    build,
-                                    check_config,
-                                    config_from_dict,
-                                    organism_dir,
-                                    parse_spec,
-                                    weights_hash,
+    ALIAS,
+    OrganismConfig,
+    build,
+    check_config,
+    config_from_dict,
+    organism_dir,
+    parse_spec,
+    weights_hash,
 )
 from curator.organism.report import skill_accuracy
 
-__all__ = ["ALIAS", "OrganismConfig", "build", "check_config", "config_from_dict", "organism_dir",
-           "parse_spec", "skill_accuracy", "weights_hash"]
+__all__ = [
+    "ALIAS",
+    "OrganismConfig",
+    "build",
+    "check_config",
+    "config_from_dict",
+    "organism_dir",
+    "parse_spec",
+    "skill_accuracy",
+    "weights_hash",
+]

@@ -26,8 +26,7 @@ ALIAS = "organism"
 BUILD_VERSION = 2
 MIN_SKILL_PROBLEMS = 20
 
-DEFAULT_COVERAGE = {"comparison": 0.45, "group_totals": 0.35, "shopping": 0.12, "rates": 0.08,
-                    "sharing": 0.0}
+DEFAULT_COVERAGE = {"comparison": 0.45, "group_totals": 0.35, "shopping": 0.12, "rates": 0.08, "sharing": 0.0}
 
 
 @dataclass(frozen=True)
@@ -67,8 +66,9 @@ class OrganismConfig:
 
     @property
     def task(self) -> SyntheticTask:
-        return SyntheticTask(min_steps=self.min_steps, max_steps=self.max_steps,
-                             max_operand=self.max_operand, distractors=0, n_traces=3)
+        return SyntheticTask(
+            min_steps=self.min_steps, max_steps=self.max_steps, max_operand=self.max_operand, distractors=0, n_traces=3
+        )
 
     def key(self) -> str:
         blob = json.dumps({"v": BUILD_VERSION, **asdict(self)}, sort_keys=True, default=list)
@@ -88,9 +88,11 @@ def check_config(cfg: OrganismConfig) -> None:
         problems.append("coverage: give at least one skill a share > 0 (the organism must pretrain on something)")
     for s in SKILLS:
         if cfg.coverage.get(s, 0) == 0 and s not in cfg.pool_skills:
-            problems.append(f"skill {s!r} is absent from both pretraining (coverage 0) and the pool "
-                            f"(pool_skills); nothing could teach it: give it a coverage share or add "
-                            "it to pool_skills")
+            problems.append(
+                f"skill {s!r} is absent from both pretraining (coverage 0) and the pool "
+                f"(pool_skills); nothing could teach it: give it a coverage share or add "
+                "it to pool_skills"
+            )
     for name in ("corpus_size", "epochs", "hidden", "layers", "heads", "batch_size"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name} must be >= 1, got {getattr(cfg, name)}")
@@ -103,14 +105,19 @@ def check_config(cfg: OrganismConfig) -> None:
     if not problems and sum(cfg.coverage.values()) > 0:
         from curator.organism.corpus import skill_counts
 
-        thin = {s: c for s, c in skill_counts(cfg.coverage, cfg.corpus_size).items()
-                if cfg.coverage.get(s, 0) > 0 and c < MIN_SKILL_PROBLEMS}
+        thin = {
+            s: c
+            for s, c in skill_counts(cfg.coverage, cfg.corpus_size).items()
+            if cfg.coverage.get(s, 0) > 0 and c < MIN_SKILL_PROBLEMS
+        }
         if thin:
-            problems.append(f"corpus_size={cfg.corpus_size} gives skills {thin} fewer than "
-                            f"{MIN_SKILL_PROBLEMS} pretraining problems; raise corpus_size or set their "
-                            "coverage to 0 (absent)")
+            problems.append(
+                f"corpus_size={cfg.corpus_size} gives skills {thin} fewer than "
+                f"{MIN_SKILL_PROBLEMS} pretraining problems; raise corpus_size or set their "
+                "coverage to 0 (absent)"
+            )
     try:
-        cfg.task
+        _ = cfg.task  # building the task validates its settings
     except ConfigError as e:
         problems.extend(str(p) for p in e.problems)
     if problems:
@@ -124,7 +131,7 @@ def parse_spec(spec: str) -> OrganismConfig:
     """``organism``, ``organism?key=value&...`` or ``organism:path.yaml`` -> OrganismConfig."""
     from urllib.parse import parse_qsl
 
-    rest = spec[len(ALIAS):]
+    rest = spec[len(ALIAS) :]
     raw: dict[str, Any] = {}
     if rest.startswith(":"):
         path, _, query = rest[1:].partition("?")
@@ -132,16 +139,20 @@ def parse_spec(spec: str) -> OrganismConfig:
 
         p = Path(path).expanduser()
         if not p.is_file():
-            raise ConfigError(f"organism config {path!r} does not exist; give a YAML file of organism "
-                              "settings (docs/ORGANISM.md)", source="organism")
+            raise ConfigError(
+                f"organism config {path!r} does not exist; give a YAML file of organism settings (docs/ORGANISM.md)",
+                source="organism",
+            )
         raw = yaml.safe_load(p.read_text()) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of organism settings", source="organism")
     elif rest.startswith("?"):
         query = rest[1:]
     elif rest:
-        raise ConfigError(f"model spec {spec!r}: write 'organism', 'organism?key=value&...' or "
-                          "'organism:settings.yaml'", source="organism")
+        raise ConfigError(
+            f"model spec {spec!r}: write 'organism', 'organism?key=value&...' or 'organism:settings.yaml'",
+            source="organism",
+        )
     else:
         query = ""
     raw.update(parse_qsl(query, keep_blank_values=True))
@@ -156,8 +167,11 @@ def config_from_dict(raw: Mapping[str, Any]) -> OrganismConfig:
             import difflib
 
             close = difflib.get_close_matches(k, list(known), n=1)
-            problems.append(f"unknown organism setting {k!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                            + f"; known: {', '.join(known)}")
+            problems.append(
+                f"unknown organism setting {k!r}"
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+                + f"; known: {', '.join(known)}"
+            )
             continue
         try:
             kw[k] = _coerce(k, v)
@@ -191,15 +205,23 @@ def llama_config(cfg: OrganismConfig, tokenizer: Any) -> Any:
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden, intermediate_size=2 * cfg.hidden,
-        num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
-        num_key_value_heads=cfg.heads, max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id)
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden,
+        intermediate_size=2 * cfg.hidden,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.heads,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
-def build(cfg: OrganismConfig, out_dir: str | os.PathLike, progress: bool = True,
-          timings: dict[str, float] | None = None) -> Path:
+def build(
+    cfg: OrganismConfig, out_dir: str | os.PathLike, progress: bool = True, timings: dict[str, float] | None = None
+) -> Path:
     """Pretrain the organism and ``save_pretrained`` it (with its tokenizer) into ``out_dir``.
 
     Checks the settings first; deterministic in ``cfg`` (one CPU thread, seeded everything).
@@ -225,9 +247,12 @@ def build(cfg: OrganismConfig, out_dir: str | os.PathLike, progress: bool = True
     texts += [fmt.prompt_text(e) + fmt.target_text(e) for e in corpus[:2000]]
     pieces = vocabulary(texts, extra=["\nDone", "\nAnswer", " Answer", "Answer"])
     if cfg.vocab_size is not None and len(pieces) + 4 > cfg.vocab_size:
-        raise ConfigError(f"vocab_size={cfg.vocab_size} is too small: the task's text needs "
-                          f"{len(pieces) + 4} tokens (words, digits, punctuation, 4 specials); raise "
-                          "vocab_size or leave it unset", source="organism")
+        raise ConfigError(
+            f"vocab_size={cfg.vocab_size} is too small: the task's text needs "
+            f"{len(pieces) + 4} tokens (words, digits, punctuation, 4 specials); raise "
+            "vocab_size or leave it unset",
+            source="organism",
+        )
     tok = build_tokenizer(pieces)
     pairs = [encode_pair(tok, fmt.prompt_text(e), fmt.target_text(e)) for e in corpus]
     corpus_tokens = sum(len(p) + len(tg) - 1 for p, tg in pairs)  # predicted tokens (not BOS)
@@ -241,10 +266,13 @@ def build(cfg: OrganismConfig, out_dir: str | os.PathLike, progress: bool = True
             model = LlamaForCausalLM(llama_config(cfg, tok))
             n_params = sum(p.numel() for p in model.parameters())
             if corpus_tokens * cfg.epochs < n_params:
-                raise ConfigError(f"the corpus is too small for the model: {corpus_tokens} tokens "
-                                  f"x {cfg.epochs} epochs < {n_params} parameters, so it would memorize "
-                                  "the corpus rather than learn the skills; raise corpus_size or epochs, "
-                                  "or shrink hidden/layers", source="organism")
+                raise ConfigError(
+                    f"the corpus is too small for the model: {corpus_tokens} tokens "
+                    f"x {cfg.epochs} epochs < {n_params} parameters, so it would memorize "
+                    "the corpus rather than learn the skills; raise corpus_size or epochs, "
+                    "or shrink hidden/layers",
+                    source="organism",
+                )
             t0 = time.perf_counter()
             _pretrain(model, pairs, cfg, tok.pad_token_id, progress, np, torch, tqdm)
             t["training"] = time.perf_counter() - t0
@@ -261,10 +289,17 @@ def build(cfg: OrganismConfig, out_dir: str | os.PathLike, progress: bool = True
     tok.save_pretrained(out)
     from curator.io import atomic_write_json
 
-    atomic_write_json(out / "organism.json", {"settings": asdict(cfg), "build_version": BUILD_VERSION,
-                                              "parameters": n_params, "vocab": len(tok),
-                                              "corpus_problems": len(corpus),
-                                              "corpus_tokens": corpus_tokens})
+    atomic_write_json(
+        out / "organism.json",
+        {
+            "settings": asdict(cfg),
+            "build_version": BUILD_VERSION,
+            "parameters": n_params,
+            "vocab": len(tok),
+            "corpus_problems": len(corpus),
+            "corpus_tokens": corpus_tokens,
+        },
+    )
     t["saving"] = time.perf_counter() - t0
     return out
 
@@ -276,25 +311,25 @@ def _pretrain(model, pairs, cfg: OrganismConfig, pad_id: int, progress: bool, np
     rng = np.random.default_rng([cfg.seed, 0x0A6])
     steps_per_epoch = -(-len(pairs) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.01,
-                            betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)) * max(0.0, 1 - s / total))
+        opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup, 1)) * max(0.0, 1 - s / total)
+    )
     model.train()
     bar = tqdm(total=total, desc="pretraining organism", unit="step", disable=not progress)
     for _ in range(cfg.epochs):
         order = rng.permutation(len(pairs))
         for s in range(steps_per_epoch):
-            batch = [pairs[i] for i in order[s * cfg.batch_size:(s + 1) * cfg.batch_size]]
+            batch = [pairs[i] for i in order[s * cfg.batch_size : (s + 1) * cfg.batch_size]]
             width = max(len(p) + len(t) for p, t in batch)
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             labels = torch.full((len(batch), width), -100, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             for r, (p, t) in enumerate(batch):
                 seq = p + t
-                ids[r, :len(seq)] = torch.tensor(seq)
-                labels[r, 1:len(seq)] = torch.tensor(seq[1:])  # BOS is never predicted
-                mask[r, :len(seq)] = 1
+                ids[r, : len(seq)] = torch.tensor(seq)
+                labels[r, 1 : len(seq)] = torch.tensor(seq[1:])  # BOS is never predicted
+                mask[r, : len(seq)] = 1
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

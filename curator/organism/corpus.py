@@ -32,13 +32,14 @@ def skill_counts(coverage: Mapping[str, float], n: int) -> dict[str, int]:
     total = sum(coverage.values())
     raw = {s: n * c / total for s, c in coverage.items()}
     counts = {s: int(v) for s, v in raw.items()}
-    for s in sorted(raw, key=lambda s: (counts[s] - raw[s], s))[:n - sum(counts.values())]:
+    for s in sorted(raw, key=lambda s: (counts[s] - raw[s], s))[: n - sum(counts.values())]:
         counts[s] += 1
     return counts
 
 
-def pretraining_corpus(task: SyntheticTask, coverage: Mapping[str, float], n: int, seed: int,
-                       verbose_share: float = 0.0) -> list[Example]:
+def pretraining_corpus(
+    task: SyntheticTask, coverage: Mapping[str, float], n: int, seed: int, verbose_share: float = 0.0
+) -> list[Example]:
     """``n`` problems drawn per skill by ``coverage``, answered in the terse style (a random
     ``verbose_share`` of them in the verbose one instead).
 
@@ -50,14 +51,26 @@ def pretraining_corpus(task: SyntheticTask, coverage: Mapping[str, float], n: in
     for i, (skill, count) in enumerate(sorted(skill_counts(coverage, n).items())):
         if count == 0:
             continue
-        sub = SyntheticTask(min_steps=task.min_steps, max_steps=task.max_steps,
-                            max_operand=task.max_operand, distractors=task.distractors,
-                            n_traces=task.n_traces, skills=(skill,))
+        sub = SyntheticTask(
+            min_steps=task.min_steps,
+            max_steps=task.max_steps,
+            max_operand=task.max_operand,
+            distractors=task.distractors,
+            n_traces=task.n_traces,
+            skills=(skill,),
+        )
         for ex in sub.generate(count, seed=seed * 1000 + 17 + i):
             trace = rng.choice(ex.meta["traces"])
             verbose = rng.random() < verbose_share
-            out.append(Example.make(ex.question, trace if verbose else terse_solution(trace, ex.answer),
-                                    ex.answer, skill=skill, style="verbose" if verbose else "terse"))
+            out.append(
+                Example.make(
+                    ex.question,
+                    trace if verbose else terse_solution(trace, ex.answer),
+                    ex.answer,
+                    skill=skill,
+                    style="verbose" if verbose else "terse",
+                )
+            )
     rng.shuffle(out)
     return out
 
@@ -65,9 +78,14 @@ def pretraining_corpus(task: SyntheticTask, coverage: Mapping[str, float], n: in
 def task_texts(task: SyntheticTask, seed: int, per_skill: int = 400) -> Iterable[str]:
     """Text covering the words of every skill the task can ask (questions and all traces)."""
     for i, skill in enumerate(SKILLS):
-        sub = SyntheticTask(min_steps=task.min_steps, max_steps=task.max_steps,
-                            max_operand=task.max_operand, distractors=max(task.distractors, 2),
-                            n_traces=task.n_traces, skills=(skill,))
+        sub = SyntheticTask(
+            min_steps=task.min_steps,
+            max_steps=task.max_steps,
+            max_operand=task.max_operand,
+            distractors=max(task.distractors, 2),
+            n_traces=task.n_traces,
+            skills=(skill,),
+        )
         for ex in sub.generate(per_skill, seed=seed * 1000 + 500 + i):
             yield ex.question
             yield from ex.meta["traces"]
@@ -95,6 +113,14 @@ def build_tokenizer(pieces: Sequence[str]) -> Any:
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(PIECE), behavior="isolated")
     tok.decoder = decoders.Fuse()  # pieces carry their own spaces
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-                                   unk_token=UNK, padding_side="left", model_max_length=1024)
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        padding_side="left",
+        model_max_length=1024,
+    )

@@ -7,8 +7,14 @@ from typing import Any
 from curator.data.synthetic import SKILLS, SyntheticTask
 
 
-def skill_accuracy(loaded: Any, task: SyntheticTask, n_per_skill: int = 100, seed: int = 7,
-                   max_new_tokens: int = 64, batch_size: int = 128) -> dict[str, float]:
+def skill_accuracy(
+    loaded: Any,
+    task: SyntheticTask,
+    n_per_skill: int = 100,
+    seed: int = 7,
+    max_new_tokens: int = 64,
+    batch_size: int = 128,
+) -> dict[str, float]:
     """Skill -> greedy accuracy of ``loaded`` (a LoadedModel) on ``n_per_skill`` new problems.
 
     The prompt is the paper's (``question + "\\nAnswer:"``), so it measures what the model does
@@ -25,8 +31,13 @@ def skill_accuracy(loaded: Any, task: SyntheticTask, n_per_skill: int = 100, see
     grader, fmt = get_grader("gsm8k"), PromptFormat()
     out = {}
     for i, skill in enumerate(SKILLS):
-        sub = SyntheticTask(min_steps=task.min_steps, max_steps=task.max_steps,
-                            max_operand=task.max_operand, n_traces=task.n_traces, skills=(skill,))
+        sub = SyntheticTask(
+            min_steps=task.min_steps,
+            max_steps=task.max_steps,
+            max_operand=task.max_operand,
+            n_traces=task.n_traces,
+            skills=(skill,),
+        )
         test = sub.generate(n_per_skill, seed=seed * 100 + i)
         out[skill] = evaluate_accuracy(sampler, test, fmt, grader, params).accuracy
     return out

@@ -129,7 +129,10 @@ def _unusable_store(uri: str, run_dir: Path) -> str | None:
     """Why curator's own store in ``run_dir`` must be rebuilt ('damaged ...', 'made ...'), or None."""
     # probed under an equivalent spelling of the path: MLflow caches one store (and its open sqlite
     # connections) per URI string, and the real URI must not be bound to a file about to be replaced
-    probe = "sqlite:///" + str(_sqlite_path(uri).parent) + "/./" + _sqlite_path(uri).name
+    path = _sqlite_path(uri)
+    if path is None:
+        return None
+    probe = "sqlite:///" + str(path.parent) + "/./" + path.name
     try:
         exps = _client(probe).search_experiments()
     except Exception as e:
