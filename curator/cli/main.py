@@ -12,7 +12,6 @@ import sys
 
 import click
 
-
 # name -> ("module:attr", one-line help shown by `curate --help` without importing the module)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("curator.cli.run:run", "Run the active curation loop from a recipe (no recipe: the CPU demo)."),
