@@ -27,6 +27,7 @@ from typing import Any
 from curator.data.example import Example
 from curator.data.format import PromptFormat
 from curator.errors import ConfigError, CuratorError, DataError
+from curator.rounds import LEDGER, SELECTION, RoundStore
 
 FORMATS = ("jsonl", "parquet", "disk")
 
@@ -78,14 +79,20 @@ class ExportResult:
     hub_repo: str | None = None
 
 
-def _strategy_dir(run_dir: Path, strategy: str | None) -> Path:
+def _strategy_dir(run_dir: Path, strategy: str | None) -> tuple[RoundStore, Path]:
+    """(the strategy's round store, the run's resolved recipe file)."""
+    from curator.run import RESOLVED_RECIPE, resolved_recipe_file
+
     labels = (
-        sorted(d.name for d in run_dir.iterdir() if d.is_dir() and (d / "round-00").is_dir())
+        sorted(d.name for d in run_dir.iterdir() if d.is_dir() and RoundStore(d).round_dir(0).is_dir())
         if run_dir.is_dir()
         else []
     )
-    if not (run_dir / "recipe.yaml").is_file():
-        raise DataError(f"{run_dir}: not a `curate run` directory (no recipe.yaml); give the run's output_dir")
+    recipe_file = resolved_recipe_file(run_dir)
+    if recipe_file is None:
+        raise DataError(
+            f"{run_dir}: not a `curate run` directory (no {RESOLVED_RECIPE} or recipe.yaml); give the run's output_dir"
+        )
     if strategy is None:
         if len(labels) != 1:
             raise ConfigError(
@@ -95,22 +102,22 @@ def _strategy_dir(run_dir: Path, strategy: str | None) -> Path:
         strategy = labels[0]
     if strategy not in labels:
         raise ConfigError(f"{run_dir} has no rounds of strategy {strategy!r}; available: {', '.join(labels) or 'none'}")
-    return run_dir / strategy
+    return RoundStore(run_dir / strategy), recipe_file
 
 
-def _round_dir(sdir: Path, round_: int | None) -> tuple[int, Path]:
-    done = sorted(int(d.name[6:]) for d in sdir.glob("round-[0-9][0-9]") if (d / "DONE").exists())
+def _round_dir(store: RoundStore, round_: int | None) -> tuple[int, Path]:
+    done = store.finished()
     if round_ is None:
         if not done:
             raise DataError(
-                f"{sdir}: no round has finished yet (no round-NN/DONE); let `curate run` finish "
+                f"{store.dir}: no round has finished yet (no round-NN/DONE); let `curate run` finish "
                 "round 0 (rerun it to resume) before exporting"
             )
         round_ = done[-1]
-    rd = sdir / f"round-{round_:02d}"
+    rd = store.round_dir(round_)
     if not rd.is_dir():
         raise ConfigError(f"{rd} does not exist; finished rounds: {', '.join(map(str, done)) or 'none'}")
-    if not (rd / "DONE").exists():
+    if not store.is_done(round_):
         raise DataError(
             f"{rd}: round {round_} has not finished (no DONE marker); rerun `curate run` to finish "
             f"it, or export a finished round ({', '.join(map(str, done)) or 'none yet'})"
@@ -128,14 +135,14 @@ def selected_training_set(
     from curator.data.loaders import load_examples
     from curator.dynamics.ledger import read_ledger
     from curator.dynamics.metrics import premem_acc
-    from curator.io import read_examples_jsonl, read_json
+    from curator.io import read_json
     from curator.measure import check_ledger_matches
     from curator.recipes import load_recipe
 
     run_dir = Path(run_dir)
-    sdir = _strategy_dir(run_dir, strategy)
-    r, rd = _round_dir(sdir, round)
-    recipe = load_recipe(run_dir / "recipe.yaml")
+    store, recipe_file = _strategy_dir(run_dir, strategy)
+    r, rd = _round_dir(store, round)
+    recipe = load_recipe(recipe_file)
     d = recipe.data
     by_id = {
         e.id: e
@@ -146,21 +153,15 @@ def selected_training_set(
     selected_in: dict[str, int] = {}
     score: dict[str, float] = {}
     for j in range(r + 1):
-        rj = sdir / f"round-{j:02d}"
-        if (rj / "new_examples.jsonl").exists():
-            for e in read_examples_jsonl(rj / "new_examples.jsonl"):
-                by_id[e.id] = e
-        if (rj / "selection.parquet").exists():
-            sel = pd.read_parquet(rj / "selection.parquet")
+        for e in store.new_examples(j):
+            by_id[e.id] = e
+        if store.path(j, SELECTION).exists():
+            sel = pd.read_parquet(store.path(j, SELECTION))
             for row in sel[sel["selected"]].itertuples():
                 selected_in[row.example_id] = j
                 score[row.example_id] = float(row.score)
-    train_ids = (
-        read_json(run_dir / "seed_ids.json")
-        if r == 0
-        else read_json(sdir / f"round-{r - 1:02d}" / "next_train_ids.json")
-    )
-    ids = read_json(rd / "next_train_ids.json")
+    train_ids = read_json(run_dir / "seed_ids.json") if r == 0 else store.next_train_ids(r - 1)
+    ids = store.next_train_ids(r)
     if only_new:
         ids = [i for i in ids if selected_in.get(i) == r]
     missing = [i for i in ids if i not in by_id]
@@ -169,8 +170,8 @@ def selected_training_set(
             f"{rd}: {len(missing)} selected example(s) are not in the recipe's pool ({d.pool}) or the "
             f"run's new_examples.jsonl (e.g. {missing[0]!r}); was the pool changed after the run?"
         )
-    ledger = read_ledger(rd / "ledger.parquet")
-    check_ledger_matches(ledger, [by_id[i] for i in train_ids if i in by_id], str(rd / "ledger.parquet"))
+    ledger = read_ledger(store.path(r, LEDGER))
+    check_ledger_matches(ledger, [by_id[i] for i in train_ids if i in by_id], str(store.path(r, LEDGER)))
     final = premem_acc(ledger, recipe.dynamics.p).iloc[:, -1]
     examples = [by_id[i] for i in ids]
     columns = {
@@ -178,7 +179,7 @@ def selected_training_set(
         "score": [score.get(i, float("nan")) for i in ids],
         "selected_round": [selected_in.get(i, -1) for i in ids],
     }
-    return examples, columns, recipe, sdir.name, r
+    return examples, columns, recipe, store.dir.name, r
 
 
 def export_selection(

@@ -204,6 +204,15 @@ def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
 
 
 RESOLVED_RECIPE = "curator-run.yaml"  # runs made before this name used recipe.yaml (still read)
+
+
+def resolved_recipe_file(run_dir: str | os.PathLike) -> Path | None:
+    """A run directory's resolved recipe: curator-run.yaml, else recipe.yaml (a run made before that
+    name, or a multi-seed run's seed folder planted by hand); None when it has neither."""
+    for name in (RESOLVED_RECIPE, "recipe.yaml"):
+        if (Path(run_dir) / name).is_file():
+            return Path(run_dir) / name
+    return None
 STATE_DIR = ".curator"  # curator's bookkeeping inside a run directory: the lock, the pool's fingerprint
 
 

@@ -42,7 +42,7 @@ def run_seeds(
 ) -> SeedsSummary:
     """Run (or resume) ``recipe`` once per seed (default ``recipe.seeds``), then compare across seeds."""
     from curator.errors import ConfigError
-    from curator.run import run_recipe
+    from curator.run import RESOLVED_RECIPE, run_recipe
     from curator.tracking.compare import compare_run_dir
 
     seeds = list(seeds if seeds is not None else (recipe.seeds or [recipe.seed]))
@@ -50,7 +50,8 @@ def run_seeds(
         raise ConfigError(f"seeds: give distinct seeds, got {seeds}")
     run_dir = recipe.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "recipe.yaml", dataclasses.replace(recipe, seeds=seeds).to_yaml())
+    # curator's own name, as `curate run` uses: output_dir may be the folder of the user's recipe.yaml
+    atomic_write_text(run_dir / RESOLVED_RECIPE, dataclasses.replace(recipe, seeds=seeds).to_yaml())
     t0 = time.time()
     out = SeedsSummary(run_dir=run_dir, seeds=seeds)
     for i, s in enumerate(seeds):

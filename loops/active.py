@@ -1,16 +1,9 @@
 """The active curation loop (DESIGN §4): train -> measure -> log -> select -> grow.
 
 Uses only curator's public API, as a third-party loop would. Durable state lives in the run
-directory, one folder per strategy::
-
-    <run_dir>/<strategy>/run.json              MLflow run id (written before anything is logged)
-    <run_dir>/<strategy>/round-00/ledger.parquet
-                                 /selection.parquet   every candidate's score, selected or not
-                                 /metrics.json
-                                 /next_train_ids.json S_{r+1}
-                                 /new_examples.jsonl  examples a generator made this round
-                                 /DONE                written last: the round is finished
-                                 /LOGGED              its MLflow metrics and artifacts are in
+directory, one folder per strategy (``<run_dir>/<strategy>/run.json``: the MLflow run id, written
+before anything is logged) holding its rounds; the round layout is defined once, in
+``curator/rounds.py`` (``RoundStore``), which ``curate compare`` and ``curate export`` read too.
 
 A killed run is resumed by running the same command: finished rounds are read back, a half-done
 round is redone from its start (training is seeded, so the result is the same), and MLflow
@@ -19,7 +12,6 @@ metrics already logged for a step are not logged again.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -31,8 +23,9 @@ import numpy as np
 from curator.console import echo
 from curator.data.example import Example
 from curator.errors import CuratorError, StrategyError
-from curator.io import atomic_write_json, atomic_write_text, read_examples_jsonl, read_json, write_examples_jsonl
+from curator.io import atomic_write_json, read_json
 from curator.recipes import StrategySpec
+from curator.rounds import TRAINABLE_STATE, RoundStore
 from curator.run import RESOLVED_RECIPE
 
 
@@ -58,6 +51,7 @@ class ActiveLoop:
         self.spec = spec
         self.strategy = build_strategy(spec.name, spec.params)
         self.dir = ws.run_dir / spec.run_name
+        self.store = RoundStore(self.dir)
         self.done = False
         self.train_ids: list[str] = list(ws.seed_ids)
         self.examples: dict[str, Example] = ws.examples_by_id()
@@ -72,7 +66,7 @@ class ActiveLoop:
 
     # ---- durable state -------------------------------------------------------------------
     def round_dir(self, r: int) -> Path:
-        return self.dir / f"round-{r:02d}"
+        return self.store.round_dir(r)
 
     def setup(self) -> None:
         from curator.tracking.mlflow_store import MlflowRun, flatten
@@ -89,7 +83,7 @@ class ActiveLoop:
                 "seed": str(self.recipe.seed), "recipe": self.recipe.name,
                 "curator.run_dir": str(self.dir)}
         spec = {"name": self.spec.name, "params": dict(self.spec.params)}
-        if meta.get("spec") not in (None, spec) and (self.round_dir(0) / "DONE").exists():
+        if meta.get("spec") not in (None, spec) and self.store.is_done(0):
             raise CuratorError(f"{self.dir} has finished rounds of strategy {meta['spec']}, but the recipe now "
                                f"gives {spec} for run {self.spec.run_name!r}; give it another 'label' "
                                "or a new output_dir")
@@ -102,17 +96,15 @@ class ActiveLoop:
     def _replay(self) -> None:
         """Read finished rounds back (every rank); the main process also logs any not yet logged."""
         r = 0
-        while (self.round_dir(r) / "DONE").exists():
-            rd = self.round_dir(r)
-            if (rd / "new_examples.jsonl").exists():
-                for e in read_examples_jsonl(rd / "new_examples.jsonl"):
-                    self.examples[e.id] = e
-            metrics = read_json(rd / "metrics.json")
+        while self.store.is_done(r):
+            for e in self.store.new_examples(r):
+                self.examples[e.id] = e
+            metrics = self.store.metrics(r)
             self.history.append(metrics)
             # a store made anew (another tracking.uri, a rebuilt or deleted store) gets every round again
-            if self.mlflow is not None and (self.mlflow.created or not (rd / "LOGGED").exists()):
+            if self.mlflow is not None and (self.mlflow.created or not self.store.is_logged(r)):
                 self._log_round(r, metrics)
-            self.train_ids = read_json(rd / "next_train_ids.json")
+            self.train_ids = self.store.next_train_ids(r)
             if metrics.get("stopped_reason"):
                 self.stopped_reason = metrics["stopped_reason"]
                 self.done = True
@@ -123,7 +115,7 @@ class ActiveLoop:
         if self.done and self.mlflow is not None:
             self.mlflow.finish()  # reopened to check the log; a finished run stays FINISHED
         if self.recipe.loop.continue_training and r > 0 and not self.done:
-            state_file = self.round_dir(r - 1) / "trainable_state.pt"
+            state_file = self.store.path(r - 1, TRAINABLE_STATE)
             import torch
 
             # weights only: a crafted pickle in a run directory must not run code
@@ -183,9 +175,8 @@ class ActiveLoop:
 
         rec = self.recipe
         t0 = time.time()
-        rd = self.round_dir(r)
         if self.main:
-            rd.mkdir(parents=True, exist_ok=True)
+            self.store.start(r)
         train = [self.examples[i] for i in self.train_ids]
         key = self.ws.cache.key(self.train_ids, r, rec.loop.continue_training, owner=self.spec.run_name)
         entry = self.ws.cache.entries.get(key)
@@ -195,7 +186,7 @@ class ActiveLoop:
         fault_point(f"round{r}:trained")
         ledger = entry["ledger"]
         if self.main:
-            ledger.to_parquet(rd / "ledger.parquet")
+            self.store.write_ledger(r, ledger)
         summ = ledger_summary(ledger, rec.dynamics.p)
         last = summ.iloc[-1]
         metrics: dict[str, Any] = {
@@ -246,7 +237,7 @@ class ActiveLoop:
 
                 check_same_on_every_rank(new_ids, f"selection of round {r} ({self.spec.run_name})")
                 if self.main:
-                    self._write_selection(rd, ctx, sel)
+                    self._write_selection(r, ctx, sel)
                 if sel.note:
                     metrics["selection_note"] = sel.note
                 if len(sel.ids) < budget:
@@ -256,24 +247,16 @@ class ActiveLoop:
                     metrics["selection_note"] = "; ".join(x for x in (sel.note, ran_out) if x)
         metrics["round_seconds"] = time.time() - t0
         next_ids = self.train_ids + new_ids
-        if self.main and new_examples:
-            write_examples_jsonl(rd / "new_examples.jsonl", new_examples)
         if self.main:
-            atomic_write_text(rd / "next_train_ids.json", json.dumps(next_ids))
-            atomic_write_json(rd / "checkpoints.json", entry["checkpoints"])
+            self.store.write_round_outputs(r, next_ids, entry["checkpoints"], new_examples)
         if rec.loop.continue_training and r < rec.loop.rounds - 1:
-            import torch
-
             # before DONE: a finished round must always have the weights the next one starts from
             state = {n: p.detach().cpu() for n, p in entry["model"].named_parameters() if p.requires_grad}
             if self.main:
-                tmp = rd / ".trainable_state.pt.tmp"
-                torch.save(state, tmp)
-                os.replace(tmp, rd / "trainable_state.pt")
+                self.store.write_trainable_state(r, state)
             self._model_state = state
         if self.main:
-            atomic_write_json(rd / "metrics.json", metrics)
-            atomic_write_text(rd / "DONE", "")
+            self.store.finish(r, metrics)  # metrics.json, then DONE
         fault_point(f"round{r}:done")  # finished, not yet in MLflow
         self.history.append(metrics)
         self._log_round(r, metrics)
@@ -288,32 +271,27 @@ class ActiveLoop:
         if self.done and self.mlflow is not None:
             self.mlflow.finish()
 
-    def _write_selection(self, rd: Path, ctx, sel) -> None:
+    def _write_selection(self, r: int, ctx, sel) -> None:
         import pandas as pd
 
         chosen = {i: rank for rank, i in enumerate(sel.ids)}
         rows = [{"example_id": e.id, "score": float(sel.scores.get(e.id, float("nan"))),
                  "selected": e.id in chosen, "rank": chosen.get(e.id, -1)} for e in ctx.pool]
         df = pd.DataFrame(rows)
-        tmp = rd / ".selection.parquet.tmp"
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, rd / "selection.parquet")
+        self.store.write_selection(r, df)
 
     def _log_round(self, r: int, metrics: dict[str, Any]) -> None:
         if self.mlflow is None:  # not the main process
             return
-        rd = self.round_dir(r)
         step = int(metrics["n_train"])
         numeric = {k: float(v) for k, v in metrics.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n_train"}
         self.mlflow.log_metrics(numeric, step=step)
-        for name in ("ledger.parquet", "selection.parquet", "metrics.json", "checkpoints.json",
-                     "new_examples.jsonl"):
-            if (rd / name).exists():
-                self.mlflow.log_artifact(rd / name, f"rounds/round-{r:02d}")
+        for path in self.store.artifacts(r):
+            self.mlflow.log_artifact(path, f"rounds/{path.parent.name}")
         if r == 0:
             self.mlflow.log_artifact(self.ws.run_dir / RESOLVED_RECIPE)
-        atomic_write_text(rd / "LOGGED", "")
+        self.store.mark_logged(r)
 
     def _print_round(self, r: int, m: dict[str, Any]) -> None:
         if not self.main or (not self.ws.progress and os.environ.get("CURATOR_QUIET")):

@@ -239,7 +239,7 @@ def sweep_from_recipe(recipe: Any, progress: bool = True, echo: Callable[[str], 
                         "PreMemAcc at every checkpoint; set dynamics.defer: false")
     if problems:
         raise ConfigError(problems)
-    from curator.run import check_launch
+    from curator.run import RESOLVED_RECIPE, check_launch
 
     check_launch(recipe)
     grader = get_grader(d.grader)
@@ -260,7 +260,8 @@ def sweep_from_recipe(recipe: Any, progress: bool = True, echo: Callable[[str], 
 
     if distributed.is_main_process():
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "recipe.yaml", recipe.to_yaml())
+        # curator's own name, as `curate run` uses: output_dir may be the folder of the user's recipe.yaml
+        atomic_write_text(out / RESOLVED_RECIPE, recipe.to_yaml())
     return run_sweep(base, train, test, fmt=recipe.format, grader=grader, train_settings=recipe.training,
                      learning_rates=sw.learning_rates, epochs=sw.epochs, out_dir=out, lora=m.lora,
                      k=dyn.samples, params=params, p=dyn.p, eval_samples=ev.samples,

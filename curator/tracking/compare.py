@@ -26,7 +26,7 @@ from typing import Iterable
 import numpy as np
 
 from curator.errors import CuratorError
-from curator.io import read_json
+from curator.rounds import RoundStore
 
 METRIC = "test_accuracy"
 
@@ -167,20 +167,20 @@ def curves_from_run_dir(run_dir: str | Path) -> list[Curve]:
     if not run_dir.is_dir():
         raise CuratorError(f"run directory {run_dir} does not exist; pass the output_dir of a `curate run`")
     seed = 0
-    recipe_file = run_dir / "curator-run.yaml"  # the resolved recipe (recipe.yaml in older runs)
-    if not recipe_file.exists():
-        recipe_file = run_dir / "recipe.yaml"
-    if recipe_file.exists():
+    from curator.run import resolved_recipe_file
+
+    recipe_file = resolved_recipe_file(run_dir)
+    if recipe_file is not None:
         import yaml
 
         seed = int((yaml.safe_load(recipe_file.read_text()) or {}).get("seed", 0))
     curves = []
     for sdir in sorted(p for p in run_dir.iterdir() if (p / "run.json").exists()):
+        store = RoundStore(sdir)
         pts = []
-        for rd in sorted(sdir.glob("round-*")):
-            if (rd / "DONE").exists():
-                m = read_json(rd / "metrics.json")
-                pts.append((m["n_train"], m.get(METRIC, float("nan"))))
+        for r in store.finished():
+            m = store.metrics(r)
+            pts.append((m["n_train"], m.get(METRIC, float("nan"))))
         pts = [(n, a) for n, a in pts if not (a is None or (isinstance(a, float) and math.isnan(a)))]
         if pts:
             n, a = zip(*pts)
@@ -352,7 +352,9 @@ def seed_dirs(run_dir: str | Path) -> list[Path]:
 
 def curves_from_any_run_dir(run_dir: str | Path) -> list[Curve]:
     """Curves of one run directory, or of every seed of a multi-seed one."""
-    subs = [d for d in seed_dirs(run_dir) if (d / "recipe.yaml").exists()]
+    from curator.run import resolved_recipe_file
+
+    subs = [d for d in seed_dirs(run_dir) if resolved_recipe_file(d) is not None]
     if not subs:
         return curves_from_run_dir(run_dir)
     curves = []

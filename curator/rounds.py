@@ -1,0 +1,117 @@
+"""One strategy's rounds on disk: the single definition of the round layout.
+
+The loop (``loops/active.py``) writes and replays it; ``curate compare`` and ``curate export``
+read it. Each strategy of a run has its own folder ``<run_dir>/<strategy>/``::
+
+    run.json                      MLflow run id and the strategy spec (written by the loop)
+    round-00/ledger.parquet       the round's learning dynamics
+            /selection.parquet    every candidate's score, selected or not
+            /new_examples.jsonl   examples a generator made this round (only when it made some)
+            /next_train_ids.json  S_{r+1}: the training set of the next round
+            /checkpoints.json     the round's checkpoint records
+            /trainable_state.pt   trainable weights the next round starts from (continue_training)
+            /metrics.json
+            /DONE                 written last: the round is finished
+            /LOGGED               its MLflow metrics and artifacts are in
+
+Every file is written atomically (temporary path, then rename), and ``DONE`` only after all the
+others, so a round folder without ``DONE`` is a half-done round: readers ignore it and the loop
+redoes it from its start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from curator.io import atomic_write_json, atomic_write_text, read_examples_jsonl, read_json, write_examples_jsonl
+
+LEDGER = "ledger.parquet"
+SELECTION = "selection.parquet"
+NEW_EXAMPLES = "new_examples.jsonl"
+NEXT_TRAIN_IDS = "next_train_ids.json"
+CHECKPOINTS = "checkpoints.json"
+TRAINABLE_STATE = "trainable_state.pt"
+METRICS = "metrics.json"
+DONE = "DONE"
+LOGGED = "LOGGED"
+# a round's files that go to MLflow as artifacts, in this order (those that exist)
+ARTIFACTS = (LEDGER, SELECTION, METRICS, CHECKPOINTS, NEW_EXAMPLES)
+
+
+class RoundStore:
+    """The rounds of one strategy, in ``strategy_dir`` (module docstring)."""
+
+    def __init__(self, strategy_dir: str | os.PathLike):
+        self.dir = Path(strategy_dir)
+
+    def round_dir(self, r: int) -> Path:
+        return self.dir / f"round-{r:02d}"
+
+    def path(self, r: int, name: str) -> Path:
+        return self.round_dir(r) / name
+
+    # ---- reading -------------------------------------------------------------------------
+    def is_done(self, r: int) -> bool:
+        return self.path(r, DONE).exists()
+
+    def finished(self) -> list[int]:
+        """Indices of the finished rounds (``DONE`` written), in order; half-done rounds are left out."""
+        found = (d.name[len("round-") :] for d in self.dir.glob("round-*") if d.is_dir())
+        return sorted(int(s) for s in found if s.isdigit() and self.is_done(int(s)))
+
+    def metrics(self, r: int) -> dict[str, Any]:
+        return read_json(self.path(r, METRICS))
+
+    def next_train_ids(self, r: int) -> list[str]:
+        return read_json(self.path(r, NEXT_TRAIN_IDS))
+
+    def new_examples(self, r: int) -> list:
+        """Examples a generator made in round ``r`` (none when it made none)."""
+        p = self.path(r, NEW_EXAMPLES)
+        return read_examples_jsonl(p) if p.exists() else []
+
+    def is_logged(self, r: int) -> bool:
+        return self.path(r, LOGGED).exists()
+
+    def artifacts(self, r: int) -> list[Path]:
+        return [p for p in (self.path(r, n) for n in ARTIFACTS) if p.exists()]
+
+    # ---- writing (the loop's main process) -------------------------------------------------
+    def start(self, r: int) -> Path:
+        rd = self.round_dir(r)
+        rd.mkdir(parents=True, exist_ok=True)
+        return rd
+
+    def write_ledger(self, r: int, ledger) -> None:
+        ledger.to_parquet(self.path(r, LEDGER))  # Ledger.to_parquet writes atomically
+
+    def write_selection(self, r: int, df) -> None:
+        tmp = self.path(r, f".{SELECTION}.tmp")
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, self.path(r, SELECTION))
+
+    def write_round_outputs(self, r: int, next_ids: list[str], checkpoints: Any, new_examples: Iterable = ()) -> None:
+        new_examples = list(new_examples)
+        if new_examples:
+            write_examples_jsonl(self.path(r, NEW_EXAMPLES), new_examples)
+        atomic_write_text(self.path(r, NEXT_TRAIN_IDS), json.dumps(next_ids))
+        atomic_write_json(self.path(r, CHECKPOINTS), checkpoints)
+
+    def write_trainable_state(self, r: int, state: dict) -> None:
+        import torch
+
+        tmp = self.path(r, f".{TRAINABLE_STATE}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path(r, TRAINABLE_STATE))
+
+    def finish(self, r: int, metrics: dict[str, Any]) -> None:
+        """Write the round's metrics, then ``DONE``: call only once every other file is written."""
+        atomic_write_json(self.path(r, METRICS), metrics)
+        atomic_write_text(self.path(r, DONE), "")
+
+    def mark_logged(self, r: int) -> None:
+        atomic_write_text(self.path(r, LOGGED), "")
