@@ -61,12 +61,24 @@ def main() -> None:
 
     def train(out: Path, with_callback: bool):
         lm = load_model(args.model)
-        cfg = SFTConfig(output_dir=str(out), num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
-                        learning_rate=args.lr, save_strategy="epoch", save_only_model=True, logging_steps=1,
-                        report_to=[], use_cpu=not torch.cuda.is_available(), seed=0, disable_tqdm=True,
-                        max_length=512)
+        cfg = SFTConfig(
+            output_dir=str(out),
+            num_train_epochs=args.epochs,
+            per_device_train_batch_size=args.batch_size,
+            learning_rate=args.lr,
+            save_strategy="epoch",
+            save_only_model=True,
+            logging_steps=1,
+            report_to=[],
+            use_cpu=not torch.cuda.is_available(),
+            seed=0,
+            disable_tqdm=True,
+            max_length=512,
+        )
         trainer = SFTTrainer(model=lm.model, args=cfg, train_dataset=ds, processing_class=lm.tokenizer)
-        cb = PreMemCallback(examples, k=args.k, params=params, progress=False).attach(trainer) if with_callback else None
+        cb = (
+            PreMemCallback(examples, k=args.k, params=params, progress=False).attach(trainer) if with_callback else None
+        )
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
@@ -87,23 +99,36 @@ def main() -> None:
             ledger = measure_checkpoints([root / f"r{rep}-plain"], examples, k=args.k, params=params, progress=False)
             t_measure = time.perf_counter() - t0
             pd.testing.assert_frame_equal(ledger.df, cb.ledger.df)
-            rows.append({"plain_s": times[False], "callback_s": times[True], "callback_measure_s": cb.measure_seconds,
-                         "measure_s": t_measure,
-                         "ratio": (times[True] - times[False]) / t_measure,
-                         "own_ratio": cb.measure_seconds / t_measure})
-            print(f"repeat {rep}: plain {times[False]:.1f}s, with callback {times[True]:.1f}s "
-                  f"(its measurement {cb.measure_seconds:.1f}s), curate measure {t_measure:.1f}s, "
-                  f"(callback - plain) / measure = {rows[-1]['ratio']:.2f}; ledgers equal", flush=True)
+            rows.append(
+                {
+                    "plain_s": times[False],
+                    "callback_s": times[True],
+                    "callback_measure_s": cb.measure_seconds,
+                    "measure_s": t_measure,
+                    "ratio": (times[True] - times[False]) / t_measure,
+                    "own_ratio": cb.measure_seconds / t_measure,
+                }
+            )
+            print(
+                f"repeat {rep}: plain {times[False]:.1f}s, with callback {times[True]:.1f}s "
+                f"(its measurement {cb.measure_seconds:.1f}s), curate measure {t_measure:.1f}s, "
+                f"(callback - plain) / measure = {rows[-1]['ratio']:.2f}; ledgers equal",
+                flush=True,
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     ratios = [r["ratio"] for r in rows]
-    print(f"\n{args.model}, {args.n} examples, {args.epochs} checkpoints, k={args.k}, "
-          f"max_new_tokens={args.max_new_tokens}, {args.threads} thread(s)")
+    print(
+        f"\n{args.model}, {args.n} examples, {args.epochs} checkpoints, k={args.k}, "
+        f"max_new_tokens={args.max_new_tokens}, {args.threads} thread(s)"
+    )
     print(pd.DataFrame(rows).round(2).to_string())
     own = [r["own_ratio"] for r in rows]
-    print(f"median (callback - plain) / measure: {statistics.median(ratios):.2f} "
-          f"(range {min(ratios):.2f}-{max(ratios):.2f}); callback's own measurement / measure: "
-          f"{statistics.median(own):.2f} (range {min(own):.2f}-{max(own):.2f})")
+    print(
+        f"median (callback - plain) / measure: {statistics.median(ratios):.2f} "
+        f"(range {min(ratios):.2f}-{max(ratios):.2f}); callback's own measurement / measure: "
+        f"{statistics.median(own):.2f} (range {min(own):.2f}-{max(own):.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -30,16 +30,32 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 def loop_recipe(out: Path, smoke: bool) -> dict:
     model = "tiny-random" if smoke else "smollm2-135m-instruct"
     return {
-        "name": "bench-gpu", "seed": 0, "output_dir": str(out),
-        "model": {"name": model, "lora": None, "device": "cpu" if smoke else None,
-                  "dtype": "float32" if smoke else "bfloat16"},
-        "data": {"pool": f"synthetic:easy?n={200 if smoke else 2000}&seed=1",
-                 "test": f"synthetic:easy?n={8 if smoke else 200}&seed=2",
-                 "seed_size": 8 if smoke else 128, "grader": "gsm8k"},
-        "training": {"epochs": 2, "learning_rate": 3e-3 if smoke else 5e-5,
-                     "batch_size": 4 if smoke else 32, "max_length": 384},
-        "dynamics": {"samples": 2 if smoke else 4, "max_new_tokens": 12 if smoke else 96,
-                     "batch_size": 16 if smoke else 256},
+        "name": "bench-gpu",
+        "seed": 0,
+        "output_dir": str(out),
+        "model": {
+            "name": model,
+            "lora": None,
+            "device": "cpu" if smoke else None,
+            "dtype": "float32" if smoke else "bfloat16",
+        },
+        "data": {
+            "pool": f"synthetic:easy?n={200 if smoke else 2000}&seed=1",
+            "test": f"synthetic:easy?n={8 if smoke else 200}&seed=2",
+            "seed_size": 8 if smoke else 128,
+            "grader": "gsm8k",
+        },
+        "training": {
+            "epochs": 2,
+            "learning_rate": 3e-3 if smoke else 5e-5,
+            "batch_size": 4 if smoke else 32,
+            "max_length": 384,
+        },
+        "dynamics": {
+            "samples": 2 if smoke else 4,
+            "max_new_tokens": 12 if smoke else 96,
+            "batch_size": 16 if smoke else 256,
+        },
         "evaluation": {"max_new_tokens": 12 if smoke else 96},
         "loop": {"rounds": 2, "budget": 8 if smoke else 128},
         "strategies": [{"name": "loss"}],
@@ -68,8 +84,10 @@ def sampler_section(smoke: bool) -> None:
         name = torch.cuda.get_device_name()
         nominal = next((v for k, v in NOMINAL_HBM.items() if k in name), None)
         bw = measured_bandwidth()
-        print(f"device: {name}; copy bandwidth {bw / 1e12:.2f} TB/s"
-              + (f", nominal HBM {nominal / 1e12:.2f} TB/s" if nominal else ""))
+        print(
+            f"device: {name}; copy bandwidth {bw / 1e12:.2f} TB/s"
+            + (f", nominal HBM {nominal / 1e12:.2f} TB/s" if nominal else "")
+        )
     prompts = build_prompts(16 if smoke else 256)
     n, max_new, batch = (2, 16, 32) if smoke else (4, 128, 512)
     # no stop string: every row decodes max_new tokens, so the row count (and the bound) is exact
@@ -90,8 +108,10 @@ def sampler_section(smoke: bool) -> None:
         mean_prompt = sum(len(lm.tokenizer(p)["input_ids"]) for p in prompts) / len(prompts)
         w, kv = decode_bytes(lm.model, rows, mean_prompt + max_new / 2)
         bound = rows * (nominal or bw) / (w + kv)
-        line += (f"; bandwidth bound {bound:.0f} tokens/s (batch {rows} rows, weights {w / 1e9:.2f} GB + "
-                 f"KV {kv / 1e9:.2f} GB per step) -> {100 * rate / bound:.0f}% of bound")
+        line += (
+            f"; bandwidth bound {bound:.0f} tokens/s (batch {rows} rows, weights {w / 1e9:.2f} GB + "
+            f"KV {kv / 1e9:.2f} GB per step) -> {100 * rate / bound:.0f}% of bound"
+        )
     print(line)
 
 
@@ -113,9 +133,22 @@ def run_loop(recipe: dict, processes: int, devices: int) -> tuple[float, list[di
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu",
-               "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "--main_process_port", str(port), *args]
+        cmd = [
+            os.path.join(os.path.dirname(sys.executable), "accelerate"),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(port),
+            *args,
+        ]
         if devices == 0:
             env["OMP_NUM_THREADS"] = "1"
     t0 = time.perf_counter()
@@ -131,8 +164,10 @@ def loop_section(smoke: bool, work: Path) -> Path:
     print("== 2. 2-round loop (" + ("tiny-random, CPU" if smoke else "SmolLM2-135M") + ")")
     sec, rounds, run = run_loop(loop_recipe(work / "one", smoke), 1, 0 if smoke else 1)
     for m in rounds:
-        print(f"round {m['round']}: n={m['n_train']} test_acc={m['test_accuracy']:.3f} premem={m['premem_acc']:.3f} "
-              f"train {m['train_seconds']:.1f}s, round {m['round_seconds']:.1f}s")
+        print(
+            f"round {m['round']}: n={m['n_train']} test_acc={m['test_accuracy']:.3f} premem={m['premem_acc']:.3f} "
+            f"train {m['train_seconds']:.1f}s, round {m['round_seconds']:.1f}s"
+        )
     print(f"total wall time (including model load and MLflow): {sec:.1f}s")
     return run
 
@@ -154,9 +189,11 @@ def multiprocess_section(smoke: bool, work: Path, one: Path) -> None:
         same = (a["n_correct"].to_numpy() == b["n_correct"].to_numpy()).mean()
         dnll = (a["target_nll"] - b["target_nll"]).abs().max()
         ma, mb = (json.loads((d / r / "metrics.json").read_text()) for d in (one, two))
-        print(f"{r}: ledger cells with equal n_correct {100 * same:.1f}%, max |target_nll diff| {dnll:.2e}; "
-              f"test_acc {ma['test_accuracy']:.3f} vs {mb['test_accuracy']:.3f}; "
-              f"premem {ma['premem_acc']:.3f} vs {mb['premem_acc']:.3f}")
+        print(
+            f"{r}: ledger cells with equal n_correct {100 * same:.1f}%, max |target_nll diff| {dnll:.2e}; "
+            f"test_acc {ma['test_accuracy']:.3f} vs {mb['test_accuracy']:.3f}; "
+            f"premem {ma['premem_acc']:.3f} vs {mb['premem_acc']:.3f}"
+        )
     print(f"2-process wall time: {sec:.1f}s")
 
 

@@ -32,8 +32,12 @@ def load_pairs(path: Path = PAIRS) -> list[tuple[bool, str, str, str]]:
     return rows
 
 
-def timed(fn: Callable[[str, str], bool], pairs: list[tuple[bool, str, str, str]], repeat: int,
-          before: Callable[[], None] = lambda: None) -> tuple[list[bool], float]:
+def timed(
+    fn: Callable[[str, str], bool],
+    pairs: list[tuple[bool, str, str, str]],
+    repeat: int,
+    before: Callable[[], None] = lambda: None,
+) -> tuple[list[bool], float]:
     """Verdicts on (pred, ref) and on (ref, pred) for every pair, and the best seconds per call."""
     best = float("inf")
     verdicts: list[bool] = []

@@ -72,7 +72,7 @@ class ReplaySampler:
         out = []
         for p, c in zip(prompts, [n] * len(prompts) if isinstance(n, int) else n):
             j = self.cursor.get(p, 0)
-            comps = self.log[p][j: j + c]
+            comps = self.log[p][j : j + c]
             self.cursor[p] = j + c
             self.tokens += sum(len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in comps)
             out.append(comps)
@@ -129,16 +129,19 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch threads (same for all passes)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write every pass's ledger here (<pass>.parquet)")
-    ap.add_argument("--oracle", default=None, metavar="LEDGER",
-                    help="only print the oracle lower bound of a fully tracked ledger file, then exit")
+    ap.add_argument(
+        "--oracle",
+        default=None,
+        metavar="LEDGER",
+        help="only print the oracle lower bound of a fully tracked ledger file, then exit",
+    )
     args = ap.parse_args(argv)
     if args.oracle:
         from curator.dynamics.ledger import read_ledger
 
         led = read_ledger(args.oracle)
         n = oracle_samples(led, led.p, led.k)
-        print(f"oracle: {n} of {int(led.df.n_samples.sum())} samples "
-              f"({n / max(int(led.df.n_samples.sum()), 1):.3f})")
+        print(f"oracle: {n} of {int(led.df.n_samples.sum())} samples ({n / max(int(led.df.n_samples.sum()), 1):.3f})")
         return
 
     import torch
@@ -172,14 +175,19 @@ def main(argv=None):
     lr = args.lr or (1e-3 if args.lora or args.model == "tiny-random" else 1e-4)
     settings = TrainSettings(epochs=args.epochs, learning_rate=lr, batch_size=args.batch_size_train, seed=args.seed)
     n_ckpt = settings.n_checkpoints(len(examples))
-    params = SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                            stop=fmt.stop, seed=args.seed)
+    params = SamplingParams(
+        temperature=args.temperature, max_new_tokens=args.max_new_tokens, stop=fmt.stop, seed=args.seed
+    )
     kw = dict(k=args.k, params=params, p=args.p, n_checkpoints=n_ckpt, tokenizer=tok)
     full = DynamicsTracker(examples, fmt, grader, lazy=False, **kw)
-    trackers = {"lazy": DynamicsTracker(examples, fmt, grader, lazy=True, **kw),
-                "deferred": DynamicsTracker(examples, fmt, grader, lazy=True, defer=True, **kw)}
-    replays = {"lazy": DynamicsTracker(examples, fmt, grader, lazy=True, **kw),
-               "deferred": DynamicsTracker(examples, fmt, grader, lazy=True, defer=True, **kw)}
+    trackers = {
+        "lazy": DynamicsTracker(examples, fmt, grader, lazy=True, **kw),
+        "deferred": DynamicsTracker(examples, fmt, grader, lazy=True, defer=True, **kw),
+    }
+    replays = {
+        "lazy": DynamicsTracker(examples, fmt, grader, lazy=True, **kw),
+        "deferred": DynamicsTracker(examples, fmt, grader, lazy=True, defer=True, **kw),
+    }
     tokens = {"full": 0, "lazy": 0, "deferred": 0, "lazy replayed": 0, "deferred replayed": 0}
     seconds = {"full": 0.0, "lazy": 0.0, "deferred": 0.0}
     logs, lps = {}, {}  # per checkpoint: full tracking's completions and target log-probs
@@ -224,13 +232,17 @@ def main(argv=None):
     lf = full.ledger()
     final = lf.checkpoints[-1]
     pf = M.premem_acc(lf)[final]
-    print(f"\nmodel {args.model}, {args.n} examples, {args.epochs} epochs ({n_ckpt} checkpoints), "
-          f"k={args.k}, p={args.p}, T={args.temperature}, max_new_tokens={args.max_new_tokens}; "
-          f"run {total:.1f}s incl. training")
+    print(
+        f"\nmodel {args.model}, {args.n} examples, {args.epochs} epochs ({n_ckpt} checkpoints), "
+        f"k={args.k}, p={args.p}, T={args.temperature}, max_new_tokens={args.max_new_tokens}; "
+        f"run {total:.1f}s incl. training"
+    )
     print(f"fraction memorized per checkpoint: {np.round(M.fraction_memorized(lf).to_numpy(), 3).tolist()}")
     print(f"final train acc (full): {M.train_accuracy(lf).iloc[-1]:.3f}")
-    print(f"{'pass':>18} {'samples':>8} {'tokens':>8} {'tok ratio':>9} {'seconds':>8} {'s ratio':>8} "
-          f"{'calls':>6}  final PreMemAcc")
+    print(
+        f"{'pass':>18} {'samples':>8} {'tokens':>8} {'tok ratio':>9} {'seconds':>8} {'s ratio':>8} "
+        f"{'calls':>6}  final PreMemAcc"
+    )
     rows = [("full", full)] + list(trackers.items()) + [(f"{n} replayed", t) for n, t in replays.items()]
     identical = True
     for name, tr in rows:
@@ -240,14 +252,18 @@ def main(argv=None):
         pm = M.premem_acc(led)[final]
         sec = seconds.get(name)
         s_txt = f"{sec:8.1f} {sec / max(seconds['full'], 1e-9):8.3f}" if sec is not None else f"{'-':>8} {'-':>8}"
-        print(f"{name:>18} {tr.samples_drawn:8d} {tokens[name]:8d} {tokens[name] / max(tokens['full'], 1):9.3f} "
-              f"{s_txt} {tr.generate_calls:6d}  {M.dataset_premem(led).iloc[-1]:.4f}")
+        print(
+            f"{name:>18} {tr.samples_drawn:8d} {tokens[name]:8d} {tokens[name] / max(tokens['full'], 1):9.3f} "
+            f"{s_txt} {tr.generate_calls:6d}  {M.dataset_premem(led).iloc[-1]:.4f}"
+        )
         if "replayed" in name and not np.array_equal(pm.to_numpy(), pf.to_numpy()):
             identical = False
             print(f"  !! {name}: per-example final PreMemAcc differs from full tracking")
     orc = oracle_samples(lf, args.p, args.k)
-    print(f"oracle lower bound (knowing every outcome in advance): {orc} samples, "
-          f"{orc / max(full.samples_drawn, 1):.3f} of full")
+    print(
+        f"oracle lower bound (knowing every outcome in advance): {orc} samples, "
+        f"{orc / max(full.samples_drawn, 1):.3f} of full"
+    )
     print(f"final per-example PreMemAcc identical to full tracking (replayed passes): {identical}")
     if not identical:
         raise SystemExit("lazy or deferred tracking changed PreMemAcc: this is a bug")

@@ -76,8 +76,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             build(parse_spec(args.organism), d, progress=False, timings=t)
         total = time.perf_counter() - t0
-        print(f"build {args.organism}: {total:.1f} s  (" +
-              ", ".join(f"{k} {v:.1f} s = {v / total:.0%}" for k, v in t.items()) + ")")
+        print(
+            f"build {args.organism}: {total:.1f} s  ("
+            + ", ".join(f"{k} {v:.1f} s = {v / total:.0%}" for k, v in t.items())
+            + ")"
+        )
 
     import curator.evaluation
     import curator.strategy
@@ -90,8 +93,10 @@ def main() -> None:
     curator.training.finetune = T.wrap(curator.training.finetune, "training")
     curator.strategy.run_selection = T.wrap(curator.strategy.run_selection, "selection")
     curator.evaluation.evaluate_accuracy = T.wrap(curator.evaluation.evaluate_accuracy, "evaluation")
-    HFSampler.generate = T.wrap(HFSampler.generate, lambda t: "sampling: test" if any(
-        c == "evaluation" for c, _ in t.stack) else "sampling: dynamics + signals")
+    HFSampler.generate = T.wrap(
+        HFSampler.generate,
+        lambda t: "sampling: test" if any(c == "evaluation" for c, _ in t.stack) else "sampling: dynamics + signals",
+    )
     HFSampler.target_logprobs = T.wrap(HFSampler.target_logprobs, "scoring")
 
     with tempfile.TemporaryDirectory() as d:

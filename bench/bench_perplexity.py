@@ -54,8 +54,10 @@ def main() -> None:
     loaded = load_model(args.model, device=args.device)
     prompts, targets = PromptFormat().pairs(SyntheticTask().generate(args.examples, seed=args.seed))
     n_tok = sum(len(encode_pair(loaded.tokenizer, p, t)[1]) for p, t in zip(prompts, targets))
-    print(f"model={args.model} device={loaded.device} dtype={loaded.dtype} threads={torch.get_num_threads()} "
-          f"examples={len(prompts)} target_tokens={n_tok} batch_size={args.batch_size}")
+    print(
+        f"model={args.model} device={loaded.device} dtype={loaded.dtype} threads={torch.get_num_threads()} "
+        f"examples={len(prompts)} target_tokens={n_tok} batch_size={args.batch_size}"
+    )
     sampler = HFSampler(loaded.model, loaded.tokenizer, batch_size=args.batch_size)
     sampler.target_logprobs(prompts[:2], targets[:2])  # warm-up
     one_at_a_time(loaded.model, loaded.tokenizer, prompts[:2], targets[:2])

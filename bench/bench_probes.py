@@ -30,14 +30,19 @@ from curator.training import TrainSettings, finetune
 from curator.training.dpo import PreferencePair, dpo_finetune
 
 
-def run(base, tok, rows, test, probes: ProbeSettings | None, sft: TrainSettings,
-        dpo: TrainSettings) -> tuple[float, float, float]:
+def run(
+    base, tok, rows, test, probes: ProbeSettings | None, sft: TrainSettings, dpo: TrainSettings
+) -> tuple[float, float, float]:
     """Wall seconds of SFT then DPO from a copy of `base`; of those, seconds scoring and seconds
     making the greedy responses (once, before training)."""
     model = copy.deepcopy(base)
     fmt = PromptFormat()
-    pairs = [PreferencePair(fmt.prompt_text(r.example()), fmt.target_text(r.example("chosen")),
-                            fmt.target_text(r.example("rejected"))) for r in rows]
+    pairs = [
+        PreferencePair(
+            fmt.prompt_text(r.example()), fmt.target_text(r.example("chosen")), fmt.target_text(r.example("rejected"))
+        )
+        for r in rows
+    ]
     t0 = time.perf_counter()
     cb, logger, greedy_s = None, None, 0.0
     if probes is not None:
@@ -93,14 +98,20 @@ def main() -> None:
     off, on = statistics.median(times[False]), statistics.median(times[True])
     per_stage = sft.total_steps(len(rows), 1)
     evals = 1 + 2 * len(range(min(args.eval_every, per_stage), per_stage + 1, min(args.eval_every, per_stage)))
-    print(f"{args.model}{' lora' if args.lora else ''}: {len(rows)} rows, {steps} optimizer steps (SFT + DPO), "
-          f"{args.probes} probes x 10 families every {args.eval_every} steps ({evals} evaluations)")
+    print(
+        f"{args.model}{' lora' if args.lora else ''}: {len(rows)} rows, {steps} optimizer steps (SFT + DPO), "
+        f"{args.probes} probes x 10 families every {args.eval_every} steps ({evals} evaluations)"
+    )
     score, greedy = statistics.median(probe_s), statistics.median(greedy_s)
-    print(f"  wall s: without probes {off:.2f}, with probes {on:.2f}  overhead {100 * (on / off - 1):+.1f}%  "
-          f"(median of {args.repeats})")
-    print(f"  of which: scoring {score:.2f}s ({100 * score / off:.1f}% of training), greedy pass {greedy:.2f}s "
-          f"({100 * greedy / off:.1f}%, once per run), the rest ({on - off - score - greedy:+.2f}s) extra "
-          f"checkpoints and noise")
+    print(
+        f"  wall s: without probes {off:.2f}, with probes {on:.2f}  overhead {100 * (on / off - 1):+.1f}%  "
+        f"(median of {args.repeats})"
+    )
+    print(
+        f"  of which: scoring {score:.2f}s ({100 * score / off:.1f}% of training), greedy pass {greedy:.2f}s "
+        f"({100 * greedy / off:.1f}%, once per run), the rest ({on - off - score - greedy:+.2f}s) extra "
+        f"checkpoints and noise"
+    )
 
 
 if __name__ == "__main__":

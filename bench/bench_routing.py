@@ -42,8 +42,10 @@ def bench_distances(args) -> None:
     _ = ps.peq
     build = time.perf_counter() - t0
     lens = ps.lengths
-    print(f"{args.n} pathways x {args.layers} layers ({args.experts} experts): {lens.mean():.1f} symbols on "
-          f"average (max {lens.max()}); built in {build:.2f} s")
+    print(
+        f"{args.n} pathways x {args.layers} layers ({args.experts} experts): {lens.mean():.1f} symbols on "
+        f"average (max {lens.max()}); built in {build:.2f} s"
+    )
     t0 = time.perf_counter()
     est = pathway_distance(ps, max_pairs=200_000, seed=1, threads=args.threads)
     dt = time.perf_counter() - t0
@@ -56,15 +58,19 @@ def bench_distances(args) -> None:
     z = (samp.mean - exact.mean) / samp.se
     rate = exact.n_pairs / dt_sub
     total = args.n * (args.n - 1) // 2
-    print(f"check on 1000 pathways: exact {exact.mean:.4f} over {exact.n_pairs} pairs in {dt_sub:.2f} s "
-          f"({rate / 1e6:.2f}M pairs/s); sampled {samp.mean:.4f} +- {samp.se:.4f} (z = {z:+.2f})")
+    print(
+        f"check on 1000 pathways: exact {exact.mean:.4f} over {exact.n_pairs} pairs in {dt_sub:.2f} s "
+        f"({rate / 1e6:.2f}M pairs/s); sampled {samp.mean:.4f} +- {samp.se:.4f} (z = {z:+.2f})"
+    )
     print(f"all {total} pairs of {args.n}: projected {total / rate:.1f} s at that rate ({args.threads} thread(s))")
     if args.all_pairs:
         t0 = time.perf_counter()
         full = pathway_distance(ps, max_pairs=total, threads=args.threads)
         dt = time.perf_counter() - t0
-        print(f"all pairs, measured: {full.mean:.4f} in {dt:.1f} s; sampled estimate off by "
-              f"{(est.mean - full.mean) / est.se:+.2f} se")
+        print(
+            f"all pairs, measured: {full.mean:.4f} in {dt:.1f} s; sampled estimate off by "
+            f"{(est.mean - full.mean) / est.se:+.2f} se"
+        )
 
 
 def bench_capture(args) -> None:
@@ -110,9 +116,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--experts", type=int, default=8)
-    ap.add_argument("--tokens", type=int, default=1,
-                    help="token distributions averaged per sample and layer (1: 1-2 experts per layer; "
-                         "4: about 4, pathways over 64 symbols)")
+    ap.add_argument(
+        "--tokens",
+        type=int,
+        default=1,
+        help="token distributions averaged per sample and layer (1: 1-2 experts per layer; "
+        "4: about 4, pathways over 64 symbols)",
+    )
     ap.add_argument("--skip-capture", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--all-pairs", action="store_true")

@@ -34,18 +34,28 @@ def naive_loop(model, tok, prompts, n, params) -> tuple[int, float]:
 
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
-    kw = dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0) \
-        if params.temperature > 0 else dict(do_sample=False)
+    kw = (
+        dict(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+        if params.temperature > 0
+        else dict(do_sample=False)
+    )
     tokens = 0
     t0 = time.perf_counter()
     torch.manual_seed(params.seed)
     with torch.inference_mode():
         for p in prompts:
             ids = torch.tensor([encode_prompt(tok, p)], device=model.device)
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=params.max_new_tokens,
-                                 num_return_sequences=n, stop_strings=list(params.stop) or None, tokenizer=tok,
-                                 pad_token_id=pad, **kw)
-            gen = out[:, ids.shape[1]:].tolist()
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=params.max_new_tokens,
+                num_return_sequences=n,
+                stop_strings=list(params.stop) or None,
+                tokenizer=tok,
+                pad_token_id=pad,
+                **kw,
+            )
+            gen = out[:, ids.shape[1] :].tolist()
             for seq in gen:
                 # tokens up to and including the first EOS/PAD (HF pads finished rows with it)
                 k = next((i for i, t in enumerate(seq) if t in (eos, pad)), None)
@@ -72,11 +82,14 @@ def cpu_compare(args) -> None:
         torch.set_num_threads(args.threads)
     loaded = load_model(args.model, device=args.device)
     prompts = build_prompts(args.prompts, args.seed)
-    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                            seed=args.seed)
-    print(f"model={args.model} device={loaded.device} dtype={loaded.dtype} threads={torch.get_num_threads()} "
-          f"prompts={len(prompts)} n={args.n} max_new_tokens={args.max_new_tokens} T={args.temperature} "
-          f"top_p={args.top_p} stop={params.stop!r} batch_size={args.batch_size}")
+    params = SamplingParams(
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed
+    )
+    print(
+        f"model={args.model} device={loaded.device} dtype={loaded.dtype} threads={torch.get_num_threads()} "
+        f"prompts={len(prompts)} n={args.n} max_new_tokens={args.max_new_tokens} T={args.temperature} "
+        f"top_p={args.top_p} stop={params.stop!r} batch_size={args.batch_size}"
+    )
     # warm-up (first-call allocations, lazy imports) on a few prompts, not timed
     curator_sampler(loaded.model, loaded.tokenizer, prompts[:2], 2, params, args.batch_size)
     naive_loop(loaded.model, loaded.tokenizer, prompts[:1], 2, params)
@@ -97,17 +110,33 @@ def random_llama_1b():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                      num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096,
-                      tie_word_embeddings=True, rope_theta=500000.0)
+    cfg = LlamaConfig(
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        rope_theta=500000.0,
+    )
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = LlamaForCausalLM(cfg).to(torch.bfloat16)
     return model.eval()
 
 
-NOMINAL_HBM = {"H200": 4.8e12, "H100 SXM": 3.35e12, "H100 80GB HBM3": 3.35e12, "H100 PCIe": 2.0e12,
-               "H100 NVL": 3.9e12, "A100-SXM4-80GB": 2.04e12, "A100-PCIE-80GB": 1.94e12, "A100": 1.56e12}
+NOMINAL_HBM = {
+    "H200": 4.8e12,
+    "H100 SXM": 3.35e12,
+    "H100 80GB HBM3": 3.35e12,
+    "H100 PCIe": 2.0e12,
+    "H100 NVL": 3.9e12,
+    "A100-SXM4-80GB": 2.04e12,
+    "A100-PCIE-80GB": 1.94e12,
+    "A100": 1.56e12,
+}
 
 
 def measured_bandwidth() -> float:
@@ -151,8 +180,10 @@ def gpu_report(args) -> None:
     name = torch.cuda.get_device_name()
     nominal = next((v for k, v in NOMINAL_HBM.items() if k in name), None)
     bw = measured_bandwidth()
-    print(f"device: {name}; copy bandwidth {bw / 1e12:.2f} TB/s"
-          + (f", nominal HBM {nominal / 1e12:.2f} TB/s" if nominal else ""))
+    print(
+        f"device: {name}; copy bandwidth {bw / 1e12:.2f} TB/s"
+        + (f", nominal HBM {nominal / 1e12:.2f} TB/s" if nominal else "")
+    )
     smol = load_model("smollm2-135m-instruct", device="cuda", dtype="bfloat16")
     prompts = build_prompts(args.prompts, args.seed)
     for label, model in (("smollm2-135m", smol.model), ("llama-1b-random", None)):
@@ -163,8 +194,13 @@ def gpu_report(args) -> None:
         # random weights never emit the stop string: every sequence decodes max_new_tokens, which
         # makes the row count constant and the bound exact
         for stop in ((), SamplingParams().stop):
-            params = SamplingParams(temperature=args.temperature, top_p=args.top_p,
-                                    max_new_tokens=args.max_new_tokens, seed=args.seed, stop=stop)
+            params = SamplingParams(
+                temperature=args.temperature,
+                top_p=args.top_p,
+                max_new_tokens=args.max_new_tokens,
+                seed=args.seed,
+                stop=stop,
+            )
             s = HFSampler(model, smol.tokenizer, batch_size=args.batch_size)
             s.generate(prompts[:4], 2, params)  # warm-up
             s.tokens_generated = 0
@@ -177,10 +213,12 @@ def gpu_report(args) -> None:
             mean_prompt = sum(len(smol.tokenizer(p)["input_ids"]) for p in prompts) / len(prompts)
             w, kv = decode_bytes(model, rows, mean_prompt + args.max_new_tokens / 2)
             bound = rows * (bw if nominal is None else nominal) / (w + kv)
-            print(f"{label:>16} stop={bool(stop)!s:5}: {s.tokens_generated / sec:9.0f} tokens/s "
-                  f"(batch {rows} rows); bandwidth bound {bound:9.0f} tokens/s "
-                  f"[weights {w / 1e9:.2f} GB + KV {kv / 1e9:.2f} GB per step] "
-                  f"-> {100 * s.tokens_generated / sec / bound:.0f}% of bound")
+            print(
+                f"{label:>16} stop={bool(stop)!s:5}: {s.tokens_generated / sec:9.0f} tokens/s "
+                f"(batch {rows} rows); bandwidth bound {bound:9.0f} tokens/s "
+                f"[weights {w / 1e9:.2f} GB + KV {kv / 1e9:.2f} GB per step] "
+                f"-> {100 * s.tokens_generated / sec / bound:.0f}% of bound"
+            )
 
 
 def main() -> None:

@@ -37,8 +37,8 @@ def clustered(n: int, dim: int, centers: np.ndarray, rng: np.random.Generator, n
     X = np.empty((n, dim), np.float32)
     lab = rng.integers(len(centers), size=n)
     for s in range(0, n, 65536):  # in chunks: no float64 / full-size temporaries
-        x = centers[lab[s:s + 65536]] + rng.standard_normal((min(n, s + 65536) - s, dim), dtype=np.float32) * noise
-        X[s:s + 65536] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        x = centers[lab[s : s + 65536]] + rng.standard_normal((min(n, s + 65536) - s, dim), dtype=np.float32) * noise
+        X[s : s + 65536] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return X
 
 
@@ -55,8 +55,13 @@ def make_world(a):
     train = [Example(f"t{i}", "", "", "") for i in range(a.train)]
     low = rng.random(a.train) < 0.2  # 20% of the training set below t=0.5
     correct = np.where(low, 1, 5)
-    ledger = Ledger.from_arrays([t.id for t in train], np.stack([np.zeros(a.train), correct], 1), k=5,
-                                perplexity=np.full((a.train, 2), 3.0), p=1.105)
+    ledger = Ledger.from_arrays(
+        [t.id for t in train],
+        np.stack([np.zeros(a.train), correct], 1),
+        k=5,
+        perplexity=np.full((a.train, 2), 3.0),
+        p=1.105,
+    )
     return X, T, pool, train, ledger, low
 
 
@@ -67,8 +72,8 @@ def numpy_kcenter(X, T, k, picks_timed):
     sq = np.einsum("ij,ij->i", X, X)
     d = np.full(len(X), np.inf, np.float32)
     for s in range(0, len(X), 65536):  # initial covered set: the training set
-        S = X[s:s + 65536] @ T.T
-        d[s:s + 65536] = (sq[s:s + 65536, None] - 2 * S + np.einsum("ij,ij->i", T, T)[None]).min(1)
+        S = X[s : s + 65536] @ T.T
+        d[s : s + 65536] = (sq[s : s + 65536, None] - 2 * S + np.einsum("ij,ij->i", T, T)[None]).min(1)
     t_init = time.perf_counter() - t0
     n = min(k, picks_timed)
     t1 = time.perf_counter()
@@ -115,8 +120,9 @@ def child(a) -> dict:
     sig.put("embeddings", pool, X)
     sig.put("embeddings", train, T)
     rss_before = peak_rss_gib()
-    ctx = SelectionContext(pool=pool, train=train, ledger=ledger, signals=sig,
-                           rng=np.random.default_rng(a.seed), p=1.105)
+    ctx = SelectionContext(
+        pool=pool, train=train, ledger=ledger, signals=sig, rng=np.random.default_rng(a.seed), p=1.105
+    )
     strat = build_strategy(a.one)
     t1, c1 = time.perf_counter(), time.process_time()
     sel = run_selection(strat, ctx, a.k)
@@ -129,10 +135,24 @@ def child(a) -> dict:
     else:
         base, extrap, done = numpy_premem(X, T[low], a.k, a.baseline_targets)
         base_what = f"{done} of {int(low.sum())} targets timed, extrapolated" if extrap else "all targets"
-    return {"strategy": a.one, "n": a.n, "k": a.k, "dim": a.dim, "train": a.train,
-            "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_gib": round(rss, 2), "rss_before_select_gib": round(rss_before, 2),
-            "numpy_s": round(base, 1), "numpy_extrapolated": extrap, "numpy_what": base_what,
-            "speedup": round(base / wall, 1), "load_avg_1min": os.getloadavg()[0], "datagen_s": round(gen_s, 1), "note": sel.note}
+    return {
+        "strategy": a.one,
+        "n": a.n,
+        "k": a.k,
+        "dim": a.dim,
+        "train": a.train,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "peak_rss_gib": round(rss, 2),
+        "rss_before_select_gib": round(rss_before, 2),
+        "numpy_s": round(base, 1),
+        "numpy_extrapolated": extrap,
+        "numpy_what": base_what,
+        "speedup": round(base / wall, 1),
+        "load_avg_1min": os.getloadavg()[0],
+        "datagen_s": round(gen_s, 1),
+        "note": sel.note,
+    }
 
 
 def main() -> None:
@@ -144,10 +164,15 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=1000)
     ap.add_argument("--noise", type=float, default=0.03, help="per-dimension noise around a cluster center")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--baseline-picks", type=int, default=300,
-                    help="numpy k-center picks actually timed (the rest extrapolated: each pick costs the same)")
-    ap.add_argument("--baseline-targets", type=int, default=40,
-                    help="numpy premem targets actually timed (the rest extrapolated)")
+    ap.add_argument(
+        "--baseline-picks",
+        type=int,
+        default=300,
+        help="numpy k-center picks actually timed (the rest extrapolated: each pick costs the same)",
+    )
+    ap.add_argument(
+        "--baseline-targets", type=int, default=40, help="numpy premem targets actually timed (the rest extrapolated)"
+    )
     ap.add_argument("--strategies", default="embedding-diversity,premem-threshold")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -156,16 +181,22 @@ def main() -> None:
         return
     import faiss
 
-    print(f"select {a.k:,} of {a.n:,} candidates, dim {a.dim}, train {a.train:,}; "
-          f"{faiss.omp_get_max_threads()} threads")
-    print(f"{'strategy':22s} {'wall s':>8s} {'cpu s':>7s} {'peak RSS GiB':>13s} {'numpy s':>9s} {'ratio':>7s}  numpy baseline")
+    print(
+        f"select {a.k:,} of {a.n:,} candidates, dim {a.dim}, train {a.train:,}; {faiss.omp_get_max_threads()} threads"
+    )
+    print(
+        f"{'strategy':22s} {'wall s':>8s} {'cpu s':>7s} {'peak RSS GiB':>13s} {'numpy s':>9s} {'ratio':>7s}  numpy baseline"
+    )
     for name in a.strategies.split(","):
         argv = [sys.executable, __file__, "--one", name] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items() if k not in ("one", "strategies")]
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items() if k not in ("one", "strategies")
+        ]
         out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         r = json.loads(out)
-        print(f"{r['strategy']:22s} {r['wall_s']:8.2f} {r['cpu_s']:7.2f} {r['peak_rss_gib']:13.2f} {r['numpy_s']:9.1f} "
-              f"{r['speedup']:6.1f}x  {r['numpy_what']}" + (f"  [{r['note']}]" if r["note"] else ""))
+        print(
+            f"{r['strategy']:22s} {r['wall_s']:8.2f} {r['cpu_s']:7.2f} {r['peak_rss_gib']:13.2f} {r['numpy_s']:9.1f} "
+            f"{r['speedup']:6.1f}x  {r['numpy_what']}" + (f"  [{r['note']}]" if r["note"] else "")
+        )
         print("  " + json.dumps(r), flush=True)
 
 

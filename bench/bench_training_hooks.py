@@ -37,14 +37,15 @@ def main() -> None:
                 lm = load_model(args.model, device="cpu")
                 model = apply_lora(lm.model, LoraSettings()) if mode == "lora" else lm.model
                 n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-                s = TrainSettings(epochs=1, batch_size=args.batch_size, learning_rate=1e-4,
-                                  track_grad_variance=track)
+                s = TrainSettings(epochs=1, batch_size=args.batch_size, learning_rate=1e-4, track_grad_variance=track)
                 res = finetune(model, lm.tokenizer, examples, None, s, progress=False)
                 times[track].append(res.train_seconds / res.steps)
         off, on = statistics.median(times[False]), statistics.median(times[True])
-        print(f"{args.model} {mode:4s} trainable={n_train / 1e6:.2f}M  s/step: hooks off {off:.3f}, "
-              f"grad_variance on {on:.3f}  overhead {100 * (on / off - 1):+.1f}%  "
-              f"(median of {args.repeats}, {res.n_tokens / res.steps:.0f} tokens/step)")
+        print(
+            f"{args.model} {mode:4s} trainable={n_train / 1e6:.2f}M  s/step: hooks off {off:.3f}, "
+            f"grad_variance on {on:.3f}  overhead {100 * (on / off - 1):+.1f}%  "
+            f"(median of {args.repeats}, {res.n_tokens / res.steps:.0f} tokens/step)"
+        )
 
 
 if __name__ == "__main__":

@@ -126,8 +126,11 @@ def _build(cls: type, data: dict, where: str, problems: list[str]) -> Any:
             problems.append(f"{where}.{key}: unknown key.{hint}".lstrip("."))
             continue
         kwargs[key] = _convert(value, hints[key], f"{where}.{key}".lstrip("."), problems)
-    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]  # type: ignore[misc]
     for n in missing:
         problems.append(f"{where}.{n}: required".lstrip("."))
     if len(problems) and any(p.startswith(where) for p in problems):

@@ -34,9 +34,7 @@ class MissingExtraError(CuratorError):
     """An optional dependency is not installed."""
 
     def __init__(self, package: str, extra: str, purpose: str):
-        super().__init__(
-            f"{purpose} needs the '{package}' package: pip install 'premem-curator[{extra}]'"
-        )
+        super().__init__(f"{purpose} needs the '{package}' package: pip install 'premem-curator[{extra}]'")
 
 
 class StrategyError(CuratorError):
@@ -78,8 +76,10 @@ def user_error_line(e: BaseException) -> str | None:
     if isinstance(e, UnicodeDecodeError):
         name = _file_in_traceback(e)
         what = repr(name) if name else "a data or recipe file"
-        return (f"{what} is not UTF-8 text ({e.reason}: byte {e.object[e.start:e.start + 1]!r} at "
-                f"offset {e.start}); save it as UTF-8")
+        return (
+            f"{what} is not UTF-8 text ({e.reason}: byte {e.object[e.start : e.start + 1]!r} at "
+            f"offset {e.start}); save it as UTF-8"
+        )
     if isinstance(e, OSError):
         path = e.filename if e.filename is not None else None
         where = f"{str(path)!r}" if path is not None else "a file"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from curator.data.example import Example
 from curator.data.format import PromptFormat
@@ -18,8 +19,15 @@ class EvalResult:
     n_correct: int
 
 
-def evaluate_accuracy(sampler: Sampler, examples: Sequence[Example], fmt: PromptFormat, grader: Any,
-                      params: SamplingParams, n: int = 1, tokenizer: Any = None) -> EvalResult:
+def evaluate_accuracy(
+    sampler: Sampler,
+    examples: Sequence[Example],
+    fmt: PromptFormat,
+    grader: Any,
+    params: SamplingParams,
+    n: int = 1,
+    tokenizer: Any = None,
+) -> EvalResult:
     """Accuracy on `examples`; with ``n=1, temperature=0`` this is greedy accuracy."""
     if not examples:
         return EvalResult(float("nan"), 0, 0, 0)

@@ -34,16 +34,15 @@ def _help(text: str, **kw: Any) -> Any:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    name: str = _help("hub id, local dir, .gguf file, 'smollm2-135m-instruct' or 'tiny-random'",
-                      default="smollm2-135m-instruct")
-    dtype: str = _help("'auto' (bf16 where the GPU has it, else fp32), 'float32', 'bfloat16', 'float16'",
-                       default="auto")
-    device: str | None = _help("'cpu', 'cuda', 'cuda:1' ...; null picks the GPU when there is one",
-                               default=None)
-    trust_remote_code: bool = _help("run model code from the hub repo; off unless you trust it",
-                                    default=False)
-    lora: LoraSettings | None = _help("LoRA adapter settings; null for full finetuning",
-                                      default_factory=LoraSettings)
+    name: str = _help(
+        "hub id, local dir, .gguf file, 'smollm2-135m-instruct' or 'tiny-random'", default="smollm2-135m-instruct"
+    )
+    dtype: str = _help(
+        "'auto' (bf16 where the GPU has it, else fp32), 'float32', 'bfloat16', 'float16'", default="auto"
+    )
+    device: str | None = _help("'cpu', 'cuda', 'cuda:1' ...; null picks the GPU when there is one", default=None)
+    trust_remote_code: bool = _help("run model code from the hub repo; off unless you trust it", default=False)
+    lora: LoraSettings | None = _help("LoRA adapter settings; null for full finetuning", default_factory=LoraSettings)
 
     def __post_init__(self):
         from curator.models.loading import _DTYPE_ALIASES, DTYPES
@@ -55,25 +54,28 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class DataSettings:
-    pool: str = _help("candidate pool: a file, a hub id, or 'synthetic:<preset>?n=..&seed=..'",
-                      default="synthetic:easy?n=2000&seed=1")
+    pool: str = _help(
+        "candidate pool: a file, a hub id, or 'synthetic:<preset>?n=..&seed=..'", default="synthetic:easy?n=2000&seed=1"
+    )
     pool_config: str | None = _help("hub dataset config (e.g. 'main' for openai/gsm8k)", default=None)
     pool_split: str = _help("split of the pool dataset", default="train")
     pool_size: int | None = _help("use only the first N pool examples", default=None)
-    test: str | None = _help("held-out test set (same forms as pool); null: no test accuracy",
-                             default="synthetic:easy?n=200&seed=2")
+    test: str | None = _help(
+        "held-out test set (same forms as pool); null: no test accuracy", default="synthetic:easy?n=200&seed=2"
+    )
     test_config: str | None = _help("hub dataset config of the test set", default=None)
     test_split: str = _help("split of the test dataset", default="test")
     test_size: int | None = _help("use only the first N test examples", default=None)
-    fields: dict[str, str] = _help("column names for question/solution/answer when not GSM8K/MATH layout",
-                                   default_factory=dict)
+    fields: dict[str, str] = _help(
+        "column names for question/solution/answer when not GSM8K/MATH layout", default_factory=dict
+    )
     grader: str = _help("answer grader: auto, gsm8k, math, numeric, or module:Class", default="auto")
     seed_size: int = _help("size of the i.i.d. seed set S0 (identical across strategies)", default=32)
     source: Literal["pool", "generator"] = _help(
-        "'pool': select from the fixed pool; 'generator': synthesize candidates each round "
-        "(synthetic pools only)", default="pool")
-    generator_pool_size: int = _help("candidates synthesized per round when source=generator",
-                                     default=1000)
+        "'pool': select from the fixed pool; 'generator': synthesize candidates each round (synthetic pools only)",
+        default="pool",
+    )
+    generator_pool_size: int = _help("candidates synthesized per round when source=generator", default=1000)
 
     def __post_init__(self):
         problems = []
@@ -85,8 +87,10 @@ class DataSettings:
         if self.generator_pool_size < 1:
             problems.append(f"data.generator_pool_size must be >= 1, got {self.generator_pool_size}")
         if self.source == "generator" and not self.pool.startswith("synthetic"):
-            problems.append("data.source=generator needs a synthetic pool ('synthetic:<preset>'); "
-                            "use data.source=pool for files and hub datasets")
+            problems.append(
+                "data.source=generator needs a synthetic pool ('synthetic:<preset>'); "
+                "use data.source=pool for files and hub datasets"
+            )
         if problems:
             raise ConfigError(problems)
 
@@ -96,20 +100,20 @@ class DynamicsSettings:
     samples: int = _help("k: completions sampled per example per checkpoint (paper: 5)", default=5)
     temperature: float = _help("sampling temperature (paper: 0.8)", default=0.8)
     top_p: float = _help("nucleus sampling (paper: 0.95)", default=0.95)
-    max_new_tokens: int = _help("longest sampled completion; longer solutions are cut and graded wrong",
-                                default=256)
-    p: float = _help("memorization threshold on target perplexity (GSM8K ~1.105, MATH ~1.2)",
-                     default=1.105)
-    lazy: bool = _help("skip sampling that cannot change PreMemAcc (identical result, fewer tokens)",
-                       default=True)
-    defer: bool = _help("with lazy: sample earlier checkpoints at the end, only for examples memorized "
-                        "there (identical final PreMemAcc, fewer tokens still; keeps a CPU copy of the "
-                        "trainable weights per checkpoint)", default=False)
-    backend: Literal["hf", "vllm"] = _help("sampler backend; vllm needs the 'vllm' extra and a GPU",
-                                           default="hf")
+    max_new_tokens: int = _help("longest sampled completion; longer solutions are cut and graded wrong", default=256)
+    p: float = _help("memorization threshold on target perplexity (GSM8K ~1.105, MATH ~1.2)", default=1.105)
+    lazy: bool = _help("skip sampling that cannot change PreMemAcc (identical result, fewer tokens)", default=True)
+    defer: bool = _help(
+        "with lazy: sample earlier checkpoints at the end, only for examples memorized "
+        "there (identical final PreMemAcc, fewer tokens still; keeps a CPU copy of the "
+        "trainable weights per checkpoint)",
+        default=False,
+    )
+    backend: Literal["hf", "vllm"] = _help("sampler backend; vllm needs the 'vllm' extra and a GPU", default="hf")
     batch_size: int = _help("prompts per sampling batch (hf backend)", default=32)
-    vllm: VLLMSettings = _help("the vLLM engine (backend: vllm): GPU memory share, tensor parallelism",
-                               default_factory=VLLMSettings)
+    vllm: VLLMSettings = _help(
+        "the vLLM engine (backend: vllm): GPU memory share, tensor parallelism", default_factory=VLLMSettings
+    )
 
     def __post_init__(self):
         problems = []
@@ -132,8 +136,7 @@ class DynamicsSettings:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    samples: int = _help("completions per test question (1 with temperature 0 = greedy accuracy)",
-                         default=1)
+    samples: int = _help("completions per test question (1 with temperature 0 = greedy accuracy)", default=1)
     temperature: float = _help("0 = greedy decoding", default=0.0)
     max_new_tokens: int = _help("longest test completion", default=256)
 
@@ -152,10 +155,10 @@ class EvalSettings:
 @dataclass(frozen=True)
 class LoopSettings:
     rounds: int = _help("training rounds; selections happen between them (rounds - 1 times)", default=3)
-    budget: int | list[int] = _help("examples added per round: one number, or one per selection",
-                                    default=32)
-    continue_training: bool = _help("keep training the last round's model instead of restarting "
-                                    "from the base model each round", default=False)
+    budget: int | list[int] = _help("examples added per round: one number, or one per selection", default=32)
+    continue_training: bool = _help(
+        "keep training the last round's model instead of restarting from the base model each round", default=False
+    )
     loop: str = _help("loop implementation: 'active' or a module:Class path", default="active")
 
     def __post_init__(self):
@@ -166,8 +169,10 @@ class LoopSettings:
         if any(b < 1 for b in budgets):
             problems.append(f"loop.budget must be >= 1 per round, got {self.budget}")
         if isinstance(self.budget, list) and len(self.budget) < self.rounds - 1:
-            problems.append(f"loop.budget lists {len(self.budget)} budget(s) but {self.rounds} rounds need "
-                            f"{self.rounds - 1}; give one number or one per selection")
+            problems.append(
+                f"loop.budget lists {len(self.budget)} budget(s) but {self.rounds} rounds need "
+                f"{self.rounds - 1}; give one number or one per selection"
+            )
         if problems:
             raise ConfigError(problems)
 
@@ -188,8 +193,10 @@ class StrategySpec:
                 raise ConfigError(f"label {self.label!r} {problem}; it names a folder in the run directory")
         problem = path_component_problem(self.run_name)
         if problem:
-            raise ConfigError(f"name {self.name!r} gives the run folder {self.run_name!r}, which {problem}; "
-                              "give the strategy a 'label'")
+            raise ConfigError(
+                f"name {self.name!r} gives the run folder {self.run_name!r}, which {problem}; "
+                "give the strategy a 'label'"
+            )
 
     @property
     def run_name(self) -> str:
@@ -212,9 +219,12 @@ class SweepSettings:
 class Recipe:
     name: str = _help("recipe name: MLflow experiment and run directory name", default="curator")
     seed: int = _help("seeds the seed set, training, sampling and selection", default=0)
-    seeds: list[int] | None = _help("run the recipe once per seed, each in <output_dir>/seed-<n>/ "
-                                    "(resumable per seed), and compare with intervals over seeds; "
-                                    "null: one run with `seed`", default=None)
+    seeds: list[int] | None = _help(
+        "run the recipe once per seed, each in <output_dir>/seed-<n>/ "
+        "(resumable per seed), and compare with intervals over seeds; "
+        "null: one run with `seed`",
+        default=None,
+    )
     output_dir: str | None = _help("run directory; null: runs/<name>", default=None)
     model: ModelSettings = _help("base model", default_factory=ModelSettings)
     format: PromptFormat = _help("prompt/target templates", default_factory=PromptFormat)
@@ -223,11 +233,11 @@ class Recipe:
     dynamics: DynamicsSettings = _help("learning-dynamics measurement", default_factory=DynamicsSettings)
     evaluation: EvalSettings = _help("test accuracy", default_factory=EvalSettings)
     loop: LoopSettings = _help("rounds and budgets", default_factory=LoopSettings)
-    strategies: list[StrategySpec] = _help("strategies to compare (one MLflow run each)",
-                                           default_factory=lambda: [StrategySpec(name="iid")])
+    strategies: list[StrategySpec] = _help(
+        "strategies to compare (one MLflow run each)", default_factory=lambda: [StrategySpec(name="iid")]
+    )
     tracking: TrackingSettings = _help("MLflow", default_factory=TrackingSettings)
-    sweep: SweepSettings | None = _help("learning-rate x epochs grid for `curate predict` sweeps",
-                                        default=None)
+    sweep: SweepSettings | None = _help("learning-rate x epochs grid for `curate predict` sweeps", default=None)
 
     def __post_init__(self):
         labels = [s.run_name for s in self.strategies]
@@ -236,8 +246,10 @@ class Recipe:
         if not 0 <= self.seed < 2**32:
             problems.append(f"seed must be in [0, 2**32), got {self.seed}")
         if self.output_dir is None and path_component_problem(self.name):
-            problems.append(f"name {self.name!r} {path_component_problem(self.name)}; with output_dir null "
-                            "the run directory is runs/<name>: give a plain name or set output_dir")
+            problems.append(
+                f"name {self.name!r} {path_component_problem(self.name)}; with output_dir null "
+                "the run directory is runs/<name>: give a plain name or set output_dir"
+            )
         if not self.strategies:
             problems.append("strategies: list at least one strategy")
         if dupes:
@@ -301,8 +313,10 @@ def _set_path(data: dict, dotted: str, value: Any, problems: list[str]) -> None:
                 node[k] = {}
             node = node[k]
         if not isinstance(node, (dict, list)):
-            problems.append(f"--set {dotted}: {'.'.join(keys[:i + 1])} is a value ({node!r}), not a section "
-                            f"or list; set {'.'.join(keys[:i + 1])}=... instead")
+            problems.append(
+                f"--set {dotted}: {'.'.join(keys[: i + 1])} is a value ({node!r}), not a section "
+                f"or list; set {'.'.join(keys[: i + 1])}=... instead"
+            )
             return
     last = keys[-1]
     if isinstance(node, list):
@@ -335,8 +349,7 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
 
 def recipe_from_dict(data: dict, source: str | None = None) -> Recipe:
     if not isinstance(data, dict):
-        raise ConfigError(f"a recipe must be a YAML mapping of sections, got {type(data).__name__}",
-                          source=source)
+        raise ConfigError(f"a recipe must be a YAML mapping of sections, got {type(data).__name__}", source=source)
     return from_dict(Recipe, data, source=source)
 
 
@@ -346,8 +359,10 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | tu
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as e:
-        raise ConfigError(f"not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset {e.start}); "
-                          "save the recipe as UTF-8", source=str(p)) from None
+        raise ConfigError(
+            f"not UTF-8 text (byte {e.object[e.start : e.start + 1]!r} at offset {e.start}); save the recipe as UTF-8",
+            source=str(p),
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -371,8 +386,10 @@ def validate_recipe(recipe: Recipe) -> list[str]:
 
         grader = get_grader(recipe.data.grader)
         if not isinstance(grader, GraderProtocol):
-            problems.append(f"data.grader: {recipe.data.grader!r} gives a {type(grader).__name__}, which is not a "
-                            "grader (it needs name, extract(completion) and is_correct(completion, answer))")
+            problems.append(
+                f"data.grader: {recipe.data.grader!r} gives a {type(grader).__name__}, which is not a "
+                "grader (it needs name, extract(completion) and is_correct(completion, answer))"
+            )
     except CuratorError as e:
         problems.append(f"data.grader: {e}")
     except Exception as e:  # a grader plugin whose constructor fails
@@ -396,8 +413,10 @@ def validate_recipe(recipe: Recipe) -> list[str]:
         raise ConfigError(problems)
     notes = []
     if recipe.model.trust_remote_code:
-        notes.append(f"model.trust_remote_code is true: loading {recipe.model.name!r} runs Python code from its "
-                     "repository on this machine; keep it only for a model repository you trust")
+        notes.append(
+            f"model.trust_remote_code is true: loading {recipe.model.name!r} runs Python code from its "
+            "repository on this machine; keep it only for a model repository you trust"
+        )
     if recipe.dynamics.backend == "vllm":
         notes.append("dynamics.backend=vllm: needs the 'vllm' extra and a GPU at run time")
     return notes
@@ -433,11 +452,16 @@ def reference_markdown() -> str:
 
     from curator.config import describe
 
-    out = ["# Recipe reference", "",
-           "Generated from the settings dataclasses by `python -m curator.recipes > docs/RECIPES.md`.",
-           "Every key is optional; the defaults are shown. Override any key on the command line with",
-           "`--set section.key=value` (values are parsed as YAML). `strategies` is a list of",
-           "`{name, params, label}`; see `curate strategies` for each strategy's parameters.", ""]
+    out = [
+        "# Recipe reference",
+        "",
+        "Generated from the settings dataclasses by `python -m curator.recipes > docs/RECIPES.md`.",
+        "Every key is optional; the defaults are shown. Override any key on the command line with",
+        "`--set section.key=value` (values are parsed as YAML). `strategies` is a list of",
+        "`{name, params, label}`; see `curate strategies` for each strategy's parameters.",
+        "",
+    ]
+
     def cell(v):
         return str(v).replace("|", "\\|").replace("\n", " ")
 

@@ -69,8 +69,7 @@ class Workspace:
             from curator.models import load_model
 
             m = self.recipe.model
-            self._base = load_model(m.name, dtype=m.dtype, device=m.device,
-                                    trust_remote_code=m.trust_remote_code)
+            self._base = load_model(m.name, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
         return self._base
 
     @property
@@ -80,8 +79,13 @@ class Workspace:
             from curator.sampling.providers import make_provider
 
             dyn = self.recipe.dynamics
-            self._provider = make_provider(dyn.backend, self.base, batch_size=dyn.batch_size,
-                                           vllm=getattr(dyn, "vllm", None), lora=self.recipe.model.lora is not None)
+            self._provider = make_provider(
+                dyn.backend,
+                self.base,
+                batch_size=dyn.batch_size,
+                vllm=getattr(dyn, "vllm", None),
+                lora=self.recipe.model.lora is not None,
+            )
         return self._provider
 
     def close(self) -> None:
@@ -141,12 +145,11 @@ def check_launch(recipe: Recipe) -> None:
 
 def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
     """Validate, load data, pick the seed set, check the tracking store. No model is loaded."""
-    from curator.data.grading import get_grader
-    from curator.dynamics.tracker import check_references
-    from curator.data.sources import GeneratorSource, PoolSource
-    from curator.tracking.mlflow_store import check_reachable, default_tracking_uri
-
     from curator import distributed
+    from curator.data.grading import get_grader
+    from curator.data.sources import GeneratorSource, PoolSource
+    from curator.dynamics.tracker import check_references
+    from curator.tracking.mlflow_store import check_reachable, default_tracking_uri
 
     validate_recipe(recipe)
     check_launch(recipe)
@@ -162,8 +165,7 @@ def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
     if d.source == "generator":
         from curator.data.loaders import synthetic_task_from_source
 
-        source = GeneratorSource(synthetic_task_from_source(d.pool), pool_size=d.generator_pool_size,
-                                 seed=recipe.seed)
+        source = GeneratorSource(synthetic_task_from_source(d.pool), pool_size=d.generator_pool_size, seed=recipe.seed)
     else:
         source = PoolSource(pool)
     # the seed set is training data: never a test example (an overlap would inflate test accuracy)
@@ -171,8 +173,10 @@ def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
     eligible = [i for i, e in enumerate(pool) if e.id not in test_ids]
     if d.seed_size > len(eligible):
         shared = f" ({len(pool) - len(eligible)} of them are also in data.test)" if len(eligible) < len(pool) else ""
-        raise DataError(f"data.seed_size={d.seed_size} is larger than the pool's {len(eligible)} usable examples"
-                        f"{shared}; lower data.seed_size, use a larger pool, or a test set disjoint from it")
+        raise DataError(
+            f"data.seed_size={d.seed_size} is larger than the pool's {len(eligible)} usable examples"
+            f"{shared}; lower data.seed_size, use a larger pool, or a test set disjoint from it"
+        )
     _check_same_recipe(run_dir, recipe)
     # under `accelerate launch` every rank has read the run directory before the main one writes;
     # the main process alone holds the lock, checks the store and writes
@@ -199,8 +203,18 @@ def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
         # the resolved recipe is curator's own file: never `recipe.yaml`, which may be the user's
         # recipe when output_dir is the directory it sits in
         atomic_write_text(run_dir / RESOLVED_RECIPE, recipe.to_yaml())
-    return Workspace(recipe=recipe, run_dir=run_dir, tracking_uri=uri, pool=pool, test=test,
-                     seed_ids=seed_ids, grader=grader, source=source, progress=progress, _lock=lock)
+    return Workspace(
+        recipe=recipe,
+        run_dir=run_dir,
+        tracking_uri=uri,
+        pool=pool,
+        test=test,
+        seed_ids=seed_ids,
+        grader=grader,
+        source=source,
+        progress=progress,
+        _lock=lock,
+    )
 
 
 RESOLVED_RECIPE = "curator-run.yaml"  # runs made before this name used recipe.yaml (still read)
@@ -213,6 +227,8 @@ def resolved_recipe_file(run_dir: str | os.PathLike) -> Path | None:
         if (Path(run_dir) / name).is_file():
             return Path(run_dir) / name
     return None
+
+
 STATE_DIR = ".curator"  # curator's bookkeeping inside a run directory: the lock, the pool's fingerprint
 
 
@@ -234,8 +250,10 @@ def _lock_run_dir(run_dir: Path):
         f.seek(0)
         holder = f.read().strip()
         f.close()
-        raise CuratorError(f"{run_dir} is in use by another `curate run` ({holder or 'pid unknown'}; lock {path}); "
-                           "wait for it to finish, or set another output_dir") from None
+        raise CuratorError(
+            f"{run_dir} is in use by another `curate run` ({holder or 'pid unknown'}; lock {path}); "
+            "wait for it to finish, or set another output_dir"
+        ) from None
     f.seek(0)
     f.truncate()
     f.write(f"pid {os.getpid()}")
@@ -254,8 +272,10 @@ def _check_same_pool(run_dir: Path, pool: list[Example], source: str) -> None:
     if path.exists():
         old = path.read_text().strip()
         if old != fp:
-            raise DataError(f"data.pool {source!r} changed since this run started (its examples differ from the "
-                            f"ones the finished rounds used); restore it, or set another output_dir")
+            raise DataError(
+                f"data.pool {source!r} changed since this run started (its examples differ from the "
+                f"ones the finished rounds used); restore it, or set another output_dir"
+            )
     else:  # a new run, or one made before pools were fingerprinted: check from now on
         atomic_write_text(path, fp + "\n")
 
@@ -292,9 +312,11 @@ def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
     changed = sorted(k for k in set(old) | set(new) if kept(k) and old.get(k) != new.get(k))
     if changed:
         shown = ", ".join(f"{k}: {old.get(k)} -> {new.get(k)}" for k in changed[:5])
-        raise ConfigError(f"{run_dir} holds a run made with other settings ({shown}"
-                          f"{' ...' if len(changed) > 5 else ''}); resuming would mix them. "
-                          "Set output_dir to a new directory (--set output_dir=...), or delete the old one")
+        raise ConfigError(
+            f"{run_dir} holds a run made with other settings ({shown}"
+            f"{' ...' if len(changed) > 5 else ''}); resuming would mix them. "
+            "Set output_dir to a new directory (--set output_dir=...), or delete the old one"
+        )
 
 
 def run_recipe(recipe: Recipe, progress: bool = True, echo=print) -> RunSummary:
@@ -331,8 +353,9 @@ def _run_loops(ws: Workspace, recipe: Recipe, echo) -> RunSummary:
     ws.cache.clear()
     ws.close()
     strategies = {lp.spec.run_name: lp.summary() for lp in loops}
-    summary = RunSummary(run_dir=ws.run_dir, tracking_uri=ws.tracking_uri, experiment=recipe.experiment,
-                         strategies=strategies)
+    summary = RunSummary(
+        run_dir=ws.run_dir, tracking_uri=ws.tracking_uri, experiment=recipe.experiment, strategies=strategies
+    )
     if loops and distributed.is_main_process():
         result = compare_run_dir(ws.run_dir, baseline="iid", out_dir=ws.run_dir)
         summary.compare_table = result.table

@@ -11,7 +11,8 @@ computed vs served from cache.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,10 +45,10 @@ class _Table:
             first = self.blocks[0] if self.blocks else np.zeros((0,), np.float32)
             return np.zeros((0,) + np.shape(first)[1:], dtype=np.asarray(first).dtype)
         b0, r0 = self.where[ids[0]]
-        if self.block_ids[b0][r0:r0 + len(ids)] == list(ids):
+        if self.block_ids[b0][r0 : r0 + len(ids)] == list(ids):
             # the common case (the pool asked for in the order it was stored): a view, no copy —
             # a 1M x 384 float32 pool is 1.5 GB
-            view = self.blocks[b0][r0:r0 + len(ids)]
+            view = self.blocks[b0][r0 : r0 + len(ids)]
             view.flags.writeable = False
             return view
         loc = np.array([self.where[x] for x in ids], dtype=np.int64)
@@ -114,11 +115,23 @@ class Signals:
         batch_size: examples per forward pass when embedding.
     """
 
-    def __init__(self, model: Any = None, tokenizer: Any = None, sampler: Any = None,
-                 grader: Any = None, fmt: Any = None, *, sampling: Any = None, n_answers: int = 5,
-                 encoder: str = "model", embed_fn: Callable[[list[Example]], Any] | None = None,
-                 key: str | None = None, cache: SignalCache | None = None, batch_size: int = 16,
-                 max_length: int = 512):
+    def __init__(
+        self,
+        model: Any = None,
+        tokenizer: Any = None,
+        sampler: Any = None,
+        grader: Any = None,
+        fmt: Any = None,
+        *,
+        sampling: Any = None,
+        n_answers: int = 5,
+        encoder: str = "model",
+        embed_fn: Callable[[list[Example]], Any] | None = None,
+        key: str | None = None,
+        cache: SignalCache | None = None,
+        batch_size: int = 16,
+        max_length: int = 512,
+    ):
         self.model, self.tokenizer, self.sampler, self.grader = model, tokenizer, sampler, grader
         if fmt is None:
             from curator.data.format import PromptFormat
@@ -163,8 +176,10 @@ class Signals:
         if todo:
             vecs = np.asarray(self._compute_embeddings(todo), dtype=np.float32)
             if vecs.ndim != 2 or vecs.shape[0] != len(todo):
-                raise CuratorError(f"the embedding encoder returned shape {vecs.shape} for "
-                                   f"{len(todo)} examples; expected [{len(todo)}, d]")
+                raise CuratorError(
+                    f"the embedding encoder returned shape {vecs.shape} for "
+                    f"{len(todo)} examples; expected [{len(todo)}, d]"
+                )
             table.put([e.id for e in todo], _l2_normalise(vecs))
         return table.get_array(ids)
 
@@ -194,8 +209,7 @@ class Signals:
         self._count("answers", len(ids), len(todo))
         if todo:
             if self.sampler is None or self.grader is None:
-                raise CuratorError("answers need a sampler and a grader; build Signals with "
-                                   "sampler=... and grader=...")
+                raise CuratorError("answers need a sampler and a grader; build Signals with sampler=... and grader=...")
             prompts = [self.fmt.prompt_text(e, self.tokenizer) for e in todo]
             outs = self.sampler.generate(prompts, n, params)
             table.put([e.id for e in todo], [[self.grader.extract(c) for c in cs] for cs in outs])
@@ -217,7 +231,7 @@ class Signals:
             key = f"{self.model_key()}|n={n}|{self._sampling_params()!r}"
             self.cache.table(kind, key).put(ids, [list(v) for v in values])
 
-    def restricted(self, needs: frozenset[str], strategy: str) -> "RestrictedSignals":
+    def restricted(self, needs: frozenset[str], strategy: str) -> RestrictedSignals:
         return RestrictedSignals(self, needs, strategy)
 
     # -- computing ----------------------------------------------------------------------------
@@ -239,8 +253,10 @@ class Signals:
         if self.encoder != "model":
             return self._st_encode(texts)
         if self.model is None or self.tokenizer is None:
-            raise CuratorError("embeddings need the model and tokenizer (encoder='model'); build "
-                               "Signals with model=..., tokenizer=..., or set a sentence-transformers encoder")
+            raise CuratorError(
+                "embeddings need the model and tokenizer (encoder='model'); build "
+                "Signals with model=..., tokenizer=..., or set a sentence-transformers encoder"
+            )
         return mean_pooled_hidden_states(self.model, self.tokenizer, texts, self.batch_size, self.max_length)
 
     def _st_encode(self, texts: list[str]) -> np.ndarray:
@@ -249,8 +265,13 @@ class Signals:
 
             st = require("sentence_transformers", "st", f"the sentence-transformers encoder {self.encoder!r}")
             self._st_model = st.SentenceTransformer(self.encoder, device="cpu")
-        return self._st_model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
-                                     normalize_embeddings=True, show_progress_bar=len(texts) > 1000)
+        return self._st_model.encode(
+            texts,
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=len(texts) > 1000,
+        )
 
 
 class RestrictedSignals:
@@ -261,8 +282,10 @@ class RestrictedSignals:
 
     def _check(self, kind: str) -> Signals:
         if kind not in self._needs:
-            raise StrategyError(f"strategy {self._strategy!r} asked for {kind} but does not declare "
-                                f"{kind!r} in its needs ({sorted(self._needs) or 'none'}); add it to `needs`")
+            raise StrategyError(
+                f"strategy {self._strategy!r} asked for {kind} but does not declare "
+                f"{kind!r} in its needs ({sorted(self._needs) or 'none'}); add it to `needs`"
+            )
         return self._signals
 
     def embeddings(self, examples: Sequence[Example]) -> np.ndarray:
@@ -279,8 +302,9 @@ class RestrictedSignals:
         return self._signals.stats
 
 
-def mean_pooled_hidden_states(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 16,
-                              max_length: int = 512) -> np.ndarray:
+def mean_pooled_hidden_states(
+    model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 16, max_length: int = 512
+) -> np.ndarray:
     """[n, hidden] float32: last-layer hidden states averaged over each prompt's real tokens."""
     import torch
 
@@ -297,13 +321,13 @@ def mean_pooled_hidden_states(model: Any, tokenizer: Any, texts: Sequence[str], 
         with torch.no_grad():
             starts = range(0, len(ids), batch_size)
             for s in progress(starts, desc="embedding", unit="batch", disable=len(starts) < 20):
-                idx = order[s:s + batch_size]
+                idx = order[s : s + batch_size]
                 L = max(len(ids[i]) for i in idx)
                 inp = torch.zeros((len(idx), L), dtype=torch.long)
                 mask = torch.zeros((len(idx), L), dtype=torch.long)
                 for r, i in enumerate(idx):  # right padding: causal attention never sees the pads
-                    inp[r, :len(ids[i])] = torch.tensor(ids[i])
-                    mask[r, :len(ids[i])] = 1
+                    inp[r, : len(ids[i])] = torch.tensor(ids[i])
+                    mask[r, : len(ids[i])] = 1
                 inp, mask = inp.to(device), mask.to(device)
                 hs = model(input_ids=inp, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
                 m = mask.unsqueeze(-1).to(hs.dtype)

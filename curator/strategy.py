@@ -16,8 +16,9 @@ from __future__ import annotations
 import inspect
 import math
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -41,7 +42,6 @@ BUILTINS = {
     "premem-diverse": "strategies.composite:PreMemDiverse",
     "learnability": "strategies.learnability:Learnability",
     "s2l": "strategies.s2l:SmallToLarge",
-
     "routing-outliers": "strategies.routing:RoutingOutliers",
 }
 for _name, _target in BUILTINS.items():
@@ -68,8 +68,8 @@ class SelectionContext:
 
     pool: list[Example]
     train: list[Example] = field(default_factory=list)
-    ledger: "Ledger | None" = None
-    signals: "Signals | None" = None
+    ledger: Ledger | None = None
+    signals: Signals | None = None
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     round: int = 0
     p: float = 1.105
@@ -99,8 +99,10 @@ class SelectionContext:
         the order the source made them. Ids already in the pool or training set are dropped.
         """
         if not self.generative:
-            raise StrategyError("this source cannot generate new examples (it is a fixed pool); "
-                                "use a pool-based strategy or a generator source")
+            raise StrategyError(
+                "this source cannot generate new examples (it is a fixed pool); "
+                "use a pool-based strategy or a generator source"
+            )
         seed = int(self.rng.integers(2**31 - 1))
         made = list(self.source.similar(list(examples), int(n_per), seed=seed))
         seen = {e.id for e in self.pool} | {e.id for e in self.train}
@@ -134,8 +136,10 @@ class Strategy:
         ids = ctx.ids
         scores = np.asarray(self.score(ctx), dtype=np.float64)
         if scores.shape != (len(ids),):
-            raise StrategyError(f"strategy {self.name!r}: score() returned shape {scores.shape}, "
-                                f"expected one score per pool candidate ({len(ids)},)")
+            raise StrategyError(
+                f"strategy {self.name!r}: score() returned shape {scores.shape}, "
+                f"expected one score per pool candidate ({len(ids)},)"
+            )
         ctx.record_scores(ids, scores)
         return top_k(scores, k, ids, ctx.rng)
 
@@ -153,8 +157,7 @@ def _init_params(cls: type) -> dict[str, inspect.Parameter]:
     if cls.__init__ is object.__init__:
         return {}
     sig = inspect.signature(cls.__init__)
-    return {n: p for n, p in list(sig.parameters.items())[1:]
-            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return {n: p for n, p in list(sig.parameters.items())[1:] if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
 def top_k(scores: Any, k: int, ids: Sequence[str], rng: np.random.Generator) -> list[str]:
@@ -203,7 +206,7 @@ class Selection:
     strategy: str = ""
 
 
-def run_selection(strategy: "Strategy", ctx: SelectionContext, k: int) -> Selection:
+def run_selection(strategy: Strategy, ctx: SelectionContext, k: int) -> Selection:
     """Call ``strategy.select`` and check that it kept the contract.
 
     k larger than a fixed pool takes what is left and says so in ``note``. Duplicates, ids that are
@@ -215,8 +218,7 @@ def run_selection(strategy: "Strategy", ctx: SelectionContext, k: int) -> Select
     k = int(k)
     notes: list[str] = []
     if k > len(ctx.pool) and not ctx.generative:
-        notes.append(f"asked for {k} examples but only {len(ctx.pool)} candidates are left; "
-                     f"taking all {len(ctx.pool)}")
+        notes.append(f"asked for {k} examples but only {len(ctx.pool)} candidates are left; taking all {len(ctx.pool)}")
         k = len(ctx.pool)
     ctx.scores = {}
     ctx.notes = []
@@ -229,13 +231,16 @@ def run_selection(strategy: "Strategy", ctx: SelectionContext, k: int) -> Select
     finally:
         ctx.signals = signals
     if chosen is None or isinstance(chosen, (str, bytes)) or not hasattr(chosen, "__iter__"):
-        raise StrategyError(f"strategy {name!r}: select() must return a list of example ids, "
-                            f"got {type(chosen).__name__}")
+        raise StrategyError(
+            f"strategy {name!r}: select() must return a list of example ids, got {type(chosen).__name__}"
+        )
     chosen = list(chosen)
     bad_type = [c for c in chosen if not isinstance(c, str)]
     if bad_type:
-        raise StrategyError(f"strategy {name!r}: select() must return example ids (str), got "
-                            f"{bad_type[:3]!r} — return pool ids, never positions")
+        raise StrategyError(
+            f"strategy {name!r}: select() must return example ids (str), got "
+            f"{bad_type[:3]!r} — return pool ids, never positions"
+        )
     by_id = {e.id: e for e in ctx.pool}
     dup: list[str] = []
     if len(set(chosen)) != len(chosen):
@@ -243,23 +248,29 @@ def run_selection(strategy: "Strategy", ctx: SelectionContext, k: int) -> Select
 
         dup = sorted(c for c, n in Counter(chosen).items() if n > 1)
     if dup:
-        raise StrategyError(f"strategy {name!r} returned duplicate ids: {', '.join(dup[:5])}"
-                            + (f" (+{len(dup) - 5} more)" if len(dup) > 5 else ""))
+        raise StrategyError(
+            f"strategy {name!r} returned duplicate ids: {', '.join(dup[:5])}"
+            + (f" (+{len(dup) - 5} more)" if len(dup) > 5 else "")
+        )
     outside = [c for c in chosen if c not in by_id]
     if outside:
-        raise StrategyError(f"strategy {name!r} returned {len(outside)} ids that are not in the pool: "
-                            f"{', '.join(outside[:5])}")
+        raise StrategyError(
+            f"strategy {name!r} returned {len(outside)} ids that are not in the pool: {', '.join(outside[:5])}"
+        )
     if len(chosen) > k:
         raise StrategyError(f"strategy {name!r} returned {len(chosen)} ids but only k={k} were asked for")
     if len(chosen) < min(k, len(ctx.pool)):
         # stopping the loop here would blame the pool ("ran out") for the strategy's shortfall
-        raise StrategyError(f"strategy {name!r} returned {len(chosen)} ids for k={k} while {len(ctx.pool)} "
-                            "candidates remain; select() must return k ids whenever the pool has them")
+        raise StrategyError(
+            f"strategy {name!r} returned {len(chosen)} ids for k={k} while {len(ctx.pool)} "
+            "candidates remain; select() must return k ids whenever the pool has them"
+        )
     if len(chosen) < k:
         notes.append(f"strategy {name!r} returned {len(chosen)} of the {k} asked for")
     notes.extend(ctx.notes)
-    return Selection(ids=chosen, examples=[by_id[c] for c in chosen], scores=dict(ctx.scores),
-                     note="; ".join(notes), strategy=name)
+    return Selection(
+        ids=chosen, examples=[by_id[c] for c in chosen], scores=dict(ctx.scores), note="; ".join(notes), strategy=name
+    )
 
 
 def strategy_name(strategy: Any) -> str:
@@ -281,18 +292,22 @@ def resolve_strategy_class(name_or_path: str) -> type:
 def check_strategy_class(cls: Any, where: str) -> None:
     """Raise StrategyError unless ``cls`` satisfies the strategy contract."""
     if not inspect.isclass(cls):
-        raise StrategyError(f"strategy {where!r} resolves to {cls!r}, which is not a class; "
-                            "point it at a Strategy subclass")
+        raise StrategyError(
+            f"strategy {where!r} resolves to {cls!r}, which is not a class; point it at a Strategy subclass"
+        )
     if not callable(getattr(cls, "select", None)):
-        raise StrategyError(f"strategy {where!r} ({cls.__qualname__}) has no select(ctx, k) method; "
-                            "subclass curator.strategy.Strategy and implement score() or select()")
+        raise StrategyError(
+            f"strategy {where!r} ({cls.__qualname__}) has no select(ctx, k) method; "
+            "subclass curator.strategy.Strategy and implement score() or select()"
+        )
     if issubclass(cls, Strategy) and cls.score is Strategy.score and cls.select is Strategy.select:
-        raise StrategyError(f"strategy {where!r} ({cls.__qualname__}) implements neither score(ctx) "
-                            "nor select(ctx, k)")
+        raise StrategyError(f"strategy {where!r} ({cls.__qualname__}) implements neither score(ctx) nor select(ctx, k)")
     needs = getattr(cls, "needs", None)
     if not isinstance(needs, (set, frozenset)) or not needs <= SIGNALS:
-        raise StrategyError(f"strategy {where!r} ({cls.__qualname__}): needs must be a frozenset "
-                            f"drawn from {sorted(SIGNALS)}, got {needs!r}")
+        raise StrategyError(
+            f"strategy {where!r} ({cls.__qualname__}): needs must be a frozenset "
+            f"drawn from {sorted(SIGNALS)}, got {needs!r}"
+        )
 
 
 def build_strategy(name_or_path: str, params: Mapping[str, Any] | None = None) -> Strategy:
@@ -307,7 +322,8 @@ def build_strategy(name_or_path: str, params: Mapping[str, Any] | None = None) -
     label = getattr(cls, "name", "") or name_or_path
     accepted = _init_params(cls)
     takes_any = cls.__init__ is not object.__init__ and any(
-        p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
+        p.kind is p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values()
+    )
     listing = ", ".join(f"{n}={_fmt_default(p.default)}" for n, p in accepted.items()) or "(none)"
     unknown = [n for n in params if n not in accepted]
     if unknown and not takes_any:
@@ -317,12 +333,10 @@ def build_strategy(name_or_path: str, params: Mapping[str, Any] | None = None) -
         for n in unknown:
             close = difflib.get_close_matches(n, list(accepted), n=1, cutoff=0.6)
             hints.append(f"{n!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise StrategyError(f"strategy {label!r} has no parameter {', '.join(hints)}. "
-                            f"Its parameters: {listing}")
+        raise StrategyError(f"strategy {label!r} has no parameter {', '.join(hints)}. Its parameters: {listing}")
     missing = [n for n, p in accepted.items() if p.default is p.empty and n not in params]
     if missing:
-        raise StrategyError(f"strategy {label!r} needs parameter(s) {', '.join(missing)}. "
-                            f"Its parameters: {listing}")
+        raise StrategyError(f"strategy {label!r} needs parameter(s) {', '.join(missing)}. Its parameters: {listing}")
     # parameters are checked against the class's annotations the way recipe fields are, so a
     # wrong-typed value ('cover_train: "no"') is an error, not a truthy string
     from curator.config import check_value
@@ -344,8 +358,9 @@ def build_strategy(name_or_path: str, params: Mapping[str, Any] | None = None) -
         raise
     except Exception as e:  # a wrong-typed parameter or a plugin's own bug: name the strategy either way
         shown = ", ".join(f"{k}={v!r}" for k, v in params.items()) or "no parameters"
-        raise StrategyError(f"strategy {label!r} could not be built with {shown} ({describe_exception(e)}). "
-                            f"Its parameters: {listing}") from e
+        raise StrategyError(
+            f"strategy {label!r} could not be built with {shown} ({describe_exception(e)}). Its parameters: {listing}"
+        ) from e
     if not getattr(obj, "name", ""):
         try:
             obj.name = name_or_path
@@ -369,17 +384,21 @@ def describe_strategies() -> list[dict[str, Any]]:
         try:
             cls = resolve_strategy_class(name)
         except StrategyError as e:
-            rows.append({"name": name, "description": f"(cannot load: {e})", "needs": [],
-                         "parameters": {}})
+            rows.append({"name": name, "description": f"(cannot load: {e})", "needs": [], "parameters": {}})
             continue
         doc = (cls.description or (inspect.getdoc(cls) or "").split("\n")[0]).strip()
-        rows.append({"name": name, "description": doc, "needs": sorted(cls.needs),
-                     "parameters": {n: _fmt_default(p.default) for n, p in _init_params(cls).items()}})
+        rows.append(
+            {
+                "name": name,
+                "description": doc,
+                "needs": sorted(cls.needs),
+                "parameters": {n: _fmt_default(p.default) for n, p in _init_params(cls).items()},
+            }
+        )
     return rows
 
 
 def check_param(strategy: str, name: str, value: Any, ok: bool, requirement: str) -> None:
     """Raise StrategyError naming the strategy and parameter unless ``ok``."""
     if not ok:
-        raise StrategyError(f"strategy {strategy!r}: parameter {name}={value!r} is invalid; "
-                            f"it must be {requirement}")
+        raise StrategyError(f"strategy {strategy!r}: parameter {name}={value!r} is invalid; it must be {requirement}")

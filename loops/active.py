@@ -75,20 +75,28 @@ class ActiveLoop:
             self._replay()
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.mlflow = MlflowRun(self.ws.tracking_uri, self.recipe.experiment,
-                                artifact_root=self.ws.run_dir / "mlartifacts")
+        self.mlflow = MlflowRun(
+            self.ws.tracking_uri, self.recipe.experiment, artifact_root=self.ws.run_dir / "mlartifacts"
+        )
         meta_path = self.dir / "run.json"
         meta = read_json(meta_path) if meta_path.exists() else {}
-        tags = {"strategy": self.spec.name, "strategy_label": self.spec.run_name,
-                "seed": str(self.recipe.seed), "recipe": self.recipe.name,
-                "curator.run_dir": str(self.dir)}
+        tags = {
+            "strategy": self.spec.name,
+            "strategy_label": self.spec.run_name,
+            "seed": str(self.recipe.seed),
+            "recipe": self.recipe.name,
+            "curator.run_dir": str(self.dir),
+        }
         spec = {"name": self.spec.name, "params": dict(self.spec.params)}
         if meta.get("spec") not in (None, spec) and self.store.is_done(0):
-            raise CuratorError(f"{self.dir} has finished rounds of strategy {meta['spec']}, but the recipe now "
-                               f"gives {spec} for run {self.spec.run_name!r}; give it another 'label' "
-                               "or a new output_dir")
-        run_id = self.mlflow.open(meta.get("mlflow_run_id"), self.spec.run_name,
-                                  params=flatten(self.recipe.to_dict()), tags=tags)
+            raise CuratorError(
+                f"{self.dir} has finished rounds of strategy {meta['spec']}, but the recipe now "
+                f"gives {spec} for run {self.spec.run_name!r}; give it another 'label' "
+                "or a new output_dir"
+            )
+        run_id = self.mlflow.open(
+            meta.get("mlflow_run_id"), self.spec.run_name, params=flatten(self.recipe.to_dict()), tags=tags
+        )
         if meta.get("mlflow_run_id") != run_id or meta.get("spec") != spec:
             atomic_write_json(meta_path, {"mlflow_run_id": run_id, "strategy": self.spec.name, "spec": spec})
         self._replay()
@@ -122,9 +130,11 @@ class ActiveLoop:
             try:
                 self._model_state = torch.load(state_file, map_location="cpu", weights_only=True)
             except Exception as e:  # missing, truncated, or not plain tensors
-                raise CuratorError(f"{state_file} cannot be read as saved weights ({type(e).__name__}: "
-                                   f"{' '.join(str(e).split())[:160]}); delete {self.round_dir(r - 1)} to redo "
-                                   "that round") from None
+                raise CuratorError(
+                    f"{state_file} cannot be read as saved weights ({type(e).__name__}: "
+                    f"{' '.join(str(e).split())[:160]}); delete {self.round_dir(r - 1)} to redo "
+                    "that round"
+                ) from None
 
     def save_state(self) -> None:
         # every round's files are written atomically inside run_round; nothing is held in memory only
@@ -136,23 +146,47 @@ class ActiveLoop:
         from curator.sampling.base import SamplingParams
 
         dyn = self.recipe.dynamics
-        return SamplingParams(temperature=dyn.temperature, top_p=dyn.top_p, max_new_tokens=dyn.max_new_tokens,
-                              stop=self.recipe.format.stop, seed=seed)
+        return SamplingParams(
+            temperature=dyn.temperature,
+            top_p=dyn.top_p,
+            max_new_tokens=dyn.max_new_tokens,
+            stop=self.recipe.format.stop,
+            seed=seed,
+        )
 
     def _train_and_measure(self, r: int, train: list[Example]):
         from curator.engine import eval_sampling, train_and_track
 
         rec = self.recipe
         dyn, ev = rec.dynamics, rec.evaluation
-        res = train_and_track(self.ws.base, train, fmt=rec.format, grader=self.ws.grader, training=rec.training,
-                              provider=self.ws.provider, k=dyn.samples, params=self._dynamics_params(rec.seed + r),
-                              p=dyn.p, lazy=dyn.lazy, defer=dyn.defer, lora=rec.model.lora, seed=rec.seed,
-                              init_state=self._model_state, test=self.ws.test,
-                              eval_params=eval_sampling(ev.temperature, ev.max_new_tokens, rec.format.stop,
-                                                        rec.seed, top_p=dyn.top_p),
-                              eval_samples=ev.samples, progress=self.ws.progress)
-        return {"model": res.model, "ledger": res.ledger, "test_accuracy": res.test_accuracy,
-                "checkpoints": res.checkpoints, "train_seconds": res.train_seconds, "signals": None}
+        res = train_and_track(
+            self.ws.base,
+            train,
+            fmt=rec.format,
+            grader=self.ws.grader,
+            training=rec.training,
+            provider=self.ws.provider,
+            k=dyn.samples,
+            params=self._dynamics_params(rec.seed + r),
+            p=dyn.p,
+            lazy=dyn.lazy,
+            defer=dyn.defer,
+            lora=rec.model.lora,
+            seed=rec.seed,
+            init_state=self._model_state,
+            test=self.ws.test,
+            eval_params=eval_sampling(ev.temperature, ev.max_new_tokens, rec.format.stop, rec.seed, top_p=dyn.top_p),
+            eval_samples=ev.samples,
+            progress=self.ws.progress,
+        )
+        return {
+            "model": res.model,
+            "ledger": res.ledger,
+            "test_accuracy": res.test_accuracy,
+            "checkpoints": res.checkpoints,
+            "train_seconds": res.train_seconds,
+            "signals": None,
+        }
 
     def _signals(self, entry):
         from curator.signals import Signals
@@ -161,10 +195,17 @@ class ActiveLoop:
             rec = self.recipe
             dyn = rec.dynamics
             params = self._dynamics_params(seed=rec.seed)
-            entry["signals"] = Signals(model=entry["model"], tokenizer=self.ws.base.tokenizer,
-                                       sampler=self.ws.provider.sampler(entry["model"]), grader=self.ws.grader,
-                                       fmt=rec.format, sampling=params, n_answers=dyn.samples,
-                                       batch_size=dyn.batch_size, max_length=rec.training.max_length)
+            entry["signals"] = Signals(
+                model=entry["model"],
+                tokenizer=self.ws.base.tokenizer,
+                sampler=self.ws.provider.sampler(entry["model"]),
+                grader=self.ws.grader,
+                fmt=rec.format,
+                sampling=params,
+                n_answers=dyn.samples,
+                batch_size=dyn.batch_size,
+                max_length=rec.training.max_length,
+            )
         return entry["signals"]
 
     def run_round(self, r: int) -> None:
@@ -190,7 +231,8 @@ class ActiveLoop:
         summ = ledger_summary(ledger, rec.dynamics.p)
         last = summ.iloc[-1]
         metrics: dict[str, Any] = {
-            "round": r, "n_train": len(train),
+            "round": r,
+            "n_train": len(train),
             "test_accuracy": entry["test_accuracy"],
             "premem_acc": float(last["premem_acc"]),
             # lazy tracking can leave the final train accuracy known only within bounds
@@ -198,7 +240,9 @@ class ActiveLoop:
             "train_accuracy_lo": float(last["train_acc_lo"]),
             "train_accuracy_hi": float(last["train_acc_hi"]),
             "fraction_memorized": float(last["fraction_memorized"]),
-            "train_loss": float(entry["checkpoints"][-1].get("train_loss", float("nan"))) if entry["checkpoints"] else float("nan"),
+            "train_loss": float(entry["checkpoints"][-1].get("train_loss", float("nan")))
+            if entry["checkpoints"]
+            else float("nan"),
             "train_seconds": entry["train_seconds"],
         }
         new_ids: list[str] = []
@@ -213,17 +257,25 @@ class ActiveLoop:
             if not pool:
                 metrics["stopped_reason"] = "the pool is exhausted"
             else:
-                ctx = SelectionContext(pool=pool, train=train, ledger=ledger, signals=self._signals(entry),
-                                       rng=np.random.default_rng([rec.seed, r, 0xC0FFEE]), round=r,
-                                       p=rec.dynamics.p, source=self.ws.source)
+                ctx = SelectionContext(
+                    pool=pool,
+                    train=train,
+                    ledger=ledger,
+                    signals=self._signals(entry),
+                    rng=np.random.default_rng([rec.seed, r, 0xC0FFEE]),
+                    round=r,
+                    p=rec.dynamics.p,
+                    source=self.ws.source,
+                )
                 t_sel = time.time()
                 try:
                     sel = run_selection(self.strategy, ctx, budget)
                 except CuratorError:
                     raise
                 except Exception as e:  # a plugin's bug: name the strategy, keep the round undone
-                    raise StrategyError(f"strategy {self.spec.name!r} failed in round {r}: "
-                                        f"{type(e).__name__}: {e}") from e
+                    raise StrategyError(
+                        f"strategy {self.spec.name!r} failed in round {r}: {type(e).__name__}: {e}"
+                    ) from e
                 fault_point(f"round{r}:selected")
                 metrics["select_seconds"] = time.time() - t_sel
                 by_id = {e.id: e for e in ctx.pool}
@@ -275,8 +327,15 @@ class ActiveLoop:
         import pandas as pd
 
         chosen = {i: rank for rank, i in enumerate(sel.ids)}
-        rows = [{"example_id": e.id, "score": float(sel.scores.get(e.id, float("nan"))),
-                 "selected": e.id in chosen, "rank": chosen.get(e.id, -1)} for e in ctx.pool]
+        rows = [
+            {
+                "example_id": e.id,
+                "score": float(sel.scores.get(e.id, float("nan"))),
+                "selected": e.id in chosen,
+                "rank": chosen.get(e.id, -1),
+            }
+            for e in ctx.pool
+        ]
         df = pd.DataFrame(rows)
         self.store.write_selection(r, df)
 
@@ -284,8 +343,11 @@ class ActiveLoop:
         if self.mlflow is None:  # not the main process
             return
         step = int(metrics["n_train"])
-        numeric = {k: float(v) for k, v in metrics.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n_train"}
+        numeric = {
+            k: float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n_train"
+        }
         self.mlflow.log_metrics(numeric, step=step)
         for path in self.store.artifacts(r):
             self.mlflow.log_artifact(path, f"rounds/{path.parent.name}")
@@ -297,17 +359,21 @@ class ActiveLoop:
         if not self.main or (not self.ws.progress and os.environ.get("CURATOR_QUIET")):
             return
         acc = m["train_accuracy"]
-        train_acc = (f"{acc:.3f}" if acc == acc
-                     else f"[{m['train_accuracy_lo']:.3f},{m['train_accuracy_hi']:.3f}]")
-        echo(f"[{self.spec.run_name}] round {r}: n={m['n_train']} test_acc={m['test_accuracy']:.3f} "
-             f"premem={m['premem_acc']:.3f} train_acc={train_acc} "
-             f"memorized={m['fraction_memorized']:.2f} ({m['round_seconds']:.0f}s)")
+        train_acc = f"{acc:.3f}" if acc == acc else f"[{m['train_accuracy_lo']:.3f},{m['train_accuracy_hi']:.3f}]"
+        echo(
+            f"[{self.spec.run_name}] round {r}: n={m['n_train']} test_acc={m['test_accuracy']:.3f} "
+            f"premem={m['premem_acc']:.3f} train_acc={train_acc} "
+            f"memorized={m['fraction_memorized']:.2f} ({m['round_seconds']:.0f}s)"
+        )
 
     # ---- end of run ----------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
-        return {"rounds": len(self.history), "stopped_reason": self.stopped_reason,
-                "final": self.history[-1] if self.history else None,
-                "mlflow_run_id": self.mlflow.run_id if self.mlflow else None}
+        return {
+            "rounds": len(self.history),
+            "stopped_reason": self.stopped_reason,
+            "final": self.history[-1] if self.history else None,
+            "mlflow_run_id": self.mlflow.run_id if self.mlflow else None,
+        }
 
     def log_final_artifacts(self, compare_result) -> None:
         if self.mlflow is None:

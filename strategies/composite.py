@@ -21,13 +21,18 @@ class PreMemDiverse(Strategy):
 
     name = "premem-diverse"
     needs = frozenset({"ledger", "embeddings"})
-    description = ("premem-threshold's target region (region_factor x k candidates), then k-center "
-                   "diversity inside it")
+    description = "premem-threshold's target region (region_factor x k candidates), then k-center diversity inside it"
 
-    def __init__(self, threshold: float = 0.75, region_factor: float = 4.0, eps: float = 0.05,
-                 fallback_fraction: float = 0.1):
-        check_param(self.name, "region_factor", region_factor,
-                    isinstance(region_factor, (int, float)) and region_factor >= 1, "a number >= 1")
+    def __init__(
+        self, threshold: float = 0.75, region_factor: float = 4.0, eps: float = 0.05, fallback_fraction: float = 0.1
+    ):
+        check_param(
+            self.name,
+            "region_factor",
+            region_factor,
+            isinstance(region_factor, (int, float)) and region_factor >= 1,
+            "a number >= 1",
+        )
         check_param(self.name, "eps", eps, 0 <= eps < 1, "in [0, 1) (0 = exact greedy)")
         self.premem = PreMemThreshold(threshold=threshold, fallback_fraction=fallback_fraction)
         self.threshold, self.region_factor, self.eps = float(threshold), float(region_factor), float(eps)

@@ -34,14 +34,20 @@ def min_sq_dist(X: np.ndarray, C: np.ndarray, chunk: int = _CHUNK, progress: boo
     C = np.ascontiguousarray(C, dtype=np.float32)
     starts = range(0, len(X), chunk)
     for s in progress_bar(starts, desc="distances to covered set", unit="chunk", disable=not progress):
-        D, _ = faiss.knn(np.ascontiguousarray(X[s:s + chunk], dtype=np.float32), C, 1)
-        out[s:s + chunk] = np.maximum(D[:, 0], 0)
+        D, _ = faiss.knn(np.ascontiguousarray(X[s : s + chunk], dtype=np.float32), C, 1)
+        out[s : s + chunk] = np.maximum(D[:, 0], 0)
     return out
 
 
-def kcenter_greedy(X: np.ndarray, k: int, centers: np.ndarray | None = None, *, eps: float = 0.05,
-                   front: int = 4096, rng: np.random.Generator | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def kcenter_greedy(
+    X: np.ndarray,
+    k: int,
+    centers: np.ndarray | None = None,
+    *,
+    eps: float = 0.05,
+    front: int = 4096,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Farthest-point traversal of ``X`` starting from ``centers`` (already covered).
 
     Args:
@@ -129,8 +135,9 @@ class KCenterDiversity(Strategy):
 
     name = "embedding-diversity"
     needs = frozenset({"embeddings"})
-    description = ("k-center greedy (farthest point, FAISS) over candidate embeddings; covers what "
-                   "the training set does not")
+    description = (
+        "k-center greedy (farthest point, FAISS) over candidate embeddings; covers what the training set does not"
+    )
 
     def __init__(self, eps: float = 0.05, cover_train: bool = True, front: int = 4096):
         check_param(self.name, "eps", eps, 0 <= eps < 1, "in [0, 1) (0 = exact greedy)")

@@ -27,8 +27,10 @@ def final_premem(ctx: SelectionContext) -> dict[str, float]:
     from curator.dynamics.metrics import premem_acc
 
     if ctx.ledger is None:
-        raise StrategyError("premem strategies need the last round's ledger (ctx.ledger is None); "
-                            "track dynamics on the training set before selecting")
+        raise StrategyError(
+            "premem strategies need the last round's ledger (ctx.ledger is None); "
+            "track dynamics on the training set before selecting"
+        )
     table = premem_acc(ctx.ledger, ctx.p)
     last = table.iloc[:, -1]
     return {str(i): float(v) for i, v in last.items() if not np.isnan(v)}
@@ -39,19 +41,25 @@ def premem_targets(ctx: SelectionContext, t: float, fallback_fraction: float) ->
     pm = final_premem(ctx)
     train = [e for e in ctx.train if e.id in pm]
     if not train:
-        raise StrategyError("no training example has a PreMemAcc in the ledger; the ledger does not "
-                            "cover ctx.train (wrong round's ledger?)")
+        raise StrategyError(
+            "no training example has a PreMemAcc in the ledger; the ledger does not "
+            "cover ctx.train (wrong round's ledger?)"
+        )
     if len(train) < len(ctx.train):
-        ctx.note(f"{len(ctx.train) - len(train)} training examples have no determined PreMemAcc "
-                 "at the final checkpoint and were not considered")
+        ctx.note(
+            f"{len(ctx.train) - len(train)} training examples have no determined PreMemAcc "
+            "at the final checkpoint and were not considered"
+        )
     vals = np.array([pm[e.id] for e in train])
     order = np.lexsort((ctx.rng.permutation(len(train)), vals))
     below = [train[i] for i in order if vals[i] < t]
     if below:
         return below, pm
     n = max(1, math.ceil(fallback_fraction * len(train)))
-    ctx.note(f"no training example has PreMemAcc < threshold={t}; targeting the {n} with the lowest "
-             f"PreMemAcc instead (fallback_fraction={fallback_fraction}, max {vals.min():.3f})")
+    ctx.note(
+        f"no training example has PreMemAcc < threshold={t}; targeting the {n} with the lowest "
+        f"PreMemAcc instead (fallback_fraction={fallback_fraction}, max {vals.min():.3f})"
+    )
     return [train[i] for i in order[:n]], pm
 
 
@@ -74,8 +82,8 @@ def scan_targets(X: np.ndarray, T: np.ndarray, q: int, chunk: int = 65536) -> tu
     top_s = [np.zeros(0, np.float32) for _ in range(nT)]
     tau = np.full(nT, -np.inf, np.float32)  # a target's q-th best so far: only better rows matter
     for s in range(0, N, chunk):
-        S = T @ np.asarray(X[s:s + chunk], np.float32).T  # [targets, rows]
-        best[s:s + S.shape[1]] = S.max(0)
+        S = T @ np.asarray(X[s : s + chunk], np.float32).T  # [targets, rows]
+        best[s : s + S.shape[1]] = S.max(0)
         for t in range(nT):
             row = S[t]
             sel = np.flatnonzero(row > tau[t])
@@ -90,16 +98,16 @@ def scan_targets(X: np.ndarray, T: np.ndarray, q: int, chunk: int = 65536) -> tu
             top_i[t], top_s[t] = ci, cs
             if len(ci) == q:
                 tau[t] = cs.min()
-    I = np.full((nT, q), -1, np.int64)
+    ranked = np.full((nT, q), -1, np.int64)
     for t in range(nT):
         order = np.lexsort((top_i[t], -top_s[t]))
-        I[t, :len(order)] = top_i[t][order]
-    return best, I
+        ranked[t, : len(order)] = top_i[t][order]
+    return best, ranked
 
 
-def round_robin(I: np.ndarray, m: int) -> np.ndarray:
+def round_robin(ranked: np.ndarray, m: int) -> np.ndarray:
     """Rows from per-target ranked lists: every target's 1st, then every target's 2nd, ... (no repeats)."""
-    flat = I.T.reshape(-1)  # rank-major
+    flat = ranked.T.reshape(-1)  # rank-major
     flat = flat[flat >= 0]
     uniq, first = np.unique(flat, return_index=True)
     return uniq[np.argsort(first, kind="stable")][:m]
@@ -114,15 +122,16 @@ def nearest_round_robin(X: np.ndarray, T: np.ndarray, m: int) -> tuple[np.ndarra
         return np.zeros(0, np.int64), np.full(N, -np.inf)
     q = min(N, math.ceil(m / len(T)) + 8)
     while True:
-        best, I = scan_targets(X, T, q)
-        rows = round_robin(I, m)
+        best, ranked = scan_targets(X, T, q)
+        rows = round_robin(ranked, m)
         if len(rows) >= m or q >= N:
             return rows, best
         q = min(N, 2 * q)  # neighbour lists overlap too much: look further
 
 
-def generate_round_robin(ctx: SelectionContext, targets: list[Example], total: int
-                         ) -> tuple[list[Example], dict[str, str]]:
+def generate_round_robin(
+    ctx: SelectionContext, targets: list[Example], total: int
+) -> tuple[list[Example], dict[str, str]]:
     """Ask a generative source for about ``total`` examples similar to the targets, spread evenly.
 
     Returns the new examples in round-robin order over their parents, and new id -> parent id.
@@ -150,14 +159,21 @@ class PreMemThreshold(Strategy):
 
     name = "premem-threshold"
     needs = frozenset({"ledger", "embeddings"})
-    description = ("the paper's rule: draw new examples near training examples with PreMemAcc < threshold "
-                   "(round-robin over them)")
+    description = (
+        "the paper's rule: draw new examples near training examples with PreMemAcc < threshold (round-robin over them)"
+    )
 
     def __init__(self, threshold: float = 0.75, fallback_fraction: float = 0.1):
-        check_param(self.name, "threshold", threshold,
-                    isinstance(threshold, (int, float)) and 0 < threshold <= 1, "in (0, 1]")
-        check_param(self.name, "fallback_fraction", fallback_fraction,
-                    isinstance(fallback_fraction, (int, float)) and 0 < fallback_fraction <= 1, "in (0, 1]")
+        check_param(
+            self.name, "threshold", threshold, isinstance(threshold, (int, float)) and 0 < threshold <= 1, "in (0, 1]"
+        )
+        check_param(
+            self.name,
+            "fallback_fraction",
+            fallback_fraction,
+            isinstance(fallback_fraction, (int, float)) and 0 < fallback_fraction <= 1,
+            "in (0, 1]",
+        )
         self.threshold, self.fallback_fraction = float(threshold), float(fallback_fraction)
 
     def targets(self, ctx: SelectionContext) -> tuple[list[Example], dict[str, float]]:

@@ -29,13 +29,16 @@ class RoutingOutliers(Strategy):
 
     name = "routing-outliers"
     needs = frozenset({"ledger", "embeddings"})
-    description = ("MoE only: draw near the memorized training examples with the highest pathway distance "
-                   "(or lowest pathway consistency), round-robin over them")
+    description = (
+        "MoE only: draw near the memorized training examples with the highest pathway distance "
+        "(or lowest pathway consistency), round-robin over them"
+    )
 
     def __init__(self, signal: str = "distance", fraction: float = 0.25):
         check_param(self.name, "signal", signal, signal in SIGNALS, f"one of {', '.join(SIGNALS)}")
-        check_param(self.name, "fraction", fraction,
-                    isinstance(fraction, (int, float)) and 0 < fraction <= 1, "in (0, 1]")
+        check_param(
+            self.name, "fraction", fraction, isinstance(fraction, (int, float)) and 0 < fraction <= 1, "in (0, 1]"
+        )
         self.signal, self.fraction = signal, float(fraction)
 
     def targets(self, ctx: SelectionContext) -> tuple[list[Example], dict[str, float]]:
@@ -47,19 +50,24 @@ class RoutingOutliers(Strategy):
         )
 
         if ctx.ledger is None or not has_routing(ctx.ledger):
-            raise StrategyError(f"strategy {self.name!r} needs a ledger with routing columns (pathway, "
-                                "pathway_consistency); record them with RoutingMonitor on an MoE model "
-                                "(docs/ROUTING.md)")
+            raise StrategyError(
+                f"strategy {self.name!r} needs a ledger with routing columns (pathway, "
+                "pathway_consistency); record them with RoutingMonitor on an MoE model "
+                "(docs/ROUTING.md)"
+            )
         per = per_example_routing(ctx.ledger, routing_settings_from(ctx.ledger))
         raw = per["pathway_distance"] if self.signal == "distance" else -per["pathway_consistency"]
         train = [e for e in ctx.train if e.id in per.index and np.isfinite(raw.get(e.id, np.nan))]
         if not train:
-            raise StrategyError(f"strategy {self.name!r}: no training example has a routing score in the "
-                                "ledger (wrong round's ledger?)")
+            raise StrategyError(
+                f"strategy {self.name!r}: no training example has a routing score in the ledger (wrong round's ledger?)"
+            )
         memorized = [e for e in train if per.loc[e.id, "memorized_at"] > 0]
         if not memorized:
-            ctx.note(f"{self.name}: no training example is memorized under the ledger's routing rule; "
-                     "ranking all training examples instead")
+            ctx.note(
+                f"{self.name}: no training example is memorized under the ledger's routing rule; "
+                "ranking all training examples instead"
+            )
             memorized = train
         score = {e.id: float(raw[e.id]) for e in memorized}
         vals = np.array([score[e.id] for e in memorized])

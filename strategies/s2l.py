@@ -63,12 +63,13 @@ class SmallToLarge(Strategy):
 
     name = "s2l"
     needs = frozenset({"ledger", "embeddings"})
-    description = ("SmallToLarge: k-means over training examples' loss trajectories, pool joins its "
-                   "nearest trained example's cluster, budget spread evenly over clusters")
+    description = (
+        "SmallToLarge: k-means over training examples' loss trajectories, pool joins its "
+        "nearest trained example's cluster, budget spread evenly over clusters"
+    )
 
     def __init__(self, clusters: int = 8):
-        check_param(self.name, "clusters", clusters, isinstance(clusters, int) and clusters >= 1,
-                    "an integer >= 1")
+        check_param(self.name, "clusters", clusters, isinstance(clusters, int) and clusters >= 1, "an integer >= 1")
         self.clusters = clusters
 
     def select(self, ctx: SelectionContext, k: int) -> list[str]:

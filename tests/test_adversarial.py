@@ -23,8 +23,12 @@ from curator.cli.main import main
 GOOD = {
     "name": "adv",
     "model": {"name": "tiny-random", "lora": None},
-    "data": {"pool": "synthetic:easy?n=20&seed=1", "test": "synthetic:easy?n=4&seed=2",
-             "seed_size": 4, "grader": "gsm8k"},
+    "data": {
+        "pool": "synthetic:easy?n=20&seed=1",
+        "test": "synthetic:easy?n=4&seed=2",
+        "seed_size": 4,
+        "grader": "gsm8k",
+    },
     "loop": {"rounds": 2, "budget": [2]},
     "strategies": [{"name": "iid"}],
 }
@@ -55,16 +59,22 @@ def _plugin(d: Path, module: str, body: str) -> None:
 
 
 def _ledger_csv(d: Path, name: str = "led.csv", n_correct: str = "1") -> str:
-    rows = ["example_id,checkpoint,n_correct,n_samples,perplexity",
-            f"a,1,{n_correct},4,1.5", "a,2,2,4,1.2", "b,1,0,4,2.0", "b,2,1,4,1.4"]
+    rows = [
+        "example_id,checkpoint,n_correct,n_samples,perplexity",
+        f"a,1,{n_correct},4,1.5",
+        "a,2,2,4,1.2",
+        "b,1,0,4,2.0",
+        "b,2,1,4,1.4",
+    ]
     return _write(d, name, "\n".join(rows) + "\n")
 
 
 def _good_ledger(d: Path, name: str = "good.parquet") -> str:
     from curator.dynamics.ledger import Ledger
 
-    led = Ledger.from_arrays(["a", "b"], np.array([[1, 2], [0, 1]]), k=4,
-                             perplexity=np.array([[1.5, 1.2], [2.0, 1.4]]), p=1.105)
+    led = Ledger.from_arrays(
+        ["a", "b"], np.array([[1, 2], [0, 1]]), k=4, perplexity=np.array([[1.5, 1.2], [2.0, 1.4]]), p=1.105
+    )
     return str(led.to_parquet(d / name))
 
 
@@ -85,8 +95,11 @@ def _run_dir_with(d: Path, corrupt: str) -> str:
     rd.mkdir(parents=True)
     (rd.parent / "run.json").write_text("{}")
     (rd / "DONE").write_text("")
-    (rd / "metrics.json").write_text('{"n_train": 4, "test_accuracy": 0.5' if corrupt == "metrics" else
-                                     json.dumps({"n_train": 4, "test_accuracy": 0.5, "round": 0}))
+    (rd / "metrics.json").write_text(
+        '{"n_train": 4, "test_accuracy": 0.5'
+        if corrupt == "metrics"
+        else json.dumps({"n_train": 4, "test_accuracy": 0.5, "round": 0})
+    )
     return str(d / "run")
 
 
@@ -96,17 +109,30 @@ CASES = [
     ("p-nan", lambda d: ["validate", _recipe(d, dynamics__p=float("nan"))], ["dynamics.p"]),
     ("p-nan-run", lambda d: ["run", _recipe(d, dynamics__p=float("nan"))], ["dynamics.p"]),
     ("dtype-float64", lambda d: ["validate", _recipe(d, model__dtype="float64")], ["model.dtype", "float64"]),
-    ("synthetic-bad-option", lambda d: ["validate", _recipe(d, data__pool="synthetic:easy?n=5&max_steps=0")],
-     ["data.pool", "max_steps"]),
-    ("synthetic-bad-preset", lambda d: ["validate", _recipe(d, data__test="synthetic:impossible")],
-     ["data.test", "impossible"]),
-    ("grader-not-a-grader", lambda d: ["validate", _recipe(d, data__grader="collections:OrderedDict")],
-     ["data.grader", "not a grader"]),
+    (
+        "synthetic-bad-option",
+        lambda d: ["validate", _recipe(d, data__pool="synthetic:easy?n=5&max_steps=0")],
+        ["data.pool", "max_steps"],
+    ),
+    (
+        "synthetic-bad-preset",
+        lambda d: ["validate", _recipe(d, data__test="synthetic:impossible")],
+        ["data.test", "impossible"],
+    ),
+    (
+        "grader-not-a-grader",
+        lambda d: ["validate", _recipe(d, data__grader="collections:OrderedDict")],
+        ["data.grader", "not a grader"],
+    ),
     ("eval-samples-0", lambda d: ["validate", _recipe(d, evaluation__samples=0)], ["evaluation.samples"]),
     ("pool-size-negative", lambda d: ["validate", _recipe(d, data__pool_size=-1)], ["data.pool_size"]),
     ("seed-negative", lambda d: ["validate", _recipe(d, seed=-1)], ["seed"]),
     ("seed-too-big", lambda d: ["validate", _recipe(d, seed=2**32)], ["seed"]),
-    ("pool-file-missing", lambda d: ["validate", _recipe(d, data__pool=str(d / "nope.jsonl"))], ["data.pool", "nope.jsonl"]),
+    (
+        "pool-file-missing",
+        lambda d: ["validate", _recipe(d, data__pool=str(d / "nope.jsonl"))],
+        ["data.pool", "nope.jsonl"],
+    ),
     ("tracking-scheme", lambda d: ["validate", _recipe(d, tracking={"uri": "foo://host/x"})], ["tracking.uri", "foo"]),
     ("tracking-scheme-run", lambda d: ["run", _recipe(d, tracking={"uri": "foo://host/x"})], ["tracking.uri", "foo"]),
     # --set into a value or into a list item (item 9)
@@ -115,65 +141,145 @@ CASES = [
     ("set-into-string", lambda d: ["validate", _recipe(d), "--set", "strategies.0.name.x=1"], ["strategies.0.name"]),
     ("set-list-index", lambda d: ["validate", _recipe(d), "--set", "strategies.5.name=iid"], ["strategies"]),
     # strategies: wrong-typed built-in parameters, plugin failures of any kind (items 9, 6)
-    ("param-wrong-type-bool", lambda d: ["validate", _recipe(d, strategies=[
-        {"name": "embedding-diversity", "params": {"cover_train": "no"}}])], ["cover_train"]),
-    ("param-wrong-type-number", lambda d: ["validate", _recipe(d, strategies=[
-        {"name": "premem-threshold", "params": {"threshold": "high"}}])], ["threshold"]),
-    ("param-wrong-type-run", lambda d: ["run", _recipe(d, strategies=[
-        {"name": "embedding-diversity", "params": {"eps": [1]}}])], ["eps"]),
-    ("plugin-import-raises", lambda d: (_plugin(d, "adv_plug_a", "raise RuntimeError('plugin broke')\n"),
-                                        ["validate", _recipe(d, strategies=[{"name": "adv_plug_a:S"}])])[1],
-     ["adv_plug_a", "RuntimeError", "plugin broke"]),
-    ("plugin-syntax-error", lambda d: (_plugin(d, "adv_plug_b", "def (:\n"),
-                                       ["validate", _recipe(d, strategies=[{"name": "adv_plug_b:S"}])])[1],
-     ["adv_plug_b", "SyntaxError"]),
-    ("plugin-init-raises", lambda d: (_plugin(d, "adv_plug_c", (
-        "from curator.strategy import Strategy\n"
-        "class S(Strategy):\n"
-        "    def __init__(self, n: int = 1):\n"
-        "        raise ValueError('bad n')\n"
-        "    def score(self, ctx):\n"
-        "        return None\n")), ["validate", _recipe(d, strategies=[{"name": "adv_plug_c:S"}])])[1],
-     ["adv_plug_c", "ValueError", "bad n"]),
-    ("plugin-import-raises-run", lambda d: (_plugin(d, "adv_plug_d", "import json\njson.loads('{')\n"),
-                                            ["run", _recipe(d, strategies=[{"name": "adv_plug_d:S"}])])[1],
-     ["adv_plug_d", "JSONDecodeError"]),
-    ("grader-plugin-init-raises", lambda d: (_plugin(d, "adv_plug_e", "class G:\n    def __init__(self):\n        1/0\n"),
-                                             ["validate", _recipe(d, data__grader="adv_plug_e:G")])[1],
-     ["data.grader", "ZeroDivisionError"]),
+    (
+        "param-wrong-type-bool",
+        lambda d: [
+            "validate",
+            _recipe(d, strategies=[{"name": "embedding-diversity", "params": {"cover_train": "no"}}]),
+        ],
+        ["cover_train"],
+    ),
+    (
+        "param-wrong-type-number",
+        lambda d: ["validate", _recipe(d, strategies=[{"name": "premem-threshold", "params": {"threshold": "high"}}])],
+        ["threshold"],
+    ),
+    (
+        "param-wrong-type-run",
+        lambda d: ["run", _recipe(d, strategies=[{"name": "embedding-diversity", "params": {"eps": [1]}}])],
+        ["eps"],
+    ),
+    (
+        "plugin-import-raises",
+        lambda d: (
+            _plugin(d, "adv_plug_a", "raise RuntimeError('plugin broke')\n"),
+            ["validate", _recipe(d, strategies=[{"name": "adv_plug_a:S"}])],
+        )[1],
+        ["adv_plug_a", "RuntimeError", "plugin broke"],
+    ),
+    (
+        "plugin-syntax-error",
+        lambda d: (
+            _plugin(d, "adv_plug_b", "def (:\n"),
+            ["validate", _recipe(d, strategies=[{"name": "adv_plug_b:S"}])],
+        )[1],
+        ["adv_plug_b", "SyntaxError"],
+    ),
+    (
+        "plugin-init-raises",
+        lambda d: (
+            _plugin(
+                d,
+                "adv_plug_c",
+                (
+                    "from curator.strategy import Strategy\n"
+                    "class S(Strategy):\n"
+                    "    def __init__(self, n: int = 1):\n"
+                    "        raise ValueError('bad n')\n"
+                    "    def score(self, ctx):\n"
+                    "        return None\n"
+                ),
+            ),
+            ["validate", _recipe(d, strategies=[{"name": "adv_plug_c:S"}])],
+        )[1],
+        ["adv_plug_c", "ValueError", "bad n"],
+    ),
+    (
+        "plugin-import-raises-run",
+        lambda d: (
+            _plugin(d, "adv_plug_d", "import json\njson.loads('{')\n"),
+            ["run", _recipe(d, strategies=[{"name": "adv_plug_d:S"}])],
+        )[1],
+        ["adv_plug_d", "JSONDecodeError"],
+    ),
+    (
+        "grader-plugin-init-raises",
+        lambda d: (
+            _plugin(d, "adv_plug_e", "class G:\n    def __init__(self):\n        1/0\n"),
+            ["validate", _recipe(d, data__grader="adv_plug_e:G")],
+        )[1],
+        ["data.grader", "ZeroDivisionError"],
+    ),
     # paths (item 6): labels and names are single folder names inside output_dir
-    ("label-escapes", lambda d: ["validate", _recipe(d, strategies=[{"name": "iid", "label": "../../x"}])],
-     ["label", "../../x"]),
+    (
+        "label-escapes",
+        lambda d: ["validate", _recipe(d, strategies=[{"name": "iid", "label": "../../x"}])],
+        ["label", "../../x"],
+    ),
     ("label-dotdot", lambda d: ["run", _recipe(d, strategies=[{"name": "iid", "label": ".."}])], ["label"]),
     ("name-escapes", lambda d: ["validate", _recipe(d, name="../../escape", output_dir=None)], ["name"]),
     # files that are not UTF-8, directories where files belong, files where directories belong (item 9)
-    ("recipe-not-utf8", lambda d: ["validate", _write(d, "latin.yaml", "name: caf\xe9\n".encode("latin-1"))],
-     ["latin.yaml", "UTF-8"]),
+    (
+        "recipe-not-utf8",
+        lambda d: ["validate", _write(d, "latin.yaml", "name: caf\xe9\n".encode("latin-1"))],
+        ["latin.yaml", "UTF-8"],
+    ),
     ("recipe-is-dir", lambda d: ["validate", str(d)], ["directory"]),
-    ("data-not-utf8", lambda d: ["data", "preview", _write(d, "bad.jsonl", b'{"question": "\xff"}\n')],
-     ["bad.jsonl", "UTF-8"]),
-    ("data-not-utf8-run", lambda d: ["run", _recipe(d, data__pool=_write(d, "pool.jsonl", b'{"q": "\xff\xfe"}\n'))],
-     ["pool.jsonl", "UTF-8"]),
+    (
+        "data-not-utf8",
+        lambda d: ["data", "preview", _write(d, "bad.jsonl", b'{"question": "\xff"}\n')],
+        ["bad.jsonl", "UTF-8"],
+    ),
+    (
+        "data-not-utf8-run",
+        lambda d: ["run", _recipe(d, data__pool=_write(d, "pool.jsonl", b'{"q": "\xff\xfe"}\n'))],
+        ["pool.jsonl", "UTF-8"],
+    ),
     ("output-under-a-file", lambda d: ["run", _recipe(d, output_dir=_write(d, "afile", "x") + "/run")], ["afile"]),
-    ("synth-out-under-a-file", lambda d: ["data", "synth", "--n", "2", "--out", _write(d, "f", "x") + "/o.jsonl"], ["f"]),
+    (
+        "synth-out-under-a-file",
+        lambda d: ["data", "synth", "--n", "2", "--out", _write(d, "f", "x") + "/o.jsonl"],
+        ["f"],
+    ),
     # ledgers: corrupt inputs, fractional counts, wrong-typed metadata (items 5, 8, 9)
     ("ledger-show-corrupt", lambda d: ["ledger", "show", _write(d, "x.parquet", b"PAR1garbage")], ["x.parquet"]),
     ("ledger-show-bad-meta", lambda d: ["ledger", "show", _bad_meta_ledger(d, '{"p": "high"}')], ["p="]),
     ("ledger-show-meta-list", lambda d: ["ledger", "show", _bad_meta_ledger(d, "[1, 2]")], ["JSON object"]),
-    ("ledger-import-bad-p", lambda d: ["ledger", "import", _ledger_csv(d), _good_ledger(d, "out.parquet"), "--p", "0.5"],
-     ["--p"]),
-    ("ledger-import-fractional", lambda d: ["ledger", "import", _ledger_csv(d, n_correct="1.5"), str(d / "o.parquet")],
-     ["n_correct", "whole"]),
-    ("ledger-import-fractional-k", lambda d: ["ledger", "import", _write(d, "a.npz", _npz(k=2.5)), str(d / "o.parquet")],
-     ["k", "whole"]),
-    ("ledger-import-corrupt-npz", lambda d: ["ledger", "import", _write(d, "c.npz", b"PK\x03\x04broken"), str(d / "o.parquet")],
-     ["c.npz"]),
-    ("ledger-import-corrupt-parquet", lambda d: ["ledger", "import", _write(d, "c.parquet", b"PAR1xx"), str(d / "o.parquet")],
-     ["c.parquet"]),
-    ("ledger-import-corrupt-json", lambda d: ["ledger", "import", _write(d, "c.json", "{not json"), str(d / "o.parquet")],
-     ["c.json"]),
-    ("ledger-import-not-utf8-csv", lambda d: ["ledger", "import", _write(d, "c.csv", b"example_id\xff,x\n"), str(d / "o.parquet")],
-     ["c.csv"]),
+    (
+        "ledger-import-bad-p",
+        lambda d: ["ledger", "import", _ledger_csv(d), _good_ledger(d, "out.parquet"), "--p", "0.5"],
+        ["--p"],
+    ),
+    (
+        "ledger-import-fractional",
+        lambda d: ["ledger", "import", _ledger_csv(d, n_correct="1.5"), str(d / "o.parquet")],
+        ["n_correct", "whole"],
+    ),
+    (
+        "ledger-import-fractional-k",
+        lambda d: ["ledger", "import", _write(d, "a.npz", _npz(k=2.5)), str(d / "o.parquet")],
+        ["k", "whole"],
+    ),
+    (
+        "ledger-import-corrupt-npz",
+        lambda d: ["ledger", "import", _write(d, "c.npz", b"PK\x03\x04broken"), str(d / "o.parquet")],
+        ["c.npz"],
+    ),
+    (
+        "ledger-import-corrupt-parquet",
+        lambda d: ["ledger", "import", _write(d, "c.parquet", b"PAR1xx"), str(d / "o.parquet")],
+        ["c.parquet"],
+    ),
+    (
+        "ledger-import-corrupt-json",
+        lambda d: ["ledger", "import", _write(d, "c.json", "{not json"), str(d / "o.parquet")],
+        ["c.json"],
+    ),
+    (
+        "ledger-import-not-utf8-csv",
+        lambda d: ["ledger", "import", _write(d, "c.csv", b"example_id\xff,x\n"), str(d / "o.parquet")],
+        ["c.csv"],
+    ),
     # compare reads round files back
     ("compare-missing-dir", lambda d: ["compare", str(d / "nothing")], ["nothing"]),
     ("compare-corrupt-metrics", lambda d: ["compare", _run_dir_with(d, "metrics")], ["metrics.json"]),
@@ -184,8 +290,11 @@ CASES = [
 def _npz(**arrays) -> bytes:
     import io
 
-    base = {"example_ids": np.array(["a", "b"]), "n_correct": np.array([[1, 2], [0, 1]]),
-            "perplexity": np.array([[1.5, 1.2], [2.0, 1.4]])}
+    base = {
+        "example_ids": np.array(["a", "b"]),
+        "n_correct": np.array([[1, 2], [0, 1]]),
+        "perplexity": np.array([[1.5, 1.2], [2.0, 1.4]]),
+    }
     base.update({k: np.asarray(v) for k, v in arrays.items()})
     buf = io.BytesIO()
     np.savez(buf, **base)
@@ -193,8 +302,11 @@ def _npz(**arrays) -> bytes:
 
 
 def _snapshot(d: Path) -> dict[str, str]:
-    return {str(p.relative_to(d)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(d.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+    return {
+        str(p.relative_to(d)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(d.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -261,15 +373,16 @@ def test_strategy_params_are_converted_like_recipe_fields():
 
 # ---- the MLflow store (items 1, 3, 6): made whole or not at all, rebuilt when unusable
 
+
 def _half_made_store(path: Path) -> None:
     """A store whose migration stopped part way (the state a Ctrl-C during creation left)."""
     import sqlite3
 
-    from curator.tracking.mlflow_store import _client
-
     import mlflow.store.db.utils  # noqa: F401  (imports the table definitions below)
     from mlflow.store.db.base_sql_model import Base
     from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
+
+    from curator.tracking.mlflow_store import _client
 
     # spelled with "..": MLflow caches a store per URI string, and the code under test must open
     # this file afresh, as a later `curate run` process would
@@ -363,8 +476,11 @@ def test_run_dir_guarantees(tmp_path, monkeypatch, capsys):
     save_examples(pool[:8], tmp_path / "test.jsonl")  # 8 of the 12 pool examples are test examples
     (tmp_path / "recipe.yaml").write_text(USER_RECIPE)
     d = json.loads(json.dumps(GOOD))
-    d.update(output_dir=".", data={"pool": "pool.jsonl", "test": "test.jsonl", "seed_size": 4, "grader": "gsm8k"},
-             loop={"rounds": 2, "budget": 2, "continue_training": True})
+    d.update(
+        output_dir=".",
+        data={"pool": "pool.jsonl", "test": "test.jsonl", "seed_size": 4, "grader": "gsm8k"},
+        loop={"rounds": 2, "budget": 2, "continue_training": True},
+    )
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(d))
     ws = prepare_workspace(recipe_from_dict_(d), progress=False)
 
@@ -389,8 +505,8 @@ def test_run_dir_guarantees(tmp_path, monkeypatch, capsys):
     # item 7: saved weights are never unpickled as code
     import torch
 
-    from loops.active import ActiveLoop
     from curator.recipes import StrategySpec
+    from loops.active import ActiveLoop
 
     rd = tmp_path / "iid" / "round-00"
     rd.mkdir(parents=True)
@@ -453,8 +569,9 @@ def test_a_strategy_returning_fewer_than_k_is_its_error():
             return ctx.ids[:1]
 
     pool = load_examples("synthetic:easy?n=6&seed=1")
-    ctx = SelectionContext(pool=pool, train=[], ledger=None, signals=None, rng=np.random.default_rng(0),
-                           round=0, p=1.105, source=None)
+    ctx = SelectionContext(
+        pool=pool, train=[], ledger=None, signals=None, rng=np.random.default_rng(0), round=0, p=1.105, source=None
+    )
     with pytest.raises(StrategyError, match="'short' returned 1 ids for k=3 while 6 candidates remain"):
         run_selection(Short(), ctx, 3)
 
@@ -474,11 +591,17 @@ def test_carried_weights_must_fit_the_model():
         fresh_model(base, init_state=state)
 
 
-@pytest.mark.parametrize("err,words", [
-    (OSError(28, "No space left on device", "/data/run/ledger.parquet"), ["ledger.parquet", "No space", "free some space"]),
-    (PermissionError(13, "Permission denied", "/data/run"), ["/data/run", "Permission denied", "permissions"]),
-    (OSError(30, "Read-only file system", "/mnt/ro/run"), ["/mnt/ro/run", "read-only"]),
-])
+@pytest.mark.parametrize(
+    "err,words",
+    [
+        (
+            OSError(28, "No space left on device", "/data/run/ledger.parquet"),
+            ["ledger.parquet", "No space", "free some space"],
+        ),
+        (PermissionError(13, "Permission denied", "/data/run"), ["/data/run", "Permission denied", "permissions"]),
+        (OSError(30, "Read-only file system", "/mnt/ro/run"), ["/mnt/ro/run", "read-only"]),
+    ],
+)
 def test_os_errors_on_the_users_paths_are_one_line(err, words):
     from curator.errors import user_error_line
 

@@ -19,8 +19,14 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("args", [("ruff", "check", "curator"), ("ruff", "format", "--check", "curator")],
-                         ids=["ruff-lint", "ruff-format"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("ruff", "check", "curator", "strategies", "loops"),
+        ("ruff", "format", "--check", "curator", "strategies", "loops"),
+    ],
+    ids=["ruff-lint", "ruff-format"],
+)
 def test_ruff(args):
     res = _run(*args)
     assert res.returncode == 0, f"`{' '.join(args)}` failed:\n{res.stdout}{res.stderr}"

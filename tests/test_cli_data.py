@@ -20,8 +20,25 @@ def run(argv, capsys):
 
 def test_synth_writes_jsonl(tmp_path, capsys):
     out = tmp_path / "sub" / "syn.jsonl"
-    code, stdout, _ = run(["data", "synth", "--n", "25", "--out", str(out), "--preset", "medium",
-                           "--seed", "3", "--steps", "3-4", "--traces", "2"], capsys)
+    code, stdout, _ = run(
+        [
+            "data",
+            "synth",
+            "--n",
+            "25",
+            "--out",
+            str(out),
+            "--preset",
+            "medium",
+            "--seed",
+            "3",
+            "--steps",
+            "3-4",
+            "--traces",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 0 and f"wrote 25 examples to {out}" in stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 25
@@ -31,8 +48,25 @@ def test_synth_writes_jsonl(tmp_path, capsys):
         assert len(r["meta"]["traces"]) == 2 and 3 <= r["meta"]["steps"] <= 4
     # same arguments, same file
     again = tmp_path / "again.jsonl"
-    run(["data", "synth", "--n", "25", "--out", str(again), "--preset", "medium", "--seed", "3",
-         "--steps", "3-4", "--traces", "2"], capsys)
+    run(
+        [
+            "data",
+            "synth",
+            "--n",
+            "25",
+            "--out",
+            str(again),
+            "--preset",
+            "medium",
+            "--seed",
+            "3",
+            "--steps",
+            "3-4",
+            "--traces",
+            "2",
+        ],
+        capsys,
+    )
     assert again.read_text() == out.read_text()
 
 
@@ -47,8 +81,12 @@ def test_preview_synthetic_file_grades_100(tmp_path, capsys):
 
 def test_preview_gsm8k_and_math_layouts(tmp_path, capsys):
     gsm = tmp_path / "gsm.jsonl"
-    gsm.write_text(json.dumps({"question": "2 + 3?", "answer": "2 + 3 = 5\n#### 5"}) + "\n"
-                   + json.dumps({"question": "1,000 + 1?", "answer": "#### 1,001"}) + "\n")
+    gsm.write_text(
+        json.dumps({"question": "2 + 3?", "answer": "2 + 3 = 5\n#### 5"})
+        + "\n"
+        + json.dumps({"question": "1,000 + 1?", "answer": "#### 1,001"})
+        + "\n"
+    )
     code, stdout, _ = run(["data", "preview", str(gsm), "--grader", "gsm8k"], capsys)
     assert code == 0 and "answer: 1001" in stdout
     assert "2/2 correct (100.0%)" in stdout
@@ -60,28 +98,35 @@ def test_preview_gsm8k_and_math_layouts(tmp_path, capsys):
 
 def test_preview_with_field_mapping_and_lenient(tmp_path, capsys):
     p = tmp_path / "d.jsonl"
-    p.write_text(json.dumps({"prompt": "q", "resp": "so #### 4"}) + "\n"
-                 + json.dumps({"prompt": "q2", "resp": "no answer"}) + "\n")
-    code, _, err = run(["data", "preview", str(p), "--field", "question=prompt",
-                        "--field", "solution=resp"], capsys)
+    p.write_text(
+        json.dumps({"prompt": "q", "resp": "so #### 4"})
+        + "\n"
+        + json.dumps({"prompt": "q2", "resp": "no answer"})
+        + "\n"
+    )
+    code, _, err = run(["data", "preview", str(p), "--field", "question=prompt", "--field", "solution=resp"], capsys)
     assert code == 2
     assert err.strip().count("\n") == 0  # one line, no traceback
     assert "1 of 2 rows unusable" in err and "row 2" in err and "--lenient" in err
-    code, stdout, _ = run(["data", "preview", str(p), "--field", "question=prompt",
-                           "--field", "solution=resp", "--lenient"], capsys)
+    code, stdout, _ = run(
+        ["data", "preview", str(p), "--field", "question=prompt", "--field", "solution=resp", "--lenient"], capsys
+    )
     assert code == 0 and "1/1 correct" in stdout
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["data", "preview", "missing.jsonl"], "error: missing.jsonl: no such file"),
-    (["data", "preview", "synthetic:easyy"], "unknown synthetic preset 'easyy'. Did you mean 'easy'?"),
-    (["data", "preview", "synthetic:easy?n=3", "--grader", "gsm9k"], "unknown grader 'gsm9k'"),
-    (["data", "preview", "synthetic:easy?n=3", "--field", "question"], "must look like NAME=COLUMN"),
-    (["data", "synth", "--n", "5", "--out", "x.txt"], "must be a .jsonl file"),
-    (["data", "synth", "--n", "5", "--out", "x.jsonl", "--steps", "two"], "must be N or MIN-MAX"),
-    (["data", "synth", "--n", "5", "--out", "x.jsonl", "--steps", "3-12"], "max_steps must be in 1..10"),
-    (["data", "synth", "--n", "5", "--out", "x.jsonl", "--skills", "cooking"], "unknown skills"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["data", "preview", "missing.jsonl"], "error: missing.jsonl: no such file"),
+        (["data", "preview", "synthetic:easyy"], "unknown synthetic preset 'easyy'. Did you mean 'easy'?"),
+        (["data", "preview", "synthetic:easy?n=3", "--grader", "gsm9k"], "unknown grader 'gsm9k'"),
+        (["data", "preview", "synthetic:easy?n=3", "--field", "question"], "must look like NAME=COLUMN"),
+        (["data", "synth", "--n", "5", "--out", "x.txt"], "must be a .jsonl file"),
+        (["data", "synth", "--n", "5", "--out", "x.jsonl", "--steps", "two"], "must be N or MIN-MAX"),
+        (["data", "synth", "--n", "5", "--out", "x.jsonl", "--steps", "3-12"], "max_steps must be in 1..10"),
+        (["data", "synth", "--n", "5", "--out", "x.jsonl", "--skills", "cooking"], "unknown skills"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)
     code, _, err = run(argv, capsys)

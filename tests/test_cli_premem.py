@@ -13,11 +13,14 @@ def invoke(args):
 
 
 def write_ledger(tmp_path):
-    led = Ledger.from_arrays(["A", "B", "C", "D"],
-                             np.array([[1, 3, 2], [4, 5, 5], [5, 1, 4], [0, 2, 5]]), k=5,
-                             perplexity=np.array([[2.0, 1.5, 1.05], [1.1, 1.05, 1.01],
-                                                  [3.0, 2.0, 1.2], [3.0, 1.5, 1.0]]),
-                             steps=[10, 20, 30], p=1.105)
+    led = Ledger.from_arrays(
+        ["A", "B", "C", "D"],
+        np.array([[1, 3, 2], [4, 5, 5], [5, 1, 4], [0, 2, 5]]),
+        k=5,
+        perplexity=np.array([[2.0, 1.5, 1.05], [1.1, 1.05, 1.01], [3.0, 2.0, 1.2], [3.0, 1.5, 1.0]]),
+        steps=[10, 20, 30],
+        p=1.105,
+    )
     return led.to_parquet(tmp_path / "ledger.parquet")
 
 
@@ -39,10 +42,24 @@ def test_ledger_show_csv_and_import(tmp_path):
     path = write_ledger(tmp_path)
     r = invoke(["ledger", "show", str(path), "--csv", str(tmp_path / "s.csv")])
     assert r.exit_code == 0 and (tmp_path / "s.csv").read_text().startswith("checkpoint,step,epoch,premem_acc")
-    np.savez(tmp_path / "run.npz", example_ids=np.array(["x", "y"]), n_correct=np.array([[1, 2], [0, 4]]),
-             perplexity=np.array([[1.5, 1.2], [2.0, 1.01]]))
-    r = invoke(["ledger", "import", str(tmp_path / "run.npz"), str(tmp_path / "imp.parquet"), "--k", "4",
-                "--model", "elsewhere"])
+    np.savez(
+        tmp_path / "run.npz",
+        example_ids=np.array(["x", "y"]),
+        n_correct=np.array([[1, 2], [0, 4]]),
+        perplexity=np.array([[1.5, 1.2], [2.0, 1.01]]),
+    )
+    r = invoke(
+        [
+            "ledger",
+            "import",
+            str(tmp_path / "run.npz"),
+            str(tmp_path / "imp.parquet"),
+            "--k",
+            "4",
+            "--model",
+            "elsewhere",
+        ]
+    )
     assert r.exit_code == 0, r.output
     led = read_ledger(tmp_path / "imp.parquet")
     assert led.meta["model"] == "elsewhere" and led.pivot("n_correct").loc["y", 2] == 4
@@ -56,16 +73,20 @@ def test_errors_before_any_model_loads(tmp_path, monkeypatch):
 
     monkeypatch.setattr(curator.models, "load_model", boom)
     base = ["premem", "--model", "tiny-random", "--data", "synthetic", "--n", "4", "--out", str(tmp_path)]
-    for extra, msg in ((["--p", "1.0"], "p must be a number > 1"),
-                       (["--samples", "0"], "k) must be an integer >= 1"),
-                       (["--checkpoint-every", "1000"], "produces no checkpoint"),
-                       (["--epochs", "0"], "epochs must be an integer >= 1"),
-                       (["--full", "--defer"], "--full and --defer contradict")):
+    for extra, msg in (
+        (["--p", "1.0"], "p must be a number > 1"),
+        (["--samples", "0"], "k) must be an integer >= 1"),
+        (["--checkpoint-every", "1000"], "produces no checkpoint"),
+        (["--epochs", "0"], "epochs must be an integer >= 1"),
+        (["--full", "--defer"], "--full and --defer contradict"),
+    ):
         r = invoke(base + extra)
         assert r.exit_code != 0 and msg in str(r.exception), (extra, r.output, r.exception)
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"question": "1+1?", "solution": "1+1=2\\n#### 3", "answer": "2"}\n'
-                   '{"question": "2+2?", "solution": "2+2=4\\n#### 4", "answer": "4"}\n')
+    bad.write_text(
+        '{"question": "1+1?", "solution": "1+1=2\\n#### 3", "answer": "2"}\n'
+        '{"question": "2+2?", "solution": "2+2=4\\n#### 4", "answer": "4"}\n'
+    )
     r = invoke(["premem", "--model", "tiny-random", "--data", str(bad), "--out", str(tmp_path)])
     assert "1 of 2 reference solutions do not grade" in str(r.exception)
     r = invoke(["premem", "--model", "tiny-random"])
@@ -87,12 +108,40 @@ def test_premem_end_to_end_tiny_model(tmp_path):
     data = tmp_path / "train.jsonl"
     with data.open("w") as f:
         for a, b in [(1, 2), (3, 4), (2, 2), (5, 1), (6, 3), (7, 1)]:
-            f.write(json.dumps({"question": f"{a}+{b}?", "solution": f"{a}+{b}={a + b}\n#### {a + b}",
-                                "answer": str(a + b)}) + "\n")
+            f.write(
+                json.dumps(
+                    {"question": f"{a}+{b}?", "solution": f"{a}+{b}={a + b}\n#### {a + b}", "answer": str(a + b)}
+                )
+                + "\n"
+            )
     out = tmp_path / "run"
-    r = invoke(["premem", "--model", "tiny-random", "--data", str(data), "--epochs", "6", "--lr", "3e-3",
-                "--batch-size", "2", "--samples", "3", "--temperature", "0", "--max-new-tokens", "24",
-                "--p", "1.3", "--out", str(out), "--save-model", "--quiet"])
+    r = invoke(
+        [
+            "premem",
+            "--model",
+            "tiny-random",
+            "--data",
+            str(data),
+            "--epochs",
+            "6",
+            "--lr",
+            "3e-3",
+            "--batch-size",
+            "2",
+            "--samples",
+            "3",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "24",
+            "--p",
+            "1.3",
+            "--out",
+            str(out),
+            "--save-model",
+            "--quiet",
+        ]
+    )
     assert r.exit_code == 0, (r.output, r.exception)
     led = read_ledger(out / "ledger.parquet")
     assert led.checkpoints == [1, 2, 3, 4, 5, 6] and len(led.example_ids) == 6
@@ -122,9 +171,33 @@ def test_premem_end_to_end_tiny_model(tmp_path):
     assert abs(nll[0] - final[content_id("1+2?", "1+2=3\n#### 3")]) < 1e-4
 
     # --defer: the same training (seeded), the same final PreMemAcc per example, fewer samples
-    r = invoke(["premem", "--model", "tiny-random", "--data", str(data), "--epochs", "6", "--lr", "3e-3",
-                "--batch-size", "2", "--samples", "3", "--temperature", "0", "--max-new-tokens", "24",
-                "--p", "1.3", "--out", str(tmp_path / "deferred"), "--defer", "--quiet"])
+    r = invoke(
+        [
+            "premem",
+            "--model",
+            "tiny-random",
+            "--data",
+            str(data),
+            "--epochs",
+            "6",
+            "--lr",
+            "3e-3",
+            "--batch-size",
+            "2",
+            "--samples",
+            "3",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "24",
+            "--p",
+            "1.3",
+            "--out",
+            str(tmp_path / "deferred"),
+            "--defer",
+            "--quiet",
+        ]
+    )
     assert r.exit_code == 0, (r.output, r.exception)
     assert "deferred lazy tracking" in r.output.splitlines()[0]
     assert any(ln.startswith("6 examples, 6 checkpoints, p=1.3, k=3, deferred lazy") for ln in r.output.splitlines())
@@ -153,8 +226,12 @@ def test_premem_under_two_process_accelerate_launch(tmp_path):
     data = tmp_path / "train.jsonl"
     with data.open("w") as f:
         for a, b in [(1, 2), (3, 4), (2, 2), (5, 1), (6, 3), (7, 1)]:
-            f.write(json.dumps({"question": f"{a}+{b}?", "solution": f"{a}+{b}={a + b}\n#### {a + b}",
-                                "answer": str(a + b)}) + "\n")
+            f.write(
+                json.dumps(
+                    {"question": f"{a}+{b}?", "solution": f"{a}+{b}={a + b}\n#### {a + b}", "answer": str(a + b)}
+                )
+                + "\n"
+            )
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", CURATOR_QUIET="1")
     ledgers = {}
     for mode in ("lazy", "defer"):
@@ -162,22 +239,85 @@ def test_premem_under_two_process_accelerate_launch(tmp_path):
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         out = tmp_path / mode
-        cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu",
-               "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(port), "-m", "curator.cli.main", "premem", "--model", "tiny-random",
-               "--data", str(data), "--epochs", "6", "--lr", "3e-3", "--batch-size", "1", "--samples", "3",
-               "--temperature", "0", "--max-new-tokens", "24", "--p", "1.3", "--out", str(out), "--quiet"]
-        proc = subprocess.run(cmd + (["--defer"] if mode == "defer" else []), env=env, capture_output=True,
-                              text=True, timeout=300, check=False)
+        cmd = [
+            os.path.join(os.path.dirname(sys.executable), "accelerate"),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(port),
+            "-m",
+            "curator.cli.main",
+            "premem",
+            "--model",
+            "tiny-random",
+            "--data",
+            str(data),
+            "--epochs",
+            "6",
+            "--lr",
+            "3e-3",
+            "--batch-size",
+            "1",
+            "--samples",
+            "3",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "24",
+            "--p",
+            "1.3",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+        proc = subprocess.run(
+            cmd + (["--defer"] if mode == "defer" else []),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stdout.count("examples from") == 1  # the header is printed once, by rank 0
         ledgers[mode] = read_ledger(out / "ledger.parquet")
     lazy, defer = ledgers["lazy"], ledgers["defer"]
     # every rank measured its share: the ledger equals one process with the same global batch (2)
     one = tmp_path / "one"
-    r = invoke(["premem", "--model", "tiny-random", "--data", str(data), "--epochs", "6", "--lr", "3e-3",
-                "--batch-size", "2", "--samples", "3", "--temperature", "0", "--max-new-tokens", "24",
-                "--p", "1.3", "--out", str(one), "--quiet"])
+    r = invoke(
+        [
+            "premem",
+            "--model",
+            "tiny-random",
+            "--data",
+            str(data),
+            "--epochs",
+            "6",
+            "--lr",
+            "3e-3",
+            "--batch-size",
+            "2",
+            "--samples",
+            "3",
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "24",
+            "--p",
+            "1.3",
+            "--out",
+            str(one),
+            "--quiet",
+        ]
+    )
     assert r.exit_code == 0, (r.output, r.exception)
     single = read_ledger(one / "ledger.parquet")
     assert single.df["n_correct"].tolist() == lazy.df["n_correct"].tolist()

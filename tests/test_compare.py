@@ -1,12 +1,18 @@
 """Data-efficiency math and the compare table, on hand-built curves."""
 
+import json
+
 import numpy as np
 import pytest
 
-import json
-
-from curator.tracking.compare import (Curve, compare_curves, compare_run_dir, efficiency_interval,
-                                      examples_to_reach, mean_curve)
+from curator.tracking.compare import (
+    Curve,
+    compare_curves,
+    compare_run_dir,
+    efficiency_interval,
+    examples_to_reach,
+    mean_curve,
+)
 
 
 def test_examples_to_reach_interpolates_linearly():
@@ -21,9 +27,9 @@ def test_examples_to_reach_interpolates_linearly():
 def test_examples_to_reach_bounds():
     n = np.array([10, 20.0])
     acc = np.array([0.3, 0.5])
-    assert examples_to_reach(n, acc, 0.9).bound == ">"     # never reached: lower bound
+    assert examples_to_reach(n, acc, 0.9).bound == ">"  # never reached: lower bound
     lo = examples_to_reach(n, acc, 0.1)
-    assert lo.bound == "<=" and lo.examples == 10.0        # reached at the first point already
+    assert lo.bound == "<=" and lo.examples == 10.0  # reached at the first point already
 
 
 def test_mean_curve_over_seeds():
@@ -62,7 +68,13 @@ def test_efficiency_interval_planted_win_is_beyond_noise():
     # every seed reaches 0.5 with 20 examples; iid needs 30 for 0.5 -> 1.5x, identical over seeds
     smart = _seeds("smart", [10, 20], [[0.2, 0.5]] * 5)
     e = efficiency_interval(smart, base)
-    assert (e.value, e.lo, e.hi, e.bound, e.seeds) == (pytest.approx(1.5), pytest.approx(1.5), pytest.approx(1.5), "", 5)
+    assert (e.value, e.lo, e.hi, e.bound, e.seeds) == (
+        pytest.approx(1.5),
+        pytest.approx(1.5),
+        pytest.approx(1.5),
+        "",
+        5,
+    )
     assert e.acc_diff == pytest.approx(0.1) and e.verdict == "yes: better"
 
 
@@ -130,17 +142,25 @@ def test_run_seeds_runs_each_seed_in_its_own_dir_and_resumes(tmp_path):
     from curator.recipes import recipe_from_dict
     from curator.seeds import run_seeds, seed_recipe
 
-    r = recipe_from_dict({
-        "name": "tiny-seeds", "seeds": [3, 4], "output_dir": str(tmp_path / "run"),
-        "model": {"name": "tiny-random", "lora": None},
-        "data": {"pool": "synthetic:easy?n=30&seed=1", "test": "synthetic:easy?n=6&seed=2",
-                 "seed_size": 4, "grader": "gsm8k"},
-        "training": {"epochs": 1, "learning_rate": 0.003, "batch_size": 4, "max_length": 512},
-        "dynamics": {"samples": 2, "max_new_tokens": 8, "batch_size": 16},
-        "evaluation": {"max_new_tokens": 8},
-        "loop": {"rounds": 2, "budget": 4},
-        "strategies": [{"name": "iid"}, {"name": "learnability", "params": {"n": 2}}],
-    })
+    r = recipe_from_dict(
+        {
+            "name": "tiny-seeds",
+            "seeds": [3, 4],
+            "output_dir": str(tmp_path / "run"),
+            "model": {"name": "tiny-random", "lora": None},
+            "data": {
+                "pool": "synthetic:easy?n=30&seed=1",
+                "test": "synthetic:easy?n=6&seed=2",
+                "seed_size": 4,
+                "grader": "gsm8k",
+            },
+            "training": {"epochs": 1, "learning_rate": 0.003, "batch_size": 4, "max_length": 512},
+            "dynamics": {"samples": 2, "max_new_tokens": 8, "batch_size": 16},
+            "evaluation": {"max_new_tokens": 8},
+            "loop": {"rounds": 2, "budget": 4},
+            "strategies": [{"name": "iid"}, {"name": "learnability", "params": {"n": 2}}],
+        }
+    )
     s = seed_recipe(r, 4)
     assert (s.seed, s.seeds, s.output_dir) == (4, None, str(tmp_path / "run" / "seed-4"))
     out = run_seeds(r, progress=False, echo=lambda *_: None)

@@ -75,10 +75,16 @@ def test_echo_goes_to_stdout_between_bars(clean_console, capsys):
 def test_quiet_libraries_silences_library_warnings_and_logs_only(clean_console):
     with warnings.catch_warnings(record=True) as seen:
         quiet_libraries()
-        warnings.warn_explicit("`past_key_values` is deprecated", FutureWarning, "generation/utils.py", 1,
-                               module="transformers.generation.utils")
-        warnings.warn_explicit("old torch thing", UserWarning, "torch/nn/modules/module.py", 1,
-                               module="torch.nn.modules.module")
+        warnings.warn_explicit(
+            "`past_key_values` is deprecated",
+            FutureWarning,
+            "generation/utils.py",
+            1,
+            module="transformers.generation.utils",
+        )
+        warnings.warn_explicit(
+            "old torch thing", UserWarning, "torch/nn/modules/module.py", 1, module="torch.nn.modules.module"
+        )
         warnings.warn_explicit("curator's own", UserWarning, "curator/run.py", 1, module="curator.run")
     assert [str(w.message) for w in seen] == ["curator's own"]
     assert logging.getLogger("transformers").level == logging.ERROR
@@ -95,8 +101,13 @@ def test_quiet_leaves_a_users_own_setting_alone(clean_console, monkeypatch):
 def test_verbose_shows_library_warnings(clean_console):
     with warnings.catch_warnings(record=True) as seen:
         set_verbose(True)
-        warnings.warn_explicit("`past_key_values` is deprecated", FutureWarning, "generation/utils.py", 1,
-                               module="transformers.generation.utils")
+        warnings.warn_explicit(
+            "`past_key_values` is deprecated",
+            FutureWarning,
+            "generation/utils.py",
+            1,
+            module="transformers.generation.utils",
+        )
     assert [str(w.message) for w in seen] == ["`past_key_values` is deprecated"]
     assert console.is_verbose() and logging.getLogger("transformers").level == logging.NOTSET
 
@@ -117,12 +128,19 @@ def test_final_summary_is_short_and_exact():
     from curator.cli.run import final_summary
     from curator.run import RunSummary
 
-    s = RunSummary(run_dir=Path("/nonexistent/run"), tracking_uri="sqlite:////r/mlflow.db", experiment="demo",
-                   strategies={"iid": {"final": {"n_train": 32, "test_accuracy": 0.21875, "premem_acc": 0.4}},
-                               "premem-threshold": {"final": {"n_train": 20, "test_accuracy": 0.28125,
-                                                              "premem_acc": 0.55},
-                                                    "stopped_reason": "pool exhausted"}},
-                   curves_png=Path("/nonexistent/run/curves.png"))
+    s = RunSummary(
+        run_dir=Path("/nonexistent/run"),
+        tracking_uri="sqlite:////r/mlflow.db",
+        experiment="demo",
+        strategies={
+            "iid": {"final": {"n_train": 32, "test_accuracy": 0.21875, "premem_acc": 0.4}},
+            "premem-threshold": {
+                "final": {"n_train": 20, "test_accuracy": 0.28125, "premem_acc": 0.55},
+                "stopped_reason": "pool exhausted",
+            },
+        },
+        curves_png=Path("/nonexistent/run/curves.png"),
+    )
     assert final_summary(s) == textwrap.dedent("""\
           strategy          examples  test acc  PreMemAcc
           iid                     32     0.219      0.400
@@ -158,8 +176,9 @@ def test_real_libraries_are_quiet_unless_verbose(tmp_path):
     for mode in ("quiet", "verbose"):
         d = tmp_path / mode
         d.mkdir()
-        runs[mode] = subprocess.run([sys.executable, "-c", QUIET_CHECK, mode, str(d)], capture_output=True,
-                                    text=True, env=env, timeout=300)
+        runs[mode] = subprocess.run(
+            [sys.executable, "-c", QUIET_CHECK, mode, str(d)], capture_output=True, text=True, env=env, timeout=300
+        )
         assert runs[mode].returncode == 0, runs[mode].stderr
         assert runs[mode].stdout == "ok\n"
     assert runs["quiet"].stderr == ""

@@ -62,10 +62,21 @@ def test_train_and_track_measures_every_checkpoint_on_its_weights(base):
     provider = SpyProvider(base.tokenizer)
     at_checkpoint: list[str] = []
     params = SamplingParams(temperature=0.8, max_new_tokens=6, seed=3)
-    res = train_and_track(base, train, fmt=PromptFormat(), grader=get_grader("gsm8k"), training=settings,
-                          provider=provider, k=2, params=params, p=1.5, lazy=False, test=test,
-                          after_checkpoint=lambda s, info, rows: at_checkpoint.append(weights_hash(s.model))
-                          or {"seen": 1.0}, progress=False)
+    res = train_and_track(
+        base,
+        train,
+        fmt=PromptFormat(),
+        grader=get_grader("gsm8k"),
+        training=settings,
+        provider=provider,
+        k=2,
+        params=params,
+        p=1.5,
+        lazy=False,
+        test=test,
+        after_checkpoint=lambda s, info, rows: at_checkpoint.append(weights_hash(s.model)) or {"seen": 1.0},
+        progress=False,
+    )
     # the base model is untouched: the round trained a copy
     assert res.model is not base.model
     assert [r["checkpoint"] for r in res.checkpoints] == [1, 2, 3]
@@ -92,10 +103,21 @@ def test_in_place_with_lora_gives_the_peft_model_back(base):
 
     own = LoadedModel(copy.deepcopy(base.model), base.tokenizer, "tiny-random", base.device, base.dtype)
     settings = TrainSettings(epochs=1, batch_size=2, max_length=64)
-    res = train_and_track(own, [ex(i) for i in range(2)], fmt=PromptFormat(), grader=get_grader("gsm8k"),
-                          training=settings, provider=HFProvider(base.tokenizer), k=1,
-                          params=SamplingParams(max_new_tokens=4), p=1.5, lazy=False, lora=LoraSettings(r=4),
-                          in_place=True, progress=False)
+    res = train_and_track(
+        own,
+        [ex(i) for i in range(2)],
+        fmt=PromptFormat(),
+        grader=get_grader("gsm8k"),
+        training=settings,
+        provider=HFProvider(base.tokenizer),
+        k=1,
+        params=SamplingParams(max_new_tokens=4),
+        p=1.5,
+        lazy=False,
+        lora=LoraSettings(r=4),
+        in_place=True,
+        progress=False,
+    )
     assert hasattr(res.model, "peft_config")
     assert res.model.get_base_model() is own.model
 
@@ -123,10 +145,12 @@ def test_sharded_sampler_equals_one_process(base):
         assert sum(len(idx) for idx, _ in shares) == len(prompts) and len(owners) == 4
         lp_shares: list = []
         for r in range(world):
-            ShardedSampler(inner, r, world, lambda obj, lp_shares=lp_shares: (lp_shares.append(obj), [obj])[1]
-                           ).target_logprobs(prompts, targets)
+            ShardedSampler(
+                inner, r, world, lambda obj, lp_shares=lp_shares: (lp_shares.append(obj), [obj])[1]
+            ).target_logprobs(prompts, targets)
         got_lp = ShardedSampler(inner, 0, world, lambda obj, lp_shares=lp_shares: lp_shares).target_logprobs(
-            prompts, targets)
+            prompts, targets
+        )
         for a, b in zip(got_lp, want_lp):  # other batch companions: padding moves logits by ~1e-7
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 

@@ -60,8 +60,14 @@ def run_dir(tmp_path_factory):
     seed, cands = pool[:4], pool[4:]
     (out / "seed_ids.json").write_text(json.dumps(seed))
     chosen = [cands[7], cands[6]]
-    sel = pd.DataFrame({"example_id": cands, "score": SCORES, "selected": [i in chosen for i in cands],
-                        "rank": [chosen.index(i) if i in chosen else -1 for i in cands]})
+    sel = pd.DataFrame(
+        {
+            "example_id": cands,
+            "score": SCORES,
+            "selected": [i in chosen for i in cands],
+            "rank": [chosen.index(i) if i in chosen else -1 for i in cands],
+        }
+    )
     l0 = Ledger.from_arrays(seed, np.array(CORRECT)[:, None], k=2, perplexity=np.array(PPL)[:, None], p=1.105)
     _write_round(out / "loss" / "round-00", l0, seed + chosen, sel)
     l1 = Ledger.from_arrays(seed + chosen, np.full((6, 1), 2), k=2, perplexity=np.full((6, 1), 1.5), p=1.105)
@@ -212,8 +218,17 @@ def test_a_real_run_exports_and_the_export_trains_with_sft_trainer(tmp_path):
 
     lm = load_model("tiny-random")
     before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
-    cfg = SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=2, per_device_train_batch_size=3, learning_rate=1e-3,
-                    save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, max_length=256)
+    cfg = SFTConfig(
+        output_dir=str(tmp_path / "sft"),
+        max_steps=2,
+        per_device_train_batch_size=3,
+        learning_rate=1e-3,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        max_length=256,
+    )
     try:
         out = SFTTrainer(model=lm.model, args=cfg, train_dataset=ds, processing_class=lm.tokenizer).train()
     finally:  # a Trainer leaves accelerate's process-wide state behind for later tests

@@ -10,8 +10,19 @@ import pytest
 
 from curator.data.example import Example
 from curator.data.grading import (
-    AutoGrader, GSM8KGrader, Grader, MathGrader, NumericGrader, format_number, get_grader,
-    grade_references, graders, last_boxed, normalize_math, parse_number, symbolic_equivalent,
+    AutoGrader,
+    Grader,
+    GSM8KGrader,
+    MathGrader,
+    NumericGrader,
+    format_number,
+    get_grader,
+    grade_references,
+    graders,
+    last_boxed,
+    normalize_math,
+    parse_number,
+    symbolic_equivalent,
     symbolic_worth_trying,
 )
 from curator.errors import CuratorError
@@ -25,12 +36,23 @@ GSM8K_SOLUTION = (
 # ---------------------------------------------------------------- numbers
 
 
-@pytest.mark.parametrize("text, value", [
-    ("72", Fraction(72)), ("1,234", Fraction(1234)), ("$1,234.50", Fraction(246900, 200)),
-    ("-5", Fraction(-5)), ("18 dollars", Fraction(18)), ("3.", Fraction(3)),
-    ("3/4", Fraction(3, 4)), ("50%", Fraction(50)), (".5", Fraction(1, 2)),
-    ("1e3", Fraction(1000)), ("-$7", Fraction(-7)), ("12 apples per day.", Fraction(12)),
-])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("72", Fraction(72)),
+        ("1,234", Fraction(1234)),
+        ("$1,234.50", Fraction(246900, 200)),
+        ("-5", Fraction(-5)),
+        ("18 dollars", Fraction(18)),
+        ("3.", Fraction(3)),
+        ("3/4", Fraction(3, 4)),
+        ("50%", Fraction(50)),
+        (".5", Fraction(1, 2)),
+        ("1e3", Fraction(1000)),
+        ("-$7", Fraction(-7)),
+        ("12 apples per day.", Fraction(12)),
+    ],
+)
 def test_parse_number(text, value):
     assert parse_number(text) == value
 
@@ -40,9 +62,15 @@ def test_parse_number_rejects_non_numbers(text):
     assert parse_number(text) is None
 
 
-@pytest.mark.parametrize("value, text", [
-    (Fraction(12), "12"), (Fraction(-7, 2), "-3.5"), (Fraction(1, 3), "1/3"), (Fraction(1, 8), "0.125"),
-])
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (Fraction(12), "12"),
+        (Fraction(-7, 2), "-3.5"),
+        (Fraction(1, 3), "1/3"),
+        (Fraction(1, 8), "0.125"),
+    ],
+)
 def test_format_number(value, text):
     assert format_number(value) == text
 
@@ -50,18 +78,21 @@ def test_format_number(value, text):
 # ---------------------------------------------------------------- GSM8K
 
 
-@pytest.mark.parametrize("completion, expected", [
-    (GSM8K_SOLUTION, "72"),
-    ("so the total is\n#### 1,234", "1234"),
-    ("#### $18", "18"),
-    ("#### 18 dollars.", "18"),
-    ("#### -5", "-5"),
-    ("#### 3.50", "3.5"),
-    ("#### 5 (five apples)", "5"),
-    ("#### 1\n#### 2", "2"),  # the last one counts
-    ("She has 4 left. The answer is 42.", "42"),
-    ("The final answer is: $1,000", "1000"),
-])
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        (GSM8K_SOLUTION, "72"),
+        ("so the total is\n#### 1,234", "1234"),
+        ("#### $18", "18"),
+        ("#### 18 dollars.", "18"),
+        ("#### -5", "-5"),
+        ("#### 3.50", "3.5"),
+        ("#### 5 (five apples)", "5"),
+        ("#### 1\n#### 2", "2"),  # the last one counts
+        ("She has 4 left. The answer is 42.", "42"),
+        ("The final answer is: $1,000", "1000"),
+    ],
+)
 def test_gsm8k_extract(completion, expected):
     assert GSM8KGrader().extract(completion) == expected
 
@@ -86,54 +117,67 @@ def test_gsm8k_is_correct_variants():
 # ---------------------------------------------------------------- MATH boxed
 
 
-@pytest.mark.parametrize("text, expected", [
-    (r"so $\boxed{\frac{1}{2}}$.", r"\frac{1}{2}"),
-    (r"\boxed{a{b}c} and later \boxed{\dfrac{\sqrt{3}}{2}}", r"\dfrac{\sqrt{3}}{2}"),
-    (r"\fbox{3}", "3"),
-    (r"$\boxed 5$", "5"),
-    (r"\boxed{\left( 1, 2 \right)}", r"\left( 1, 2 \right)"),
-    (r"no box here", None),
-    (r"\boxed{unbalanced", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (r"so $\boxed{\frac{1}{2}}$.", r"\frac{1}{2}"),
+        (r"\boxed{a{b}c} and later \boxed{\dfrac{\sqrt{3}}{2}}", r"\dfrac{\sqrt{3}}{2}"),
+        (r"\fbox{3}", "3"),
+        (r"$\boxed 5$", "5"),
+        (r"\boxed{\left( 1, 2 \right)}", r"\left( 1, 2 \right)"),
+        (r"no box here", None),
+        (r"\boxed{unbalanced", None),
+    ],
+)
 def test_last_boxed(text, expected):
     assert last_boxed(text) == expected
 
 
-@pytest.mark.parametrize("pred, ref", [
-    (r"\frac12", "0.5"),
-    (r"\dfrac{1}{2}", "1/2"),
-    (r"\tfrac{3}{4}", "0.75"),
-    (r"\frac{1}{2}", r"\frac12"),
-    (r".5", r"\frac{1}{2}"),
-    (r"\left(1,2\right)", "(1, 2)"),
-    (r"10\text{ cm}", "10"),
-    (r"5 \text{ square units}", "5"),
-    (r"10 \mbox{ inches}", "10"),
-    (r"90^\circ", "90"),
-    (r"90^{\circ}", "90"),
-    (r"50\%", "50"),
-    (r"x = 5", "5"),
-    (r"k=\frac{1}{3}", r"\frac13"),
-    (r"5.", "5"),
-    (r"\text{(A)}", "(A)"),
-    (r"\frac{\sqrt{3}}{2}", r"\dfrac{\sqrt3}{2}"),
-    (r"1,000", "1000"),
-    (r"-\frac{1}{3}", r"\frac{-1}{3}"),
-    (r"(-\infty, 3]", r"(-\infty,3]"),
-    (r"2.50", "2.5"),
-    (r"\$18", "18"),
-    (r"3\sqrt{2}", r"3 \sqrt 2"),
-])
+@pytest.mark.parametrize(
+    "pred, ref",
+    [
+        (r"\frac12", "0.5"),
+        (r"\dfrac{1}{2}", "1/2"),
+        (r"\tfrac{3}{4}", "0.75"),
+        (r"\frac{1}{2}", r"\frac12"),
+        (r".5", r"\frac{1}{2}"),
+        (r"\left(1,2\right)", "(1, 2)"),
+        (r"10\text{ cm}", "10"),
+        (r"5 \text{ square units}", "5"),
+        (r"10 \mbox{ inches}", "10"),
+        (r"90^\circ", "90"),
+        (r"90^{\circ}", "90"),
+        (r"50\%", "50"),
+        (r"x = 5", "5"),
+        (r"k=\frac{1}{3}", r"\frac13"),
+        (r"5.", "5"),
+        (r"\text{(A)}", "(A)"),
+        (r"\frac{\sqrt{3}}{2}", r"\dfrac{\sqrt3}{2}"),
+        (r"1,000", "1000"),
+        (r"-\frac{1}{3}", r"\frac{-1}{3}"),
+        (r"(-\infty, 3]", r"(-\infty,3]"),
+        (r"2.50", "2.5"),
+        (r"\$18", "18"),
+        (r"3\sqrt{2}", r"3 \sqrt 2"),
+    ],
+)
 def test_math_equivalent(pred, ref):
     # the fast path alone (the normaliser): these need no algebra
     assert MathGrader(symbolic=False).equivalent(pred, ref)
     assert MathGrader(symbolic=False).equivalent(ref, pred)
 
 
-@pytest.mark.parametrize("pred, ref", [
-    ("2", "3"), (r"\frac{1}{3}", "0.333"), (r"\frac{1}{2}", r"\frac{2}{1}"), ("(1,2)", "(2,1)"),
-    (r"\sqrt{2}", "2"), ("x+1", "x-1"),
-])
+@pytest.mark.parametrize(
+    "pred, ref",
+    [
+        ("2", "3"),
+        (r"\frac{1}{3}", "0.333"),
+        (r"\frac{1}{2}", r"\frac{2}{1}"),
+        ("(1,2)", "(2,1)"),
+        (r"\sqrt{2}", "2"),
+        ("x+1", "x-1"),
+    ],
+)
 def test_math_not_equivalent(pred, ref):
     assert not MathGrader(symbolic=False).equivalent(pred, ref)
     assert not MathGrader().equivalent(pred, ref)
@@ -151,8 +195,14 @@ def _math_pairs():
 MATH_PAIRS = _math_pairs()
 # hand-checked pairs neither grader gets right (math-verify does not read \overline)
 KNOWN_MISSES = {(r"0.\overline{3}", r"\frac13")}
-ISSUE_PAIRS = [(r"2\sqrt2", r"\sqrt8"), (r"\frac{\sqrt2}{2}", r"\frac1{\sqrt2}"), (r"2^{10}", "1024"),
-               (r"3\frac12", r"\frac72"), (r"\{1,2\}", r"\{2,1\}"), (r"\text{(B)}", "B")]
+ISSUE_PAIRS = [
+    (r"2\sqrt2", r"\sqrt8"),
+    (r"\frac{\sqrt2}{2}", r"\frac1{\sqrt2}"),
+    (r"2^{10}", "1024"),
+    (r"3\frac12", r"\frac72"),
+    (r"\{1,2\}", r"\{2,1\}"),
+    (r"\text{(B)}", "B"),
+]
 
 
 def test_math_pair_set_is_large_and_balanced():
@@ -189,8 +239,11 @@ def test_math_verify_only_on_the_main_thread(caplog):
     # 10^{10^{10}} never returns: there the grader falls back to the normaliser, and says so
     out = []
     with caplog.at_level(logging.WARNING, logger="curator.data.grading"):
-        t = threading.Thread(target=lambda: out.append((MathGrader().equivalent(r"2\sqrt2", r"\sqrt8"),
-                                                        MathGrader().equivalent(r"\frac12", "0.5"))))
+        t = threading.Thread(
+            target=lambda: out.append(
+                (MathGrader().equivalent(r"2\sqrt2", r"\sqrt8"), MathGrader().equivalent(r"\frac12", "0.5"))
+            )
+        )
         t.start()
         t.join()
     assert out == [(False, True)]
@@ -277,9 +330,11 @@ def test_get_grader_names_and_errors():
 
 
 def test_grade_references_counts_failures():
-    exs = [Example.make("q1", "2 + 2 = 4\n#### 4", "4"),
-           Example.make("q2", "2 + 3 = 5\n#### 5", "6", id="bad"),
-           Example.make("q3", r"So $\boxed{\frac{1}{2}}$", "0.5")]
+    exs = [
+        Example.make("q1", "2 + 2 = 4\n#### 4", "4"),
+        Example.make("q2", "2 + 3 = 5\n#### 5", "6", id="bad"),
+        Example.make("q3", r"So $\boxed{\frac{1}{2}}$", "0.5"),
+    ]
     rep = grade_references(exs, "auto")
     assert (rep.n, rep.n_correct, rep.failing_ids) == (3, 2, ["bad"])
     assert rep.rate == pytest.approx(2 / 3)

@@ -19,8 +19,14 @@ PPL = np.array([[3.0, 1.5, 1.1], [2.0, 1.9, 1.3], [1.2, 1.05, 1.01]])
 
 
 def arrays(**changes):
-    base = {"example_ids": np.array(IDS), "n_correct": NC, "k": np.array(4), "perplexity": PPL,
-            "steps": np.array([5, 10, 15]), "epochs": np.array([1.0, 2.0, 3.0])}
+    base = {
+        "example_ids": np.array(IDS),
+        "n_correct": NC,
+        "k": np.array(4),
+        "perplexity": PPL,
+        "steps": np.array([5, 10, 15]),
+        "epochs": np.array([1.0, 2.0, 3.0]),
+    }
     base.update(changes)
     return {k: v for k, v in base.items() if v is not None}
 
@@ -46,7 +52,7 @@ def test_npz_round_trip(tmp_path):
     # b: acc .25, .25, .75; nothing memorized -> .25, .25, .75
     # c: perplexity 1.2 <= 1.2 at checkpoint 1: masked 0 throughout -> 0, 0, 0
     pm = metrics.premem_acc(led, 1.2)
-    np.testing.assert_allclose(pm.to_numpy(), [[0, .5, .5], [.25, .25, .75], [0, 0, 0]])
+    np.testing.assert_allclose(pm.to_numpy(), [[0, 0.5, 0.5], [0.25, 0.25, 0.75], [0, 0, 0]])
     # and survives a Parquet round trip
     led.to_parquet(tmp_path / "ledger.parquet")
     check_ledger(read_ledger(tmp_path / "ledger.parquet"))
@@ -60,16 +66,27 @@ def test_acc_and_target_nll_variant():
 def test_per_cell_samples_and_signals():
     ns = np.array([[4, 4, 4], [2, 2, 4], [4, 4, 4]])
     loss = np.arange(9.0).reshape(3, 3)
-    led = import_arrays(arrays(k=None, n_samples=ns, n_correct=np.minimum(NC, ns), loss=loss,
-                               target_tokens=np.array([7, 8, 9])))
+    led = import_arrays(
+        arrays(k=None, n_samples=ns, n_correct=np.minimum(NC, ns), loss=loss, target_tokens=np.array([7, 8, 9]))
+    )
     np.testing.assert_array_equal(led.pivot("n_samples").to_numpy(), ns)
     np.testing.assert_allclose(led.pivot("loss").to_numpy(), loss)
     assert led.pivot("target_tokens").iloc[:, 0].tolist() == [7, 8, 9]
 
 
 def test_long_csv_and_json_round_trip(tmp_path):
-    rows = [{"example_id": e, "checkpoint": m + 1, "step": 5 * (m + 1), "epoch": m + 1.0,
-             "acc": NC[i, m] / 4, "perplexity": PPL[i, m]} for i, e in enumerate(IDS) for m in range(3)]
+    rows = [
+        {
+            "example_id": e,
+            "checkpoint": m + 1,
+            "step": 5 * (m + 1),
+            "epoch": m + 1.0,
+            "acc": NC[i, m] / 4,
+            "perplexity": PPL[i, m],
+        }
+        for i, e in enumerate(IDS)
+        for m in range(3)
+    ]
     df = pd.DataFrame(rows).sample(frac=1, random_state=0)  # row order must not matter
     df.to_csv(tmp_path / "run.csv", index=False)
     led = import_ledger(tmp_path / "run.csv", k=4)
@@ -82,19 +99,22 @@ def test_long_csv_and_json_round_trip(tmp_path):
     check_ledger(import_ledger(tmp_path / "run.jsonl", k=4))
 
 
-@pytest.mark.parametrize("changes,msg", [
-    ({"n_correct": NC[:, :2]}, r"perplexity has shape \[3, 3\] but n_correct has \[3, 2\]"),
-    ({"n_correct": NC[:2]}, r"n_correct has shape \[2, 3\], expected \[3, checkpoints\]"),
-    ({"steps": np.array([1, 2])}, r"steps has shape \[2\], expected \[3\]"),
-    ({"example_ids": np.array(["a", "b", "a"])}, r"1 duplicate example id\(s\), e.g. \['a'\]"),
-    ({"acc": NC / 4}, "exactly one of 'n_correct' or 'acc' \\(got both\\)"),
-    ({"perplexity": None}, "exactly one of 'perplexity' or 'target_nll' \\(got neither\\)"),
-    ({"n_correct": None, "acc": NC / 3, "k": np.array(4)}, "acc must lie in"),
-    ({"n_correct": None, "acc": NC / 4 * 0.9}, "not a whole number at example 'a', checkpoint 2"),
-    ({"k": None}, "give 'n_samples'"),
-    ({"example_ids": None}, "missing 'example_ids'"),
-    ({"junk": np.zeros(5)}, "unknown key 'junk' with shape \\[5\\]"),
-])
+@pytest.mark.parametrize(
+    "changes,msg",
+    [
+        ({"n_correct": NC[:, :2]}, r"perplexity has shape \[3, 3\] but n_correct has \[3, 2\]"),
+        ({"n_correct": NC[:2]}, r"n_correct has shape \[2, 3\], expected \[3, checkpoints\]"),
+        ({"steps": np.array([1, 2])}, r"steps has shape \[2\], expected \[3\]"),
+        ({"example_ids": np.array(["a", "b", "a"])}, r"1 duplicate example id\(s\), e.g. \['a'\]"),
+        ({"acc": NC / 4}, "exactly one of 'n_correct' or 'acc' \\(got both\\)"),
+        ({"perplexity": None}, "exactly one of 'perplexity' or 'target_nll' \\(got neither\\)"),
+        ({"n_correct": None, "acc": NC / 3, "k": np.array(4)}, "acc must lie in"),
+        ({"n_correct": None, "acc": NC / 4 * 0.9}, "not a whole number at example 'a', checkpoint 2"),
+        ({"k": None}, "give 'n_samples'"),
+        ({"example_ids": None}, "missing 'example_ids'"),
+        ({"junk": np.zeros(5)}, "unknown key 'junk' with shape \\[5\\]"),
+    ],
+)
 def test_array_errors(changes, msg):
     with pytest.raises(DataError, match=msg):
         import_arrays(arrays(**changes))
@@ -114,8 +134,13 @@ def test_nan_perplexity_error_and_drop():
 
 
 def test_long_errors(tmp_path):
-    base = pd.DataFrame([{"example_id": e, "checkpoint": m + 1, "n_correct": NC[i, m], "perplexity": PPL[i, m]}
-                         for i, e in enumerate(IDS) for m in range(3)])
+    base = pd.DataFrame(
+        [
+            {"example_id": e, "checkpoint": m + 1, "n_correct": NC[i, m], "perplexity": PPL[i, m]}
+            for i, e in enumerate(IDS)
+            for m in range(3)
+        ]
+    )
     with pytest.raises(DataError, match="lack rows at some of the 3 checkpoints, e.g. \\['b'\\]"):
         import_long(base.drop(index=4), k=4)
     with pytest.raises(DataError, match="duplicate \\(example_id, checkpoint\\)"):

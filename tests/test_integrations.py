@@ -54,11 +54,14 @@ def examples():
 
 # -- pure helpers ------------------------------------------------------------------------------
 
+
 def test_checkpoint_metrics_take_the_last_logged_loss_at_or_before_the_step():
-    history = [{"loss": 3.0, "grad_norm": 1.5, "learning_rate": 1e-3, "step": 2},
-               {"premem_acc": 0.25, "step": 2},  # the callback's own entries carry no loss
-               {"loss": 2.0, "grad_norm": 0.5, "learning_rate": 5e-4, "step": 4},
-               {"loss": 1.0, "step": 6}]
+    history = [
+        {"loss": 3.0, "grad_norm": 1.5, "learning_rate": 1e-3, "step": 2},
+        {"premem_acc": 0.25, "step": 2},  # the callback's own entries carry no loss
+        {"loss": 2.0, "grad_norm": 0.5, "learning_rate": 5e-4, "step": 4},
+        {"loss": 1.0, "step": 6},
+    ]
     assert checkpoint_metrics(history, 5) == {"train_loss": 2.0, "grad_norm": 0.5, "learning_rate": 5e-4}
     assert checkpoint_metrics(history, 6) == {"train_loss": 1.0}
     assert checkpoint_metrics(history, 1) == {}
@@ -104,11 +107,13 @@ def test_bad_callback_settings_are_reported_at_once(examples):
 
 # -- checkpoint discovery: bad input -------------------------------------------------------------
 
+
 def _fake_ckpt(path: Path, step: int, epoch: float, adapter=False):
     path.mkdir(parents=True)
     (path / ("adapter_config.json" if adapter else "config.json")).write_text("{}")
-    (path / "trainer_state.json").write_text(json.dumps(
-        {"global_step": step, "epoch": epoch, "log_history": [{"loss": 1.5, "step": step}]}))
+    (path / "trainer_state.json").write_text(
+        json.dumps({"global_step": step, "epoch": epoch, "log_history": [{"loss": 1.5, "step": step}]})
+    )
 
 
 def test_find_checkpoints_orders_by_step_and_reads_trainer_state(tmp_path):
@@ -152,19 +157,19 @@ def test_measure_cli_on_a_dir_without_checkpoints_exits_2_before_loading(tmp_pat
 
 # -- peft adapters -------------------------------------------------------------------------------
 
+
 def _adapter_run(tmp_path, examples, one_thread):
     """Two LoRA adapter checkpoints of the tiny model, and the ledger measured on the live model."""
     import torch
 
     from curator.dynamics.tracker import DynamicsTracker
-    from curator.models import LoraSettings, apply_lora, load_model
     from curator.measure import CheckpointInfo
+    from curator.models import LoraSettings, apply_lora, load_model
     from curator.sampling.hf import HFSampler
 
     loaded = load_model("tiny-random")
     model = apply_lora(loaded.model, LoraSettings(r=4, dropout=0.0))
-    tracker = DynamicsTracker(examples, PromptFormat(), EvenLength(), k=K, params=PARAMS, p=60.0,
-                              n_checkpoints=2)
+    tracker = DynamicsTracker(examples, PromptFormat(), EvenLength(), k=K, params=PARAMS, p=60.0, n_checkpoints=2)
     for i in (1, 2):
         with torch.no_grad():  # stand-in for training: move the adapter weights
             g = torch.Generator().manual_seed(i)
@@ -173,17 +178,25 @@ def _adapter_run(tmp_path, examples, one_thread):
                     p.add_(0.05 * torch.randn(p.shape, generator=g))
         path = tmp_path / "lora" / f"checkpoint-{10 * i}"
         model.save_pretrained(path)
-        (path / "trainer_state.json").write_text(json.dumps({"global_step": 10 * i, "epoch": float(i),
-                                                             "log_history": []}))
-        tracker.measure(HFSampler(model, loaded.tokenizer, batch_size=32),
-                        CheckpointInfo(i, 10 * i, float(i), {}))
+        (path / "trainer_state.json").write_text(
+            json.dumps({"global_step": 10 * i, "epoch": float(i), "log_history": []})
+        )
+        tracker.measure(HFSampler(model, loaded.tokenizer, batch_size=32), CheckpointInfo(i, 10 * i, float(i), {}))
     return tracker.ledger()
 
 
 def test_adapter_checkpoints_measure_like_the_live_peft_model(tmp_path, examples, one_thread):
     live = _adapter_run(tmp_path, examples, one_thread)
-    measured = measure_checkpoints([tmp_path / "lora"], examples, base="tiny-random", grader=EvenLength(),
-                                   k=K, params=PARAMS, p=60.0, progress=False)
+    measured = measure_checkpoints(
+        [tmp_path / "lora"],
+        examples,
+        base="tiny-random",
+        grader=EvenLength(),
+        k=K,
+        params=PARAMS,
+        p=60.0,
+        progress=False,
+    )
     pd.testing.assert_frame_equal(live.df, measured.df)
     assert measured.df["n_correct"].sum() > 0
 
@@ -204,19 +217,32 @@ def test_adapters_for_another_base_model_are_a_one_line_error(tmp_path, examples
 
 # -- the end-to-end agreement --------------------------------------------------------------------
 
+
 def _sft_config(out, **kw):
     from trl import SFTConfig
 
-    base = dict(output_dir=str(out), num_train_epochs=2, per_device_train_batch_size=4, learning_rate=1e-3,
-                save_strategy="epoch", logging_steps=1, report_to=[], use_cpu=True, seed=0, max_length=256,
-                disable_tqdm=True, save_only_model=True)
+    base = dict(
+        output_dir=str(out),
+        num_train_epochs=2,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        save_strategy="epoch",
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        max_length=256,
+        disable_tqdm=True,
+        save_only_model=True,
+    )
     base.update(kw)
     return SFTConfig(**base)
 
 
 @pytest.mark.slow
-def test_trl_callback_ledger_equals_curate_measure_and_curators_own_finetune(tmp_path, examples, one_thread,
-                                                                             capsys, fresh_accelerate_state):
+def test_trl_callback_ledger_equals_curate_measure_and_curators_own_finetune(
+    tmp_path, examples, one_thread, capsys, fresh_accelerate_state
+):
     """TRL SFTTrainer + PreMemCallback -> ledger A; `curate measure` on the checkpoints it saved -> B;
     A == B exactly (same weights, same seeds, same batches: identical samples and log-probs).
     curator's finetune with tracking -> C, `curate measure` on finetune's saved checkpoints -> D;
@@ -236,17 +262,32 @@ def test_trl_callback_ledger_equals_curate_measure_and_curators_own_finetune(tmp
     grader = EvenLength()
     # curator's own path first: a Trainer leaves accelerate's process-wide state (its bf16 mixed
     # precision) behind, which a later curator finetune in the same process would pick up
-    settings = TrainSettings(epochs=2, learning_rate=1e-3, batch_size=4, save_checkpoints=True,
-                             output_dir=str(tmp_path / "own"))
-    c = track_premem(load_model("tiny-random"), examples, fmt=PromptFormat(), grader=grader, train_settings=settings,
-                     k=K, params=PARAMS, p=p, progress=False, allow_bad_references=True)
+    settings = TrainSettings(
+        epochs=2, learning_rate=1e-3, batch_size=4, save_checkpoints=True, output_dir=str(tmp_path / "own")
+    )
+    c = track_premem(
+        load_model("tiny-random"),
+        examples,
+        fmt=PromptFormat(),
+        grader=grader,
+        train_settings=settings,
+        k=K,
+        params=PARAMS,
+        p=p,
+        progress=False,
+        allow_bad_references=True,
+    )
     d = measure_checkpoints([tmp_path / "own"], examples, grader=grader, k=K, params=PARAMS, p=p, progress=False)
     pd.testing.assert_frame_equal(c.df, d.df)
     assert {"train_loss", "dist_from_init"} <= set(c.df.columns)
 
     lm = load_model("tiny-random")
-    trainer = SFTTrainer(model=lm.model, args=_sft_config(tmp_path / "trl"), train_dataset=trl_dataset(examples),
-                         processing_class=lm.tokenizer)
+    trainer = SFTTrainer(
+        model=lm.model,
+        args=_sft_config(tmp_path / "trl"),
+        train_dataset=trl_dataset(examples),
+        processing_class=lm.tokenizer,
+    )
     cb = PreMemCallback(examples, grader=grader, k=K, params=PARAMS, p=p, progress=False).attach(trainer)
     trainer.train()
     # TRL trains in bf16 autocast here; the callback measured the weights themselves (without_autocast)
@@ -270,17 +311,34 @@ def test_trl_callback_ledger_equals_curate_measure_and_curators_own_finetune(tmp
     assert {"train_loss", "grad_norm", "learning_rate"} <= set(a.df.columns)
 
     # the CLI gives the same ledger (default grader here: a real one, so compare the log-probs)
-    main(["measure", str(tmp_path / "trl"), "--data", DATA, "--samples", str(K), "--p", str(p),
-          "--max-new-tokens", "12", "--seed", "5", "--quiet", "--out", str(tmp_path / "cli.parquet")])
+    main(
+        [
+            "measure",
+            str(tmp_path / "trl"),
+            "--data",
+            DATA,
+            "--samples",
+            str(K),
+            "--p",
+            str(p),
+            "--max-new-tokens",
+            "12",
+            "--seed",
+            "5",
+            "--quiet",
+            "--out",
+            str(tmp_path / "cli.parquet"),
+        ]
+    )
     cli = read_ledger(tmp_path / "cli.parquet")
     pd.testing.assert_series_equal(cli.df["target_nll"], a.df["target_nll"])
     assert "ledger:" in capsys.readouterr().out
 
 
-
 @pytest.mark.slow
-def test_unattached_callback_still_records_and_a_resumed_run_is_not_measured(tmp_path, examples, one_thread,
-                                                                           caplog, fresh_accelerate_state):
+def test_unattached_callback_still_records_and_a_resumed_run_is_not_measured(
+    tmp_path, examples, one_thread, caplog, fresh_accelerate_state
+):
     from trl import SFTTrainer
 
     from curator.export import trl_dataset
@@ -289,8 +347,13 @@ def test_unattached_callback_still_records_and_a_resumed_run_is_not_measured(tmp
 
     lm = load_model("tiny-random")
     cb = PreMemCallback(examples[:4], k=1, params=PARAMS, on="epoch", out=tmp_path / "l.parquet", progress=False)
-    trainer = SFTTrainer(model=lm.model, args=_sft_config(tmp_path / "o", num_train_epochs=1, save_strategy="no"),
-                         train_dataset=trl_dataset(examples[:4]), processing_class=lm.tokenizer, callbacks=[cb])
+    trainer = SFTTrainer(
+        model=lm.model,
+        args=_sft_config(tmp_path / "o", num_train_epochs=1, save_strategy="no"),
+        train_dataset=trl_dataset(examples[:4]),
+        processing_class=lm.tokenizer,
+        callbacks=[cb],
+    )
     with caplog.at_level(logging.WARNING):
         trainer.train()
     assert "attach(trainer)" in caplog.text
@@ -308,8 +371,9 @@ def test_unattached_callback_still_records_and_a_resumed_run_is_not_measured(tmp
 
 
 @pytest.mark.slow
-def test_checkpoint_source_measures_the_saved_directory_like_the_live_model(tmp_path, examples, one_thread,
-                                                                          fresh_accelerate_state):
+def test_checkpoint_source_measures_the_saved_directory_like_the_live_model(
+    tmp_path, examples, one_thread, fresh_accelerate_state
+):
     """source="checkpoint" (what FSDP / ZeRO-3 runs use) loads each directory the trainer just saved;
     in the same run a live-model callback sees the same weights, so the two ledgers are equal."""
     from trl import SFTTrainer
@@ -319,8 +383,12 @@ def test_checkpoint_source_measures_the_saved_directory_like_the_live_model(tmp_
     from curator.models import load_model
 
     lm = load_model("tiny-random")
-    trainer = SFTTrainer(model=lm.model, args=_sft_config(tmp_path / "o"), train_dataset=trl_dataset(examples[:4]),
-                         processing_class=lm.tokenizer)
+    trainer = SFTTrainer(
+        model=lm.model,
+        args=_sft_config(tmp_path / "o"),
+        train_dataset=trl_dataset(examples[:4]),
+        processing_class=lm.tokenizer,
+    )
     kw = dict(grader=EvenLength(), k=2, params=PARAMS, p=50.0, progress=False)
     live = PreMemCallback(examples[:4], out=tmp_path / "live.parquet", source="live", **kw).attach(trainer)
     saved = PreMemCallback(examples[:4], out=tmp_path / "saved.parquet", source="checkpoint", **kw).attach(trainer)
@@ -341,9 +409,11 @@ def test_importing_the_integrations_package_stays_light():
     import subprocess
     import sys
 
-    code = ("import sys, curator.integrations, curator.measure, curator.export, curator.cli.measure, "
-            "curator.cli.export; print(sorted(m for m in ('torch', 'transformers', 'trl', 'datasets', 'peft') "
-            "if m in sys.modules))")
+    code = (
+        "import sys, curator.integrations, curator.measure, curator.export, curator.cli.measure, "
+        "curator.cli.export; print(sorted(m for m in ('torch', 'transformers', 'trl', 'datasets', 'peft') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -388,9 +458,23 @@ def test_two_process_ddp_run_measures_on_every_rank_and_only_the_main_one_writes
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu",
-           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(port), str(script), str(tmp_path / "out")]
+    cmd = [
+        os.path.join(os.path.dirname(sys.executable), "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        str(script),
+        str(tmp_path / "out"),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = [json.loads((tmp_path / "out" / f"report-{r}.json").read_text()) for r in (0, 1)]

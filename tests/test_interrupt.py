@@ -32,8 +32,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 BASE = {
     "seed": 5,
     "model": {"name": "tiny-random", "lora": None},
-    "data": {"pool": "synthetic:easy?n=10&seed=1", "test": "synthetic:easy?n=4&seed=2",
-             "seed_size": 4, "grader": "gsm8k"},
+    "data": {
+        "pool": "synthetic:easy?n=10&seed=1",
+        "test": "synthetic:easy?n=4&seed=2",
+        "seed_size": 4,
+        "grader": "gsm8k",
+    },
     "training": {"epochs": 2, "learning_rate": 0.003, "batch_size": 4, "max_length": 512},
     "dynamics": {"samples": 2, "max_new_tokens": 8, "batch_size": 16},
     "evaluation": {"max_new_tokens": 8},
@@ -44,11 +48,18 @@ BASE = {
 VARIANTS = {
     # pool 10 = seed 4 + 3 + 3: in round 2 both strategies hold the whole pool, in their own order
     "same-set-other-order": ({"name": "order", "strategies": [{"name": "iid"}, {"name": "loss"}]}, "round2:done"),
-    "continued-training": ({"name": "cont", "loop": {"rounds": 2, "budget": 3, "continue_training": True}},
-                           "round1:trained"),
-    "generator": ({"name": "gen", "loop": {"rounds": 2, "budget": 3},
-                   "data": {**BASE["data"], "source": "generator", "generator_pool_size": 12}},
-                  "round0:selected"),
+    "continued-training": (
+        {"name": "cont", "loop": {"rounds": 2, "budget": 3, "continue_training": True}},
+        "round1:trained",
+    ),
+    "generator": (
+        {
+            "name": "gen",
+            "loop": {"rounds": 2, "budget": 3},
+            "data": {**BASE["data"], "source": "generator", "generator_pool_size": 12},
+        },
+        "round0:selected",
+    ),
 }
 
 
@@ -71,8 +82,13 @@ def _killed(d: dict, fault: str, where: Path) -> None:
     path = where / "my-recipe.yaml"
     path.write_text(yaml.safe_dump(d))
     env = {**os.environ, "CURATOR_FAULT": fault, "CURATOR_QUIET": "1", "PYTHONPATH": os.getcwd()}
-    p = subprocess.run([sys.executable, "-m", "curator.cli.main", "run", str(path), "--quiet"], env=env,
-                       capture_output=True, text=True, timeout=900)
+    p = subprocess.run(
+        [sys.executable, "-m", "curator.cli.main", "run", str(path), "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert p.returncode == -9, p.stderr[-3000:]
 
 
@@ -87,8 +103,11 @@ def _state(run_dir: Path) -> dict:
         for timing in ("train_seconds", "select_seconds", "round_seconds"):
             m.pop(timing, None)
         led = pd.read_parquet(rd / "ledger.parquet").drop(columns=["wall_seconds"], errors="ignore")
-        out[key] = {"metrics": m, "next": json.loads((rd / "next_train_ids.json").read_text()),
-                    "ledger": led.to_dict("list")}
+        out[key] = {
+            "metrics": m,
+            "next": json.loads((rd / "next_train_ids.json").read_text()),
+            "ledger": led.to_dict("list"),
+        }
         if (rd / "selection.parquet").exists():
             out[key]["selection"] = pd.read_parquet(rd / "selection.parquet").to_dict("list")
     return out
@@ -103,8 +122,10 @@ def _mlflow(uri: str, experiment: str) -> dict:
     for run in client.search_runs([exp.experiment_id]):
         name = run.info.run_name
         assert name not in out, f"run {name} duplicated"
-        out[name] = {key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
-                     for key in ("test_accuracy", "premem_acc", "train_loss", "fraction_memorized")}
+        out[name] = {
+            key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+            for key in ("test_accuracy", "premem_acc", "train_loss", "fraction_memorized")
+        }
         out[name]["status"] = run.info.status
     return out
 

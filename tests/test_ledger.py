@@ -1,6 +1,5 @@
 """Ledger construction, validation and Parquet round trip."""
 
-
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -14,8 +13,19 @@ def rows():
     out = []
     for cp in (1, 2):
         for eid, c, nll in (("a", 2, 0.5), ("b", 5, 0.05)):
-            out.append(dict(example_id=eid, checkpoint=cp, step=4 * cp, epoch=float(cp), n_samples=5,
-                            n_correct=c, target_nll=nll / cp, target_tokens=12, skip_reason=None))
+            out.append(
+                dict(
+                    example_id=eid,
+                    checkpoint=cp,
+                    step=4 * cp,
+                    epoch=float(cp),
+                    n_samples=5,
+                    n_correct=c,
+                    target_nll=nll / cp,
+                    target_tokens=12,
+                    skip_reason=None,
+                )
+            )
     return out
 
 
@@ -94,9 +104,18 @@ def test_counts_validated():
 def test_from_arrays_import():
     nc = np.array([[1, 2], [3, 4], [0, 0]])
     nll = np.array([[0.3, 0.2], [0.2, 0.05], [1.0, 0.9]])
-    led = Ledger.from_arrays(["x", "y", "z"], nc, k=4, target_nll=nll, steps=[100, 200],
-                             epochs=[0.5, 1.0], target_tokens=[10, 20, 30], signals={"loss": nll * 2},
-                             p=1.105, model="other-trainer")
+    led = Ledger.from_arrays(
+        ["x", "y", "z"],
+        nc,
+        k=4,
+        target_nll=nll,
+        steps=[100, 200],
+        epochs=[0.5, 1.0],
+        target_tokens=[10, 20, 30],
+        signals={"loss": nll * 2},
+        p=1.105,
+        model="other-trainer",
+    )
     assert led.meta["k"] == 4 and led.meta["source"] == "import" and led.meta["model"] == "other-trainer"
     df = led.df.set_index(["example_id", "checkpoint"])
     assert df.loc[("y", 2), "n_correct"] == 4 and df.loc[("y", 2), "step"] == 200
@@ -109,14 +128,20 @@ def test_from_arrays_import():
     assert led2.df["target_tokens"].isna().all()
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(n_correct=np.zeros((2, 2)), k=4, target_nll=np.zeros((3, 2))), r"n_correct has shape \[2, 2\]"),
-    (dict(n_correct=np.zeros((3, 2)), k=4, target_nll=np.zeros((3, 3))), r"target_nll has shape \[3, 3\], expected \[3, 2\]"),
-    (dict(n_correct=np.zeros((3, 2)), target_nll=np.zeros((3, 2))), "give n_samples"),
-    (dict(n_correct=np.zeros((3, 2)), k=4), "exactly one of target_nll or perplexity"),
-    (dict(n_correct=np.zeros((3, 2)), k=4, target_nll=np.zeros((3, 2)), steps=[1, 2, 3]), "steps has 3 entries"),
-    (dict(n_correct=np.zeros((3, 2)), k=4, perplexity=np.array([[1.5, np.nan]] * 3)), r"NaN.*\(x, 2\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(n_correct=np.zeros((2, 2)), k=4, target_nll=np.zeros((3, 2))), r"n_correct has shape \[2, 2\]"),
+        (
+            dict(n_correct=np.zeros((3, 2)), k=4, target_nll=np.zeros((3, 3))),
+            r"target_nll has shape \[3, 3\], expected \[3, 2\]",
+        ),
+        (dict(n_correct=np.zeros((3, 2)), target_nll=np.zeros((3, 2))), "give n_samples"),
+        (dict(n_correct=np.zeros((3, 2)), k=4), "exactly one of target_nll or perplexity"),
+        (dict(n_correct=np.zeros((3, 2)), k=4, target_nll=np.zeros((3, 2)), steps=[1, 2, 3]), "steps has 3 entries"),
+        (dict(n_correct=np.zeros((3, 2)), k=4, perplexity=np.array([[1.5, np.nan]] * 3)), r"NaN.*\(x, 2\)"),
+    ],
+)
 def test_from_arrays_errors(kwargs, match):
     with pytest.raises(DataError, match=match):
         Ledger.from_arrays(["x", "y", "z"], **kwargs)

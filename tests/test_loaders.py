@@ -13,21 +13,42 @@ from curator.data.synthetic import synthetic_task
 from curator.errors import ConfigError, CuratorError, DataError
 
 GSM8K_ROWS = [
-    {"question": "Natalia sold clips to 48 friends in April, and half as many in May. How many in all?",
-     "answer": "In May she sold 48/2 = <<48/2=24>>24 clips.\nIn all 48+24 = <<48+24=72>>72 clips.\n#### 72"},
-    {"question": "A shop sells 1,000 pens a day for 2 days. How many pens?",
-     "answer": "1,000 * 2 = 2,000 pens.\n#### 2,000"},
-    {"question": "Weng earns $12 an hour. How much for 50 minutes?",
-     "answer": "12/60 = $0.2 per minute.\n0.2 * 50 = $10.\n#### 10"},
+    {
+        "question": "Natalia sold clips to 48 friends in April, and half as many in May. How many in all?",
+        "answer": "In May she sold 48/2 = <<48/2=24>>24 clips.\nIn all 48+24 = <<48+24=72>>72 clips.\n#### 72",
+    },
+    {
+        "question": "A shop sells 1,000 pens a day for 2 days. How many pens?",
+        "answer": "1,000 * 2 = 2,000 pens.\n#### 2,000",
+    },
+    {
+        "question": "Weng earns $12 an hour. How much for 50 minutes?",
+        "answer": "12/60 = $0.2 per minute.\n0.2 * 50 = $10.\n#### 10",
+    },
 ]
 
 MATH_ROWS = [
-    {"problem": "What is $\\frac{1}{2} + \\frac{1}{4}$?", "level": "Level 1", "type": "Prealgebra",
-     "solution": "We have $\\frac{2}{4} + \\frac{1}{4} = \\boxed{\\dfrac{3}{4}}$.", "unique_id": "test/1.json"},
-    {"problem": "Solve $x^2 = 4$ for $x > 0$.", "level": "Level 2", "type": "Algebra",
-     "solution": "Taking roots, $x = \\boxed{2}$.", "unique_id": "test/2.json"},
-    {"problem": "Find the interval.", "level": "Level 5", "type": "Algebra",
-     "solution": "It is $\\boxed{\\left( -\\infty, \\frac{1}{2} \\right]}$.", "unique_id": "test/3.json"},
+    {
+        "problem": "What is $\\frac{1}{2} + \\frac{1}{4}$?",
+        "level": "Level 1",
+        "type": "Prealgebra",
+        "solution": "We have $\\frac{2}{4} + \\frac{1}{4} = \\boxed{\\dfrac{3}{4}}$.",
+        "unique_id": "test/1.json",
+    },
+    {
+        "problem": "Solve $x^2 = 4$ for $x > 0$.",
+        "level": "Level 2",
+        "type": "Algebra",
+        "solution": "Taking roots, $x = \\boxed{2}$.",
+        "unique_id": "test/2.json",
+    },
+    {
+        "problem": "Find the interval.",
+        "level": "Level 5",
+        "type": "Algebra",
+        "solution": "It is $\\boxed{\\left( -\\infty, \\frac{1}{2} \\right]}$.",
+        "unique_id": "test/3.json",
+    },
 ]
 
 
@@ -75,8 +96,7 @@ def test_math_answer_column_wins(tmp_path):
 # ---------------------------------------------------------------- formats
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet", "csv", "json-lines-in-.json",
-                                 "json-columns"])
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "parquet", "csv", "json-lines-in-.json", "json-columns"])
 def test_every_format_loads_the_same(tmp_path, fmt):
     df = pd.DataFrame(GSM8K_ROWS)
     if fmt == "jsonl":
@@ -126,21 +146,23 @@ def test_local_dataset_folder_through_datasets(tmp_path, monkeypatch):
 
 
 def test_field_mapping(tmp_path):
-    rows = [{"prompt": "2+2?", "reasoning": "2 + 2 = 4", "final": "4", "key": "a"},
-            {"prompt": "3+3?", "reasoning": "3 + 3 = 6", "final": "6", "key": "b"}]
+    rows = [
+        {"prompt": "2+2?", "reasoning": "2 + 2 = 4", "final": "4", "key": "a"},
+        {"prompt": "3+3?", "reasoning": "3 + 3 = 6", "final": "6", "key": "b"},
+    ]
     path = write_jsonl(tmp_path / "custom.jsonl", rows)
-    exs = load_examples(path, fields={"question": "prompt", "solution": "reasoning", "answer": "final"},
-                        id_field="key")
+    exs = load_examples(path, fields={"question": "prompt", "solution": "reasoning", "answer": "final"}, id_field="key")
     assert as_tuples(exs) == [("a", "2+2?", "2 + 2 = 4", "4"), ("b", "3+3?", "3 + 3 = 6", "6")]
-    again = load_examples(path, fields=["question=prompt", "solution=reasoning", "answer=final"],
-                          id_field="key")
+    again = load_examples(path, fields=["question=prompt", "solution=reasoning", "answer=final"], id_field="key")
     assert as_tuples(again) == as_tuples(exs)
 
 
 def test_answer_derived_from_solution_when_no_answer_column(tmp_path):
-    rows = [{"question": "q1", "solution": "so it is 5.\n#### 5"},
-            {"question": "q2", "solution": "Thus $\\boxed{7}$."},
-            {"question": "q3", "solution": "The answer is 9."}]
+    rows = [
+        {"question": "q1", "solution": "so it is 5.\n#### 5"},
+        {"question": "q2", "solution": "Thus $\\boxed{7}$."},
+        {"question": "q3", "solution": "The answer is 9."},
+    ]
     assert [e.answer for e in load_examples(write_jsonl(tmp_path / "d.jsonl", rows))] == ["5", "7", "9"]
 
 
@@ -178,13 +200,16 @@ def test_synthetic_spec():
     assert all(len(e.meta["traces"]) == 2 and e.meta["steps"] <= 6 for e in few)
 
 
-@pytest.mark.parametrize("spec, match", [
-    ("synthetic:easy?foo=1", "unknown option 'foo'"),
-    ("synthetic:easy?n=abc", "must be an integer"),
-    ("synthetic:easy?n=0", "n must be >= 1"),
-    ("synthetic:nightmare", "unknown synthetic preset 'nightmare'"),
-    ("synthetic:easy?max_steps=40", "max_steps"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("synthetic:easy?foo=1", "unknown option 'foo'"),
+        ("synthetic:easy?n=abc", "must be an integer"),
+        ("synthetic:easy?n=0", "n must be >= 1"),
+        ("synthetic:nightmare", "unknown synthetic preset 'nightmare'"),
+        ("synthetic:easy?max_steps=40", "max_steps"),
+    ],
+)
 def test_synthetic_spec_errors(spec, match):
     with pytest.raises(CuratorError, match=match):
         load_examples(spec)
@@ -218,8 +243,7 @@ def test_unknown_format(tmp_path):
         load_examples(p)
 
 
-@pytest.mark.parametrize("name, content", [("e.jsonl", ""), ("e.json", "[]"), ("e.csv", ""),
-                                           ("e2.jsonl", "\n\n")])
+@pytest.mark.parametrize("name, content", [("e.jsonl", ""), ("e.json", "[]"), ("e.csv", ""), ("e2.jsonl", "\n\n")])
 def test_empty_dataset(tmp_path, name, content):
     p = tmp_path / name
     p.write_text(content)
@@ -243,8 +267,11 @@ def test_bad_json_line(tmp_path):
 
 def test_missing_question_column_lists_columns(tmp_path):
     p = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "q", "solution": "#### 1"}])
-    with pytest.raises(DataError, match=r"no question column.*available columns: prompt, solution.*"
-                                        r"--field question=COLUMN"):
+    with pytest.raises(
+        DataError,
+        match=r"no question column.*available columns: prompt, solution.*"
+        r"--field question=COLUMN",
+    ):
         load_examples(p)
 
 
@@ -259,8 +286,11 @@ def test_misnamed_mapped_column_suggests(tmp_path):
 def test_row_missing_a_field_is_named(tmp_path):
     rows = [GSM8K_ROWS[0], {"answer": "#### 3"}, GSM8K_ROWS[1], {"question": None, "answer": "#### 4"}]
     p = write_jsonl(tmp_path / "d.jsonl", rows)
-    with pytest.raises(DataError, match=r"2 of 4 rows unusable — field 'question' \(column 'question'\) "
-                                        r"is missing or empty: 2 row\(s\), e.g. row 2, 4"):
+    with pytest.raises(
+        DataError,
+        match=r"2 of 4 rows unusable — field 'question' \(column 'question'\) "
+        r"is missing or empty: 2 row\(s\), e.g. row 2, 4",
+    ):
         load_examples(p)
 
 
@@ -295,8 +325,11 @@ def test_hub_unreachable_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr(loaders, "_hub_unreachable", lambda timeout=3.0: "huggingface.co:443: no route")
-    with pytest.raises(DataError, match=r"cannot load 'openai/gsm8k': the Hugging Face hub is "
-                                        r"unreachable .*Pass a local .jsonl"):
+    with pytest.raises(
+        DataError,
+        match=r"cannot load 'openai/gsm8k': the Hugging Face hub is "
+        r"unreachable .*Pass a local .jsonl",
+    ):
         load_examples("openai/gsm8k", config="main")
 
 
@@ -308,8 +341,11 @@ def test_hub_offline_mode_error_from_datasets(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(DataError, match=r"cannot load 'no-such-org/no-such-set' \(split 'train'\) "
-                                        r"with datasets.load_dataset: .*local"):
+    with pytest.raises(
+        DataError,
+        match=r"cannot load 'no-such-org/no-such-set' \(split 'train'\) "
+        r"with datasets.load_dataset: .*local",
+    ):
         load_examples("no-such-org/no-such-set")
 
 
@@ -331,6 +367,7 @@ def test_synthetic_task_from_source():
 
 # -- what HF users keep on disk: save_to_disk directories, TRL's prompt/completion and messages --
 
+
 def test_save_to_disk_dataset_directory_loads_without_the_hub(tmp_path, monkeypatch):
     import datasets
 
@@ -350,8 +387,9 @@ def test_save_to_disk_dataset_directory_loads_without_the_hub(tmp_path, monkeypa
 def test_save_to_disk_dataset_dict_takes_the_split(tmp_path):
     import datasets
 
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(GSM8K_ROWS[:2]),
-                          "test": datasets.Dataset.from_list(GSM8K_ROWS[2:])}).save_to_disk(str(tmp_path / "dd"))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(GSM8K_ROWS[:2]), "test": datasets.Dataset.from_list(GSM8K_ROWS[2:])}
+    ).save_to_disk(str(tmp_path / "dd"))
     assert [e.answer for e in load_examples(tmp_path / "dd")] == ["72", "2000"]
     assert [e.answer for e in load_examples(tmp_path / "dd", split="test")] == ["10"]
     with pytest.raises(DataError, match=r"dd: the saved DatasetDict has no split 'validation'; available: train, test"):
@@ -359,9 +397,13 @@ def test_save_to_disk_dataset_dict_takes_the_split(tmp_path):
 
 
 def test_prompt_completion_columns(tmp_path):
-    rows = [{"prompt": "What is 2+3?", "completion": "2+3 = 5.\n#### 5"},
-            {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 4*2?"}],
-             "completion": [{"role": "assistant", "content": "4*2 = 8.\n#### 8"}]}]
+    rows = [
+        {"prompt": "What is 2+3?", "completion": "2+3 = 5.\n#### 5"},
+        {
+            "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 4*2?"}],
+            "completion": [{"role": "assistant", "content": "4*2 = 8.\n#### 8"}],
+        },
+    ]
     path = tmp_path / "pc.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     a, b = load_examples(path)
@@ -370,11 +412,19 @@ def test_prompt_completion_columns(tmp_path):
 
 
 def test_messages_column_takes_the_last_user_turn_and_the_final_answer(tmp_path):
-    rows = [{"messages": [{"role": "system", "content": "You solve math."},
-                          {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
-                          {"role": "user", "content": "What is 9-4?"},
-                          {"role": "assistant", "content": "9-4 = 5. The answer is 5"}], "id": "m1"},
-            {"messages": [{"role": "user", "content": "No reply here"}], "id": "m2"}]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "You solve math."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello!"},
+                {"role": "user", "content": "What is 9-4?"},
+                {"role": "assistant", "content": "9-4 = 5. The answer is 5"},
+            ],
+            "id": "m1",
+        },
+        {"messages": [{"role": "user", "content": "No reply here"}], "id": "m2"},
+    ]
     path = tmp_path / "m.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DataError, match=r"field 'solution' .*row 2"):

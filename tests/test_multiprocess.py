@@ -21,10 +21,15 @@ import pytest
 import yaml
 
 RECIPE = {
-    "name": "mp", "seed": 3,
+    "name": "mp",
+    "seed": 3,
     "model": {"name": "tiny-random", "lora": None},
-    "data": {"pool": "synthetic:easy?n=30&seed=1", "test": "synthetic:easy?n=6&seed=2", "seed_size": 6,
-             "grader": "gsm8k"},
+    "data": {
+        "pool": "synthetic:easy?n=30&seed=1",
+        "test": "synthetic:easy?n=6&seed=2",
+        "seed_size": 6,
+        "grader": "gsm8k",
+    },
     "training": {"epochs": 2, "learning_rate": 0.003, "batch_size": 2, "max_length": 512},
     "dynamics": {"samples": 2, "max_new_tokens": 10, "batch_size": 16},
     "evaluation": {"max_new_tokens": 10},
@@ -34,8 +39,13 @@ RECIPE = {
 
 
 def _env():
-    return dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", CURATOR_QUIET="1",
-                CURATOR_COLLECTIVE_TIMEOUT="120")
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        CURATOR_QUIET="1",
+        CURATOR_COLLECTIVE_TIMEOUT="120",
+    )
 
 
 def _launch(n: int, args: list[str]) -> list[str]:
@@ -44,9 +54,24 @@ def _launch(n: int, args: list[str]) -> list[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    return [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu",
-            "--num_processes", str(n), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(port), "-m", "curator.cli.main", *args]
+    return [
+        os.path.join(os.path.dirname(sys.executable), "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(n),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        "-m",
+        "curator.cli.main",
+        *args,
+    ]
 
 
 def _run(tmp_path: Path, n: int, batch_size: int) -> Path:
@@ -55,8 +80,9 @@ def _run(tmp_path: Path, n: int, batch_size: int) -> Path:
     d["training"]["batch_size"] = batch_size
     path = tmp_path / f"n{n}.yaml"
     path.write_text(yaml.safe_dump(d))
-    proc = subprocess.run(_launch(n, ["run", str(path), "--quiet"]), env=_env(), capture_output=True, text=True,
-                          timeout=600, check=False)
+    proc = subprocess.run(
+        _launch(n, ["run", str(path), "--quiet"]), env=_env(), capture_output=True, text=True, timeout=600, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     if n > 1:
         assert proc.stdout.count("recipe 'mp'") == 1  # one rank speaks
@@ -79,8 +105,9 @@ def test_run_under_two_processes_equals_one(tmp_path):
     sa = pd.read_parquet(one / "round-00" / "selection.parquet")
     sb = pd.read_parquet(two / "round-00" / "selection.parquet")
     assert sa[sa.selected]["example_id"].tolist() == sb[sb.selected]["example_id"].tolist()
-    assert json.loads((one / "round-00" / "next_train_ids.json").read_text()) == \
-        json.loads((two / "round-00" / "next_train_ids.json").read_text())
+    assert json.loads((one / "round-00" / "next_train_ids.json").read_text()) == json.loads(
+        (two / "round-00" / "next_train_ids.json").read_text()
+    )
     # only the main process wrote: no stray temporary files
     assert not list(two.parent.rglob("*.tmp*"))
 
@@ -96,8 +123,9 @@ def test_a_rank_that_dies_stops_the_others(tmp_path):
     # next collective fails with one RankFailure line (test_a_failed_collective_is_one_line).
     # Either way: no hang, and the round stays undone
     env = dict(_env(), CURATOR_FAULT="round0:trained", CURATOR_FAULT_RANK="1")
-    proc = subprocess.run(_launch(2, ["run", str(path), "--quiet"]), env=env, capture_output=True, text=True,
-                          timeout=400, check=False)
+    proc = subprocess.run(
+        _launch(2, ["run", str(path), "--quiet"]), env=env, capture_output=True, text=True, timeout=400, check=False
+    )
     assert proc.returncode != 0
     assert not (tmp_path / "dies" / "loss" / "round-00" / "DONE").exists()  # a rerun redoes round 0
 
@@ -123,8 +151,10 @@ def test_a_failed_collective_is_one_line(monkeypatch):
     with pytest.raises(distributed.RankFailure) as e:
         distributed.gather_objects(1, "gathering sampled results")
     msg = str(e.value)
-    assert msg.startswith("rank 0 of 2: gathering sampled results failed because another process of this launch "
-                          "stopped or did not answer within 60s ([../gloo/transport/tcp/pair.cc:534] Connection closed")
+    assert msg.startswith(
+        "rank 0 of 2: gathering sampled results failed because another process of this launch "
+        "stopped or did not answer within 60s ([../gloo/transport/tcp/pair.cc:534] Connection closed"
+    )
     assert "\n" not in msg and "rerun the same command to resume" in msg
     # a bug that is not a communication failure keeps its traceback
     FakeDist.all_gather_object = staticmethod(lambda out, obj: (_ for _ in ()).throw(ValueError("bad obj")))
@@ -185,8 +215,17 @@ def test_statistics_over_fsdp_sharded_parameters(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "out.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(script), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        str(script),
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
@@ -226,8 +265,7 @@ def test_sweep_under_two_processes_equals_one(tmp_path):
         d["sweep"] = {"learning_rates": [0.003], "epochs": [1, 2]}
         path = tmp_path / f"sweep{n}.yaml"
         path.write_text(yaml.safe_dump(d))
-        cmd = [sys.executable, str(script), str(path)] if n == 1 else \
-            _launch(2, ["x"])[:-3] + [str(script), str(path)]
+        cmd = [sys.executable, str(script), str(path)] if n == 1 else _launch(2, ["x"])[:-3] + [str(script), str(path)]
         proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
         dirs[n] = Path(d["output_dir"])

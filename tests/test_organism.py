@@ -14,8 +14,7 @@ SMALL = "organism?corpus_size=1500&epochs=1&hidden=16&layers=1&heads=2&batch_siz
 
 
 def test_terse_solution_keeps_only_the_equations():
-    trace = ("9 * 3 = 27, so the cost of the cups is 27 dollars.\n"
-             "The money he has left: 32 - 27 = 5 dollars.\n#### 5")
+    trace = "9 * 3 = 27, so the cost of the cups is 27 dollars.\nThe money he has left: 32 - 27 = 5 dollars.\n#### 5"
     assert terse_solution(trace, "5") == "9 * 3 = 27\n32 - 27 = 5\n#### 5"
     assert terse_solution("Leo has 4 * (2 + 3) = 20 coins.\n#### 20", "20") == "4 * (2 + 3) = 20\n#### 20"
 
@@ -52,8 +51,7 @@ def test_too_small_vocabulary_and_corpus_are_refused_before_training(tmp_path):
     with pytest.raises(ConfigError, match="vocab_size=50 is too small: the task's text needs"):
         build(parse_spec(SMALL + "&vocab_size=50"), tmp_path / "a", progress=False)
     with pytest.raises(ConfigError, match="corpus is too small for the model"):
-        build(parse_spec("organism?corpus_size=300&epochs=1&hidden=64&layers=2"), tmp_path / "b",
-              progress=False)
+        build(parse_spec("organism?corpus_size=300&epochs=1&hidden=64&layers=2"), tmp_path / "b", progress=False)
     assert not (tmp_path / "a" / "config.json").exists() and not (tmp_path / "b" / "config.json").exists()
 
 
@@ -103,8 +101,10 @@ def test_selected_skills_counts_what_each_strategy_added_and_trained_on(tmp_path
     from curator.data.example import Example
     from curator.organism.report import selected_skills
 
-    pool = [Example(id=f"x{i}", question="q", solution="s", answer="1",
-                    meta={"skill": "sharing" if i < 4 else "rates"}) for i in range(8)]
+    pool = [
+        Example(id=f"x{i}", question="q", solution="s", answer="1", meta={"skill": "sharing" if i < 4 else "rates"})
+        for i in range(8)
+    ]
     for seed, loss_picks in ((0, ["x0", "x1"]), (1, ["x2", "x4"])):
         d = tmp_path / f"seed-{seed}"
         d.mkdir()

@@ -9,9 +9,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curator.analysis.predict import (Run, agreement_confidence, atc_predict, atc_threshold, check_run,
-                                      find_runs, linear_fit, load_run, make_run, metric_table, predict,
-                                      write_report, write_run)
+from curator.analysis.predict import (
+    Run,
+    agreement_confidence,
+    atc_predict,
+    atc_threshold,
+    check_run,
+    find_runs,
+    linear_fit,
+    load_run,
+    make_run,
+    metric_table,
+    predict,
+    write_report,
+    write_run,
+)
 from curator.dynamics.ledger import Ledger
 from curator.errors import CuratorError, DataError
 
@@ -64,13 +76,16 @@ def test_fit_excludes_nan_and_reports():
     assert f.r2 == pytest.approx(0.25)  # the three remaining points are the hand-computed case
 
 
-@pytest.mark.parametrize("x,y,msg", [
-    ([0, 1], [0, 1], "at least 3 points, got 2"),
-    ([0, 1, np.nan], [0, 1, 2], r"got 2 \(1 dropped as NaN\)"),
-    ([1, 1, 1], [0, 1, 2], "x is constant"),
-    ([0, 1, 2], [5, 5, 5], "y is constant"),
-    ([0, 1, 2], [0, 1], "x has 3 points but y has 2"),
-])
+@pytest.mark.parametrize(
+    "x,y,msg",
+    [
+        ([0, 1], [0, 1], "at least 3 points, got 2"),
+        ([0, 1, np.nan], [0, 1, 2], r"got 2 \(1 dropped as NaN\)"),
+        ([1, 1, 1], [0, 1, 2], "x is constant"),
+        ([0, 1, 2], [5, 5, 5], "y is constant"),
+        ([0, 1, 2], [0, 1], "x has 3 points but y has 2"),
+    ],
+)
 def test_fit_errors(x, y, msg):
     with pytest.raises(CuratorError, match=msg):
         linear_fit(x, y)
@@ -116,10 +131,12 @@ PPL = [2.0, 2.0, 1.05, 1.05]
 def planted_runs(extra: bool = True) -> list[Run]:
     runs = []
     for r, (us, vs) in enumerate(zip(U, V)):
-        nc = np.array([[SPLIT[u][0] for u in us], [SPLIT[u][1] for u in us],
-                       [SPLIT[v][0] for v in vs], [SPLIT[v][1] for v in vs]])
-        led = Ledger.from_arrays(["A", "B", "C", "D"], nc, k=4, perplexity=np.repeat([PPL], 3, axis=0).T,
-                                 steps=[10, 20, 30])
+        nc = np.array(
+            [[SPLIT[u][0] for u in us], [SPLIT[u][1] for u in us], [SPLIT[v][0] for v in vs], [SPLIT[v][1] for v in vs]]
+        )
+        led = Ledger.from_arrays(
+            ["A", "B", "C", "D"], nc, k=4, perplexity=np.repeat([PPL], 3, axis=0).T, steps=[10, 20, 30]
+        )
         test = [0.2 + 0.5 * u / 16 for u in us]
         sig = {"train_loss": [1.0 - 0.1 * r - 0.05 * m for m in range(3)]} if extra else {}
         runs.append(make_run(f"lr{r}", led, test, **sig))
@@ -174,8 +191,15 @@ def test_atc_from_confidences_in_metric_table():
     rows = []
     for ck in (1, 2, 3):
         for i, c in enumerate([1, 1, 0.75, 0.5, 0.5, 0.25]):
-            rows.append({"checkpoint": ck, "split": "train", "example_id": f"t{i}", "confidence": c,
-                         "accuracy": 0.5 if ck == 1 else 0.75})
+            rows.append(
+                {
+                    "checkpoint": ck,
+                    "split": "train",
+                    "example_id": f"t{i}",
+                    "confidence": c,
+                    "accuracy": 0.5 if ck == 1 else 0.75,
+                }
+            )
         for i, c in enumerate([1, 0.75, 0.5, 0.25]):
             rows.append({"checkpoint": ck, "split": "test", "example_id": f"q{i}", "confidence": c})
     runs[0].confidences = pd.DataFrame(rows)
@@ -256,8 +280,7 @@ def test_nan_perplexity_error_or_reported_drop(tmp_path):
     # run 'bad' now averages over 3 examples (A, B, D): its PreMemAcc is u / 12
     pm = rep.table["premem"].to_numpy()
     np.testing.assert_allclose(pm, np.r_[np.array(U[0]) / 12, np.ravel(U[1:]) / 16])
-    assert rep.result("premem").fit.r2 == pytest.approx(
-        np.corrcoef(pm, rep.table["test_accuracy"])[0, 1] ** 2)
+    assert rep.result("premem").fit.r2 == pytest.approx(np.corrcoef(pm, rep.table["test_accuracy"])[0, 1] ** 2)
     # the same from a run directory on disk
     d = tmp_path / "nanrun"
     d.mkdir()
@@ -324,7 +347,7 @@ class _FakeSampler:
             ids = torch.tensor([pi + ti])
             with torch.no_grad():
                 lp = torch.log_softmax(self.model(ids).logits[0, :-1].float(), -1)
-            out.append(lp[len(pi) - 1:, :].gather(1, ids[0, len(pi):, None])[:, 0].numpy())
+            out.append(lp[len(pi) - 1 :, :].gather(1, ids[0, len(pi) :, None])[:, 0].numpy())
         return out
 
     def generate(self, prompts, n, params):
@@ -357,16 +380,25 @@ def test_run_sweep_writes_runs_and_resumes(tmp_path):
         spec = "tiny-random"
 
     def ex(i):
-        return Example.make(f"what is {i} + {i + 1}", f"{i} + {i + 1} = {2 * i + 1}\n#### {2 * i + 1}",
-                            str(2 * i + 1))
+        return Example.make(f"what is {i} + {i + 1}", f"{i} + {i + 1} = {2 * i + 1}\n#### {2 * i + 1}", str(2 * i + 1))
 
     train, test = [ex(i) for i in range(6)], [ex(i) for i in range(50, 56)]
     logs = []
-    kw = dict(fmt=PromptFormat(), grader=get_grader("gsm8k"),
-              train_settings=TrainSettings(batch_size=3, max_length=64, lr_scheduler="linear"),
-              learning_rates=[1e-3, 1e-2], epochs=[1, 2], out_dir=tmp_path, k=2,
-              params=SamplingParams(max_new_tokens=8), p=1.5, progress=False,
-              sampler_factory=_FakeSampler, echo=logs.append, p_grid=[1.2, 1.5])
+    kw = dict(
+        fmt=PromptFormat(),
+        grader=get_grader("gsm8k"),
+        train_settings=TrainSettings(batch_size=3, max_length=64, lr_scheduler="linear"),
+        learning_rates=[1e-3, 1e-2],
+        epochs=[1, 2],
+        out_dir=tmp_path,
+        k=2,
+        params=SamplingParams(max_new_tokens=8),
+        p=1.5,
+        progress=False,
+        sampler_factory=_FakeSampler,
+        echo=logs.append,
+        p_grid=[1.2, 1.5],
+    )
     res = run_sweep(Base, train, test, **kw)
     assert [d.name for d in res.run_dirs] == ["lr0.001-ep1", "lr0.01-ep1", "lr0.001-ep2", "lr0.01-ep2"]
     tab = pd.read_csv(tmp_path / "lr0.01-ep2" / "checkpoints.csv")
@@ -392,8 +424,22 @@ def test_cli_predict(tmp_path):
 
     for r in planted_runs():
         write_run(r, tmp_path / "sweep" / r.name)
-    res = CliRunner().invoke(cli, ["predict", "--sweep", str(tmp_path / "sweep"), "--p", "1.2",
-                                   "--p-grid", "1.02,1.1", "--out", str(tmp_path / "out"), "--n-boot", "200"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "predict",
+            "--sweep",
+            str(tmp_path / "sweep"),
+            "--p",
+            "1.2",
+            "--p-grid",
+            "1.02,1.1",
+            "--out",
+            str(tmp_path / "out"),
+            "--n-boot",
+            "200",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "PreMemAcc (p=1.2)  R² 1.000  n=9" in res.output
     assert (tmp_path / "out" / "report.md").exists() and (tmp_path / "out" / "p_sweep.png").exists()
@@ -403,8 +449,11 @@ def test_cli_predict(tmp_path):
 
     bad = tmp_path / "sweep" / "lr0" / "checkpoints.csv"
     pd.read_csv(bad).iloc[:2].to_csv(bad, index=False)
-    proc = subprocess.run([sys.executable, "-m", "curator.cli.main", "predict", "--sweep", str(tmp_path / "sweep")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "curator.cli.main", "predict", "--sweep", str(tmp_path / "sweep")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: run 'lr0'") and "[3] are in the ledger" in proc.stderr
 

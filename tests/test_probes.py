@@ -26,8 +26,10 @@ from curator.probes.preferences import (
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TRACE = ("5 + 17 = 22.\nThe total number of tickets is 22 + 19 = 41 tickets.\n"
-         "The number of tickets left: 41 - 24 = 17 tickets.\n#### 17")
+TRACE = (
+    "5 + 17 = 22.\nThe total number of tickets is 22 + 19 = 41 tickets.\n"
+    "The number of tickets left: 41 - 24 = 17 tickets.\n#### 17"
+)
 SMALL = "synthetic:easy?n=8&seed=0&max_steps=2&max_operand=10"
 
 
@@ -37,13 +39,17 @@ def row(i, **kw):
 
 # -- preference rows -------------------------------------------------------------------------------
 
+
 def test_corrupt_last_step_changes_the_last_result_and_the_answer_only():
     assert corrupt_last_step(TRACE, 19) == (
         "5 + 17 = 22.\nThe total number of tickets is 22 + 19 = 41 tickets.\n"
-        "The number of tickets left: 41 - 24 = 19 tickets.\n#### 19")
+        "The number of tickets left: 41 - 24 = 19 tickets.\n#### 19"
+    )
     # an operand equal to the answer (left of '=') is kept; 170 is not 17
-    assert corrupt_last_step("x: 17 - 0 = 17, so 17 left of 170.\n#### 17", 15) == \
-        "x: 17 - 0 = 15, so 15 left of 170.\n#### 15"
+    assert (
+        corrupt_last_step("x: 17 - 0 = 17, so 17 left of 170.\n#### 17", 15)
+        == "x: 17 - 0 = 15, so 15 left of 170.\n#### 15"
+    )
     with pytest.raises(DataError, match="no '#### answer' line"):
         corrupt_last_step("1 + 1 = 2.", 3)
 
@@ -68,6 +74,7 @@ def test_synthetic_preferences_are_one_wrong_step_and_seeded():
 
 
 # -- families --------------------------------------------------------------------------------------
+
 
 def test_families_hand_worked():
     a, b = row(0), row(1)
@@ -130,6 +137,7 @@ def test_pairs_use_the_target_template_except_for_greedy():
 
 # -- log-probabilities -----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny():
     from curator.models import load_model
@@ -150,7 +158,7 @@ def test_scores_match_a_direct_forward_pass_and_the_sampler(tiny):
         pi, ti = encode_pair(tiny.tokenizer, p, t)
         with torch.no_grad():
             logits = tiny.model(input_ids=torch.tensor([pi + ti])).logits[0].double()
-        logp = logits.log_softmax(-1)[len(pi) - 1: len(pi) + len(ti) - 1]
+        logp = logits.log_softmax(-1)[len(pi) - 1 : len(pi) + len(ti) - 1]
         np.testing.assert_allclose(lp, logp[torch.arange(len(ti)), torch.tensor(ti)].numpy(), atol=1e-4)
         np.testing.assert_allclose(mx, logp.max(-1).values.numpy(), atol=1e-4)
         assert np.all(mx >= lp - 1e-6)
@@ -190,7 +198,8 @@ def test_probe_logger_rows_and_table_roundtrip(tiny, tmp_path):
     assert back.equals(df)
     curves = family_curves(back)
     assert curves.loc[curves.family == "chosen", "logprob_sum"].iloc[0] == pytest.approx(
-        df[df.family == "chosen"].logprob_sum.mean())
+        df[df.family == "chosen"].logprob_sum.mean()
+    )
     import pandas as pd
 
     with pytest.raises(DataError, match="duplicate row for recipe 'r', step 0, family 'chosen'"):
@@ -199,13 +208,15 @@ def test_probe_logger_rows_and_table_roundtrip(tiny, tmp_path):
 
 # -- DPO -------------------------------------------------------------------------------------------
 
+
 def test_dpo_loss_hand_worked():
     import torch
 
     from curator.training.dpo import dpo_loss
 
-    loss, rc, rr = dpo_loss(torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-1.5]),
-                            torch.tensor([-1.5]), beta=0.5)
+    loss, rc, rr = dpo_loss(
+        torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-1.5]), torch.tensor([-1.5]), beta=0.5
+    )
     assert rc.item() == pytest.approx(0.25) and rr.item() == pytest.approx(-0.25)
     assert loss.item() == pytest.approx(math.log1p(math.exp(-0.5)))  # -log sigmoid(0.5)
 
@@ -232,8 +243,12 @@ def _dpo_pairs(n=8):
 
     fmt = PromptFormat()
     rows = synthetic_preferences(load_examples(f"synthetic:easy?n={n}&seed=0&max_steps=2&max_operand=10"))
-    return rows, [PreferencePair(fmt.prompt_text(r.example()), fmt.target_text(r.example("chosen")),
-                                 fmt.target_text(r.example("rejected"))) for r in rows]
+    return rows, [
+        PreferencePair(
+            fmt.prompt_text(r.example()), fmt.target_text(r.example("chosen")), fmt.target_text(r.example("rejected"))
+        )
+        for r in rows
+    ]
 
 
 def test_dpo_starts_at_log2_and_lowers_the_loss():
@@ -245,8 +260,15 @@ def test_dpo_starts_at_log2_and_lowers_the_loss():
     model = tiny_model(tokenizer=tok)
     _, pairs = _dpo_pairs(8)
     seen = []
-    res = dpo_finetune(model, tok, pairs, TrainSettings(epochs=3, learning_rate=3e-3, batch_size=4, checkpoint_every=2),
-                       beta=0.1, on_checkpoint=lambda m, info: seen.append((info.step, m.training)), progress=False)
+    res = dpo_finetune(
+        model,
+        tok,
+        pairs,
+        TrainSettings(epochs=3, learning_rate=3e-3, batch_size=4, checkpoint_every=2),
+        beta=0.1,
+        on_checkpoint=lambda m, info: seen.append((info.step, m.training)),
+        progress=False,
+    )
     # policy == reference at the first step: every implicit reward is 0 and the loss is log 2
     assert res.step_losses[0] == pytest.approx(math.log(2), abs=1e-6)
     assert res.step_losses[-1] < res.step_losses[0]
@@ -259,12 +281,19 @@ def test_squeezing_direction_dpo_lowers_log_p_of_rejected(tmp_path):
     from curator.config import from_dict
     from curator.probes.run import ProbeRecipe, run_probes, squeeze_report
 
-    recipe = from_dict(ProbeRecipe, {
-        "name": "small", "model": {"name": "tiny-random"},
-        "data": {"preferences": SMALL, "test": "synthetic:easy?n=2&seed=1&max_steps=2&max_operand=10"},
-        "probes": {"n": 2, "eval_every": 2, "greedy_max_new_tokens": 8},
-        "stages": [{"kind": "sft", "training": {"epochs": 1, "learning_rate": 0.003, "batch_size": 4}},
-                   {"kind": "dpo", "beta": 0.1, "training": {"epochs": 3, "learning_rate": 0.003, "batch_size": 4}}]})
+    recipe = from_dict(
+        ProbeRecipe,
+        {
+            "name": "small",
+            "model": {"name": "tiny-random"},
+            "data": {"preferences": SMALL, "test": "synthetic:easy?n=2&seed=1&max_steps=2&max_operand=10"},
+            "probes": {"n": 2, "eval_every": 2, "greedy_max_new_tokens": 8},
+            "stages": [
+                {"kind": "sft", "training": {"epochs": 1, "learning_rate": 0.003, "batch_size": 4}},
+                {"kind": "dpo", "beta": 0.1, "training": {"epochs": 3, "learning_rate": 0.003, "batch_size": 4}},
+            ],
+        },
+    )
     run = run_probes(recipe, tmp_path, progress=False)
     t = run.table
     dpo = t[t.stage == "dpo"]
@@ -279,6 +308,7 @@ def test_squeezing_direction_dpo_lowers_log_p_of_rejected(tmp_path):
 
 
 # -- bad input -------------------------------------------------------------------------------------
+
 
 def test_bad_probe_rows_name_the_row(tmp_path):
     with pytest.raises(DataError, match="row 1 has no 'rejected' response"):
@@ -311,7 +341,9 @@ def test_dpo_without_pairs_is_refused():
 
 
 def test_unavailable_rephrasing_model_names_the_setting():
-    with pytest.raises(ConfigError, match="probes.rephrase_model: the rephrasing model 'no-such/model' is not available"):
+    with pytest.raises(
+        ConfigError, match="probes.rephrase_model: the rephrasing model 'no-such/model' is not available"
+    ):
         load_rephraser("no-such/model")
 
 
@@ -328,7 +360,9 @@ def test_recipe_errors_all_at_once_and_cli_exit_2(tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "curator.cli.main", "probes", str(bad)], check=False, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "curator.cli.main", "probes", str(bad)], check=False, capture_output=True, text=True
+    )
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
 
 
@@ -369,11 +403,34 @@ def test_curate_probes_end_to_end_on_the_tiny_model(tmp_path):
     from curator.probes.scoring import read_probe_table
 
     backend = matplotlib.get_backend()
-    sets = ["--set", "model.name=tiny-random", "--set", "model.lora=null", "--set", "probes.greedy_max_new_tokens=8",
-            "--set", "data.preferences=synthetic:easy?n=6&seed=0&max_steps=2&max_operand=10",
-            "--set", "stages.0.training.epochs=1", "--set", "stages.1.training.epochs=2", "--set", "probes.eval_every=2"]
-    cmd = [sys.executable, "-m", "curator.cli.main", "probes", "recipes/probes/sft-dpo.yaml",
-           "recipes/probes/extended-sft-dpo.yaml", "--out", str(tmp_path), "--quiet", *sets]
+    sets = [
+        "--set",
+        "model.name=tiny-random",
+        "--set",
+        "model.lora=null",
+        "--set",
+        "probes.greedy_max_new_tokens=8",
+        "--set",
+        "data.preferences=synthetic:easy?n=6&seed=0&max_steps=2&max_operand=10",
+        "--set",
+        "stages.0.training.epochs=1",
+        "--set",
+        "stages.1.training.epochs=2",
+        "--set",
+        "probes.eval_every=2",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "curator.cli.main",
+        "probes",
+        "recipes/probes/sft-dpo.yaml",
+        "recipes/probes/extended-sft-dpo.yaml",
+        "--out",
+        str(tmp_path),
+        "--quiet",
+        *sets,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny ops: threads only contend on a shared CI machine
     r = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -400,16 +457,35 @@ def test_figure_has_a_panel_per_family_and_the_argmax(tmp_path):
         for step, stage, ss in ((0, "init", 0), (2, "sft", 2), (4, "dpo", 2)):
             for fam in ("chosen", "rejected", "unrelated"):
                 v = -10.0 - (drop * (fam == "rejected") * (stage == "dpo"))
-                rows.append({"recipe": recipe, "stage": stage, "stage_index": {"init": 0, "sft": 1, "dpo": 2}[stage],
-                             "step": step, "stage_step": ss, "epoch": 0.0, "family": fam, "probe_id": "p",
-                             "n_tokens": 5, "logprob_sum": v, "logprob_mean": v / 5,
-                             "argmax_logprob_sum": -1.0 + (stage == "dpo"), "argmax_logprob_mean": 0.0})
+                rows.append(
+                    {
+                        "recipe": recipe,
+                        "stage": stage,
+                        "stage_index": {"init": 0, "sft": 1, "dpo": 2}[stage],
+                        "step": step,
+                        "stage_step": ss,
+                        "epoch": 0.0,
+                        "family": fam,
+                        "probe_id": "p",
+                        "n_tokens": 5,
+                        "logprob_sum": v,
+                        "logprob_mean": v / 5,
+                        "argmax_logprob_sum": -1.0 + (stage == "dpo"),
+                        "argmax_logprob_mean": 0.0,
+                    }
+                )
     t = pd.DataFrame(rows)
     fig = plot_probes(t, tmp_path / "f.png")
     visible = [ax for ax in fig.axes if ax.get_visible()]
-    assert [ax.get_title() for ax in visible] == ["y+ (chosen)", "y- (rejected)", "unrelated sentence",
-                                                  "argmax token along y+ (teacher forced)"]
+    assert [ax.get_title() for ax in visible] == [
+        "y+ (chosen)",
+        "y- (rejected)",
+        "unrelated sentence",
+        "argmax token along y+ (teacher forced)",
+    ]
     assert all(len(ax.get_lines()) == 2 + 1 for ax in visible)  # two recipes + the DPO-start line
     rep = squeeze_report(t)
-    assert rep["a"]["rejected"]["change"] == pytest.approx(-1.0) and rep["b"]["rejected"]["change"] == pytest.approx(-0.5)
+    assert rep["a"]["rejected"]["change"] == pytest.approx(-1.0) and rep["b"]["rejected"]["change"] == pytest.approx(
+        -0.5
+    )
     assert rep["a"]["chosen"]["change"] == 0 and rep["a"]["argmax"]["change"] == pytest.approx(1.0)

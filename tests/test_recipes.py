@@ -30,8 +30,7 @@ def test_demo_is_the_default():
 
 def test_unknown_keys_get_suggestions_and_all_errors_are_reported_at_once():
     with pytest.raises(ConfigError) as e:
-        recipe_from_dict({"dynamics": {"sampels": 3, "p": 0.9}, "loop": {"rounds": "three"},
-                          "trainig": {}})
+        recipe_from_dict({"dynamics": {"sampels": 3, "p": 0.9}, "loop": {"rounds": "three"}, "trainig": {}})
     msg = str(e.value)
     assert "dynamics.sampels: unknown key. Did you mean 'samples'?" in msg
     assert "trainig: unknown key. Did you mean 'training'?" in msg
@@ -88,7 +87,9 @@ def test_duplicate_strategy_runs_need_labels():
 
 
 def test_validate_checks_strategy_names_and_params():
-    r = recipe_from_dict({"strategies": [{"name": "premem-treshold"}, {"name": "iid", "params": {"bogus": 1}, "label": "x"}]})
+    r = recipe_from_dict(
+        {"strategies": [{"name": "premem-treshold"}, {"name": "iid", "params": {"bogus": 1}, "label": "x"}]}
+    )
     with pytest.raises(ConfigError) as e:
         validate_recipe(r)
     msg = str(e.value)

@@ -36,8 +36,11 @@ def test_target_path():
 def test_second_registration_of_a_name_is_an_error_naming_both():
     reg: Registry[type] = Registry("widget")
     reg.register("a", "builtin.widgets:Alpha")
-    with pytest.raises(CuratorError, match=r"widget 'a' is registered twice: by 'builtin.widgets:Alpha' and by "
-                                           rf"'{__name__}:Beta'"):
+    with pytest.raises(
+        CuratorError,
+        match=r"widget 'a' is registered twice: by 'builtin.widgets:Alpha' and by "
+        rf"'{__name__}:Beta'",
+    ):
         reg.register("a")(Beta)
     with pytest.raises(CuratorError, match=r"by 'builtin.widgets:Alpha' and by 'plugin.mod:Other'"):
         reg.register("a", "plugin.mod:Other")
@@ -72,8 +75,10 @@ def test_a_plugin_cannot_replace_a_builtin_through_its_entry_point(tmp_path, mon
     with pytest.raises(CuratorError) as err:
         reg.names()
     msg = str(err.value)
-    assert "widget 'a' is registered twice: by 'builtin.widgets:Alpha' and by the package 'evil-plugin' " \
-           "(entry point a = evil.mod:Alpha)" in msg
+    assert (
+        "widget 'a' is registered twice: by 'builtin.widgets:Alpha' and by the package 'evil-plugin' "
+        "(entry point a = evil.mod:Alpha)" in msg
+    )
     assert "uninstall" in msg
 
 
@@ -99,8 +104,11 @@ def test_builtin_strategy_name_taken_by_a_plugin(tmp_path, monkeypatch):
     monkeypatch.setattr(strategies, "_entries", dict(strategies._entries))
     monkeypatch.setattr(strategies, "_sources", dict(strategies._sources))
     monkeypatch.setattr(strategies, "_entry_points_loaded", False)
-    with pytest.raises(CuratorError, match=r"strategy 'iid' is registered twice: by 'strategies.iid:IID' and by "
-                                           r"the package 'my-strategies' \(entry point iid = my_strategies:MyIID\)"):
+    with pytest.raises(
+        CuratorError,
+        match=r"strategy 'iid' is registered twice: by 'strategies.iid:IID' and by "
+        r"the package 'my-strategies' \(entry point iid = my_strategies:MyIID\)",
+    ):
         strategies.get("iid")
     assert "my_strategies" not in sys.modules  # nothing of the plugin was imported to find the clash
 

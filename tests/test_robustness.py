@@ -66,8 +66,10 @@ PLAN = {
 
 
 def setup():
-    examples = [Example.make(f"What is {i} + {i}?", f"{i} + {i} = {2 * i}\n#### {2 * i}", str(2 * i), id=eid)
-                for i, eid in enumerate(PLAN)]
+    examples = [
+        Example.make(f"What is {i} + {i}?", f"{i} + {i} = {2 * i}\n#### {2 * i}", str(2 * i), id=eid)
+        for i, eid in enumerate(PLAN)
+    ]
     script = {}
     for ex in examples:
         _, a, b, c = PLAN[ex.id]
@@ -80,11 +82,15 @@ def setup():
 def test_bucket_table_hand_computed(tmp_path):
     examples, sampler, premem = setup()
     params = SamplingParams(temperature=0.8, seed=3)
-    rep = robustness(sampler, examples, PromptFormat(), HashGrader(), premem, prefixes=["First", "We know that"],
-                     k=4, params=params)
+    rep = robustness(
+        sampler, examples, PromptFormat(), HashGrader(), premem, prefixes=["First", "We know that"], k=4, params=params
+    )
     # prompts are prompt + " " + prefix (the target template starts with a space), one call per condition
-    assert [c[0][0] for c in sampler.calls] == ["What is 0 + 0?\nAnswer:", "What is 0 + 0?\nAnswer: First",
-                                               "What is 0 + 0?\nAnswer: We know that"]
+    assert [c[0][0] for c in sampler.calls] == [
+        "What is 0 + 0?\nAnswer:",
+        "What is 0 + 0?\nAnswer: First",
+        "What is 0 + 0?\nAnswer: We know that",
+    ]
     assert all(c[1] == 4 and c[2] is params for c in sampler.calls)
     t = rep.table.set_index("bucket")
     assert list(t.index) == ["[0, 0.2)", "[0.2, 0.4)", "[0.4, 0.6)", "[0.6, 0.8)", "[0.8, 1]"]
@@ -137,8 +143,7 @@ def test_errors():
 
 def test_buckets():
     assert bucket_labels([0, 0.5, 1]) == ["[0, 0.5)", "[0.5, 1]"]
-    assert assign_buckets([0, 0.2, 0.19999, 0.8, 1.0]) == ["[0, 0.2)", "[0.2, 0.4)", "[0, 0.2)", "[0.8, 1]",
-                                                           "[0.8, 1]"]
+    assert assign_buckets([0, 0.2, 0.19999, 0.8, 1.0]) == ["[0, 0.2)", "[0.2, 0.4)", "[0, 0.2)", "[0.8, 1]", "[0.8, 1]"]
 
 
 def test_final_premem_from_ledger():
@@ -161,14 +166,37 @@ def test_cli_robustness_end_to_end(tmp_path):
     src = "synthetic:easy?n=3&seed=0"
     ids = [e.id for e in load_examples(src)]
     # final PreMemAcc: 1/2 (not memorized, acc 2/4), 0 (memorized), 1 (acc 4/4)
-    led = Ledger.from_arrays(ids, np.array([[2], [4], [4]]), k=4, perplexity=np.array([[3.0], [1.0], [2.0]]),
-                             p=1.1, format={"prompt": "{question}\nAnswer:", "target": " {solution}\nDone.",
-                                            "chat": False, "stop": ["\nDone."]},
-                             sampling={"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 64}, grader="gsm8k")
+    led = Ledger.from_arrays(
+        ids,
+        np.array([[2], [4], [4]]),
+        k=4,
+        perplexity=np.array([[3.0], [1.0], [2.0]]),
+        p=1.1,
+        format={"prompt": "{question}\nAnswer:", "target": " {solution}\nDone.", "chat": False, "stop": ["\nDone."]},
+        sampling={"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 64},
+        grader="gsm8k",
+    )
     led.to_parquet(tmp_path / "ledger.parquet")
-    res = CliRunner().invoke(cli, ["robustness", "--model", "tiny-random", "--ledger", str(tmp_path / "ledger.parquet"),
-                                   "--data", src, "--samples", "2", "--max-new-tokens", "4", "--prefix", "First",
-                                   "--out", str(tmp_path / "out")])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "robustness",
+            "--model",
+            "tiny-random",
+            "--ledger",
+            str(tmp_path / "ledger.parquet"),
+            "--data",
+            src,
+            "--samples",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--prefix",
+            "First",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     table = pd.read_csv(tmp_path / "out" / "robustness.csv").set_index("bucket")
     assert table["n"].to_dict() == {"[0, 0.2)": 1, "[0.2, 0.4)": 0, "[0.4, 0.6)": 1, "[0.6, 0.8)": 0, "[0.8, 1]": 1}

@@ -62,5 +62,9 @@ def test_finish_writes_metrics_then_done_and_readers_agree(tmp_path):
     store.mark_logged(0)
     assert store.is_logged(0)
     assert sorted(p.name for p in store.round_dir(0).iterdir()) == [
-        "DONE", "LOGGED", "checkpoints.json", "metrics.json", "next_train_ids.json"
+        "DONE",
+        "LOGGED",
+        "checkpoints.json",
+        "metrics.json",
+        "next_train_ids.json",
     ]

@@ -46,8 +46,13 @@ def test_pathway_distance_hand_computed():
 
 
 def _random_paths(rng, n, max_layers=6, experts=6, max_k=4):
-    return [[sorted(rng.choice(experts, rng.integers(1, max_k), replace=False).tolist())
-             for _ in range(rng.integers(1, max_layers))] for _ in range(n)]
+    return [
+        [
+            sorted(rng.choice(experts, rng.integers(1, max_k), replace=False).tolist())
+            for _ in range(rng.integers(1, max_layers))
+        ]
+        for _ in range(n)
+    ]
 
 
 def test_batched_distances_match_the_textbook_dp():
@@ -88,8 +93,9 @@ def test_per_sample_distance_averages_over_the_others():
     d = R.per_sample_distance(["0|1", "0|2", "3|1"])
     # pairs: (0,1)=1, (0,2)=1, (1,2)=2
     assert d.tolist() == [1.0, 1.5, 1.5]
-    assert R.per_sample_distance(["0|1", "0|2", "3|1"], reference=[0]).tolist() == [np.nan, 1.0, 1.0] or \
-        np.isnan(R.per_sample_distance(["0|1", "0|2", "3|1"], reference=[0])[0])
+    assert R.per_sample_distance(["0|1", "0|2", "3|1"], reference=[0]).tolist() == [np.nan, 1.0, 1.0] or np.isnan(
+        R.per_sample_distance(["0|1", "0|2", "3|1"], reference=[0])[0]
+    )
 
 
 # ------------------------------------------------------------------ pathways
@@ -145,13 +151,15 @@ def test_consistency_needs_two_layers():
 
 
 def test_memorization_rule_hand_computed():
-    loss = np.array([
-        [3.0, 0.40, 0.45, 0.42],  # <= 0.5 and within 0.1 of 0.42 from checkpoint 2 on
-        [3.0, 0.40, 0.90, 0.42],  # leaves the band at 3: memorized only from 4
-        [3.0, 2.00, 1.00, 0.60],  # final loss above epsilon: never
-        [0.1, 0.30, 0.10, 0.10],  # 0.3 is 0.2 from the final 0.1: from 3
-        [0.1, np.nan, 0.1, 0.1],  # a NaN breaks the run: from 3
-    ])
+    loss = np.array(
+        [
+            [3.0, 0.40, 0.45, 0.42],  # <= 0.5 and within 0.1 of 0.42 from checkpoint 2 on
+            [3.0, 0.40, 0.90, 0.42],  # leaves the band at 3: memorized only from 4
+            [3.0, 2.00, 1.00, 0.60],  # final loss above epsilon: never
+            [0.1, 0.30, 0.10, 0.10],  # 0.3 is 0.2 from the final 0.1: from 3
+            [0.1, np.nan, 0.1, 0.1],  # a NaN breaks the run: from 3
+        ]
+    )
     assert memorization_checkpoint(loss, epsilon=0.5, delta=0.1).tolist() == [2, 4, 0, 3, 3]
     # a wider band admits checkpoint 1 of row 4; row 2 still fails epsilon at checkpoint 3
     assert memorization_checkpoint(loss, epsilon=0.5, delta=0.5).tolist() == [2, 4, 0, 1, 3]
@@ -232,8 +240,13 @@ def test_monitor_columns_attach_to_a_ledger_and_give_metrics(tok):
             p.mul_(0.5)
     mon.record(model, 2)
     nll = np.array([[2.0, 0.3], [2.0, 0.2], [2.0, 1.5], [0.1, 0.1]])  # examples 0, 1, 3 memorized
-    base = Ledger.from_arrays([e.id for e in ex], np.zeros((4, 2), int), k=1, target_nll=nll,
-                              routing={"cutoff": 0.8, "epsilon": 0.5, "delta": 0.1})
+    base = Ledger.from_arrays(
+        [e.id for e in ex],
+        np.zeros((4, 2), int),
+        k=1,
+        target_nll=nll,
+        routing={"cutoff": 0.8, "epsilon": 0.5, "delta": 0.1},
+    )
     led = mon.attach(base)
     assert list(led.df.columns[-2:]) == ["pathway", "pathway_consistency"]
     again = read_ledger(_tmp_parquet(led))
@@ -246,9 +259,15 @@ def test_monitor_columns_attach_to_a_ledger_and_give_metrics(tok):
     assert t["n_memorized"].tolist() == [1, 3]
     paths = mon.columns()["pathway"]
     for c in range(2):
-        want = np.mean([levenshtein(pathway_symbols(R.parse_pathway(paths[a, c])).tolist(),
-                                    pathway_symbols(R.parse_pathway(paths[b, c])).tolist())
-                        for a, b in ((0, 1), (0, 3), (1, 3))])
+        want = np.mean(
+            [
+                levenshtein(
+                    pathway_symbols(R.parse_pathway(paths[a, c])).tolist(),
+                    pathway_symbols(R.parse_pathway(paths[b, c])).tolist(),
+                )
+                for a, b in ((0, 1), (0, 3), (1, 3))
+            ]
+        )
         assert t["pathway_distance"][c] == pytest.approx(want)
         assert t["pathway_consistency"][c] == pytest.approx(np.mean(mon.consistency[c][[0, 1, 3]]))
     every = R.routing_metrics(again, RoutingSettings(memorized_only=False))
@@ -281,9 +300,14 @@ def test_predict_ranks_routing_metrics_from_the_ledger():
     paths = np.array([["0|1", "0|1", "0|1"], ["2|3", "0|3", "0|1"], ["1|2", "1|1", "0|1"]], dtype=object)
     nll = np.full((3, 3), 0.3)  # perplexity 1.35 > p: PreMemAcc is plain accuracy here
     correct = np.array([[0, 1, 1], [0, 0, 1], [0, 0, 1]])
-    led = Ledger.from_arrays(["a", "b", "c"], correct, k=1, target_nll=nll,
-                             signals={"pathway": paths, "pathway_consistency": np.full((3, 3), 0.5)},
-                             routing={"epsilon": 0.5, "delta": 0.1})
+    led = Ledger.from_arrays(
+        ["a", "b", "c"],
+        correct,
+        k=1,
+        target_nll=nll,
+        signals={"pathway": paths, "pathway_consistency": np.full((3, 3), 0.5)},
+        routing={"epsilon": 0.5, "delta": 0.1},
+    )
     run = make_run("r", led, [0.2, 0.5, 0.9])
     tab = metric_table([run], 1.105)
     # checkpoint 1: pairs (a,b)=2, (a,c)=2, (b,c)=2; checkpoint 2: (a,b)=1, (a,c)=2, (b,c)=1; 3: all 0
@@ -306,9 +330,14 @@ def test_routing_outliers_targets_the_idiosyncratic_memorized_example():
     # t0..t2 share a pathway; t3 is memorized along a pathway of its own; t2 is not memorized
     paths = np.array([["0|1"], ["0|1"], ["0|2"], ["3|3"]], dtype=object)
     nll = np.array([[0.1], [0.1], [2.0], [0.1]])
-    led = Ledger.from_arrays([e.id for e in train], np.zeros((4, 1), int), k=1, target_nll=nll,
-                             signals={"pathway": paths, "pathway_consistency": np.array([[0.9], [0.8], [0.1], [0.7]])},
-                             routing={"epsilon": 0.5, "delta": 0.1})
+    led = Ledger.from_arrays(
+        [e.id for e in train],
+        np.zeros((4, 1), int),
+        k=1,
+        target_nll=nll,
+        signals={"pathway": paths, "pathway_consistency": np.array([[0.9], [0.8], [0.1], [0.7]])},
+        routing={"epsilon": 0.5, "delta": 0.1},
+    )
     pool = [Example.make(f"p{i}", "s", "1", id=f"p{i}") for i in range(3)]
     vecs = {"t0": [1, 0], "t1": [1, 0], "t2": [0.9, 0.1], "t3": [0, 1], "p0": [1, 0], "p1": [0.1, 1], "p2": [0.7, 0.7]}
 
@@ -361,8 +390,15 @@ def test_monitor_runs_inside_finetune(tok):
     ex = _examples(6)
     model = tiny_moe("olmoe", seed=0, tokenizer=tok)
     mon = R.RoutingMonitor(ex, tok)
-    finetune(model, tok, ex, None, TrainSettings(epochs=2, batch_size=3, learning_rate=1e-3,
-                                                 track_grad_variance=False), on_checkpoint=mon, progress=False)
+    finetune(
+        model,
+        tok,
+        ex,
+        None,
+        TrainSettings(epochs=2, batch_size=3, learning_rate=1e-3, track_grad_variance=False),
+        on_checkpoint=mon,
+        progress=False,
+    )
     cols = mon.columns()
     assert mon.checkpoints == [1, 2]
     assert cols["pathway"].shape == (6, 2) and np.isfinite(cols["pathway_consistency"]).all()

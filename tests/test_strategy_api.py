@@ -9,13 +9,11 @@ from click.testing import CliRunner
 from curator.data.example import Example
 from curator.errors import CuratorError, StrategyError
 from curator.signals import Signals
-from curator.strategy import (BUILTINS, SelectionContext, Strategy, build_strategy, run_selection,
-                              strategies, top_k)
+from curator.strategy import BUILTINS, SelectionContext, Strategy, build_strategy, run_selection, strategies, top_k
 
 
 def pool(n: int, prefix: str = "c") -> list[Example]:
-    return [Example(id=f"{prefix}{i}", question=f"q{i}", solution=f"s{i}\n#### {i}", answer=str(i))
-            for i in range(n)]
+    return [Example(id=f"{prefix}{i}", question=f"q{i}", solution=f"s{i}\n#### {i}", answer=str(i)) for i in range(n)]
 
 
 class Fixed(Strategy):
@@ -88,14 +86,17 @@ def test_bad_k_is_refused():
             run_selection(Fixed([1.0]), SelectionContext(pool=pool(1)), k)
 
 
-@pytest.mark.parametrize("out, msg", [
-    (["c1", "c1"], "'returns' returned duplicate ids: c1"),
-    (["c1", "zz"], "'returns' returned 1 ids that are not in the pool: zz"),
-    ([0, 1], "must return example ids .str."),
-    ("c1", "must return a list of example ids"),
-    (None, "must return a list of example ids"),
-    (["c0", "c1", "c2"], "returned 3 ids but only k=2"),
-])
+@pytest.mark.parametrize(
+    "out, msg",
+    [
+        (["c1", "c1"], "'returns' returned duplicate ids: c1"),
+        (["c1", "zz"], "'returns' returned 1 ids that are not in the pool: zz"),
+        ([0, 1], "must return example ids .str."),
+        ("c1", "must return a list of example ids"),
+        (None, "must return a list of example ids"),
+        (["c0", "c1", "c2"], "returned 3 ids but only k=2"),
+    ],
+)
 def test_contract_violations_name_the_strategy(out, msg):
     with pytest.raises(StrategyError, match=msg):
         run_selection(Returns(out), SelectionContext(pool=pool(3)), 2)
@@ -131,8 +132,11 @@ def test_generate_similar_adds_new_examples_to_the_pool():
         generative = True
 
         def similar(self, examples, n_per, seed):
-            return [Example(id=f"{e.id}-{j}", question="q", solution="s", answer="1", meta={"parent_id": e.id})
-                    for e in examples for j in range(n_per)] + [examples[0]]  # a repeat is dropped
+            return [
+                Example(id=f"{e.id}-{j}", question="q", solution="s", answer="1", meta={"parent_id": e.id})
+                for e in examples
+                for j in range(n_per)
+            ] + [examples[0]]  # a repeat is dropped
 
     ctx = SelectionContext(pool=pool(1), train=pool(2, "t"), source=Gen())
     new = ctx.generate_similar(ctx.train, 2)
@@ -162,8 +166,10 @@ def test_unknown_name_suggests_closest_and_lists_the_rest():
 def test_unknown_parameter_names_strategy_and_lists_parameters():
     with pytest.raises(StrategyError) as e:
         build_strategy("premem-threshold", {"treshold": 0.3})
-    assert str(e.value) == ("strategy 'premem-threshold' has no parameter 'treshold' (did you mean 'threshold'?). "
-                            "Its parameters: threshold=0.75, fallback_fraction=0.1")
+    assert str(e.value) == (
+        "strategy 'premem-threshold' has no parameter 'treshold' (did you mean 'threshold'?). "
+        "Its parameters: threshold=0.75, fallback_fraction=0.1"
+    )
     with pytest.raises(StrategyError, match="'iid' has no parameter 'n'. Its parameters: .none."):
         build_strategy("iid", {"n": 3})
     with pytest.raises(StrategyError, match="did you mean 'eps'"):
@@ -171,18 +177,23 @@ def test_unknown_parameter_names_strategy_and_lists_parameters():
 
 
 def test_bad_parameter_value_is_explained():
-    with pytest.raises(StrategyError, match=r"'premem-threshold': parameter threshold=1.5 is invalid; it must be in \(0, 1\]"):
+    with pytest.raises(
+        StrategyError, match=r"'premem-threshold': parameter threshold=1.5 is invalid; it must be in \(0, 1\]"
+    ):
         build_strategy("premem-threshold", {"threshold": 1.5})
     assert build_strategy("uncertainty", {"n": 7}).n == 7
 
 
-@pytest.mark.parametrize("path, msg", [
-    ("no_such_pkg.mod:Thing", "cannot import module 'no_such_pkg.mod'"),
-    ("curator.strategy:NoSuchClass", "has no attribute 'NoSuchClass'"),
-    ("math:pi", "not a class"),
-    ("collections:OrderedDict", "has no select"),
-    ("curator.strategy:Strategy", "implements neither score"),
-])
+@pytest.mark.parametrize(
+    "path, msg",
+    [
+        ("no_such_pkg.mod:Thing", "cannot import module 'no_such_pkg.mod'"),
+        ("curator.strategy:NoSuchClass", "has no attribute 'NoSuchClass'"),
+        ("math:pi", "not a class"),
+        ("collections:OrderedDict", "has no select"),
+        ("curator.strategy:Strategy", "implements neither score"),
+    ],
+)
 def test_bad_module_class_paths(path, msg):
     with pytest.raises(StrategyError, match=msg):
         build_strategy(path)
@@ -202,7 +213,8 @@ def test_module_class_path_and_contract_of_needs(tmp_path, monkeypatch):
         "class BadNeeds(Strategy):\n"
         "    needs = frozenset({'gradients'})\n"
         "    def score(self, ctx):\n"
-        "        return np.zeros(len(ctx.pool))\n")
+        "        return np.zeros(len(ctx.pool))\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     s = build_strategy("my_strats:Shortest", {"flip": True})
     assert s.name == "my_strats:Shortest"

@@ -75,8 +75,9 @@ def test_traces_really_differ(dataset):
 
 
 def test_steps_and_knobs_respected():
-    task = SyntheticTask(min_steps=4, max_steps=4, max_operand=30, distractors=2, n_traces=2,
-                         skills=("shopping", "comparison"))
+    task = SyntheticTask(
+        min_steps=4, max_steps=4, max_operand=30, distractors=2, n_traces=2, skills=("shopping", "comparison")
+    )
     exs = task.generate(200, seed=0)
     assert {e.meta["steps"] for e in exs} == {4}
     assert {e.meta["skill"] for e in exs} == {"shopping", "comparison"}
@@ -142,12 +143,18 @@ def test_similar_rejects_non_synthetic_examples():
         synthetic_task("easy").similar(Example.make("q", "#### 1", "1"), 2)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"min_steps": 0}, "min_steps"), ({"min_steps": 4, "max_steps": 3}, r"min_steps \(4\) must be <= max_steps \(3\)"),
-    ({"max_steps": 11}, "max_steps"), ({"max_operand": 5}, "max_operand"),
-    ({"n_traces": 0}, "n_traces"), ({"skills": ("shoping",)}, "unknown skills"),
-    ({"distractors": -1}, "distractors"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"min_steps": 0}, "min_steps"),
+        ({"min_steps": 4, "max_steps": 3}, r"min_steps \(4\) must be <= max_steps \(3\)"),
+        ({"max_steps": 11}, "max_steps"),
+        ({"max_operand": 5}, "max_operand"),
+        ({"n_traces": 0}, "n_traces"),
+        ({"skills": ("shoping",)}, "unknown skills"),
+        ({"distractors": -1}, "distractors"),
+    ],
+)
 def test_bad_settings(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         SyntheticTask(**kwargs)

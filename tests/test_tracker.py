@@ -43,7 +43,7 @@ class ScriptedSampler:
         for p in prompts:
             i = self.index[p]
             j = self.cursor.get(i, 0)
-            script = self.outcomes[i][self.checkpoint - 1][j: j + n]
+            script = self.outcomes[i][self.checkpoint - 1][j : j + n]
             assert len(script) == n, "tracker drew more than k samples"
             self.cursor[i] = j + n
             ans = self.examples[i].answer
@@ -94,8 +94,9 @@ class LiveSampler(ScriptedSampler):
 
 
 def make_examples(n):
-    return [Example.make(f"What is {i} + 1?", f"{i} + 1 = {i + 1}\n#### {i + 1}", str(i + 1), id=f"ex{i}")
-            for i in range(n)]
+    return [
+        Example.make(f"What is {i} + 1?", f"{i} + 1 = {i + 1}\n#### {i + 1}", str(i + 1), id=f"ex{i}") for i in range(n)
+    ]
 
 
 def run(examples, outcomes, ppl, lazy, M_, sampler_cls=ScriptedSampler, **kw):
@@ -105,11 +106,13 @@ def run(examples, outcomes, ppl, lazy, M_, sampler_cls=ScriptedSampler, **kw):
         sampler = LiveSampler(examples, outcomes, ppl, model)
     else:
         sampler = sampler_cls(examples, outcomes, ppl)
-    tr = DynamicsTracker(examples, FMT, GRADER, k=len(outcomes[0][0]), p=1.105, lazy=lazy,
-                         n_checkpoints=M_, **kw)
+    tr = DynamicsTracker(examples, FMT, GRADER, k=len(outcomes[0][0]), p=1.105, lazy=lazy, n_checkpoints=M_, **kw)
     for m in range(1, M_ + 1):
-        tr.measure(sampler.at(m), SimpleNamespace(index=m, step=10 * m, epoch=float(m), metrics={"train_loss": 1.0 / m}),
-                   model=model)
+        tr.measure(
+            sampler.at(m),
+            SimpleNamespace(index=m, step=10 * m, epoch=float(m), metrics={"train_loss": 1.0 / m}),
+            model=model,
+        )
         if model is not None:  # measuring never leaves other weights in the model
             assert model.w.item() == m
     return tr, tr.ledger(model="scripted"), sampler
@@ -117,8 +120,10 @@ def run(examples, outcomes, ppl, lazy, M_, sampler_cls=ScriptedSampler, **kw):
 
 def cells(led):
     cell = led.df.set_index(["example_id", "checkpoint"])
-    return {key: (int(r.n_samples), int(r.n_correct), None if pd.isna(r.skip_reason) else r.skip_reason)
-            for key, r in cell.iterrows()}
+    return {
+        key: (int(r.n_samples), int(r.n_correct), None if pd.isna(r.skip_reason) else r.skip_reason)
+        for key, r in cell.iterrows()
+    }
 
 
 # the hand-worked scenario: k = 5, p = 1.105, three checkpoints
@@ -137,10 +142,18 @@ def test_hand_worked_lazy_scenario(sampler_cls):
     tr, led, _ = run(ex, OUT, PPL, True, 3, sampler_cls=sampler_cls)
     cell = led.df.set_index(["example_id", "checkpoint"])
     expect = {  # (n_samples, n_correct, skip_reason)
-        ("ex0", 1): (5, 2, None), ("ex0", 2): (3, 0, "cannot-raise"), ("ex0", 3): (3, 2, "determined"),
-        ("ex1", 1): (0, 0, "memorized"), ("ex1", 2): (0, 0, "memorized"), ("ex1", 3): (0, 0, "determined"),
-        ("ex2", 1): (5, 5, None), ("ex2", 2): (0, 0, "max-reached"), ("ex2", 3): (5, 4, None),
-        ("ex3", 1): (5, 0, None), ("ex3", 2): (5, 1, None), ("ex3", 3): (3, 1, "determined"),
+        ("ex0", 1): (5, 2, None),
+        ("ex0", 2): (3, 0, "cannot-raise"),
+        ("ex0", 3): (3, 2, "determined"),
+        ("ex1", 1): (0, 0, "memorized"),
+        ("ex1", 2): (0, 0, "memorized"),
+        ("ex1", 3): (0, 0, "determined"),
+        ("ex2", 1): (5, 5, None),
+        ("ex2", 2): (0, 0, "max-reached"),
+        ("ex2", 3): (5, 4, None),
+        ("ex3", 1): (5, 0, None),
+        ("ex3", 2): (5, 1, None),
+        ("ex3", 3): (3, 1, "determined"),
     }
     for key, (s, c, why) in expect.items():
         row = cell.loc[key]
@@ -148,7 +161,7 @@ def test_hand_worked_lazy_scenario(sampler_cls):
         assert got == (s, c, why), key
     assert tr.samples_drawn == 34
     assert cells(led) == expect
-    np.testing.assert_allclose(M.premem_acc(led)[3].to_numpy(), [.4, 0, .8, .2])
+    np.testing.assert_allclose(M.premem_acc(led)[3].to_numpy(), [0.4, 0, 0.8, 0.2])
     assert led.meta["lazy"] is True and led.meta["k"] == 5 and led.meta["model"] == "scripted"
     assert (led.df["train_loss"] == 1.0 / led.df["checkpoint"]).all()
     assert cell.loc[("ex0", 1), "target_tokens"] == 4
@@ -162,14 +175,22 @@ def test_hand_worked_deferred_scenario():
     ex = make_examples(4)
     tr, led, _ = run(ex, OUT, PPL, True, 3, defer=True)
     expect = {
-        ("ex0", 1): (5, 2, None), ("ex0", 2): (5, 2, None), ("ex0", 3): (3, 2, "determined"),
-        ("ex1", 1): (0, 0, "memorized"), ("ex1", 2): (0, 0, "memorized"), ("ex1", 3): (0, 0, "determined"),
-        ("ex2", 1): (0, 0, "deferred"), ("ex2", 2): (0, 0, "deferred"), ("ex2", 3): (5, 4, None),
-        ("ex3", 1): (4, 0, "cannot-raise"), ("ex3", 2): (5, 1, None), ("ex3", 3): (3, 1, "determined"),
+        ("ex0", 1): (5, 2, None),
+        ("ex0", 2): (5, 2, None),
+        ("ex0", 3): (3, 2, "determined"),
+        ("ex1", 1): (0, 0, "memorized"),
+        ("ex1", 2): (0, 0, "memorized"),
+        ("ex1", 3): (0, 0, "determined"),
+        ("ex2", 1): (0, 0, "deferred"),
+        ("ex2", 2): (0, 0, "deferred"),
+        ("ex2", 3): (5, 4, None),
+        ("ex3", 1): (4, 0, "cannot-raise"),
+        ("ex3", 2): (5, 1, None),
+        ("ex3", 3): (3, 1, "determined"),
     }
     assert cells(led) == expect
     assert tr.samples_drawn == 30  # lazy: 34, full: 60
-    np.testing.assert_allclose(M.premem_acc(led)[3].to_numpy(), [.4, 0, .8, .2])
+    np.testing.assert_allclose(M.premem_acc(led)[3].to_numpy(), [0.4, 0, 0.8, 0.2])
     assert led.meta["defer"] is True and not tr._snapshots
     # checkpoint 2's dataset PreMemAcc is unknown (C was never sampled there) but bounded
     summ = M.summary(led)
@@ -205,8 +226,9 @@ def test_deferred_with_a_sampler_factory():
     for m in (1, 2, 3):
         with torch.no_grad():
             model.w.fill_(m)
-        tr.measure(factory(model), SimpleNamespace(index=m, step=m, epoch=float(m)), model=model,
-                   sampler_factory=factory)
+        tr.measure(
+            factory(model), SimpleNamespace(index=m, step=m, epoch=float(m)), model=model, sampler_factory=factory
+        )
     assert built == [1, 2, 3, 2, 1] and model.w.item() == 3
     assert cells(tr.ledger())[("ex3", 1)] == (4, 0, "cannot-raise")
     with pytest.raises(ConfigError, match="after the final checkpoint"):
@@ -228,7 +250,7 @@ def test_full_tracking_samples_everything():
     tr, led, sampler = run(ex, OUT, PPL, False, 3)
     assert tr.samples_drawn == 60 and led.is_complete
     assert (led.df["n_samples"] == 5).all()
-    np.testing.assert_allclose(M.premem_acc(led)[3].to_numpy(), [.4, 0, .8, .2])
+    np.testing.assert_allclose(M.premem_acc(led)[3].to_numpy(), [0.4, 0, 0.8, 0.2])
     assert len(set(sampler.seeds)) == len(sampler.seeds)  # no two calls replay one random stream
 
 
@@ -239,8 +261,10 @@ def test_lazy_equals_full_on_random_scenarios(seed):
     ex = make_examples(N)
     # correctness probability and perplexity drift per example so memorization happens mid-run
     outcomes = [[list((rng.random(k) < rng.random()).astype(int)) for _ in range(M_)] for _ in range(N)]
-    ppl = [list(np.sort(1 + rng.exponential(0.3, M_))[::-1]) if rng.random() < .7
-           else list(1 + rng.exponential(0.3, M_)) for _ in range(N)]
+    ppl = [
+        list(np.sort(1 + rng.exponential(0.3, M_))[::-1]) if rng.random() < 0.7 else list(1 + rng.exponential(0.3, M_))
+        for _ in range(N)
+    ]
     full_tr, full, _ = run(ex, outcomes, ppl, False, M_)
     lazy_tr, lazy, _ = run(ex, outcomes, ppl, True, M_)
     every_tr, every, _ = run(ex, outcomes, ppl, True, M_, exact_every_checkpoint=True)
@@ -303,16 +327,14 @@ def test_reference_check_and_validation():
 
     assert validate_premem(ex, GRADER, fmt=FMT, train_settings=TrainSettings(epochs=2), k=5, p=1.1) == 2
     with pytest.raises(ConfigError, match="produces no checkpoint"):
-        validate_premem(ex, GRADER, fmt=FMT, train_settings=TrainSettings(epochs=1, checkpoint_every=50),
-                        k=5, p=1.1)
+        validate_premem(ex, GRADER, fmt=FMT, train_settings=TrainSettings(epochs=1, checkpoint_every=50), k=5, p=1.1)
     with pytest.raises(ConfigError, match="empty"):
         validate_premem([], GRADER, fmt=FMT, train_settings=TrainSettings(), k=5, p=1.1)
 
 
 def tiny_examples():
     pairs = [(1, 2), (3, 4), (2, 2), (5, 1), (6, 3), (7, 1)]
-    return [Example.make(f"{a}+{b}?", f"{a}+{b}={a + b}\n#### {a + b}", str(a + b), id=f"e{a}{b}")
-            for a, b in pairs]
+    return [Example.make(f"{a}+{b}?", f"{a}+{b}={a + b}\n#### {a + b}", str(a + b), id=f"e{a}{b}") for a, b in pairs]
 
 
 @pytest.mark.slow

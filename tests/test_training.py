@@ -19,7 +19,6 @@ from curator.training import CheckpointInfo, TrainSettings, finetune
 from curator.training.sft import IGNORE_INDEX, build_features, collate, epoch_plan, target_nll_sum
 from curator.training.stats import DistanceFromInit, GradStats
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -30,8 +29,7 @@ def tiny():
 
 
 def data(n=12):
-    return [Example.make(f"What is {i} plus {i}?", f"{i}+{i}={2 * i}. #### {2 * i}", str(2 * i))
-            for i in range(n)]
+    return [Example.make(f"What is {i} plus {i}?", f"{i}+{i}={2 * i}. #### {2 * i}", str(2 * i)) for i in range(n)]
 
 
 def params_of(model):
@@ -52,6 +50,7 @@ def fast(**kw):
 
 
 # -- tokenization and loss -----------------------------------------------------------------------
+
 
 def test_labels_mask_the_prompt_exactly():
     _, tok = tiny()
@@ -95,10 +94,12 @@ def test_long_pairs_are_cut_and_prompts_that_fill_max_length_are_refused():
 
 # -- settings and schedule -----------------------------------------------------------------------
 
+
 def test_settings_report_every_problem_at_once():
     with pytest.raises(ConfigError) as e:
-        TrainSettings(epochs=0, learning_rate=0, lr_scheduler="cos", warmup_ratio=1.0, checkpoint_every=0,
-                      save_checkpoints=True)
+        TrainSettings(
+            epochs=0, learning_rate=0, lr_scheduler="cos", warmup_ratio=1.0, checkpoint_every=0, save_checkpoints=True
+        )
     text = str(e.value)
     assert len(e.value.problems) == 6
     for field in ("epochs", "learning_rate", "lr_scheduler", "warmup_ratio", "checkpoint_every", "output_dir"):
@@ -149,13 +150,15 @@ def test_epoch_plan_is_a_seeded_permutation_per_epoch():
 
 # -- training ------------------------------------------------------------------------------------
 
+
 def test_epoch_checkpoints_and_loss_decreases():
     model, tok = tiny()
     model.eval()
     seen = []
     s = fast(epochs=4)
-    res = finetune(model, tok, data(12), None, s, progress=False,
-                   on_checkpoint=lambda m, info: seen.append((info, m.training)))
+    res = finetune(
+        model, tok, data(12), None, s, progress=False, on_checkpoint=lambda m, info: seen.append((info, m.training))
+    )
     infos = [i for i, _ in seen]
     assert [(i.index, i.step, i.epoch) for i in infos] == [(1, 3, 1.0), (2, 6, 2.0), (3, 9, 3.0), (4, 12, 4.0)]
     assert not any(training for _, training in seen)  # eval mode during the callback
@@ -167,9 +170,10 @@ def test_epoch_checkpoints_and_loss_decreases():
     # train_loss of a window is the mean NLL over all target tokens of the window's steps
     for k, info in enumerate(infos):
         toks = step_tokens(s, data(12), tok, epoch=k)
-        window = res.step_losses[3 * k: 3 * k + 3]
+        window = res.step_losses[3 * k : 3 * k + 3]
         assert info.metrics["train_loss"] == pytest.approx(
-            sum(l * n for l, n in zip(window, toks)) / sum(toks), rel=1e-9)
+            sum(l * n for l, n in zip(window, toks)) / sum(toks), rel=1e-9
+        )
     assert res.final_metrics == infos[-1].metrics
     assert not model.training  # the caller's mode is restored
 
@@ -291,8 +295,7 @@ def test_grad_accumulation_gives_the_global_token_mean():
     out = []
     for bs, ga in ((4, 1), (2, 2), (1, 4)):
         model, tok = tiny()
-        res = finetune(model, tok, data(8), None, fast(batch_size=bs, grad_accum=ga, max_grad_norm=0.0),
-                       progress=False)
+        res = finetune(model, tok, data(8), None, fast(batch_size=bs, grad_accum=ga, max_grad_norm=0.0), progress=False)
         out.append((params_of(model), res.step_losses))
     (p0, l0) = out[0]
     for p, l in out[1:]:
@@ -322,8 +325,15 @@ def test_saved_checkpoints_reload_to_the_same_weights(tmp_path):
     model, tok = tiny()
     snaps = {}
     s = fast(epochs=2, save_checkpoints=True, output_dir=str(tmp_path))
-    res = finetune(model, tok, data(8), None, s, progress=False,
-                   on_checkpoint=lambda m, info: snaps.setdefault(info.step, params_of(m)))
+    res = finetune(
+        model,
+        tok,
+        data(8),
+        None,
+        s,
+        progress=False,
+        on_checkpoint=lambda m, info: snaps.setdefault(info.step, params_of(m)),
+    )
     assert [c.path for c in res.checkpoints] == [str(tmp_path / "checkpoint-2"), str(tmp_path / "checkpoint-4")]
     for c in res.checkpoints:
         meta = json.loads((tmp_path / f"checkpoint-{c.step}" / "curator_checkpoint.json").read_text())
@@ -339,8 +349,7 @@ def test_lora_trains_only_the_adapter():
     before = params_of(model)
     trainable = {k for k, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in k for k in trainable)
-    res = finetune(model, tok, data(8), None, fast(epochs=2, learning_rate=1e-2, weight_decay=0.1),
-                   progress=False)
+    res = finetune(model, tok, data(8), None, fast(epochs=2, learning_rate=1e-2, weight_decay=0.1), progress=False)
     after = params_of(model)
     assert all(torch.equal(before[k], after[k]) for k in before if k not in trainable)
     assert any(not torch.equal(before[k], after[k]) for k in trainable if "lora_B" in k)
@@ -358,8 +367,15 @@ def test_gradient_checkpointing_matches_plain_training():
 
     for gc in (False, True):
         model, tok = tiny()
-        res = finetune(model, tok, data(8), None, fast(gradient_checkpointing=gc), progress=False,
-                       on_checkpoint=lambda m, info: during.append(flag(m)))
+        res = finetune(
+            model,
+            tok,
+            data(8),
+            None,
+            fast(gradient_checkpointing=gc),
+            progress=False,
+            on_checkpoint=lambda m, info: during.append(flag(m)),
+        )
         losses.append(res.step_losses)
         assert not flag(model)  # switched off again
     assert during == [False, False, True, True]
@@ -386,8 +402,11 @@ def test_a_failing_callback_leaves_the_model_as_it_was():
     with pytest.raises(RuntimeError, match="measurement failed"):
         finetune(model, tok, data(4), None, fast(gradient_checkpointing=True), on_checkpoint=boom, progress=False)
     assert model.config.use_cache is True and not model.training
-    assert not model.is_activation_checkpointing if hasattr(type(model), "is_activation_checkpointing") \
+    assert (
+        not model.is_activation_checkpointing
+        if hasattr(type(model), "is_activation_checkpointing")
         else not model.is_gradient_checkpointing
+    )
 
 
 def test_no_trainable_parameters_is_an_error():
@@ -399,6 +418,7 @@ def test_no_trainable_parameters_is_an_error():
 
 
 # -- several processes ---------------------------------------------------------------------------
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -414,13 +434,46 @@ def test_two_process_accelerate_launch_on_cpu(tmp_path):
     path = tmp_path / "train.jsonl"
     save_examples(exs, path)
     out = tmp_path / "ddp"
-    common = ["--model", "tiny-random", "--data", str(path), "--epochs", "2", "--learning-rate", "3e-3",
-              "--batch-size", "2", "--seed", "5", "--rank-reports", "--no-progress"]
+    common = [
+        "--model",
+        "tiny-random",
+        "--data",
+        str(path),
+        "--epochs",
+        "2",
+        "--learning-rate",
+        "3e-3",
+        "--batch-size",
+        "2",
+        "--seed",
+        "5",
+        "--rank-reports",
+        "--no-progress",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu",
-           "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "curator.training.launch",
-           *common, "--grad-accum", "2", "--save-checkpoints", "--output-dir", str(out)]
+    cmd = [
+        os.path.join(os.path.dirname(sys.executable), "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "curator.training.launch",
+        *common,
+        "--grad-accum",
+        "2",
+        "--save-checkpoints",
+        "--output-dir",
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in (0, 1)]
@@ -437,8 +490,13 @@ def test_two_process_accelerate_launch_on_cpu(tmp_path):
     assert json.loads((out / "train_result.json").read_text())["num_processes"] == 2
 
     single = tmp_path / "single"
-    proc = subprocess.run([sys.executable, "-m", "curator.training.launch", *common, "--grad-accum", "4",
-                           "--output-dir", str(single)], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "curator.training.launch", *common, "--grad-accum", "4", "--output-dir", str(single)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = json.loads((single / "rank-0.json").read_text())
     assert one["num_processes"] == 1

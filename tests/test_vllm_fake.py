@@ -61,10 +61,22 @@ class _EngineModel:
 class FakeLLM:
     built: ClassVar[list[FakeLLM]] = []
 
-    def __init__(self, model, tokenizer=None, dtype="auto", seed=0, enable_prefix_caching=True,
-                 enable_lora=False, max_lora_rank=16, gpu_memory_utilization=0.9, trust_remote_code=False,
-                 tensor_parallel_size=1, max_model_len=None, enable_sleep_mode=False,
-                 distributed_executor_backend=None):
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        dtype="auto",
+        seed=0,
+        enable_prefix_caching=True,
+        enable_lora=False,
+        max_lora_rank=16,
+        gpu_memory_utilization=0.9,
+        trust_remote_code=False,
+        tensor_parallel_size=1,
+        max_model_len=None,
+        enable_sleep_mode=False,
+        distributed_executor_backend=None,
+    ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -72,8 +84,11 @@ class FakeLLM:
         self.tok = AutoTokenizer.from_pretrained(tokenizer or model)
         self.enable_lora, self.max_lora_rank = enable_lora, max_lora_rank
         self.kwargs = {"gpu_memory_utilization": gpu_memory_utilization, "tensor_parallel_size": tensor_parallel_size}
-        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(
-            model_runner=SimpleNamespace(model=_EngineModel(self)))))
+        self.llm_engine = SimpleNamespace(
+            model_executor=SimpleNamespace(
+                driver_worker=SimpleNamespace(model_runner=SimpleNamespace(model=_EngineModel(self)))
+            )
+        )
         self.weight_loads = self.prefix_resets = 0
         self.requests: list[tuple[str, str]] = []  # (kind, hash of the weights it ran on)
         self._adapters: dict[int, object] = {}
@@ -107,21 +122,35 @@ class FakeLLM:
                 ids = torch.tensor([req["prompt_token_ids"]])
                 if sp.prompt_logprobs:
                     lp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
-                    plp = [None] + [{int(t): SimpleNamespace(logprob=float(lp[k, t]))}
-                                    for k, t in enumerate(req["prompt_token_ids"][1:])]
+                    plp = [None] + [
+                        {int(t): SimpleNamespace(logprob=float(lp[k, t]))}
+                        for k, t in enumerate(req["prompt_token_ids"][1:])
+                    ]
                     outs.append(SimpleNamespace(prompt_logprobs=plp, outputs=[]))
                     continue
                 texts = []
                 for j in range(sp.n):
                     if sp.temperature == 0:
-                        gen = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                             max_new_tokens=sp.max_tokens, pad_token_id=self.tok.pad_token_id)
+                        gen = model.generate(
+                            ids,
+                            attention_mask=torch.ones_like(ids),
+                            do_sample=False,
+                            max_new_tokens=sp.max_tokens,
+                            pad_token_id=self.tok.pad_token_id,
+                        )
                     else:
                         torch.manual_seed((sp.seed or 0) * 1000 + j)
-                        gen = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                             temperature=sp.temperature, top_p=sp.top_p, top_k=0,
-                                             max_new_tokens=sp.max_tokens, pad_token_id=self.tok.pad_token_id)
-                    text = self.tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)
+                        gen = model.generate(
+                            ids,
+                            attention_mask=torch.ones_like(ids),
+                            do_sample=True,
+                            temperature=sp.temperature,
+                            top_p=sp.top_p,
+                            top_k=0,
+                            max_new_tokens=sp.max_tokens,
+                            pad_token_id=self.tok.pad_token_id,
+                        )
+                    text = self.tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=True)
                     for s in sp.stop or []:
                         if s in text:
                             text = text[: text.index(s)]
@@ -131,15 +160,30 @@ class FakeLLM:
 
 
 class FakeSamplingParams:
-    def __init__(self, n=1, temperature=1.0, top_p=1.0, max_tokens=16, stop=None, seed=None,
-                 skip_special_tokens=True, prompt_logprobs=None, detokenize=True):
+    def __init__(
+        self,
+        n=1,
+        temperature=1.0,
+        top_p=1.0,
+        max_tokens=16,
+        stop=None,
+        seed=None,
+        skip_special_tokens=True,
+        prompt_logprobs=None,
+        detokenize=True,
+    ):
         self.n, self.temperature, self.top_p, self.max_tokens = n, temperature, top_p, max_tokens
         self.stop, self.seed, self.prompt_logprobs = stop, seed, prompt_logprobs
 
 
 class FakeLoRARequest:
     def __init__(self, lora_name, lora_int_id, lora_path, load_inplace=False):
-        self.lora_name, self.lora_int_id, self.lora_path, self.load_inplace = lora_name, lora_int_id, lora_path, load_inplace
+        self.lora_name, self.lora_int_id, self.lora_path, self.load_inplace = (
+            lora_name,
+            lora_int_id,
+            lora_path,
+            load_inplace,
+        )
 
 
 @pytest.fixture
@@ -177,12 +221,25 @@ def run_round(base, provider, *, lora=None, defer=False, lazy=False):
     from curator.engine import train_and_track
 
     seen: list[str] = []
-    res = train_and_track(base, TRAIN, fmt=PromptFormat(), grader=get_grader("gsm8k"),
-                          training=TrainSettings(epochs=3, batch_size=2, learning_rate=5e-3, max_length=64),
-                          provider=provider, k=2, params=GREEDY, p=1.5, lazy=lazy or defer, defer=defer,
-                          lora=lora, seed=0, test=TEST, eval_params=GREEDY,
-                          after_checkpoint=lambda s, info, rows: seen.append(live_hash[0]) or None,
-                          progress=False)
+    res = train_and_track(
+        base,
+        TRAIN,
+        fmt=PromptFormat(),
+        grader=get_grader("gsm8k"),
+        training=TrainSettings(epochs=3, batch_size=2, learning_rate=5e-3, max_length=64),
+        provider=provider,
+        k=2,
+        params=GREEDY,
+        p=1.5,
+        lazy=lazy or defer,
+        defer=defer,
+        lora=lora,
+        seed=0,
+        test=TEST,
+        eval_params=GREEDY,
+        after_checkpoint=lambda s, info, rows: seen.append(live_hash[0]) or None,
+        progress=False,
+    )
     return res, seen
 
 

@@ -5,10 +5,38 @@ Submodules import pandas/numpy only; models load inside the functions that need 
 """
 
 from curator.analysis.imports import import_arrays, import_ledger, import_long
-from curator.analysis.predict import (Fit, PredictionReport, Run, atc_predict, find_runs, linear_fit,
-                                      load_run, make_run, metric_table, predict, write_report, write_run)
+from curator.analysis.predict import (
+    Fit,
+    PredictionReport,
+    Run,
+    atc_predict,
+    find_runs,
+    linear_fit,
+    load_run,
+    make_run,
+    metric_table,
+    predict,
+    write_report,
+    write_run,
+)
 from curator.analysis.robustness import RobustnessReport, robustness
 
-__all__ = ["Fit", "PredictionReport", "Run", "RobustnessReport", "atc_predict", "find_runs", "import_arrays",
-           "import_ledger", "import_long", "linear_fit", "load_run", "make_run", "metric_table", "predict",
-           "robustness", "write_report", "write_run"]
+__all__ = [
+    "Fit",
+    "PredictionReport",
+    "Run",
+    "RobustnessReport",
+    "atc_predict",
+    "find_runs",
+    "import_arrays",
+    "import_ledger",
+    "import_long",
+    "linear_fit",
+    "load_run",
+    "make_run",
+    "metric_table",
+    "predict",
+    "robustness",
+    "write_report",
+    "write_run",
+]

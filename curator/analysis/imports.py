@@ -19,16 +19,27 @@ here come first so that errors name the input's own keys and columns.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from curator.errors import DataError
 
-_KNOWN = {"example_ids", "n_correct", "acc", "n_samples", "k", "perplexity", "target_nll",
-          "target_tokens", "steps", "epochs"}
+_KNOWN = {
+    "example_ids",
+    "n_correct",
+    "acc",
+    "n_samples",
+    "k",
+    "perplexity",
+    "target_nll",
+    "target_tokens",
+    "steps",
+    "epochs",
+}
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -36,8 +47,10 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except ValueError as e:  # object arrays need pickle, which we refuse for untrusted files
-        raise DataError(f"{path}: cannot read without pickle ({e}); save example_ids as a string "
-                        "array, e.g. np.asarray(ids, dtype=str)") from e
+        raise DataError(
+            f"{path}: cannot read without pickle ({e}); save example_ids as a string "
+            "array, e.g. np.asarray(ids, dtype=str)"
+        ) from e
     except Exception as e:  # a truncated or foreign file: zipfile, pickle and format errors alike
         raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from e
 
@@ -46,8 +59,7 @@ def _one_of(arrays: Mapping[str, Any], a: str, b: str, where: str) -> str:
     has_a, has_b = a in arrays, b in arrays
     if has_a == has_b:
         which = "both" if has_a else "neither"
-        raise DataError(f"{where}: give exactly one of '{a}' or '{b}' (got {which}); "
-                        f"keys present: {sorted(arrays)}")
+        raise DataError(f"{where}: give exactly one of '{a}' or '{b}' (got {which}); keys present: {sorted(arrays)}")
     return a if has_a else b
 
 
@@ -57,8 +69,14 @@ def _drop_examples(ids: np.ndarray, arrays: dict[str, np.ndarray], keep: np.ndar
             arrays[key] = arr[keep]
 
 
-def import_arrays(source: str | Path | Mapping[str, Any], *, k: int | None = None, p: float = 1.105,
-                  drop_nan: bool = False, **meta: Any):
+def import_arrays(
+    source: str | Path | Mapping[str, Any],
+    *,
+    k: int | None = None,
+    p: float = 1.105,
+    drop_nan: bool = False,
+    **meta: Any,
+):
     """Build a Ledger from per-example x per-checkpoint arrays (an ``.npz`` path or a dict).
 
     Args:
@@ -95,15 +113,19 @@ def import_arrays(source: str | Path | Mapping[str, Any], *, k: int | None = Non
     uniq, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         dup = uniq[counts > 1]
-        raise DataError(f"{where}: {dup.size} duplicate example id(s), e.g. {dup[:3].tolist()}; "
-                        "every row must be a different example")
+        raise DataError(
+            f"{where}: {dup.size} duplicate example id(s), e.g. {dup[:3].tolist()}; "
+            "every row must be a different example"
+        )
 
     acc_key = _one_of(arrays, "n_correct", "acc", where)
     ppl_key = _one_of(arrays, "perplexity", "target_nll", where)
     main = np.asarray(arrays[acc_key], dtype=float)
     if main.ndim != 2 or main.shape[0] != N:
-        raise DataError(f"{where}: {acc_key} has shape {list(main.shape)}, expected [{N}, checkpoints] "
-                        f"(one row per example id, one column per checkpoint)")
+        raise DataError(
+            f"{where}: {acc_key} has shape {list(main.shape)}, expected [{N}, checkpoints] "
+            f"(one row per example id, one column per checkpoint)"
+        )
     M = main.shape[1]
     if M == 0:
         raise DataError(f"{where}: {acc_key} has zero checkpoints (columns)")
@@ -112,12 +134,13 @@ def import_arrays(source: str | Path | Mapping[str, Any], *, k: int | None = Non
             shape = arrays[key].shape
             ok = shape == (N, M) or (key == "target_tokens" and shape == (N,))
             if not ok:
-                raise DataError(f"{where}: {key} has shape {list(shape)} but {acc_key} has "
-                                f"{[N, M]}; every per-cell array must be [examples, checkpoints]")
+                raise DataError(
+                    f"{where}: {key} has shape {list(shape)} but {acc_key} has "
+                    f"{[N, M]}; every per-cell array must be [examples, checkpoints]"
+                )
     for key in ("steps", "epochs"):
         if key in arrays and arrays[key].shape != (M,):
-            raise DataError(f"{where}: {key} has shape {list(arrays[key].shape)}, expected [{M}] "
-                            "(one per checkpoint)")
+            raise DataError(f"{where}: {key} has shape {list(arrays[key].shape)}, expected [{M}] (one per checkpoint)")
 
     if k is None and "k" in arrays:
         k = np.asarray(arrays["k"]).reshape(-1)[0]
@@ -143,9 +166,11 @@ def import_arrays(source: str | Path | Mapping[str, Any], *, k: int | None = Non
         frac = np.abs(n_correct - np.round(n_correct))
         if (frac > 1e-6).any():
             i, j = np.argwhere(frac > 1e-6)[0]
-            raise DataError(f"{where}: acc * n_samples is not a whole number at example {str(ids[i])!r}, "
-                            f"checkpoint {j + 1} (acc={main[i, j]}, samples={n_samples[i, j]:g}); "
-                            "is k right?")
+            raise DataError(
+                f"{where}: acc * n_samples is not a whole number at example {str(ids[i])!r}, "
+                f"checkpoint {j + 1} (acc={main[i, j]}, samples={n_samples[i, j]:g}); "
+                "is k right?"
+            )
         n_correct = np.round(n_correct)
     else:
         n_correct = main
@@ -159,9 +184,11 @@ def import_arrays(source: str | Path | Mapping[str, Any], *, k: int | None = Non
         rows = np.flatnonzero(bad.any(axis=1))
         if not drop_nan:
             first = [f"({ids[i]}, checkpoint {int(np.flatnonzero(bad[i])[0]) + 1})" for i in rows[:3]]
-            raise DataError(f"{where}: {ppl_key} has {int(bad.sum())} NaN/inf entries in {rows.size} "
-                            f"example(s), e.g. {', '.join(first)}; re-measure them, or import with "
-                            "drop_nan=True (--drop-nan) to leave those examples out")
+            raise DataError(
+                f"{where}: {ppl_key} has {int(bad.sum())} NaN/inf entries in {rows.size} "
+                f"example(s), e.g. {', '.join(first)}; re-measure them, or import with "
+                "drop_nan=True (--drop-nan) to leave those examples out"
+            )
         if rows.size == N:
             raise DataError(f"{where}: every example has a NaN {ppl_key}; nothing to import")
         dropped = ids[rows].tolist()
@@ -180,18 +207,27 @@ def import_arrays(source: str | Path | Mapping[str, Any], *, k: int | None = Non
         if key == "target_tokens":
             continue
         if arr.shape != (N, M):
-            raise DataError(f"{where}: unknown key {key!r} with shape {list(arr.shape)}; extra arrays must "
-                            f"be [examples, checkpoints] signals (known keys: {sorted(_KNOWN)})")
+            raise DataError(
+                f"{where}: unknown key {key!r} with shape {list(arr.shape)}; extra arrays must "
+                f"be [examples, checkpoints] signals (known keys: {sorted(_KNOWN)})"
+            )
         signals[key] = arr
     if dropped:
         meta["import_dropped"] = dropped
     return Ledger.from_arrays(
-        ids.tolist(), n_correct.astype(np.int64), n_samples.astype(np.int64), k=k,
+        ids.tolist(),
+        n_correct.astype(np.int64),
+        n_samples.astype(np.int64),
+        k=k,
         target_nll=ppl if ppl_key == "target_nll" else None,
         perplexity=ppl if ppl_key == "perplexity" else None,
         target_tokens=extra.get("target_tokens"),
-        steps=arrays.get("steps"), epochs=arrays.get("epochs"), p=p, signals=signals or None,
-        **meta)
+        steps=arrays.get("steps"),
+        epochs=arrays.get("epochs"),
+        p=p,
+        signals=signals or None,
+        **meta,
+    )
 
 
 def _read_long(path: Path) -> pd.DataFrame:
@@ -216,8 +252,9 @@ def _read_long(path: Path) -> pd.DataFrame:
     raise DataError(f"{path}: unknown format {suffix!r}; use .csv, .json, .jsonl or .parquet")
 
 
-def import_long(source: str | Path | pd.DataFrame, *, k: int | None = None, p: float = 1.105,
-                drop_nan: bool = False, **meta: Any):
+def import_long(
+    source: str | Path | pd.DataFrame, *, k: int | None = None, p: float = 1.105, drop_nan: bool = False, **meta: Any
+):
     """Build a Ledger from a long table: one row per (example_id, checkpoint).
 
     Columns: ``example_id``, ``checkpoint`` (1..M), ``acc`` or ``n_correct``, ``perplexity`` or
@@ -246,14 +283,18 @@ def import_long(source: str | Path | pd.DataFrame, *, k: int | None = None, p: f
         raise DataError(f"{where}: {int(dup.sum())} duplicate (example_id, checkpoint) row(s), e.g. {first}")
     cks = sorted(int(c) for c in df["checkpoint"].unique())
     if cks != list(range(1, len(cks) + 1)):
-        raise DataError(f"{where}: checkpoints must be numbered 1..M in training order, found {cks[:10]}; "
-                        "put training steps in a 'step' column")
+        raise DataError(
+            f"{where}: checkpoints must be numbered 1..M in training order, found {cks[:10]}; "
+            "put training steps in a 'step' column"
+        )
     ids = list(dict.fromkeys(df["example_id"]))
     counts = df.groupby("example_id")["checkpoint"].nunique()
     short = counts[counts < len(cks)]
     if len(short):
-        raise DataError(f"{where}: {len(short)} example(s) lack rows at some of the {len(cks)} checkpoints, "
-                        f"e.g. {short.index[:3].tolist()}; every example needs every checkpoint")
+        raise DataError(
+            f"{where}: {len(short)} example(s) lack rows at some of the {len(cks)} checkpoints, "
+            f"e.g. {short.index[:3].tolist()}; every example needs every checkpoint"
+        )
 
     def wide(col: str) -> np.ndarray:
         return df.pivot(index="example_id", columns="checkpoint", values=col).reindex(index=ids, columns=cks).to_numpy()
@@ -274,8 +315,7 @@ def import_long(source: str | Path | pd.DataFrame, *, k: int | None = None, p: f
     return import_arrays(arrays, k=k, p=p, drop_nan=drop_nan, **meta)
 
 
-def import_ledger(source: str | Path, *, k: int | None = None, p: float = 1.105, drop_nan: bool = False,
-                  **meta: Any):
+def import_ledger(source: str | Path, *, k: int | None = None, p: float = 1.105, drop_nan: bool = False, **meta: Any):
     """Import by file type: ``.npz`` -> `import_arrays`; ``.csv/.json/.jsonl/.parquet`` -> `import_long`."""
     path = Path(source)
     if path.suffix.lower() == ".npz":

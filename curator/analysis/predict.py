@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -87,8 +88,9 @@ def _moments(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return (dx * dx).sum(-1), (dx * dy).sum(-1), (dy * dy).sum(-1)
 
 
-def linear_fit(x: Sequence[float], y: Sequence[float], n_boot: int = 1000, seed: int = 0,
-               level: float = 0.95, what: str = "fit") -> Fit:
+def linear_fit(
+    x: Sequence[float], y: Sequence[float], n_boot: int = 1000, seed: int = 0, level: float = 0.95, what: str = "fit"
+) -> Fit:
     """Least-squares fit of y on x, with bootstrap intervals for slope and R².
 
     Points where x or y is NaN are dropped and listed in ``Fit.excluded``.
@@ -106,8 +108,7 @@ def linear_fit(x: Sequence[float], y: Sequence[float], n_boot: int = 1000, seed:
     n = xa.size
     if n < 3:
         dropped = f" ({len(excluded)} dropped as NaN)" if excluded else ""
-        raise CuratorError(f"{what}: a linear fit needs at least 3 points, got {n}{dropped}; "
-                           "add runs or checkpoints")
+        raise CuratorError(f"{what}: a linear fit needs at least 3 points, got {n}{dropped}; add runs or checkpoints")
     sxx, sxy, syy = (float(v) for v in _moments(xa, ya))
     # relative tolerance: values that differ only by float noise count as constant
     if sxx <= 1e-24 * max(1.0, float(np.abs(xa).max()) ** 2) * n:
@@ -131,8 +132,16 @@ def linear_fit(x: Sequence[float], y: Sequence[float], n_boot: int = 1000, seed:
             br2 = bxy[ok] ** 2 / (bxx[ok] * byy[ok])
             slope_ci = tuple(float(v) for v in np.percentile(bs, q))  # type: ignore[assignment]
             r2_ci = tuple(float(v) for v in np.percentile(br2, q))  # type: ignore[assignment]
-    return Fit(slope=float(slope), intercept=intercept, r2=float(r2), r=float(r), n=int(n),
-               slope_ci=slope_ci, r2_ci=r2_ci, excluded=excluded)
+    return Fit(
+        slope=float(slope),
+        intercept=intercept,
+        r2=float(r2),
+        r=float(r),
+        n=int(n),
+        slope_ci=slope_ci,
+        r2_ci=r2_ci,
+        excluded=excluded,
+    )
 
 
 # ----------------------------------------------------------------------------- ATC
@@ -236,13 +245,16 @@ def make_run(name: str, ledger: Any, test_accuracy: Any, **signals: Any) -> Run:
         return Run(name, ledger, test_accuracy.copy())
     cks = sorted(int(c) for c in _ledger_df(ledger)["checkpoint"].unique())
     if isinstance(test_accuracy, Mapping):
-        tab = pd.DataFrame({"checkpoint": [int(c) for c in test_accuracy],
-                            "test_accuracy": [float(v) for v in test_accuracy.values()]})
+        tab = pd.DataFrame(
+            {"checkpoint": [int(c) for c in test_accuracy], "test_accuracy": [float(v) for v in test_accuracy.values()]}
+        )
     else:
         acc = list(test_accuracy)
         if len(acc) != len(cks):
-            raise DataError(f"run {name!r}: {len(acc)} test accuracies for {len(cks)} ledger checkpoints "
-                            f"{cks}; give one per checkpoint (NaN to leave one out)")
+            raise DataError(
+                f"run {name!r}: {len(acc)} test accuracies for {len(cks)} ledger checkpoints "
+                f"{cks}; give one per checkpoint (NaN to leave one out)"
+            )
         tab = pd.DataFrame({"checkpoint": cks, "test_accuracy": [float(a) for a in acc]})
     for key, vals in signals.items():
         vals = list(vals.values()) if isinstance(vals, Mapping) else list(vals)
@@ -265,8 +277,10 @@ def check_run(run: Run) -> list[str]:
     tab = run.checkpoints
     missing = [c for c in ("checkpoint", "test_accuracy") if c not in tab.columns]
     if missing:
-        raise DataError(f"{who}: the checkpoint table lacks column(s) {missing}; it needs one row per "
-                        "checkpoint with 'checkpoint' (1-based, as in the ledger) and 'test_accuracy'")
+        raise DataError(
+            f"{who}: the checkpoint table lacks column(s) {missing}; it needs one row per "
+            "checkpoint with 'checkpoint' (1-based, as in the ledger) and 'test_accuracy'"
+        )
     for col in ("example_id", "checkpoint", "perplexity"):
         if col not in df.columns:
             raise DataError(f"{who}: the ledger lacks column {col!r} (see docs/LEDGER.md)")
@@ -280,17 +294,21 @@ def check_run(run: Run) -> list[str]:
         if tab_ck - led_ck:
             parts.append(f"checkpoint(s) {sorted(tab_ck - led_ck)} have a test accuracy but no ledger rows")
         if led_ck - tab_ck:
-            parts.append(f"checkpoint(s) {sorted(led_ck - tab_ck)} are in the ledger but have no test "
-                         "accuracy (add them; use NaN to leave one out of the fit)")
+            parts.append(
+                f"checkpoint(s) {sorted(led_ck - tab_ck)} are in the ledger but have no test "
+                "accuracy (add them; use NaN to leave one out of the fit)"
+            )
         raise DataError(f"{who}: checkpoints do not line up: " + "; ".join(parts))
     if "step" in tab.columns and "step" in df.columns:
         led_steps = df.groupby("checkpoint")["step"].first()
         for _, row in tab.iterrows():
             s = row["step"]
             if pd.notna(s) and int(led_steps.loc[int(row["checkpoint"])]) != int(s):
-                raise DataError(f"{who}: checkpoint {int(row['checkpoint'])} is step "
-                                f"{int(led_steps.loc[int(row['checkpoint'])])} in the ledger but step "
-                                f"{int(s)} in the checkpoint table; they describe different checkpoints")
+                raise DataError(
+                    f"{who}: checkpoint {int(row['checkpoint'])} is step "
+                    f"{int(led_steps.loc[int(row['checkpoint'])])} in the ledger but step "
+                    f"{int(s)} in the checkpoint table; they describe different checkpoints"
+                )
     ids = df.groupby("checkpoint")["example_id"].apply(lambda s: frozenset(s.astype(str)))
     first = ids.iloc[0]
     for ck, got in ids.items():
@@ -299,20 +317,25 @@ def check_run(run: Run) -> list[str]:
             raise DataError(
                 f"{who}: checkpoint {ck} covers different example ids than checkpoint {ids.index[0]} "
                 f"({len(lost)} missing, e.g. {lost[:3]}; {len(extra)} extra, e.g. {extra[:3]}); a ledger "
-                "must hold every example at every checkpoint")
+                "must hold every example at every checkpoint"
+            )
     if df.duplicated(["example_id", "checkpoint"]).any():
         raise DataError(f"{who}: the ledger has duplicate (example_id, checkpoint) rows")
     nan = df["perplexity"].isna()
     if nan.any():
         bad = df.loc[nan, ["example_id", "checkpoint"]].head(3).values.tolist()
-        raise DataError(f"{who}: {int(nan.sum())} ledger row(s) have a NaN perplexity (e.g. "
-                        f"{bad}); PreMemAcc needs every perplexity: re-measure them or drop those "
-                        "examples with `drop_nan_examples(run)`")
+        raise DataError(
+            f"{who}: {int(nan.sum())} ledger row(s) have a NaN perplexity (e.g. "
+            f"{bad}); PreMemAcc needs every perplexity: re-measure them or drop those "
+            "examples with `drop_nan_examples(run)`"
+        )
     notes = []
     na = tab["test_accuracy"].isna()
     if na.any():
-        notes.append(f"{who}: checkpoint(s) {sorted(tab.loc[na, 'checkpoint'].astype(int))} have no test "
-                     "accuracy (NaN) and are left out of every fit")
+        notes.append(
+            f"{who}: checkpoint(s) {sorted(tab.loc[na, 'checkpoint'].astype(int))} have no test "
+            "accuracy (NaN) and are left out of every fit"
+        )
     return notes
 
 
@@ -327,8 +350,10 @@ def drop_nan_examples(run: Run) -> tuple[Run, str | None]:
     if kept.empty:
         raise DataError(f"run {run.name!r}: every example has a NaN perplexity; nothing left to analyse")
     new = Run(run.name, kept, run.checkpoints, run.confidences, run.source, dict(run.meta))
-    return new, (f"run {run.name!r}: {len(bad)} of {total} examples dropped for NaN perplexities "
-                 f"(e.g. {sorted(map(str, bad))[:3]})")
+    return new, (
+        f"run {run.name!r}: {len(bad)} of {total} examples dropped for NaN perplexities "
+        f"(e.g. {sorted(map(str, bad))[:3]})"
+    )
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -354,8 +379,9 @@ def atc_per_checkpoint(conf: pd.DataFrame) -> pd.Series:
     """ATC prediction per checkpoint from a confidence table (train = source, test = target)."""
     missing = [c for c in CONFIDENCE_COLUMNS if c not in conf.columns]
     if missing:
-        raise DataError(f"confidence table lacks column(s) {missing}; need {list(CONFIDENCE_COLUMNS)} "
-                        "and 'accuracy' on train rows")
+        raise DataError(
+            f"confidence table lacks column(s) {missing}; need {list(CONFIDENCE_COLUMNS)} and 'accuracy' on train rows"
+        )
     out = {}
     for ck, g in conf.groupby("checkpoint"):
         src = g[g["split"] == "train"]
@@ -364,10 +390,13 @@ def atc_per_checkpoint(conf: pd.DataFrame) -> pd.Series:
             out[int(ck)] = float("nan")
             continue
         if "accuracy" not in src.columns or src["accuracy"].isna().any():
-            raise DataError(f"confidence table, checkpoint {ck}: train rows need an 'accuracy' value "
-                            "(fraction of that example's samples graded correct)")
-        out[int(ck)] = atc_predict(src["confidence"].to_numpy(), float(src["accuracy"].mean()),
-                                   tgt["confidence"].to_numpy())
+            raise DataError(
+                f"confidence table, checkpoint {ck}: train rows need an 'accuracy' value "
+                "(fraction of that example's samples graded correct)"
+            )
+        out[int(ck)] = atc_predict(
+            src["confidence"].to_numpy(), float(src["accuracy"].mean()), tgt["confidence"].to_numpy()
+        )
     return pd.Series(out, dtype=float)
 
 
@@ -497,14 +526,23 @@ class PredictionReport:
         rows = []
         for rank, r in enumerate(self.results, 1):
             f = r.fit
-            rows.append({
-                "rank": rank if f else None, "metric": r.metric, "label": r.label,
-                "r2": f.r2 if f else np.nan, "r2_lo": f.r2_ci[0] if f else np.nan,
-                "r2_hi": f.r2_ci[1] if f else np.nan, "slope": f.slope if f else np.nan,
-                "slope_lo": f.slope_ci[0] if f else np.nan, "slope_hi": f.slope_ci[1] if f else np.nan,
-                "intercept": f.intercept if f else np.nan, "r": f.r if f else np.nan,
-                "n": f.n if f else 0, "note": r.note,
-            })
+            rows.append(
+                {
+                    "rank": rank if f else None,
+                    "metric": r.metric,
+                    "label": r.label,
+                    "r2": f.r2 if f else np.nan,
+                    "r2_lo": f.r2_ci[0] if f else np.nan,
+                    "r2_hi": f.r2_ci[1] if f else np.nan,
+                    "slope": f.slope if f else np.nan,
+                    "slope_lo": f.slope_ci[0] if f else np.nan,
+                    "slope_hi": f.slope_ci[1] if f else np.nan,
+                    "intercept": f.intercept if f else np.nan,
+                    "r": f.r if f else np.nan,
+                    "n": f.n if f else 0,
+                    "note": r.note,
+                }
+            )
         return pd.DataFrame(rows)
 
     def to_markdown(self, images: Mapping[str, str] | None = None) -> str:
@@ -512,26 +550,38 @@ class PredictionReport:
             return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
         n_runs = self.table["run"].nunique()
-        lines = ["# Predicting test accuracy from training dynamics", "",
-                 f"{len(self.table)} points (run × checkpoint) from {n_runs} run(s); "
-                 f"PreMemAcc at p = {self.p:g}. Metrics ranked by R² of a least-squares line "
-                 "against test accuracy (95% bootstrap intervals).", "",
-                 "| rank | metric | R² | R² 95% CI | slope | slope 95% CI | intercept | n | note |",
-                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines = [
+            "# Predicting test accuracy from training dynamics",
+            "",
+            f"{len(self.table)} points (run × checkpoint) from {n_runs} run(s); "
+            f"PreMemAcc at p = {self.p:g}. Metrics ranked by R² of a least-squares line "
+            "against test accuracy (95% bootstrap intervals).",
+            "",
+            "| rank | metric | R² | R² 95% CI | slope | slope 95% CI | intercept | n | note |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for _, row in self.ranking().iterrows():
             rank = "–" if pd.isna(row["rank"]) else str(int(row["rank"]))
+
             def ci(lo: float, hi: float, fmt: str = ".3f") -> str:
                 return "–" if math.isnan(lo) else f"[{num(lo, fmt)}, {num(hi, fmt)}]"
 
             lines.append(
                 f"| {rank} | {row['label']} | {num(row['r2'])} | {ci(row['r2_lo'], row['r2_hi'])} "
                 f"| {num(row['slope'], '.4g')} | {ci(row['slope_lo'], row['slope_hi'], '.4g')} "
-                f"| {num(row['intercept'], '.4g')} | {int(row['n'])} | {row['note']} |")
-        lines += ["", "## R² of PreMemAcc against test accuracy, by threshold p", "",
-                  "| p | R² | slope | n | note |", "| --- | --- | --- | --- | --- |"]
+                f"| {num(row['intercept'], '.4g')} | {int(row['n'])} | {row['note']} |"
+            )
+        lines += [
+            "",
+            "## R² of PreMemAcc against test accuracy, by threshold p",
+            "",
+            "| p | R² | slope | n | note |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for _, row in self.p_sweep.iterrows():
-            lines.append(f"| {row['p']:g} | {num(row['r2'])} | {num(row['slope'], '.4g')} | {int(row['n'])} "
-                         f"| {row['note']} |")
+            lines.append(
+                f"| {row['p']:g} | {num(row['r2'])} | {num(row['slope'], '.4g')} | {int(row['n'])} | {row['note']} |"
+            )
         if not math.isnan(self.best_p):
             lines += ["", f"Best p in the grid: {self.best_p:g}."]
         lines += ["", "## Exclusions", ""]
@@ -561,8 +611,14 @@ def _fit_metric(table: pd.DataFrame, metric: str, n_boot: int, seed: int) -> tup
     return fit, note
 
 
-def predict(runs: Sequence[Run], p: float = 1.105, p_grid: Sequence[float] | None = None,
-            n_boot: int = 1000, seed: int = 0, drop_nan: bool = False) -> PredictionReport:
+def predict(
+    runs: Sequence[Run],
+    p: float = 1.105,
+    p_grid: Sequence[float] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    drop_nan: bool = False,
+) -> PredictionReport:
     """Fit every metric against test accuracy over all (run, checkpoint) points; sweep p.
 
     Args:
@@ -590,8 +646,10 @@ def predict(runs: Sequence[Run], p: float = 1.105, p_grid: Sequence[float] | Non
     table = metric_table(checked, p, check=False)
     usable = table["test_accuracy"].notna()
     if int(usable.sum()) < 3:
-        raise CuratorError(f"only {int(usable.sum())} (run, checkpoint) point(s) have a test accuracy; "
-                           "a fit needs at least 3: add runs or checkpoints")
+        raise CuratorError(
+            f"only {int(usable.sum())} (run, checkpoint) point(s) have a test accuracy; "
+            "a fit needs at least 3: add runs or checkpoints"
+        )
 
     results = []
     for metric, label in METRICS.items():
@@ -612,11 +670,17 @@ def predict(runs: Sequence[Run], p: float = 1.105, p_grid: Sequence[float] | Non
         sub = table[["test_accuracy"]].copy()
         sub["premem"] = table["premem"] if g == p else metric_table(checked, g, check=False)["premem"]
         fit, note = _fit_metric(sub, "premem", n_boot=0, seed=seed)
-        rows.append({"p": g, "r2": fit.r2 if fit else np.nan, "slope": fit.slope if fit else np.nan,
-                     "intercept": fit.intercept if fit else np.nan,
-                     "n": fit.n if fit else 0, "note": note})
-    return PredictionReport(p=float(p), table=table, results=results, p_sweep=pd.DataFrame(rows),
-                            exclusions=exclusions)
+        rows.append(
+            {
+                "p": g,
+                "r2": fit.r2 if fit else np.nan,
+                "slope": fit.slope if fit else np.nan,
+                "intercept": fit.intercept if fit else np.nan,
+                "n": fit.n if fit else 0,
+                "note": note,
+            }
+        )
+    return PredictionReport(p=float(p), table=table, results=results, p_sweep=pd.DataFrame(rows), exclusions=exclusions)
 
 
 def _fig(nrows: int = 1, ncols: int = 1, size=(5.0, 4.0)):
@@ -647,8 +711,9 @@ def write_report(report: PredictionReport, out_dir: str | Path) -> dict[str, Pat
         ax = fig.add_subplot(111)
         for run in runs:
             t = report.table[report.table["run"] == run]
-            ax.scatter(t[res.metric], t["test_accuracy"], color=colours[run], s=22,
-                       label=run if len(runs) <= 12 else None)
+            ax.scatter(
+                t[res.metric], t["test_accuracy"], color=colours[run], s=22, label=run if len(runs) <= 12 else None
+            )
         xs = report.table[res.metric].dropna()
         line_x = np.linspace(float(xs.min()), float(xs.max()), 50)
         ax.plot(line_x, res.fit.predict(line_x), color="k", lw=1)
@@ -748,9 +813,14 @@ def load_run(path: str | Path, name: str | None = None, drop_nan: bool = False) 
             meta["notes"] = list(meta.get("notes", [])) + [note.replace(f"run {d.name!r}", f"run {name or d.name!r}")]
     else:
         ledger = read_ledger(led_path)
-    return Run(name=name or d.name, ledger=ledger, checkpoints=_read_checkpoint_table(tab_path),
-               confidences=pd.read_parquet(conf_path) if conf_path.exists() else None, source=str(d),
-               meta=meta)
+    return Run(
+        name=name or d.name,
+        ledger=ledger,
+        checkpoints=_read_checkpoint_table(tab_path),
+        confidences=pd.read_parquet(conf_path) if conf_path.exists() else None,
+        source=str(d),
+        meta=meta,
+    )
 
 
 def find_runs(sweep_dir: str | Path) -> list[Path]:
@@ -777,8 +847,12 @@ def write_run(run: Run, out_dir: str | Path) -> Path:
     return d
 
 
-def runs_from_mlflow(run_ids: Iterable[str] | None = None, experiment: str | None = None,
-                     tracking_uri: str | None = None, artifact_path: str = "") -> list[Run]:
+def runs_from_mlflow(
+    run_ids: Iterable[str] | None = None,
+    experiment: str | None = None,
+    tracking_uri: str | None = None,
+    artifact_path: str = "",
+) -> list[Run]:
     """Runs whose MLflow artifacts hold a run directory (ledger.parquet + checkpoints.csv/json).
 
     Give run ids, or an experiment name (every finished run in it that has the artifacts).
@@ -805,8 +879,9 @@ def runs_from_mlflow(run_ids: Iterable[str] | None = None, experiment: str | Non
     tmp = Path(tempfile.mkdtemp(prefix="curator-mlflow-"))
     for rid in ids:
         try:
-            local = mlflow.artifacts.download_artifacts(run_id=rid, artifact_path=artifact_path or None,
-                                                        dst_path=str(tmp / rid), tracking_uri=tracking_uri)
+            local = mlflow.artifacts.download_artifacts(
+                run_id=rid, artifact_path=artifact_path or None, dst_path=str(tmp / rid), tracking_uri=tracking_uri
+            )
         except Exception as e:  # noqa: BLE001 - MLflow raises many types; the message is what matters
             if experiment is not None and not run_ids:
                 continue  # experiments also hold runs of other kinds; skip those

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,8 +48,9 @@ def assign_buckets(values: Sequence[float], edges: Sequence[float] = DEFAULT_EDG
     v = np.asarray(values, dtype=float)
     bad = np.isnan(v) | (v < e[0]) | (v > e[-1])
     if bad.any():
-        raise CuratorError(f"{int(bad.sum())} PreMemAcc value(s) are NaN or outside [{e[0]:g}, {e[-1]:g}], "
-                           f"e.g. {v[bad][:3].tolist()}")
+        raise CuratorError(
+            f"{int(bad.sum())} PreMemAcc value(s) are NaN or outside [{e[0]:g}, {e[-1]:g}], e.g. {v[bad][:3].tolist()}"
+        )
     idx = np.searchsorted(e, v, side="right") - 1
     idx = np.minimum(idx, e.size - 2)  # the top edge belongs to the last bucket
     labels = bucket_labels(edges)
@@ -76,10 +78,15 @@ class RobustnessReport:
     def to_markdown(self, image: str | None = None) -> str:
         cols = ["bucket", "n", *self.conditions]
         head = ["PreMemAcc", "n", "unperturbed", *[f'"{p}…"' for p in self.prefixes]]
-        lines = ["# Robustness to forced response prefixes", "",
-                 f"Accuracy of k = {self.k} samples per training query when the response is forced "
-                 "to begin with each prefix, by PreMemAcc bucket.", "",
-                 "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        lines = [
+            "# Robustness to forced response prefixes",
+            "",
+            f"Accuracy of k = {self.k} samples per training query when the response is forced "
+            "to begin with each prefix, by PreMemAcc bucket.",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + " --- |" * len(head),
+        ]
         for _, row in self.table[cols].iterrows():
             cells = [str(row["bucket"]), str(int(row["n"]))]
             cells += ["–" if pd.isna(row[c]) else f"{row[c]:.3f}" for c in self.conditions]
@@ -96,16 +103,19 @@ class RobustnessReport:
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        paths = {"table": out / "robustness.csv", "per_example": out / "robustness_examples.csv",
-                 "plot": out / "robustness.png", "report": out / "robustness.md"}
+        paths = {
+            "table": out / "robustness.csv",
+            "per_example": out / "robustness_examples.csv",
+            "plot": out / "robustness.png",
+            "report": out / "robustness.md",
+        }
         self.table.to_csv(paths["table"], index=False)
         self.per_example.to_csv(paths["per_example"], index=False)
         fig = _fig(size=(6.0, 4.0))
         ax = fig.add_subplot(111)
         x = np.arange(len(self.table))
         for i, c in enumerate(self.conditions):
-            ax.plot(x, self.table[c], marker="o", color=f"C{i}",
-                    label=c if c == UNPERTURBED else f'"{c}…"')
+            ax.plot(x, self.table[c], marker="o", color=f"C{i}", label=c if c == UNPERTURBED else f'"{c}…"')
         ax.set_xticks(x, [f"{b}\nn={n}" for b, n in zip(self.table["bucket"], self.table["n"])], fontsize=7)
         ax.set_xlabel("PreMemAcc bucket")
         ax.set_ylabel("accuracy")
@@ -117,9 +127,18 @@ class RobustnessReport:
         return paths
 
 
-def robustness(sampler: Any, examples: Sequence[Any], fmt: Any, grader: Any, premem: pd.Series | Mapping[str, float],
-               prefixes: Sequence[str] = DEFAULT_PREFIXES, k: int = 4, params: Any = None,
-               tokenizer: Any = None, edges: Sequence[float] = DEFAULT_EDGES) -> RobustnessReport:
+def robustness(
+    sampler: Any,
+    examples: Sequence[Any],
+    fmt: Any,
+    grader: Any,
+    premem: pd.Series | Mapping[str, float],
+    prefixes: Sequence[str] = DEFAULT_PREFIXES,
+    k: int = 4,
+    params: Any = None,
+    tokenizer: Any = None,
+    edges: Sequence[float] = DEFAULT_EDGES,
+) -> RobustnessReport:
     """Accuracy per PreMemAcc bucket with and without forced response prefixes.
 
     Args:
@@ -151,23 +170,26 @@ def robustness(sampler: Any, examples: Sequence[Any], fmt: Any, grader: Any, pre
     kept = [ex for ex in examples if ex.id in pm.index and not math.isnan(pm[ex.id])]
     excluded = len(examples) - len(kept)
     if not kept:
-        raise CuratorError(f"none of the {len(examples)} examples has a PreMemAcc value; are the data "
-                           "and the ledger from the same training set?")
+        raise CuratorError(
+            f"none of the {len(examples)} examples has a PreMemAcc value; are the data "
+            "and the ledger from the same training set?"
+        )
     buckets = assign_buckets([pm[ex.id] for ex in kept], edges)
     prompts = [fmt.prompt_text(ex, tokenizer) for ex in kept]
     lead = _lead(fmt)
 
-    per = pd.DataFrame({"example_id": [ex.id for ex in kept], "premem": [pm[ex.id] for ex in kept],
-                        "bucket": buckets})
+    per = pd.DataFrame({"example_id": [ex.id for ex in kept], "premem": [pm[ex.id] for ex in kept], "bucket": buckets})
     for cond in (UNPERTURBED, *prefixes):
         forced = "" if cond == UNPERTURBED else cond
         outs = sampler.generate([p + (lead + forced if forced else "") for p in prompts], k, params)
         if len(outs) != len(prompts) or any(len(o) != k for o in outs):
-            raise CuratorError(f"sampler returned {len(outs)} lists for {len(prompts)} prompts "
-                               f"(expected {k} completions each)")
+            raise CuratorError(
+                f"sampler returned {len(outs)} lists for {len(prompts)} prompts (expected {k} completions each)"
+            )
         # grade the response as the model "wrote" it: the forced prefix is part of the answer text
-        per[cond] = [sum(bool(grader.is_correct(forced + c, ex.answer)) for c in comps) / k
-                     for ex, comps in zip(kept, outs)]
+        per[cond] = [
+            sum(bool(grader.is_correct(forced + c, ex.answer)) for c in comps) / k for ex, comps in zip(kept, outs)
+        ]
 
     conds = [UNPERTURBED, *prefixes]
     labels = bucket_labels(edges)
@@ -179,8 +201,7 @@ def robustness(sampler: Any, examples: Sequence[Any], fmt: Any, grader: Any, pre
             rows.append({"bucket": b, "n": len(g), **{c: float(g[c].mean()) for c in conds}})
         else:
             rows.append({"bucket": b, "n": 0, **{c: np.nan for c in conds}})
-    return RobustnessReport(per_example=per, table=pd.DataFrame(rows), prefixes=prefixes, k=k,
-                            excluded=excluded)
+    return RobustnessReport(per_example=per, table=pd.DataFrame(rows), prefixes=prefixes, k=k, excluded=excluded)
 
 
 def final_premem(ledger: Any, p: float | None = None) -> pd.Series:

@@ -59,8 +59,16 @@ def check_grid(learning_rates: Sequence[float], epochs: Sequence[int]) -> list[s
     return problems
 
 
-def validate_sweep(train: Sequence[Any], test: Sequence[Any], *, fmt: Any, grader: Any, train_settings: Any,
-                   learning_rates: Sequence[float], epochs: Sequence[int]) -> None:
+def validate_sweep(
+    train: Sequence[Any],
+    test: Sequence[Any],
+    *,
+    fmt: Any,
+    grader: Any,
+    train_settings: Any,
+    learning_rates: Sequence[float],
+    epochs: Sequence[int],
+) -> None:
     """Every check that can fail before a model loads: the grid, each configuration's settings and
     checkpoint schedule, the test set, and that the training references grade as correct."""
     from curator.dynamics.tracker import check_references
@@ -72,8 +80,9 @@ def validate_sweep(train: Sequence[Any], test: Sequence[Any], *, fmt: Any, grade
         for lr in learning_rates:
             for n_ep in epochs:
                 try:
-                    dataclasses.replace(train_settings, learning_rate=float(lr), epochs=int(n_ep)
-                                        ).checkpoint_schedule(len(train))
+                    dataclasses.replace(train_settings, learning_rate=float(lr), epochs=int(n_ep)).checkpoint_schedule(
+                        len(train)
+                    )
                 except ConfigError as e:
                     problems.extend(f"{config_name(lr, n_ep)}: {q}" for q in e.problems)
     if problems:
@@ -96,14 +105,34 @@ class SweepResult:
     seconds: dict[str, float]
 
 
-def run_sweep(base: Any, train: Sequence[Any], test: Sequence[Any], *, fmt: Any, grader: Any,
-              train_settings: Any, learning_rates: Sequence[float], epochs: Sequence[int],
-              out_dir: str | Path, lora: Any = None, k: int = 4, params: Any = None, p: float = 1.105,
-              eval_samples: int = 1, eval_temperature: float = 0.0, eval_max_new_tokens: int | None = None,
-              backend: str = "hf", sample_batch_size: int = 32, lazy: bool = False, seed: int = 0,
-              p_grid: Sequence[float] | None = None, progress: bool = True,
-              sampler_factory: Callable[[Any, Any], Any] | None = None, vllm: Any = None,
-              echo: Callable[[str], None] = print) -> SweepResult:
+def run_sweep(
+    base: Any,
+    train: Sequence[Any],
+    test: Sequence[Any],
+    *,
+    fmt: Any,
+    grader: Any,
+    train_settings: Any,
+    learning_rates: Sequence[float],
+    epochs: Sequence[int],
+    out_dir: str | Path,
+    lora: Any = None,
+    k: int = 4,
+    params: Any = None,
+    p: float = 1.105,
+    eval_samples: int = 1,
+    eval_temperature: float = 0.0,
+    eval_max_new_tokens: int | None = None,
+    backend: str = "hf",
+    sample_batch_size: int = 32,
+    lazy: bool = False,
+    seed: int = 0,
+    p_grid: Sequence[float] | None = None,
+    progress: bool = True,
+    sampler_factory: Callable[[Any, Any], Any] | None = None,
+    vllm: Any = None,
+    echo: Callable[[str], None] = print,
+) -> SweepResult:
     """Train every (learning rate, epochs) configuration, measure, write run dirs, then predict.
 
     Args:
@@ -128,8 +157,9 @@ def run_sweep(base: Any, train: Sequence[Any], test: Sequence[Any], *, fmt: Any,
     from curator.sampling.base import SamplingParams
     from curator.sampling.providers import FactoryProvider, make_provider
 
-    validate_sweep(train, test, fmt=fmt, grader=grader, train_settings=train_settings,
-                   learning_rates=learning_rates, epochs=epochs)
+    validate_sweep(
+        train, test, fmt=fmt, grader=grader, train_settings=train_settings, learning_rates=learning_rates, epochs=epochs
+    )
     out = Path(out_dir)
     main = distributed.is_main_process()
     if not main:  # every rank of a launch runs the sweep; one speaks
@@ -141,12 +171,16 @@ def run_sweep(base: Any, train: Sequence[Any], test: Sequence[Any], *, fmt: Any,
         out.mkdir(parents=True, exist_ok=True)
     tok = base.tokenizer
     params = params or SamplingParams(stop=fmt.stop, seed=seed)
-    eparams = eval_sampling(eval_temperature, eval_max_new_tokens or params.max_new_tokens, fmt.stop, seed,
-                            top_p=params.top_p)
+    eparams = eval_sampling(
+        eval_temperature, eval_max_new_tokens or params.max_new_tokens, fmt.stop, seed, top_p=params.top_p
+    )
     reuse_eval = eval_samples > 1 and eval_temperature > 0
     # one provider for the whole sweep: with vLLM, one engine that follows every configuration
-    provider = (FactoryProvider(sampler_factory, tok) if sampler_factory is not None
-                else make_provider(backend, base, batch_size=sample_batch_size, vllm=vllm, lora=lora is not None))
+    provider = (
+        FactoryProvider(sampler_factory, tok)
+        if sampler_factory is not None
+        else make_provider(backend, base, batch_size=sample_batch_size, vllm=vllm, lora=lora is not None)
+    )
 
     train_prompts, _ = fmt.pairs(list(train), tok)  # the tracker's prompts, to find its completions
     test_prompts = [fmt.prompt_text(e, tok) for e in test]
@@ -170,38 +204,82 @@ def run_sweep(base: Any, train: Sequence[Any], test: Sequence[Any], *, fmt: Any,
                 for ex, prompt, cell in zip(train, train_prompts, cells):
                     comps = sampler.completions.get(prompt, [])
                     if comps and cell["skip_reason"] is None:
-                        conf_rows.append({"checkpoint": int(info.index), "split": "train", "example_id": ex.id,
-                                          "confidence": _confidence(grader, comps),
-                                          "accuracy": cell["n_correct"] / cell["n_samples"]})
+                        conf_rows.append(
+                            {
+                                "checkpoint": int(info.index),
+                                "split": "train",
+                                "example_id": ex.id,
+                                "confidence": _confidence(grader, comps),
+                                "accuracy": cell["n_correct"] / cell["n_samples"],
+                            }
+                        )
                 outs = sampler.inner.generate(test_prompts, eval_samples, eparams)
                 test_acc = grade_completions(test, outs, grader).accuracy
                 if not reuse_eval:
                     outs = sampler.inner.generate(test_prompts, k, dataclasses.replace(params, seed=params.seed + 7919))
                 for ex, comps in zip(test, outs):
-                    conf_rows.append({"checkpoint": int(info.index), "split": "test", "example_id": ex.id,
-                                      "confidence": _confidence(grader, comps), "accuracy": np.nan})
-                echo(f"  {name} checkpoint {info.index}: test acc {test_acc:.3f}, "
-                     f"train loss {(info.metrics or {}).get('train_loss', float('nan')):.4f}")
+                    conf_rows.append(
+                        {
+                            "checkpoint": int(info.index),
+                            "split": "test",
+                            "example_id": ex.id,
+                            "confidence": _confidence(grader, comps),
+                            "accuracy": np.nan,
+                        }
+                    )
+                echo(
+                    f"  {name} checkpoint {info.index}: test acc {test_acc:.3f}, "
+                    f"train loss {(info.metrics or {}).get('train_loss', float('nan')):.4f}"
+                )
                 return {"test_accuracy": float(test_acc), "seconds": time.time() - t_ck}
 
             echo(f"[{i}/{len(grid)}] {name}: training {len(train)} examples for {n_ep} epoch(s)")
-            res = train_and_track(base, list(train), fmt=fmt, grader=grader, training=settings, provider=provider,
-                                  k=k, params=params, p=p, lazy=lazy, exact_every_checkpoint=lazy, lora=lora,
-                                  seed=seed, after_checkpoint=after_checkpoint, record_completions=True,
-                                  ledger_meta={"sweep_config": name}, progress=progress)
+            res = train_and_track(
+                base,
+                list(train),
+                fmt=fmt,
+                grader=grader,
+                training=settings,
+                provider=provider,
+                k=k,
+                params=params,
+                p=p,
+                lazy=lazy,
+                exact_every_checkpoint=lazy,
+                lora=lora,
+                seed=seed,
+                after_checkpoint=after_checkpoint,
+                record_completions=True,
+                ledger_meta={"sweep_config": name},
+                progress=progress,
+            )
             seconds[name] = res.train_seconds
-            rows = [{key: r[key] for key in ("checkpoint", "step", "epoch", "test_accuracy")}
-                    | {key: v for key, v in r.items() if key not in ("checkpoint", "step", "epoch", "test_accuracy")}
-                    for r in res.checkpoints]
+            rows = [
+                {key: r[key] for key in ("checkpoint", "step", "epoch", "test_accuracy")}
+                | {key: v for key, v in r.items() if key not in ("checkpoint", "step", "epoch", "test_accuracy")}
+                for r in res.checkpoints
+            ]
             if main:
                 rd.mkdir(parents=True, exist_ok=True)
                 res.ledger.to_parquet(rd / "ledger.parquet")
                 atomic_write_text(rd / "checkpoints.csv", pd.DataFrame(rows).to_csv(index=False))
                 _write_parquet(pd.DataFrame(conf_rows), rd / "confidences.parquet")
-                meta = {"name": name, "learning_rate": lr, "epochs": n_ep, "n_train": len(train),
-                        "n_test": len(test), "k": k, "p": p, "lazy": lazy, "eval_samples": eval_samples,
-                        "eval_temperature": eval_temperature, "train": dataclasses.asdict(settings),
-                        "seconds": seconds[name], "samples_drawn": res.samples_drawn, "complete": True}
+                meta = {
+                    "name": name,
+                    "learning_rate": lr,
+                    "epochs": n_ep,
+                    "n_train": len(train),
+                    "n_test": len(test),
+                    "k": k,
+                    "p": p,
+                    "lazy": lazy,
+                    "eval_samples": eval_samples,
+                    "eval_temperature": eval_temperature,
+                    "train": dataclasses.asdict(settings),
+                    "seconds": seconds[name],
+                    "samples_drawn": res.samples_drawn,
+                    "complete": True,
+                }
                 # written last: its presence marks the configuration done
                 atomic_write_text(meta_path, json.dumps(meta, indent=2, default=str))
             distributed.barrier("waiting for the main process to write the sweep's files")
@@ -235,25 +313,37 @@ def sweep_from_recipe(recipe: Any, progress: bool = True, echo: Callable[[str], 
     if not d.test:
         problems.append("data.test is not set; a sweep predicts test accuracy and needs a test set")
     if recipe.dynamics.defer:
-        problems.append("dynamics.defer leaves intermediate checkpoints unsampled, but a sweep needs "
-                        "PreMemAcc at every checkpoint; set dynamics.defer: false")
+        problems.append(
+            "dynamics.defer leaves intermediate checkpoints unsampled, but a sweep needs "
+            "PreMemAcc at every checkpoint; set dynamics.defer: false"
+        )
     if problems:
         raise ConfigError(problems)
     from curator.run import RESOLVED_RECIPE, check_launch
 
     check_launch(recipe)
     grader = get_grader(d.grader)
-    train = load_examples(d.pool, config=d.pool_config, split=d.pool_split, fields=d.fields or None,
-                          limit=d.pool_size)
-    test = load_examples(d.test, config=d.test_config, split=d.test_split, fields=d.fields or None,
-                         limit=d.test_size)
+    train = load_examples(d.pool, config=d.pool_config, split=d.pool_split, fields=d.fields or None, limit=d.pool_size)
+    test = load_examples(d.test, config=d.test_config, split=d.test_split, fields=d.fields or None, limit=d.test_size)
     if not train:
         raise CuratorError(f"data.pool {d.pool!r} gave no training examples")
-    validate_sweep(train, test, fmt=recipe.format, grader=grader, train_settings=recipe.training,
-                   learning_rates=sw.learning_rates, epochs=sw.epochs)  # before the model loads
+    validate_sweep(
+        train,
+        test,
+        fmt=recipe.format,
+        grader=grader,
+        train_settings=recipe.training,
+        learning_rates=sw.learning_rates,
+        epochs=sw.epochs,
+    )  # before the model loads
     dyn, ev, m = recipe.dynamics, recipe.evaluation, recipe.model
-    params = SamplingParams(temperature=dyn.temperature, top_p=dyn.top_p, max_new_tokens=dyn.max_new_tokens,
-                            stop=recipe.format.stop, seed=recipe.seed)
+    params = SamplingParams(
+        temperature=dyn.temperature,
+        top_p=dyn.top_p,
+        max_new_tokens=dyn.max_new_tokens,
+        stop=recipe.format.stop,
+        seed=recipe.seed,
+    )
     base = load_model(m.name, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
     out = recipe.run_dir
     from curator import distributed
@@ -262,10 +352,28 @@ def sweep_from_recipe(recipe: Any, progress: bool = True, echo: Callable[[str], 
         out.mkdir(parents=True, exist_ok=True)
         # curator's own name, as `curate run` uses: output_dir may be the folder of the user's recipe.yaml
         atomic_write_text(out / RESOLVED_RECIPE, recipe.to_yaml())
-    return run_sweep(base, train, test, fmt=recipe.format, grader=grader, train_settings=recipe.training,
-                     learning_rates=sw.learning_rates, epochs=sw.epochs, out_dir=out, lora=m.lora,
-                     k=dyn.samples, params=params, p=dyn.p, eval_samples=ev.samples,
-                     eval_temperature=ev.temperature, eval_max_new_tokens=ev.max_new_tokens,
-                     backend=dyn.backend, vllm=dyn.vllm, sample_batch_size=dyn.batch_size, lazy=dyn.lazy,
-                     seed=recipe.seed,
-                     progress=progress, echo=echo)
+    return run_sweep(
+        base,
+        train,
+        test,
+        fmt=recipe.format,
+        grader=grader,
+        train_settings=recipe.training,
+        learning_rates=sw.learning_rates,
+        epochs=sw.epochs,
+        out_dir=out,
+        lora=m.lora,
+        k=dyn.samples,
+        params=params,
+        p=dyn.p,
+        eval_samples=ev.samples,
+        eval_temperature=ev.temperature,
+        eval_max_new_tokens=ev.max_new_tokens,
+        backend=dyn.backend,
+        vllm=dyn.vllm,
+        sample_batch_size=dyn.batch_size,
+        lazy=dyn.lazy,
+        seed=recipe.seed,
+        progress=progress,
+        echo=echo,
+    )

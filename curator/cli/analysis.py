@@ -20,15 +20,32 @@ def _floats(text: str | None, what: str) -> list[float] | None:
 
 @click.command()
 @click.argument("run_dirs", nargs=-1, type=click.Path(file_okay=False))
-@click.option("--sweep", "sweep_dir", type=click.Path(file_okay=False), default=None,
-              help="A directory whose sub-directories are run directories (e.g. a sweep's output).")
+@click.option(
+    "--sweep",
+    "sweep_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="A directory whose sub-directories are run directories (e.g. a sweep's output).",
+)
 @click.option("--mlflow-experiment", default=None, help="Read runs from this MLflow experiment's artifacts.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (with --mlflow-experiment).")
-@click.option("--p", "p", type=float, default=1.105, show_default=True,
-              help="Memorization threshold for PreMemAcc in the metric ranking.")
+@click.option(
+    "--p",
+    "p",
+    type=float,
+    default=1.105,
+    show_default=True,
+    help="Memorization threshold for PreMemAcc in the metric ranking.",
+)
 @click.option("--p-grid", default=None, help="Comma-separated thresholds for the p sweep, e.g. 1.05,1.1,1.2.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="predict", show_default=True,
-              help="Where report.md, the plots and the tables go.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="predict",
+    show_default=True,
+    help="Where report.md, the plots and the tables go.",
+)
 @click.option("--drop-nan", is_flag=True, help="Drop examples with NaN perplexities (reported) instead of failing.")
 @click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples for the intervals.")
 def predict(run_dirs, sweep_dir, mlflow_experiment, tracking_uri, p, p_grid, out_dir, drop_nan, n_boot):
@@ -37,7 +54,8 @@ def predict(run_dirs, sweep_dir, mlflow_experiment, tracking_uri, p, p_grid, out
     Each run directory holds ledger.parquet and checkpoints.csv (checkpoint, test_accuracy, and
     optionally train_loss, grad_variance, dist_from_init). See docs/ANALYSIS.md.
     """
-    from curator.analysis.predict import find_runs, load_run, predict as predict_fn, runs_from_mlflow, write_report
+    from curator.analysis.predict import find_runs, load_run, runs_from_mlflow, write_report
+    from curator.analysis.predict import predict as predict_fn
 
     dirs = [Path(d) for d in run_dirs]
     if sweep_dir:
@@ -60,14 +78,27 @@ def predict(run_dirs, sweep_dir, mlflow_experiment, tracking_uri, p, p_grid, out
 
 
 @click.command()
-@click.option("--model", "model_spec", required=True,
-              help="The trained model: hub id, local dir (a LoRA adapter dir works with --base), .gguf or alias.")
+@click.option(
+    "--model",
+    "model_spec",
+    required=True,
+    help="The trained model: hub id, local dir (a LoRA adapter dir works with --base), .gguf or alias.",
+)
 @click.option("--base", "base_spec", default=None, help="Base model when --model is a LoRA adapter directory.")
-@click.option("--ledger", "ledger_path", required=True, type=click.Path(dir_okay=False),
-              help="The ledger of that training run (PreMemAcc per example at its last checkpoint).")
+@click.option(
+    "--ledger",
+    "ledger_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The ledger of that training run (PreMemAcc per example at its last checkpoint).",
+)
 @click.option("--data", "data_source", required=True, help="The training examples (file, hub id or synthetic:...).")
-@click.option("--prefix", "prefixes", multiple=True, help="Forced response prefix (repeatable). Default: "
-              "'First' and 'We know that'.")
+@click.option(
+    "--prefix",
+    "prefixes",
+    multiple=True,
+    help="Forced response prefix (repeatable). Default: 'First' and 'We know that'.",
+)
 @click.option("--samples", "k", type=int, default=4, show_default=True, help="Samples per query and condition.")
 @click.option("--p", "p", type=float, default=None, help="Memorization threshold (default: the ledger's).")
 @click.option("--grader", default=None, help="Answer grader (default: the ledger's, else auto).")
@@ -76,12 +107,26 @@ def predict(run_dirs, sweep_dir, mlflow_experiment, tracking_uri, p, p_grid, out
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Prompts per sampling batch.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="robustness", show_default=True)
-def robustness(model_spec, base_spec, ledger_path, data_source, prefixes, k, p, grader, temperature,
-               max_new_tokens, batch_size, seed, out_dir):
+def robustness(
+    model_spec,
+    base_spec,
+    ledger_path,
+    data_source,
+    prefixes,
+    k,
+    p,
+    grader,
+    temperature,
+    max_new_tokens,
+    batch_size,
+    seed,
+    out_dir,
+):
     """Accuracy on training queries when the response must begin with a prefix, per PreMemAcc bucket."""
     import dataclasses
 
-    from curator.analysis.robustness import DEFAULT_PREFIXES, final_premem, robustness as robustness_fn
+    from curator.analysis.robustness import DEFAULT_PREFIXES, final_premem
+    from curator.analysis.robustness import robustness as robustness_fn
     from curator.data.format import PromptFormat
     from curator.data.grading import get_grader
     from curator.data.loaders import load_examples
@@ -95,16 +140,30 @@ def robustness(model_spec, base_spec, ledger_path, data_source, prefixes, k, p, 
     samp = dict(led.meta.get("sampling") or {})
     samp = {key: v for key, v in samp.items() if key in {f.name for f in dataclasses.fields(SamplingParams)}}
     samp["stop"] = tuple(samp.get("stop", fmt.stop))
-    params = SamplingParams(**{**samp, "seed": seed,
-                               **({"temperature": temperature} if temperature is not None else {}),
-                               **({"max_new_tokens": max_new_tokens} if max_new_tokens else {})})
+    params = SamplingParams(
+        **{
+            **samp,
+            "seed": seed,
+            **({"temperature": temperature} if temperature is not None else {}),
+            **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}),
+        }
+    )
     g = get_grader(grader or led.meta.get("grader") or "auto")
     examples = load_examples(data_source)
     premem = final_premem(led, p)
     loaded = _load_trained(model_spec, base_spec)
     sampler = make_sampler("hf", loaded, batch_size=batch_size)
-    report = robustness_fn(sampler, examples, fmt, g, premem, prefixes=prefixes or DEFAULT_PREFIXES, k=k,
-                           params=params, tokenizer=loaded.tokenizer)
+    report = robustness_fn(
+        sampler,
+        examples,
+        fmt,
+        g,
+        premem,
+        prefixes=prefixes or DEFAULT_PREFIXES,
+        k=k,
+        params=params,
+        tokenizer=loaded.tokenizer,
+    )
     paths = report.write(out_dir)
     click.echo(report.to_markdown())
     click.echo(f"report: {paths['report']}")
@@ -122,8 +181,10 @@ def _load_trained(model_spec: str, base_spec: str | None):
     except ImportError as e:
         raise CuratorError("--base with a LoRA adapter needs the 'peft' package") from e
     if not (Path(model_spec) / "adapter_config.json").exists():
-        raise CuratorError(f"--model {model_spec}: no adapter_config.json; with --base, --model must be a "
-                           "LoRA adapter directory (e.g. a saved checkpoint-STEP)")
+        raise CuratorError(
+            f"--model {model_spec}: no adapter_config.json; with --base, --model must be a "
+            "LoRA adapter directory (e.g. a saved checkpoint-STEP)"
+        )
     base.model = PeftModel.from_pretrained(base.model, model_spec).eval()
     return base
 
@@ -135,9 +196,8 @@ def _load_trained(model_spec: str, base_spec: str | None):
 def sweep(recipe, overrides, no_progress):
     """Train a learning-rate x epochs grid (the recipe's `sweep` section), then run predict on it."""
     from curator.analysis.sweep import sweep_from_recipe
-    from curator.recipes import load_recipe
-
     from curator.distributed import is_main_process
+    from curator.recipes import load_recipe
 
     rec = load_recipe(recipe or "sweep-cpu", overrides)
     result = sweep_from_recipe(rec, progress=not no_progress, echo=click.echo)

@@ -10,8 +10,12 @@ import click
 @click.option("--tracking-uri", help="Read runs from this MLflow store instead of a run directory.")
 @click.option("--experiment", help="MLflow experiment (the recipe name); needed with --tracking-uri.")
 @click.option("--baseline", default="iid", show_default=True, help="Strategy the efficiency is measured against.")
-@click.option("--out", "out_dir", type=click.Path(), help="Where to write curves.png and compare.md "
-              "(default: the run directory, or the current directory for MLflow).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(),
+    help="Where to write curves.png and compare.md (default: the run directory, or the current directory for MLflow).",
+)
 def compare(run_dir, tracking_uri, experiment, baseline, out_dir):
     """Data-efficiency curves (PNG) and ratio table (Markdown) for the strategies of one recipe.
 

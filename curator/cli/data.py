@@ -20,17 +20,22 @@ def _indent(text: str, prefix: str = "    ") -> str:
 
 @data.command("preview")
 @click.argument("source")
-@click.option("--n", "n", default=5, show_default=True, type=click.IntRange(min=0),
-              help="How many examples to print.")
+@click.option("--n", "n", default=5, show_default=True, type=click.IntRange(min=0), help="How many examples to print.")
 @click.option("--config", default=None, help="Hub dataset configuration (e.g. 'main' for openai/gsm8k).")
 @click.option("--split", default="train", show_default=True, help="Hub dataset split.")
-@click.option("--field", "fields", multiple=True, metavar="NAME=COLUMN",
-              help="Map question/solution/answer to a column, e.g. --field question=prompt.")
+@click.option(
+    "--field",
+    "fields",
+    multiple=True,
+    metavar="NAME=COLUMN",
+    help="Map question/solution/answer to a column, e.g. --field question=prompt.",
+)
 @click.option("--id-field", default=None, help="Column holding stable ids.")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Load only the first N rows.")
 @click.option("--grader", default="auto", show_default=True, help="gsm8k, math, numeric or auto.")
-@click.option("--lenient", is_flag=True, help="Drop rows with missing fields or unparseable answers "
-              "instead of failing.")
+@click.option(
+    "--lenient", is_flag=True, help="Drop rows with missing fields or unparseable answers instead of failing."
+)
 def preview(source, n, config, split, fields, id_field, limit, grader, lenient):
     """Print a few examples of SOURCE with their graded reference answers.
 
@@ -41,8 +46,15 @@ def preview(source, n, config, split, fields, id_field, limit, grader, lenient):
     from curator.data.loaders import load_examples
 
     g = get_grader(grader)  # fail on a bad grader name before loading anything
-    examples = load_examples(source, config=config, split=split, fields=list(fields) or None,
-                             limit=limit, id_field=id_field, strict=not lenient)
+    examples = load_examples(
+        source,
+        config=config,
+        split=split,
+        fields=list(fields) or None,
+        limit=limit,
+        id_field=id_field,
+        strict=not lenient,
+    )
     for ex in examples[:n]:
         pred = g.extract(ex.solution)
         verdict = "correct" if pred is not None and g.equivalent(pred, ex.answer) else "WRONG"
@@ -86,8 +98,12 @@ def synth(n, out, preset, seed, steps, max_operand, distractors, n_traces, skill
     if not out.endswith(".jsonl"):
         raise ConfigError(f"--out {out!r} must be a .jsonl file")
     overrides = _parse_steps(steps)
-    for key, value in (("max_operand", max_operand), ("distractors", distractors),
-                       ("n_traces", n_traces), ("skills", skills)):
+    for key, value in (
+        ("max_operand", max_operand),
+        ("distractors", distractors),
+        ("n_traces", n_traces),
+        ("skills", skills),
+    ):
         if value is not None:
             overrides[key] = value
     task = synthetic_task(preset, **overrides)

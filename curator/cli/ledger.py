@@ -23,20 +23,33 @@ def render_summary(ledger, p: float | None = None) -> str:
     head = ["checkpoint", "step", "epoch", "PreMemAcc", "train acc", "memorized", "mean ppl", "samples"]
     rows = []
     for cp, r in s.iterrows():
-        rows.append([str(cp), str(int(r.step)), f"{r.epoch:.2f}",
-                     _fmt(r.premem_acc, r.premem_acc_lo, r.premem_acc_hi),
-                     _fmt(r.train_acc, r.train_acc_lo, r.train_acc_hi),
-                     f"{r.fraction_memorized:.3f}", f"{r.mean_perplexity:.4f}", str(int(r.samples_drawn))])
+        rows.append(
+            [
+                str(cp),
+                str(int(r.step)),
+                f"{r.epoch:.2f}",
+                _fmt(r.premem_acc, r.premem_acc_lo, r.premem_acc_hi),
+                _fmt(r.train_acc, r.train_acc_lo, r.train_acc_hi),
+                f"{r.fraction_memorized:.3f}",
+                f"{r.mean_perplexity:.4f}",
+                str(int(r.samples_drawn)),
+            ]
+        )
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     n_ex = len(ledger.example_ids)
     mode = ", deferred lazy" if ledger.meta.get("defer") else ", lazy" if ledger.meta.get("lazy") else ""
-    lines = [f"{n_ex} examples, {len(s)} checkpoints, p={p_used:g}, k={ledger.k}{mode}",
-             line(head), line(["-" * w for w in widths])]
+    lines = [
+        f"{n_ex} examples, {len(s)} checkpoints, p={p_used:g}, k={ledger.k}{mode}",
+        line(head),
+        line(["-" * w for w in widths]),
+    ]
     lines += [line(r) for r in rows]
     if s["premem_acc"].isna().any() or s["train_acc"].isna().any():
-        lines.append("a-b: range where lazy tracking skipped samples that cannot change the final "
-                     "PreMemAcc (use --full for complete curves)")
+        lines.append(
+            "a-b: range where lazy tracking skipped samples that cannot change the final "
+            "PreMemAcc (use --full for complete curves)"
+        )
     return "\n".join(lines)
 
 
@@ -48,8 +61,9 @@ def ledger():
 @ledger.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--p", "p", type=float, default=None, help="Memorization threshold (default: the one recorded).")
-@click.option("--csv", "csv_out", type=click.Path(dir_okay=False), default=None,
-              help="Also write the summary table as CSV.")
+@click.option(
+    "--csv", "csv_out", type=click.Path(dir_okay=False), default=None, help="Also write the summary table as CSV."
+)
 def show(file, p, csv_out):
     """Per-checkpoint summary of a ledger FILE: PreMemAcc, train accuracy, fraction memorized."""
     from curator.dynamics.ledger import read_ledger

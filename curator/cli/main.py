@@ -23,14 +23,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "premem": ("curator.cli.premem:premem", "Finetune with dynamics tracking; write the ledger and PreMemAcc summary."),
     "predict": ("curator.cli.analysis:predict", "Predict test accuracy from training dynamics across runs."),
     "robustness": ("curator.cli.analysis:robustness", "Accuracy under forced response prefixes, per PreMemAcc bucket."),
-    "sweep": ("curator.cli.analysis:sweep", "Train a learning-rate x epochs grid with dynamics tracking, then predict."),
+    "sweep": (
+        "curator.cli.analysis:sweep",
+        "Train a learning-rate x epochs grid with dynamics tracking, then predict.",
+    ),
     "ledger": ("curator.cli.ledger:ledger", "Inspect, summarise and import learning-dynamics ledgers."),
-    "measure": ("curator.cli.measure:measure", "A learning-dynamics ledger from checkpoints any trainer saved (full or peft)."),
-    "export": ("curator.cli.export:export", "A run's selected training set as a datasets dataset (jsonl, parquet, save_to_disk, hub)."),
+    "measure": (
+        "curator.cli.measure:measure",
+        "A learning-dynamics ledger from checkpoints any trainer saved (full or peft).",
+    ),
+    "export": (
+        "curator.cli.export:export",
+        "A run's selected training set as a datasets dataset (jsonl, parquet, save_to_disk, hub).",
+    ),
     "data": ("curator.cli.data:data", "Preview datasets and write synthetic reasoning tasks."),
-    "probes": ("curator.cli.probes:probes", "Response-family probes through SFT / extended SFT / DPO (squeezing effect)."),
-
-    "routing": ("curator.cli.routing:routing", "Validate MoE routing monitors (pathway distance/consistency) on a small MoE."),
+    "probes": (
+        "curator.cli.probes:probes",
+        "Response-family probes through SFT / extended SFT / DPO (squeezing effect).",
+    ),
+    "routing": (
+        "curator.cli.routing:routing",
+        "Validate MoE routing monitors (pathway distance/consistency) on a small MoE.",
+    ),
 }
 
 

@@ -21,11 +21,19 @@ def _load(recipe, overrides):
 
 @click.command()
 @click.argument("recipe", required=False)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a recipe value, e.g. --set loop.rounds=2 (repeatable; CLI > YAML > defaults).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe value, e.g. --set loop.rounds=2 (repeatable; CLI > YAML > defaults).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-@click.option("--seeds", help="Run once per seed, e.g. 0,1,2,3,4 (each in seed-<n>/), and compare with "
-              "intervals over seeds; same as --set 'seeds=[0,1,2,3,4]'.")
+@click.option(
+    "--seeds",
+    help="Run once per seed, e.g. 0,1,2,3,4 (each in seed-<n>/), and compare with "
+    "intervals over seeds; same as --set 'seeds=[0,1,2,3,4]'.",
+)
 def run(recipe, overrides, quiet, seeds):
     """Run the active curation loop from RECIPE (a path or a shipped recipe name).
 
@@ -44,15 +52,19 @@ def run(recipe, overrides, quiet, seeds):
     for note in validate_recipe(r):
         echo(f"note: {note}")
     n = len(r.strategies)
-    echo(f"recipe {r.name!r}: {n} strateg{'y' if n == 1 else 'ies'} ({', '.join(s.run_name for s in r.strategies)}), "
-         f"{r.loop.rounds} round{'' if r.loop.rounds == 1 else 's'}, model {r.model.name}; run dir {r.run_dir}")
+    echo(
+        f"recipe {r.name!r}: {n} strateg{'y' if n == 1 else 'ies'} ({', '.join(s.run_name for s in r.strategies)}), "
+        f"{r.loop.rounds} round{'' if r.loop.rounds == 1 else 's'}, model {r.model.name}; run dir {r.run_dir}"
+    )
     if r.seeds:
         from curator.seeds import run_seeds
 
         res = run_seeds(r, progress=not quiet, echo=echo)
-        echo(f"\n{res.compare_table}\ncurves: {res.curves_png}\n"
-             f"done: {len(res.seeds)} seeds in {res.seconds:.0f}s; per-seed runs and MLflow "
-             f"stores under {res.run_dir}/seed-<n>/")
+        echo(
+            f"\n{res.compare_table}\ncurves: {res.curves_png}\n"
+            f"done: {len(res.seeds)} seeds in {res.seconds:.0f}s; per-seed runs and MLflow "
+            f"stores under {res.run_dir}/seed-<n>/"
+        )
         return
     summary = run_recipe(r, progress=not quiet, echo=echo)
     if summary.compare_table and is_verbose():
@@ -68,9 +80,15 @@ def final_summary(summary: RunSummary) -> str:
     for name, s in summary.strategies.items():
         final = s.get("final") or {}
         acc, premem = final.get("test_accuracy"), final.get("premem_acc")
-        rows.append((name, str(final.get("n_train", "-")), f"{acc:.3f}" if acc is not None else "-",
-                     f"{premem:.3f}" if premem is not None else "-",
-                     f"stopped early: {s['stopped_reason']}" if s.get("stopped_reason") else ""))
+        rows.append(
+            (
+                name,
+                str(final.get("n_train", "-")),
+                f"{acc:.3f}" if acc is not None else "-",
+                f"{premem:.3f}" if premem is not None else "-",
+                f"stopped early: {s['stopped_reason']}" if s.get("stopped_reason") else "",
+            )
+        )
     best = max((float(r[2]) for r in rows if r[2] != "-"), default=None)
     n_best = sum(1 for r in rows if r[2] != "-" and float(r[2]) == best)  # a tie marks nobody best
     head = ("strategy", "examples", "test acc", "PreMemAcc", "")

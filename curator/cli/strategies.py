@@ -22,5 +22,7 @@ def strategies(as_json: bool) -> None:
         click.echo(f"    needs:      {', '.join(r['needs']) or '(nothing)'}")
         params = ", ".join(f"{k}={v}" for k, v in r["parameters"].items()) or "(none)"
         click.echo(f"    parameters: {params}")
-    click.echo("\nUse one in a recipe as `strategies: [{name: NAME, params: {...}}]`; a plugin's "
-               "'package.module:Class' path works as a NAME too.")
+    click.echo(
+        "\nUse one in a recipe as `strategies: [{name: NAME, params: {...}}]`; a plugin's "
+        "'package.module:Class' path works as a NAME too."
+    )

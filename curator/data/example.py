@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 
 def content_id(question: str, solution: str) -> str:
@@ -35,15 +36,26 @@ class Example:
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @classmethod
-    def make(cls, question: str, solution: str, answer: str, id: str | None = None, **meta: Any) -> "Example":
-        return cls(id=id or content_id(question, solution), question=question, solution=solution,
-                   answer=answer, meta=meta)
+    def make(cls, question: str, solution: str, answer: str, id: str | None = None, **meta: Any) -> Example:
+        return cls(
+            id=id or content_id(question, solution), question=question, solution=solution, answer=answer, meta=meta
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "question": self.question, "solution": self.solution,
-                "answer": self.answer, "meta": dict(self.meta)}
+        return {
+            "id": self.id,
+            "question": self.question,
+            "solution": self.solution,
+            "answer": self.answer,
+            "meta": dict(self.meta),
+        }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Example":
-        return cls(id=str(d["id"]), question=d["question"], solution=d["solution"],
-                   answer=str(d["answer"]), meta=dict(d.get("meta") or {}))
+    def from_dict(cls, d: Mapping[str, Any]) -> Example:
+        return cls(
+            id=str(d["id"]),
+            question=d["question"],
+            solution=d["solution"],
+            answer=str(d["answer"]),
+            meta=dict(d.get("meta") or {}),
+        )

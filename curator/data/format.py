@@ -9,8 +9,9 @@ Defaults are the PreMemAcc paper's: prompt ``question + "\\nAnswer:"``, target
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from curator.data.example import Example
 from curator.errors import ConfigError
@@ -44,8 +45,10 @@ class PromptFormat:
             try:
                 tpl.format(question="q", solution="s", answer="a")
             except (KeyError, IndexError, ValueError) as e:
-                problems.append(f"format.{name}: template {tpl!r} is invalid ({e}); use "
-                                "{question}, {solution} and {answer} only")
+                problems.append(
+                    f"format.{name}: template {tpl!r} is invalid ({e}); use "
+                    "{question}, {solution} and {answer} only"
+                )
         if problems:
             raise ConfigError(problems)
 
@@ -54,17 +57,18 @@ class PromptFormat:
         if not self.chat:
             return text
         if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
-            raise ConfigError("format.chat is true but the tokenizer has no chat template; "
-                              "set format.chat=false for base models")
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
+            raise ConfigError(
+                "format.chat is true but the tokenizer has no chat template; set format.chat=false for base models"
+            )
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
 
     def target_text(self, ex: Example) -> str:
         return self.target.format(question=ex.question, solution=ex.solution, answer=ex.answer)
 
     def pairs(self, examples: Sequence[Example], tokenizer: Any = None) -> tuple[list[str], list[str]]:
-        return ([self.prompt_text(e, tokenizer) for e in examples],
-                [self.target_text(e) for e in examples])
+        return ([self.prompt_text(e, tokenizer) for e in examples], [self.target_text(e) for e in examples])
 
 
 def encode_pair(tokenizer: Any, prompt: str, target: str) -> tuple[list[int], list[int]]:
@@ -89,7 +93,9 @@ def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
     return encode_pair(tokenizer, prompt, "")[0]
 
 
-def encode_scoring_pairs(tokenizer: Any, prompts: Sequence[str], targets: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+def encode_scoring_pairs(
+    tokenizer: Any, prompts: Sequence[str], targets: Sequence[str]
+) -> list[tuple[list[int], list[int]]]:
     """`encode_pair` for every (prompt, target) a sampler scores, with the checks all backends need."""
     from curator.errors import CuratorError
 
@@ -98,6 +104,8 @@ def encode_scoring_pairs(tokenizer: Any, prompts: Sequence[str], targets: Sequen
     pairs = [encode_pair(tokenizer, p, t) for p, t in zip(prompts, targets)]
     for i, (p, _) in enumerate(pairs):
         if not p:
-            raise CuratorError(f"prompt {i} tokenizes to nothing and the tokenizer adds no BOS token, so "
-                               "its first target token has no context; give a non-empty prompt")
+            raise CuratorError(
+                f"prompt {i} tokenizes to nothing and the tokenizer adds no BOS token, so "
+                "its first target token has no context; give a non-empty prompt"
+            )
     return pairs

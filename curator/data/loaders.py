@@ -22,9 +22,10 @@ import difflib
 import json
 import logging
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 from urllib.parse import parse_qsl
 
 from curator.data.example import Example, content_id
@@ -47,7 +48,7 @@ class FieldMap:
     answer: str | None = None
 
     @classmethod
-    def parse(cls, fields: "FieldMap | Mapping[str, str] | Sequence[str] | None") -> "FieldMap":
+    def parse(cls, fields: FieldMap | Mapping[str, str] | Sequence[str] | None) -> FieldMap:
         """From a FieldMap, a mapping ``{"question": "prompt"}`` or ``["question=prompt", ...]``."""
         if fields is None:
             return cls()
@@ -58,21 +59,28 @@ class FieldMap:
             for item in fields:
                 name, sep, col = str(item).partition("=")
                 if not sep or not name.strip() or not col.strip():
-                    raise ConfigError(f"field mapping {item!r} must look like NAME=COLUMN, "
-                                      "e.g. question=prompt")
+                    raise ConfigError(f"field mapping {item!r} must look like NAME=COLUMN, e.g. question=prompt")
                 pairs[name.strip()] = col.strip()
             fields = pairs
         unknown = [k for k in fields if k not in ("question", "solution", "answer")]
         if unknown:
-            raise ConfigError(f"unknown field(s) {', '.join(map(repr, unknown))} in the field mapping; "
-                              "map question, solution or answer")
+            raise ConfigError(
+                f"unknown field(s) {', '.join(map(repr, unknown))} in the field mapping; "
+                "map question, solution or answer"
+            )
         return cls(**{k: (str(v) if v is not None else None) for k, v in fields.items()})
 
 
-def load_examples(source: "str | os.PathLike", *, config: str | None = None, split: str = "train",
-                  fields: "FieldMap | Mapping[str, str] | Sequence[str] | None" = None,
-                  limit: int | None = None, id_field: str | None = None,
-                  strict: bool = True) -> list[Example]:
+def load_examples(
+    source: str | os.PathLike,
+    *,
+    config: str | None = None,
+    split: str = "train",
+    fields: FieldMap | Mapping[str, str] | Sequence[str] | None = None,
+    limit: int | None = None,
+    id_field: str | None = None,
+    strict: bool = True,
+) -> list[Example]:
     """Load a dataset as Examples.
 
     Args:
@@ -114,14 +122,24 @@ def _read_rows(src: str, config: str | None, split: str, limit: int | None) -> t
         return _read_hub(str(path), config, split, limit), str(path)
     if path.is_file():
         suffix = path.suffix.lower()
-        readers = {".jsonl": _read_jsonl, ".json": lambda p: _read_json(p, split),
-                   ".parquet": _read_parquet, ".csv": _read_csv}
+        readers = {
+            ".jsonl": _read_jsonl,
+            ".json": lambda p: _read_json(p, split),
+            ".parquet": _read_parquet,
+            ".csv": _read_csv,
+        }
         if suffix not in readers:
-            raise DataError(f"{path}: unknown data format {suffix or '(no extension)'!r}; "
-                            f"use one of {', '.join(FORMATS)}")
+            raise DataError(
+                f"{path}: unknown data format {suffix or '(no extension)'!r}; use one of {', '.join(FORMATS)}"
+            )
         return readers[suffix](path), str(path)
-    if src.startswith((".", "/", "~")) or os.sep in src and path.parent.is_dir() and path.suffix \
-            or any(src.lower().endswith(s) for s in _FILE_LIKE):
+    if (
+        src.startswith((".", "/", "~"))
+        or os.sep in src
+        and path.parent.is_dir()
+        and path.suffix
+        or any(src.lower().endswith(s) for s in _FILE_LIKE)
+    ):
         raise DataError(f"{src}: no such file; check the path (hub ids look like 'owner/name')")
     return _read_hub(src, config, split, limit), src
 
@@ -157,13 +175,16 @@ def _read_json(path: Path, split: str) -> list[dict]:
             data = data[split]
         elif isinstance(data.get("data"), list):
             data = data["data"]
-        elif data and all(isinstance(v, list) for v in data.values()) \
-                and len({len(v) for v in data.values()}) == 1:  # columnar {"col": [...], ...}
+        elif (
+            data and all(isinstance(v, list) for v in data.values()) and len({len(v) for v in data.values()}) == 1
+        ):  # columnar {"col": [...], ...}
             cols = list(data)
             data = [dict(zip(cols, vals)) for vals in zip(*data.values())]
         else:
-            raise DataError(f"{path}: expected a list of records, {{'{split}': [...]}}, or columns "
-                            f"of equal length; found an object with keys {', '.join(list(data)[:8])}")
+            raise DataError(
+                f"{path}: expected a list of records, {{'{split}': [...]}}, or columns "
+                f"of equal length; found an object with keys {', '.join(list(data)[:8])}"
+            )
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a list of records, found a JSON {type(data).__name__}")
     for i, row in enumerate(data, 1):
@@ -202,12 +223,15 @@ def _read_saved(path: Path, split: str, limit: int | None) -> list[dict]:
         ds = datasets.load_from_disk(str(path))
     except Exception as e:  # a half-copied or foreign directory
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise DataError(f"{path}: cannot read this save_to_disk dataset ({reason}); re-save it with "
-                        "Dataset.save_to_disk") from e
+        raise DataError(
+            f"{path}: cannot read this save_to_disk dataset ({reason}); re-save it with Dataset.save_to_disk"
+        ) from e
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
-            raise DataError(f"{path}: the saved DatasetDict has no split {split!r}; available: "
-                            f"{', '.join(ds)} (CLI: --split; Python: split=)")
+            raise DataError(
+                f"{path}: the saved DatasetDict has no split {split!r}; available: "
+                f"{', '.join(ds)} (CLI: --split; Python: split=)"
+            )
         ds = ds[split]
     if limit is not None and limit < len(ds):
         ds = ds.select(range(limit))
@@ -229,8 +253,9 @@ def _hub_unreachable(timeout: float = 3.0) -> str | None:
 
 
 def _read_hub(source: str, config: str | None, split: str, limit: int | None) -> list[dict]:
-    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-                  for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    offline = any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
     if not offline and not Path(source).is_dir():
         # without this check an offline machine spends ~25 s in the hub client's retries
         problem = _hub_unreachable()
@@ -238,7 +263,8 @@ def _read_hub(source: str, config: str | None, split: str, limit: int | None) ->
             raise DataError(
                 f"cannot load {source!r}: the Hugging Face hub is unreachable ({problem}). Pass a "
                 "local .jsonl/.json/.parquet/.csv file or 'synthetic:easy' instead, or set "
-                "HF_HUB_OFFLINE=1 to use a copy in the local datasets cache")
+                "HF_HUB_OFFLINE=1 to use a copy in the local datasets cache"
+            )
     import datasets
 
     try:
@@ -249,7 +275,8 @@ def _read_hub(source: str, config: str | None, split: str, limit: int | None) ->
         raise DataError(
             f"cannot load {source!r} (split {split!r}{cfg}) with datasets.load_dataset: {reason}. "
             "The hub may be unreachable from this machine (offline) or the id, config or split is "
-            "wrong; pass a local .jsonl/.json/.parquet/.csv file or 'synthetic:easy' instead") from e
+            "wrong; pass a local .jsonl/.json/.parquet/.csv file or 'synthetic:easy' instead"
+        ) from e
     if limit is not None and limit < len(ds):
         ds = ds.select(range(limit))
     return ds.to_list()
@@ -288,8 +315,9 @@ def _from_trl_row(row: Mapping[str, Any], layout: str) -> dict[str, Any]:
     out = dict(row)
     if layout == "messages":
         msgs = list(out.pop("messages") or [])
-        last_assistant = max((i for i, m in enumerate(msgs) if isinstance(m, Mapping)
-                              and m.get("role") == "assistant"), default=None)
+        last_assistant = max(
+            (i for i, m in enumerate(msgs) if isinstance(m, Mapping) and m.get("role") == "assistant"), default=None
+        )
         before = msgs[:last_assistant] if last_assistant is not None else msgs
         out["question"] = _message_text(before, "user")
         out["solution"] = msgs[last_assistant].get("content") if last_assistant is not None else None
@@ -302,9 +330,14 @@ def _from_trl_row(row: Mapping[str, Any], layout: str) -> dict[str, Any]:
     return out
 
 
-def rows_to_examples(rows: Sequence[Mapping[str, Any]], *, fields: "FieldMap | Mapping | None" = None,
-                     id_field: str | None = None, strict: bool = True,
-                     where: str = "dataset") -> list[Example]:
+def rows_to_examples(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    fields: FieldMap | Mapping | None = None,
+    id_field: str | None = None,
+    strict: bool = True,
+    where: str = "dataset",
+) -> list[Example]:
     """Turn source records into Examples (the column logic of `load_examples`)."""
     fmap = FieldMap.parse(fields)
     if not rows:
@@ -318,8 +351,13 @@ def rows_to_examples(rows: Sequence[Mapping[str, Any]], *, fields: "FieldMap | M
                 columns.append(k)
     if fmap.question is None and fmap.solution is None and not seen_cols & {"question", "problem"}:
         # TRL's layouts: a messages column, or prompt/completion (plain text or message lists)
-        chat_layout = "messages" if "messages" in seen_cols else \
-            "prompt-completion" if {"prompt", "completion"} <= seen_cols else None
+        chat_layout = (
+            "messages"
+            if "messages" in seen_cols
+            else "prompt-completion"
+            if {"prompt", "completion"} <= seen_cols
+            else None
+        )
         if chat_layout is not None:
             rows = [_from_trl_row(row, chat_layout) for row in rows]
             for c in ("question", "solution"):
@@ -330,8 +368,10 @@ def rows_to_examples(rows: Sequence[Mapping[str, Any]], *, fields: "FieldMap | M
 
     def check(field: str, col: str | None) -> str | None:
         if col is not None and col not in seen_cols:
-            raise DataError(f"{where}: field {field!r} is mapped to column {col!r}, which does not "
-                            f"exist{_suggest(col, columns)}; available columns: {avail}")
+            raise DataError(
+                f"{where}: field {field!r} is mapped to column {col!r}, which does not "
+                f"exist{_suggest(col, columns)}; available columns: {avail}"
+            )
         return col
 
     q_col = check("question", fmap.question) or next((c for c in ("question", "problem") if c in seen_cols), None)
@@ -348,14 +388,19 @@ def rows_to_examples(rows: Sequence[Mapping[str, Any]], *, fields: "FieldMap | M
         a_col = "answer"
     hint = " (CLI: --field {0}=COLUMN; Python: fields={{'{0}': COLUMN}})"
     if q_col is None:
-        raise DataError(f"{where}: no question column (looked for 'question', 'problem'); available "
-                        f"columns: {avail}; map one{hint.format('question')}")
+        raise DataError(
+            f"{where}: no question column (looked for 'question', 'problem'); available "
+            f"columns: {avail}; map one{hint.format('question')}"
+        )
     if s_col is None:
-        raise DataError(f"{where}: no solution column (looked for 'solution', or a GSM8K-style "
-                        f"'answer'); available columns: {avail}; map one{hint.format('solution')}")
+        raise DataError(
+            f"{where}: no solution column (looked for 'solution', or a GSM8K-style "
+            f"'answer'); available columns: {avail}; map one{hint.format('solution')}"
+        )
     if id_field is not None and id_field not in seen_cols:
-        raise DataError(f"{where}: id column {id_field!r} does not exist{_suggest(id_field, columns)}; "
-                        f"available columns: {avail}")
+        raise DataError(
+            f"{where}: id column {id_field!r} does not exist{_suggest(id_field, columns)}; available columns: {avail}"
+        )
     id_col = id_field or next((c for c in ID_COLUMNS if c in seen_cols), None)
     used = {q_col, s_col, a_col, id_col}
 
@@ -379,9 +424,11 @@ def rows_to_examples(rows: Sequence[Mapping[str, Any]], *, fields: "FieldMap | M
             if not ans:
                 ans = _final_answer(s) or ""
             if not ans:
-                reason = ("no final answer in the solution (expected '#### N', \\boxed{...} or "
-                          "'The answer is ...')") if not a_col else \
-                         f"field 'answer' (column {a_col!r}) is empty and the solution has no final answer"
+                reason = (
+                    ("no final answer in the solution (expected '#### N', \\boxed{...} or 'The answer is ...')")
+                    if not a_col
+                    else f"field 'answer' (column {a_col!r}) is empty and the solution has no final answer"
+                )
         if reason is not None:
             bad.setdefault(reason, []).append(i)
             continue
@@ -392,9 +439,11 @@ def rows_to_examples(rows: Sequence[Mapping[str, Any]], *, fields: "FieldMap | M
                 continue
             ex_id = str(raw_id)
             if ex_id in ids:
-                raise DataError(f"{where}: duplicate id {ex_id!r} in rows {ids[ex_id]} and {i} of "
-                                f"column {id_col!r}; ids must be unique (fix the column, or remove it "
-                                "to use content hashes)")
+                raise DataError(
+                    f"{where}: duplicate id {ex_id!r} in rows {ids[ex_id]} and {i} of "
+                    f"column {id_col!r}; ids must be unique (fix the column, or remove it "
+                    "to use content hashes)"
+                )
         else:
             ex_id = content_id(q, s)
             if ex_id in ids:  # an exact duplicate row is the same example
@@ -418,12 +467,15 @@ def rows_to_examples(rows: Sequence[Mapping[str, Any]], *, fields: "FieldMap | M
 
     n_bad = sum(len(v) for v in bad.values())
     if n_bad:
-        parts = [f"{reason}: {len(rows_)} row(s), e.g. row {', '.join(map(str, rows_[:5]))}"
-                 for reason, rows_ in bad.items()]
+        parts = [
+            f"{reason}: {len(rows_)} row(s), e.g. row {', '.join(map(str, rows_[:5]))}" for reason, rows_ in bad.items()
+        ]
         summary = f"{n_bad} of {len(rows)} rows unusable — " + "; ".join(parts)
         if strict:
-            raise DataError(f"{where}: {summary}; available columns: {avail}. Fix or map the "
-                            "columns, or pass strict=False (CLI: --lenient) to drop these rows")
+            raise DataError(
+                f"{where}: {summary}; available columns: {avail}. Fix or map the "
+                "columns, or pass strict=False (CLI: --lenient) to drop these rows"
+            )
         log.warning("%s: dropped %s", where, summary)
     if n_dup:
         log.warning("%s: dropped %d exact duplicate row(s)", where, n_dup)
@@ -435,7 +487,7 @@ def rows_to_examples(rows: Sequence[Mapping[str, Any]], *, fields: "FieldMap | M
 # ---------------------------------------------------------------- synthetic
 
 
-def is_synthetic_source(source: "str | os.PathLike") -> bool:
+def is_synthetic_source(source: str | os.PathLike) -> bool:
     src = os.fspath(source)
     return src == "synthetic" or src.startswith(("synthetic:", "synthetic?"))
 
@@ -454,8 +506,7 @@ def _parse_synthetic(spec: str) -> tuple[Any, int, int]:
             opts[key] = tuple(s for s in value.split(",") if s)
             continue
         if key not in ("n", "seed") and key not in fields:
-            raise ConfigError(f"{spec}: unknown option {key!r}; use n, seed, "
-                              + ", ".join(f for f in fields))
+            raise ConfigError(f"{spec}: unknown option {key!r}; use n, seed, " + ", ".join(f for f in fields))
         try:
             ival = int(value)
         except ValueError:
@@ -476,15 +527,17 @@ def _load_synthetic(spec: str, limit: int | None) -> list[Example]:
     return task.generate(min(n, limit) if limit else n, seed=seed)
 
 
-def synthetic_task_from_source(source: "str | os.PathLike"):
+def synthetic_task_from_source(source: str | os.PathLike):
     """The SyntheticTask a ``synthetic:...`` source names (its ``n`` and ``seed`` are ignored)."""
     if not is_synthetic_source(source):
-        raise ConfigError(f"{os.fspath(source)!r} is not a synthetic source; a generator needs "
-                          "'synthetic[:easy|medium|hard][?setting=value...]'")
+        raise ConfigError(
+            f"{os.fspath(source)!r} is not a synthetic source; a generator needs "
+            "'synthetic[:easy|medium|hard][?setting=value...]'"
+        )
     return _parse_synthetic(os.fspath(source))[0]
 
 
-def save_examples(examples: Iterable[Example], path: "str | os.PathLike") -> int:
+def save_examples(examples: Iterable[Example], path: str | os.PathLike) -> int:
     """Write Examples as JSON lines (id, question, solution, answer, meta); returns the count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

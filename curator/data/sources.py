@@ -8,7 +8,8 @@ distribution of hard examples" when the task family allows it.
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 from curator.data.example import Example
 from curator.errors import ConfigError, CuratorError
@@ -44,8 +45,10 @@ class PoolSource:
         return list(self.examples)
 
     def similar(self, examples: Sequence[Example], n_per: int, seed: int) -> list[Example]:
-        raise CuratorError("a fixed pool source cannot make new examples similar to others; "
-                           "use a generator source (e.g. synthetic:easy) or select from the pool")
+        raise CuratorError(
+            "a fixed pool source cannot make new examples similar to others; "
+            "use a generator source (e.g. synthetic:easy) or select from the pool"
+        )
 
     def __repr__(self) -> str:
         return f"PoolSource({len(self.examples)} examples)"

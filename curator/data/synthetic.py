@@ -16,8 +16,9 @@ construction), and ``similar`` re-realises the same skill and shape with fresh n
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from curator.data.example import Example
 from curator.errors import ConfigError, CuratorError, DataError
@@ -29,20 +30,56 @@ MAX_STEPS = 10
 
 # (name, subject pronoun, possessive)
 _NAMES = [
-    ("Mia", "she", "her"), ("Liam", "he", "his"), ("Ava", "she", "her"), ("Noah", "he", "his"),
-    ("Emma", "she", "her"), ("Omar", "he", "his"), ("Zoe", "she", "her"), ("Ravi", "he", "his"),
-    ("Lena", "she", "her"), ("Hugo", "he", "his"), ("Nora", "she", "her"), ("Ivan", "he", "his"),
-    ("Sara", "she", "her"), ("Tom", "he", "his"), ("Aisha", "she", "her"), ("Ben", "he", "his"),
-    ("Yuki", "she", "her"), ("Leo", "he", "his"), ("Maya", "she", "her"), ("Sam", "he", "his"),
-    ("Ella", "she", "her"), ("Kai", "he", "his"), ("Rosa", "she", "her"), ("Finn", "he", "his"),
-    ("Chloe", "she", "her"), ("Jack", "he", "his"), ("Lucy", "she", "her"), ("Marco", "he", "his"),
-    ("Priya", "she", "her"), ("Eli", "he", "his"), ("Hana", "she", "her"), ("Diego", "he", "his"),
+    ("Mia", "she", "her"),
+    ("Liam", "he", "his"),
+    ("Ava", "she", "her"),
+    ("Noah", "he", "his"),
+    ("Emma", "she", "her"),
+    ("Omar", "he", "his"),
+    ("Zoe", "she", "her"),
+    ("Ravi", "he", "his"),
+    ("Lena", "she", "her"),
+    ("Hugo", "he", "his"),
+    ("Nora", "she", "her"),
+    ("Ivan", "he", "his"),
+    ("Sara", "she", "her"),
+    ("Tom", "he", "his"),
+    ("Aisha", "she", "her"),
+    ("Ben", "he", "his"),
+    ("Yuki", "she", "her"),
+    ("Leo", "he", "his"),
+    ("Maya", "she", "her"),
+    ("Sam", "he", "his"),
+    ("Ella", "she", "her"),
+    ("Kai", "he", "his"),
+    ("Rosa", "she", "her"),
+    ("Finn", "he", "his"),
+    ("Chloe", "she", "her"),
+    ("Jack", "he", "his"),
+    ("Lucy", "she", "her"),
+    ("Marco", "he", "his"),
+    ("Priya", "she", "her"),
+    ("Eli", "he", "his"),
+    ("Hana", "she", "her"),
+    ("Diego", "he", "his"),
 ]
 
-_GOODS = [("pen", "pens"), ("notebook", "notebooks"), ("apple", "apples"), ("sticker", "stickers"),
-          ("book", "books"), ("cup", "cups"), ("candle", "candles"), ("mango", "mangoes"),
-          ("shirt", "shirts"), ("lamp", "lamps"), ("bottle of juice", "bottles of juice"),
-          ("toy car", "toy cars"), ("basket", "baskets"), ("pair of socks", "pairs of socks")]
+_GOODS = [
+    ("pen", "pens"),
+    ("notebook", "notebooks"),
+    ("apple", "apples"),
+    ("sticker", "stickers"),
+    ("book", "books"),
+    ("cup", "cups"),
+    ("candle", "candles"),
+    ("mango", "mangoes"),
+    ("shirt", "shirts"),
+    ("lamp", "lamps"),
+    ("bottle of juice", "bottles of juice"),
+    ("toy car", "toy cars"),
+    ("basket", "baskets"),
+    ("pair of socks", "pairs of socks"),
+]
 
 # subject, definite reference, works-verb, verb (3rd person), base verb, past participle, noun,
 # period (singular, plural)
@@ -54,8 +91,7 @@ _RATE_CONTEXTS = [
     (None, None, "reads", "reads", "read", "read", "pages", "day", "days"),
     (None, None, "bakes", "bakes", "bake", "baked", "loaves", "day", "days"),
 ]
-_WEEKDAYS = ["on Monday", "on Tuesday", "on Wednesday", "on Thursday", "on Friday", "on Saturday",
-             "on Sunday"]
+_WEEKDAYS = ["on Monday", "on Tuesday", "on Wednesday", "on Thursday", "on Friday", "on Saturday", "on Sunday"]
 _MONTHS = ["in March", "in April", "in May", "in June", "in July", "in August"]
 
 # noun, sentence for buying it in groups, who shares it (plural, singular)
@@ -66,24 +102,40 @@ _SHARE_CONTEXTS = [
     ("pencils", "buys {g} boxes of {s} pencils", "students", "student"),
     ("candies", "buys {g} packs of {s} candies", "children", "child"),
 ]
-_RECIPIENTS = ["a neighbor", "a teacher", "a classmate", "the coach", "a cousin", "the librarian",
-               "a friend", "the mail carrier", "the baker"]
+_RECIPIENTS = [
+    "a neighbor",
+    "a teacher",
+    "a classmate",
+    "the coach",
+    "a cousin",
+    "the librarian",
+    "a friend",
+    "the mail carrier",
+    "the baker",
+]
 
 _THINGS = ["marbles", "stamps", "shells", "cards", "coins", "stickers", "books", "beads"]
 
 # verb (3rd person), base verb, plural, singular
 _GROUP_CONTEXTS = [
-    ("picks", "pick", "apples", "apple"), ("collects", "collect", "shells", "shell"),
-    ("bakes", "bake", "muffins", "muffin"), ("grows", "grow", "tomatoes", "tomato"),
-    ("sells", "sell", "tickets", "ticket"), ("folds", "fold", "paper cranes", "paper crane"),
+    ("picks", "pick", "apples", "apple"),
+    ("collects", "collect", "shells", "shell"),
+    ("bakes", "bake", "muffins", "muffin"),
+    ("grows", "grow", "tomatoes", "tomato"),
+    ("sells", "sell", "tickets", "ticket"),
+    ("folds", "fold", "paper cranes", "paper crane"),
 ]
 
 # irrelevant facts with numbers (the numbers must read naturally at any magnitude)
 _DISTRACTORS = [
-    "{d} walked {n} steps this morning.", "{d} lives {n} meters from the park.",
-    "The school has {n} students.", "{d} has {n} photos on a phone.",
-    "There are {n} houses on the street.", "{d} read {n} pages last month.",
-    "The bus ride takes {n} seconds longer on Fridays.", "{d}'s town has {n} lamp posts.",
+    "{d} walked {n} steps this morning.",
+    "{d} lives {n} meters from the park.",
+    "The school has {n} students.",
+    "{d} has {n} photos on a phone.",
+    "There are {n} houses on the street.",
+    "{d} read {n} pages last month.",
+    "The bus ride takes {n} seconds longer on Fridays.",
+    "{d}'s town has {n} lamp posts.",
 ]
 
 _ORDINAL_DIV = {2: "half", 3: "a third", 4: "a quarter"}
@@ -145,8 +197,12 @@ def _n(v: int) -> _Q:
     return _Q(None, value=v)
 
 
-_PHRASES = ("{What} is {e} = {v}{u}.", "{What}: {e} = {v}{u}.", "So {what} is {e} = {v}{u}.",
-            "{e} = {v}, so {what} is {v}{u}.")
+_PHRASES = (
+    "{What} is {e} = {v}{u}.",
+    "{What}: {e} = {v}{u}.",
+    "So {what} is {e} = {v}{u}.",
+    "{e} = {v}, so {what} is {v}{u}.",
+)
 _PARTIAL = ("{e} = {v}.", "{e} = {v} so far.")
 
 
@@ -266,8 +322,9 @@ def _shopping(rng: random.Random, shape: tuple, mag: int, names: list) -> _Probl
         spent = sum(c.value for c in costs)
         money = spent + rng.randint(2, mag)
         facts.insert(0, f"{name} has ${money}.")
-        root = _Q("-", [_n(money)] + costs, what=f"the money {pron} has left", unit=" dollars",
-                  sum_what="the total cost")
+        root = _Q(
+            "-", [_n(money)] + costs, what=f"the money {pron} has left", unit=" dollars", sum_what="the total cost"
+        )
         ask = f"How much money does {pron} have left?"
     else:
         root = costs[0] if len(costs) == 1 else _Q("+", costs, what="the total cost", unit=" dollars")
@@ -292,32 +349,35 @@ def _rates(rng: random.Random, shape: tuple, mag: int, names: list) -> _Problem:
         pron = "it"
     labels = _WEEKDAYS if per in ("hour", "minute") else _MONTHS
     start = rng.randrange(len(labels) - m + 1)
-    labels = labels[start:start + m]
+    labels = labels[start : start + m]
     times = [rng.randint(2, min(9, mag)) for _ in range(m)]
     unit = f" {noun}"
     if kind == "same":
         rate = rng.randint(2, mag)
         rate_q = _n(rate)
-        facts = [f"{_cap(subj)} {verb} {rate} {noun} per {per}.",
-                 f"{_cap(pron)} {works} for " + _join([f"{t} {pers} {lab}" for t, lab in zip(times, labels)]) + "."]
-        parts = [_Q("*", [rate_q, _n(t)], what=f"the {noun} {pp} {lab}", unit=unit)
-                 for t, lab in zip(times, labels)]
+        facts = [
+            f"{_cap(subj)} {verb} {rate} {noun} per {per}.",
+            f"{_cap(pron)} {works} for " + _join([f"{t} {pers} {lab}" for t, lab in zip(times, labels)]) + ".",
+        ]
+        parts = [_Q("*", [rate_q, _n(t)], what=f"the {noun} {pp} {lab}", unit=unit) for t, lab in zip(times, labels)]
         methods = [parts[0] if m == 1 else _Q("+", parts, what=f"the total number of {noun}", unit=unit)]
         if m > 1:  # rate * (sum of times): the same answer by the distributive law
             hours = _Q("+", [_n(t) for t in times], what=f"the total number of {pers}", unit=f" {pers}")
             methods.append(_Q("*", [rate_q, hours], what=f"the total number of {noun}", unit=unit))
     else:
         rates = [rng.randint(2, mag) for _ in range(m)]
-        facts = [f"{_cap(lab)} {subj if i == 0 else pron} {verb} {r} {noun} per {per} for {t} {pers}."
-                 for i, (r, t, lab) in enumerate(zip(rates, times, labels))]
-        parts = [_Q("*", [_n(r), _n(t)], what=f"the {noun} {pp} {lab}", unit=unit)
-                 for r, t, lab in zip(rates, times, labels)]
+        facts = [
+            f"{_cap(lab)} {subj if i == 0 else pron} {verb} {r} {noun} per {per} for {t} {pers}."
+            for i, (r, t, lab) in enumerate(zip(rates, times, labels))
+        ]
+        parts = [
+            _Q("*", [_n(r), _n(t)], what=f"the {noun} {pp} {lab}", unit=unit) for r, t, lab in zip(rates, times, labels)
+        ]
         methods = [parts[0] if m == 1 else _Q("+", parts, what=f"the total number of {noun}", unit=unit)]
     if final == "goal":
         goal = methods[0].value + rng.randint(2, mag)
         facts.append(f"The goal is {goal} {noun}.")
-        methods = [_Q("-", [_n(goal), root], what=f"the number of {noun} still needed", unit=unit)
-                   for root in methods]
+        methods = [_Q("-", [_n(goal), root], what=f"the number of {noun} still needed", unit=unit) for root in methods]
         ask = f"How many more {noun} are needed to reach the goal?"
     else:
         ask = f"How many {noun} does {ref} {base} in total?"
@@ -364,10 +424,16 @@ def _sharing(rng: random.Random, shape: tuple, mag: int, names: list) -> _Proble
     if j:
         who = rng.sample(_RECIPIENTS, j)
         given = _join([f"{x} to {w}" for x, w in zip(gifts, who)])
-        facts.append(f"{_cap(pron)} gives {given}{',' if j > 1 else ''} and shares the rest equally "
-                     f"among {p} {sharers}.")
-        rest = _Q("-", [total_q] + [_n(x) for x in gifts], what=f"the number of {noun} left to share",
-                  unit=f" {noun}", sum_what=f"the number of {noun} {pron} gives away")
+        facts.append(
+            f"{_cap(pron)} gives {given}{',' if j > 1 else ''} and shares the rest equally among {p} {sharers}."
+        )
+        rest = _Q(
+            "-",
+            [total_q] + [_n(x) for x in gifts],
+            what=f"the number of {noun} left to share",
+            unit=f" {noun}",
+            sum_what=f"the number of {noun} {pron} gives away",
+        )
     else:
         rest = total_q
         facts.append(f"{_cap(pron)} shares them equally among {p} {sharers}.")
@@ -378,8 +444,7 @@ def _sharing(rng: random.Random, shape: tuple, mag: int, names: list) -> _Proble
         left_what = f"the number of {noun} each {sharer} has left"
         root = _Q("-", [each, _n(e)], what=left_what, unit=f" {noun}")
         # or: take away what all of them use, then share what remains
-        used = _Q("*", [_n(p), _n(e)], what=f"the number of {noun} the {sharers} use together",
-                  unit=f" {noun}")
+        used = _Q("*", [_n(p), _n(e)], what=f"the number of {noun} the {sharers} use together", unit=f" {noun}")
         remain = _Q("-", [rest, used], what=f"the number of {noun} that remain", unit=f" {noun}")
         methods = [root, _Q("/", [remain, _n(p)], what=left_what, unit=f" {noun}")]
         ask = f"How many {noun} does each {sharer} have left?"
@@ -409,13 +474,22 @@ def _comparison_shape(rng: random.Random, steps: int) -> tuple:
 def _comparison(rng: random.Random, shape: tuple, mag: int, names: list) -> _Problem:
     rels, final = shape
     thing = rng.choice(_THINGS)
-    people = names[:len(rels) + 1]
+    people = names[: len(rels) + 1]
     unit = f" {thing}"
 
     def node(op, args, who):
-        return _Q(op, args, what=f"the number of {thing} {who} has", unit=unit,
-                  phrases=(f"{who} has {{e}} = {{v}}{{u}}.", "{What} is {e} = {v}.",
-                           f"So {who} has {{e}} = {{v}}{{u}}.", f"{who}: {{e}} = {{v}}{{u}}."))
+        return _Q(
+            op,
+            args,
+            what=f"the number of {thing} {who} has",
+            unit=unit,
+            phrases=(
+                f"{who} has {{e}} = {{v}}{{u}}.",
+                "{What} is {e} = {v}.",
+                f"So {who} has {{e}} = {{v}}{{u}}.",
+                f"{who}: {{e}} = {{v}}{{u}}.",
+            ),
+        )
 
     v0 = rng.randint(2, mag)
     chain = [_n(v0)]
@@ -456,9 +530,17 @@ def _comparison(rng: random.Random, shape: tuple, mag: int, names: list) -> _Pro
         if abs(a.value - b.value) < 2:
             raise _Retry()
         (big, bq), (small, sq) = ((last, a), (first, b)) if a.value > b.value else ((first, b), (last, a))
-        root = _Q("-", [bq, sq], what="the difference", unit=unit,
-                  phrases=(f"{big} has {{e}} = {{v}} more {thing} than {small}.",
-                           "The difference is {e} = {v}{u}.", f"So {big} has {{e}} = {{v}} more."))
+        root = _Q(
+            "-",
+            [bq, sq],
+            what="the difference",
+            unit=unit,
+            phrases=(
+                f"{big} has {{e}} = {{v}} more {thing} than {small}.",
+                "The difference is {e} = {v}{u}.",
+                f"So {big} has {{e}} = {{v}} more.",
+            ),
+        )
         ask = f"How many more {thing} does {big} have than {small}?"
     return _Problem(facts, ask, [root])
 
@@ -486,10 +568,19 @@ def _group_totals(rng: random.Random, shape: tuple, mag: int, names: list) -> _P
         k = rng.randint(2, min(9, mag))
         kq = _n(k)
         facts.append(f"Each {sing} is worth ${k}.")
-        methods = [_Q("*", [total, kq], what="the total value", unit=" dollars"),
-                   # worth of each person's share, then added: the distributive alternative
-                   _Q("+", [_Q("*", [lf, kq], what=f"the value of {p}'s {plur}", unit=" dollars")
-                            for p, lf in zip(people, leaves)], what="the total value", unit=" dollars")]
+        methods = [
+            _Q("*", [total, kq], what="the total value", unit=" dollars"),
+            # worth of each person's share, then added: the distributive alternative
+            _Q(
+                "+",
+                [
+                    _Q("*", [lf, kq], what=f"the value of {p}'s {plur}", unit=" dollars")
+                    for p, lf in zip(people, leaves)
+                ],
+                what="the total value",
+                unit=" dollars",
+            ),
+        ]
         ask = f"How many dollars are all the {plur} worth?"
     else:
         k = rng.randint(1, total.value - 2)
@@ -506,13 +597,16 @@ class _Skill:
     realize: Callable[[random.Random, tuple, int, list], _Problem]
 
 
-SKILLS: dict[str, _Skill] = {s.name: s for s in (
-    _Skill("shopping", _shopping_shape, _shopping),
-    _Skill("rates", _rates_shape, _rates),
-    _Skill("sharing", _sharing_shape, _sharing),
-    _Skill("comparison", _comparison_shape, _comparison),
-    _Skill("group_totals", _group_shape, _group_totals),
-)}
+SKILLS: dict[str, _Skill] = {
+    s.name: s
+    for s in (
+        _Skill("shopping", _shopping_shape, _shopping),
+        _Skill("rates", _rates_shape, _rates),
+        _Skill("sharing", _sharing_shape, _sharing),
+        _Skill("comparison", _comparison_shape, _comparison),
+        _Skill("group_totals", _group_shape, _group_totals),
+    )
+}
 
 
 def _tuplify(x: Any) -> Any:
@@ -577,8 +671,10 @@ class SyntheticTask:
         rng = random.Random(seed)
         out = _distinct(lambda: self._example(rng.getrandbits(63)), n, set())
         if len(out) < n:
-            raise DataError(f"synthetic task could make only {len(out)} distinct problems of {n}; "
-                            "raise max_operand or the step range")
+            raise DataError(
+                f"synthetic task could make only {len(out)} distinct problems of {n}; "
+                "raise max_operand or the step range"
+            )
         return out
 
     def similar(self, example: Example, n: int, seed: int = 0) -> list[Example]:
@@ -586,16 +682,22 @@ class SyntheticTask:
         meta = example.meta or {}
         structure = meta.get("structure")
         if not structure or structure[0] not in SKILLS:
-            raise CuratorError(f"example {example.id!r} has no synthetic structure in its meta; "
-                               "`similar` works on examples made by SyntheticTask")
+            raise CuratorError(
+                f"example {example.id!r} has no synthetic structure in its meta; "
+                "`similar` works on examples made by SyntheticTask"
+            )
         structure = _tuplify(structure)
         distractors = int(meta.get("distractors", self.distractors))
         rng = random.Random(f"{seed}:{example.id}")
-        out = _distinct(lambda: self._example(rng.getrandbits(63), structure=structure, distractors=distractors,
-                                              parent_id=example.id), n, {example.question})
+        out = _distinct(
+            lambda: self._example(
+                rng.getrandbits(63), structure=structure, distractors=distractors, parent_id=example.id
+            ),
+            n,
+            {example.question},
+        )
         if len(out) < n:
-            raise DataError(f"could make only {len(out)} problems similar to {example.id!r} of {n}; "
-                            "raise max_operand")
+            raise DataError(f"could make only {len(out)} problems similar to {example.id!r} of {n}; raise max_operand")
         return out
 
     def example_from_seed(self, seed: int) -> Example:
@@ -604,8 +706,9 @@ class SyntheticTask:
 
     # -- internals
 
-    def _example(self, seed: int, structure: tuple | None = None, distractors: int | None = None,
-                 parent_id: str | None = None) -> Example:
+    def _example(
+        self, seed: int, structure: tuple | None = None, distractors: int | None = None, parent_id: str | None = None
+    ) -> Example:
         for attempt in range(200):
             rng = random.Random(seed + attempt)
             if structure is None:
@@ -624,16 +727,21 @@ class SyntheticTask:
         facts = list(prob.facts)
         nd = self.distractors if distractors is None else distractors
         if nd:
-            spare = [nm for nm, _, _ in names[len(names) - 3:]]  # names the problem does not use
+            spare = [nm for nm, _, _ in names[len(names) - 3 :]]  # names the problem does not use
             for tpl in rng.sample(_DISTRACTORS, nd):
-                facts.insert(rng.randint(0, len(facts)),
-                             tpl.format(d=rng.choice(spare), n=rng.randint(2, self.max_operand)))
+                facts.insert(
+                    rng.randint(0, len(facts)), tpl.format(d=rng.choice(spare), n=rng.randint(2, self.max_operand))
+                )
         question = " ".join(facts + [prob.ask])
         traces = self._traces(rng, prob)
         target = rng.randrange(len(traces))
         meta: dict[str, Any] = {
-            "skill": skill.name, "steps": _count_ops(prob.methods[0]), "traces": traces,
-            "target_trace": target, "structure": (skill.name, shape), "seed": seed,
+            "skill": skill.name,
+            "steps": _count_ops(prob.methods[0]),
+            "traces": traces,
+            "target_trace": target,
+            "structure": (skill.name, shape),
+            "seed": seed,
             "distractors": nd,
         }
         if parent_id is not None:
@@ -681,12 +789,11 @@ def _count_ops(root: _Q) -> int:
 # ---------------------------------------------------------------- presets
 
 synthetic_presets: Registry = Registry("synthetic preset")
-synthetic_presets.register("easy", SyntheticTask(min_steps=2, max_steps=3, max_operand=20,
-                                                 distractors=0, n_traces=3))
-synthetic_presets.register("medium", SyntheticTask(min_steps=3, max_steps=5, max_operand=100,
-                                                   distractors=1, n_traces=4))
-synthetic_presets.register("hard", SyntheticTask(min_steps=5, max_steps=8, max_operand=1000,
-                                                 distractors=2, n_traces=4))
+synthetic_presets.register("easy", SyntheticTask(min_steps=2, max_steps=3, max_operand=20, distractors=0, n_traces=3))
+synthetic_presets.register(
+    "medium", SyntheticTask(min_steps=3, max_steps=5, max_operand=100, distractors=1, n_traces=4)
+)
+synthetic_presets.register("hard", SyntheticTask(min_steps=5, max_steps=8, max_operand=1000, distractors=2, n_traces=4))
 
 
 def synthetic_task(preset: str = "easy", **overrides: Any) -> SyntheticTask:
@@ -697,8 +804,9 @@ def synthetic_task(preset: str = "easy", **overrides: Any) -> SyntheticTask:
     known = set(SyntheticTask.__dataclass_fields__)
     bad = [k for k in overrides if k not in known]
     if bad:
-        raise ConfigError(f"unknown synthetic task settings {bad}; known: {', '.join(sorted(known))}",
-                          source="synthetic task")
+        raise ConfigError(
+            f"unknown synthetic task settings {bad}; known: {', '.join(sorted(known))}", source="synthetic task"
+        )
     return replace(task, **overrides) if overrides else task
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -66,7 +67,7 @@ class Ledger:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_rows(cls, rows: Iterable[Mapping[str, Any]], **meta: Any) -> "Ledger":
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]], **meta: Any) -> Ledger:
         """From dicts with the ledger columns (``perplexity``/``memorized`` filled in if absent)."""
         rows = list(rows)
         if not rows:
@@ -96,7 +97,7 @@ class Ledger:
         p: float = 1.105,
         signals: Mapping[str, Any] | None = None,
         **meta: Any,
-    ) -> "Ledger":
+    ) -> Ledger:
         """Build a ledger from per-example x per-checkpoint arrays (runs made by other trainers).
 
         Args:
@@ -143,19 +144,24 @@ class Ledger:
         epochs_a = np.arange(1, M + 1, dtype=float) if epochs is None else np.asarray(epochs, dtype=float)
         for name, arr in (("steps", steps_a), ("epochs", epochs_a)):
             if arr.shape != (M,):
-                raise DataError(f"from_arrays: {name} has {arr.size} entries but the arrays have "
-                                f"{M} checkpoints (columns); give one per checkpoint")
-        df = pd.DataFrame({
-            "example_id": np.repeat(ids, M),
-            "checkpoint": np.tile(np.arange(1, M + 1), N),
-            "step": np.tile(steps_a, N),
-            "epoch": np.tile(epochs_a, N),
-            "n_samples": ns.reshape(-1),
-            "n_correct": nc.reshape(-1),
-            "target_nll": nll.reshape(-1),
-            "target_tokens": pd.array(np.where(np.isnan(tt), None, tt).reshape(-1), dtype="Int64")
-            if target_tokens is not None else pd.array([None] * (N * M), dtype="Int64"),
-        })
+                raise DataError(
+                    f"from_arrays: {name} has {arr.size} entries but the arrays have "
+                    f"{M} checkpoints (columns); give one per checkpoint"
+                )
+        df = pd.DataFrame(
+            {
+                "example_id": np.repeat(ids, M),
+                "checkpoint": np.tile(np.arange(1, M + 1), N),
+                "step": np.tile(steps_a, N),
+                "epoch": np.tile(epochs_a, N),
+                "n_samples": ns.reshape(-1),
+                "n_correct": nc.reshape(-1),
+                "target_nll": nll.reshape(-1),
+                "target_tokens": pd.array(np.where(np.isnan(tt), None, tt).reshape(-1), dtype="Int64")
+                if target_tokens is not None
+                else pd.array([None] * (N * M), dtype="Int64"),
+            }
+        )
         df["perplexity"] = np.exp(df["target_nll"])
         df["memorized"] = df["perplexity"] <= p
         df["skip_reason"] = None
@@ -193,7 +199,7 @@ class Ledger:
 
     def checkpoint_info(self) -> pd.DataFrame:
         """step and epoch per checkpoint."""
-        return (self.df.groupby("checkpoint")[["step", "epoch"]].first().sort_index())
+        return self.df.groupby("checkpoint")[["step", "epoch"]].first().sort_index()
 
     def __len__(self) -> int:
         return len(self.df)
@@ -236,8 +242,10 @@ def read_ledger(path: str | os.PathLike) -> Ledger:
             raise DataError(f"{path}: metadata key 'curator.ledger' is not valid JSON ({e})") from e
         if not isinstance(meta, dict):
             raise DataError(f"{path}: metadata 'curator.ledger' must be a JSON object, got {type(meta).__name__}")
-        for key, ok in (("p", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 1),
-                        ("k", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)):
+        for key, ok in (
+            ("p", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 1),
+            ("k", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+        ):
             if meta.get(key) is not None and not ok(meta[key]):
                 want = "a number > 1" if key == "p" else "an integer >= 1"
                 raise DataError(f"{path}: metadata {key}={meta[key]!r} is not valid ({want}); see docs/LEDGER.md")
@@ -251,8 +259,7 @@ def _as_2d(name: str, arr: Any, N: int, M: int | None = None) -> np.ndarray:
     a = np.asarray(arr)
     if a.ndim != 2 or a.shape[0] != N or (M is not None and a.shape[1] != M):
         want = f"[{N}, {M}]" if M is not None else f"[{N}, checkpoints]"
-        raise DataError(f"from_arrays: {name} has shape {list(a.shape)}, expected {want} "
-                        "(examples x checkpoints)")
+        raise DataError(f"from_arrays: {name} has shape {list(a.shape)}, expected {want} (examples x checkpoints)")
     return a
 
 
@@ -269,20 +276,22 @@ def _validate(df: pd.DataFrame, meta: Mapping[str, Any]) -> pd.DataFrame:
         df["skip_reason"] = None
     missing = [c for c in LEDGER_COLUMNS if c not in df]
     if missing:
-        raise DataError(f"ledger is missing column(s) {', '.join(missing)}; "
-                        "see docs/LEDGER.md for the schema")
+        raise DataError(f"ledger is missing column(s) {', '.join(missing)}; see docs/LEDGER.md for the schema")
     if len(df) == 0:
         raise DataError("ledger has no rows")
     for col in ("n_samples", "n_correct", "checkpoint", "step"):
         if df[col].isna().any():
-            raise DataError(f"ledger column {col} has missing values at (example_id, checkpoint) "
-                            f"{_rows_named(df, df[col].isna())}")
+            raise DataError(
+                f"ledger column {col} has missing values at (example_id, checkpoint) {_rows_named(df, df[col].isna())}"
+            )
         # counts are integers: a fraction would be silently truncated by the cast below
         vals = pd.to_numeric(df[col], errors="coerce")
         frac = vals.notna() & (vals != np.round(vals))
         if frac.any():
-            raise DataError(f"ledger column {col} must hold whole numbers; found {vals[frac].iloc[0]:g} at "
-                            f"(example_id, checkpoint) {_rows_named(df, frac)}")
+            raise DataError(
+                f"ledger column {col} must hold whole numbers; found {vals[frac].iloc[0]:g} at "
+                f"(example_id, checkpoint) {_rows_named(df, frac)}"
+            )
     try:
         df = df.astype({c: t for c, t in LEDGER_COLUMNS.items() if c not in ("skip_reason", "target_tokens")})
         df["target_tokens"] = pd.array(df["target_tokens"], dtype="Int64")
@@ -297,8 +306,10 @@ def _validate(df: pd.DataFrame, meta: Mapping[str, Any]) -> pd.DataFrame:
         raise DataError(f"checkpoint indices are 1-based; found {int(df['checkpoint'].min())}")
     bad_ppl = df["perplexity"].isna() | ~np.isfinite(df["perplexity"]) | (df["perplexity"] < 1.0 - 1e-9)
     if bad_ppl.any():
-        raise DataError(f"ledger has NaN, infinite or < 1 perplexities at (example_id, checkpoint) "
-                        f"{_rows_named(df, bad_ppl)}; re-measure or drop those examples")
+        raise DataError(
+            f"ledger has NaN, infinite or < 1 perplexities at (example_id, checkpoint) "
+            f"{_rows_named(df, bad_ppl)}; re-measure or drop those examples"
+        )
     # perplexity and target_nll must describe the same number
     if not np.allclose(np.exp(df["target_nll"]), df["perplexity"], rtol=1e-6, atol=0):
         off = ~np.isclose(np.exp(df["target_nll"]), df["perplexity"], rtol=1e-6, atol=0)
@@ -314,11 +325,13 @@ def _validate(df: pd.DataFrame, meta: Mapping[str, Any]) -> pd.DataFrame:
     if k is not None:
         over = ~complete & (df["n_samples"] >= int(k))
         if over.any():
-            raise DataError(f"cells with a skip_reason must have fewer than k={k} samples; "
-                            f"violated at {_rows_named(df, over)}")
+            raise DataError(
+                f"cells with a skip_reason must have fewer than k={k} samples; violated at {_rows_named(df, over)}"
+            )
     elif (~complete).any():
-        raise DataError("ledger has skipped cells (skip_reason set) but no 'k' in its metadata; "
-                        "lazy ledgers must record k")
+        raise DataError(
+            "ledger has skipped cells (skip_reason set) but no 'k' in its metadata; lazy ledgers must record k"
+        )
     # every example at every checkpoint, and one (step, epoch) per checkpoint
     ids = df["example_id"].unique()
     cps = np.sort(df["checkpoint"].unique())
@@ -326,8 +339,10 @@ def _validate(df: pd.DataFrame, meta: Mapping[str, Any]) -> pd.DataFrame:
         counts = df.groupby("example_id")["checkpoint"].nunique()
         short = counts[counts < len(cps)]
         names = ", ".join(map(str, short.index[:5])) + (f" and {len(short) - 5} more" if len(short) > 5 else "")
-        raise DataError(f"mismatched checkpoints: every example needs a row at each of the "
-                        f"{len(cps)} checkpoints {cps.tolist()}; example(s) {names} lack some")
+        raise DataError(
+            f"mismatched checkpoints: every example needs a row at each of the "
+            f"{len(cps)} checkpoints {cps.tolist()}; example(s) {names} lack some"
+        )
     per_cp = df.groupby("checkpoint")[["step", "epoch"]].nunique()
     bad_cp = per_cp[(per_cp["step"] > 1) | (per_cp["epoch"] > 1)]
     if len(bad_cp):

@@ -168,11 +168,13 @@ def cartography(ledger: Ledger) -> pd.DataFrame:
     is undetermined).
     """
     prob = np.exp(-ledger.pivot("target_nll"))
-    return pd.DataFrame({
-        "confidence": prob.mean(axis=1),
-        "variability": prob.std(axis=1, ddof=0),
-        "correctness": accuracy(ledger).mean(axis=1, skipna=False),
-    })
+    return pd.DataFrame(
+        {
+            "confidence": prob.mean(axis=1),
+            "variability": prob.std(axis=1, ddof=0),
+            "correctness": accuracy(ledger).mean(axis=1, skipna=False),
+        }
+    )
 
 
 def summary(ledger: Ledger, p: float | None = None) -> pd.DataFrame:
@@ -182,19 +184,21 @@ def summary(ledger: Ledger, p: float | None = None) -> pd.DataFrame:
     pm_lo, pm_hi = premem_bounds(ledger, p)
     a_lo, a_hi = accuracy_bounds(ledger)
     info = ledger.checkpoint_info()
-    out = pd.DataFrame({
-        "step": info["step"],
-        "epoch": info["epoch"],
-        "premem_acc": dataset_premem(ledger, p),
-        "premem_acc_lo": pm_lo.mean(axis=0),
-        "premem_acc_hi": pm_hi.mean(axis=0),
-        "train_acc": train_accuracy(ledger),
-        "train_acc_lo": a_lo.mean(axis=0),
-        "train_acc_hi": a_hi.mean(axis=0),
-        "fraction_memorized": fraction_memorized(ledger, p),
-        "mean_perplexity": ledger.pivot("perplexity").mean(axis=0),
-        "samples_drawn": ledger.pivot("n_samples").sum(axis=0),
-        "cells_skipped": ledger.pivot("skip_reason").notna().sum(axis=0),
-    })
+    out = pd.DataFrame(
+        {
+            "step": info["step"],
+            "epoch": info["epoch"],
+            "premem_acc": dataset_premem(ledger, p),
+            "premem_acc_lo": pm_lo.mean(axis=0),
+            "premem_acc_hi": pm_hi.mean(axis=0),
+            "train_acc": train_accuracy(ledger),
+            "train_acc_lo": a_lo.mean(axis=0),
+            "train_acc_hi": a_hi.mean(axis=0),
+            "fraction_memorized": fraction_memorized(ledger, p),
+            "mean_perplexity": ledger.pivot("perplexity").mean(axis=0),
+            "samples_drawn": ledger.pivot("n_samples").sum(axis=0),
+            "cells_skipped": ledger.pivot("skip_reason").notna().sum(axis=0),
+        }
+    )
     out.index.name = "checkpoint"
     return out

@@ -41,8 +41,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,8 +62,10 @@ def check_premem_settings(n_examples: int, k: int, p: float) -> list[str]:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         problems.append(f"samples per example (k) must be an integer >= 1, got {k!r}")
     if not isinstance(p, (int, float)) or isinstance(p, bool) or not p > 1 or not math.isfinite(p):
-        problems.append(f"memorization threshold p must be a number > 1 (perplexity is >= 1), got {p!r}; "
-                        "the paper uses 1.105 for GSM8K-like data and 1.2 for MATH")
+        problems.append(
+            f"memorization threshold p must be a number > 1 (perplexity is >= 1), got {p!r}; "
+            "the paper uses 1.105 for GSM8K-like data and 1.2 for MATH"
+        )
     return problems
 
 
@@ -90,19 +93,35 @@ class DynamicsTracker:
         progress: show a progress bar of samples drawn.
     """
 
-    def __init__(self, examples: Sequence[Example], fmt: PromptFormat, grader: Any, *, k: int = 5,
-                 params: SamplingParams | None = None, p: float = 1.105, lazy: bool = True,
-                 n_checkpoints: int | None = None, exact_every_checkpoint: bool = False,
-                 defer: bool = False, tokenizer: Any = None, progress: bool = False):
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        fmt: PromptFormat,
+        grader: Any,
+        *,
+        k: int = 5,
+        params: SamplingParams | None = None,
+        p: float = 1.105,
+        lazy: bool = True,
+        n_checkpoints: int | None = None,
+        exact_every_checkpoint: bool = False,
+        defer: bool = False,
+        tokenizer: Any = None,
+        progress: bool = False,
+    ):
         problems = check_premem_settings(len(examples), k, p)
         if defer and not lazy:
             problems.append("defer=True is a kind of lazy tracking; it cannot be combined with lazy=False")
         if defer and exact_every_checkpoint:
-            problems.append("defer=True leaves intermediate checkpoints unsampled, which contradicts "
-                            "exact_every_checkpoint=True; choose one")
+            problems.append(
+                "defer=True leaves intermediate checkpoints unsampled, which contradicts "
+                "exact_every_checkpoint=True; choose one"
+            )
         if lazy and not exact_every_checkpoint and n_checkpoints is None:
-            problems.append("lazy tracking needs n_checkpoints (the final checkpoint's index) to know "
-                            "where PreMemAcc must be exact; pass it, or lazy=False")
+            problems.append(
+                "lazy tracking needs n_checkpoints (the final checkpoint's index) to know "
+                "where PreMemAcc must be exact; pass it, or lazy=False"
+            )
         if n_checkpoints is not None and n_checkpoints < 1:
             problems.append(f"n_checkpoints must be >= 1, got {n_checkpoints}")
         if problems:
@@ -134,8 +153,9 @@ class DynamicsTracker:
     def is_final(self, index: int) -> bool:
         return self.exact_every_checkpoint or (self.n_checkpoints is not None and index >= self.n_checkpoints)
 
-    def measure(self, sampler: Sampler, info: Any, *, model: Any = None,
-                sampler_factory: Callable[[Any], Sampler] | None = None) -> list[dict[str, Any]]:
+    def measure(
+        self, sampler: Sampler, info: Any, *, model: Any = None, sampler_factory: Callable[[Any], Sampler] | None = None
+    ) -> list[dict[str, Any]]:
         """Measure one checkpoint; returns (and keeps) its ledger rows.
 
         ``info`` needs ``index`` (1-based), ``step`` and ``epoch``; a ``metrics`` dict, if present,
@@ -150,8 +170,10 @@ class DynamicsTracker:
         """
         index = int(info.index)
         if self.rows and index <= self.rows[-1]["checkpoint"]:
-            raise ConfigError(f"checkpoint {index} measured after checkpoint {self.rows[-1]['checkpoint']}; "
-                              "checkpoints must be measured in increasing order")
+            raise ConfigError(
+                f"checkpoint {index} measured after checkpoint {self.rows[-1]['checkpoint']}; "
+                "checkpoints must be measured in increasing order"
+            )
         if self.defer:
             self._check_deferred(sampler, model, sampler_factory, index)
         nll, ntok = self._target_nll(sampler)
@@ -175,17 +197,29 @@ class DynamicsTracker:
             raise_ = complete & ~memorized
             self.running_max[raise_] = np.maximum(self.running_max[raise_], correct[raise_])
 
-        extra = {k: float(v) for k, v in (getattr(info, "metrics", None) or {}).items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        extra = {
+            k: float(v)
+            for k, v in (getattr(info, "metrics", None) or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         rows = []
         for i, ex in enumerate(self.examples):
-            rows.append({
-                "example_id": ex.id, "checkpoint": index, "step": int(info.step),
-                "epoch": float(info.epoch), "n_samples": int(drawn[i]), "n_correct": int(correct[i]),
-                "target_nll": float(nll[i]), "target_tokens": int(ntok[i]),
-                "perplexity": float(ppl[i]), "memorized": bool(memorized[i]),
-                "skip_reason": reasons[i], **extra,
-            })
+            rows.append(
+                {
+                    "example_id": ex.id,
+                    "checkpoint": index,
+                    "step": int(info.step),
+                    "epoch": float(info.epoch),
+                    "n_samples": int(drawn[i]),
+                    "n_correct": int(correct[i]),
+                    "target_nll": float(nll[i]),
+                    "target_tokens": int(ntok[i]),
+                    "perplexity": float(ppl[i]),
+                    "memorized": bool(memorized[i]),
+                    "skip_reason": reasons[i],
+                    **extra,
+                }
+            )
         self.rows.extend(rows)
         self._rows_at[index] = rows
         return rows
@@ -197,11 +231,17 @@ class DynamicsTracker:
         """The ledger of every checkpoint measured so far."""
         if not self.rows:
             raise DataError("no checkpoint was measured; the ledger is empty")
-        base = {"p": self.p, "k": self.k, "lazy": self.lazy,
-                "exact_every_checkpoint": self.exact_every_checkpoint, "defer": self.defer,
-                "sampling": dataclasses.asdict(self.params), "format": dataclasses.asdict(self.fmt),
-                "grader": getattr(self.grader, "name", type(self.grader).__name__),
-                "samples_drawn": self.samples_drawn}
+        base = {
+            "p": self.p,
+            "k": self.k,
+            "lazy": self.lazy,
+            "exact_every_checkpoint": self.exact_every_checkpoint,
+            "defer": self.defer,
+            "sampling": dataclasses.asdict(self.params),
+            "format": dataclasses.asdict(self.fmt),
+            "grader": getattr(self.grader, "name", type(self.grader).__name__),
+            "samples_drawn": self.samples_drawn,
+        }
         return Ledger.from_rows(self.rows, **{**base, **meta})
 
     # -- internals --------------------------------------------------------------------------------
@@ -214,15 +254,17 @@ class DynamicsTracker:
         for i, lp in enumerate(lps):
             lp = np.asarray(lp, dtype=np.float64)
             if lp.size == 0:
-                raise DataError(f"example {self.examples[i].id}: its target tokenizes to zero tokens; "
-                                "check the target template")
+                raise DataError(
+                    f"example {self.examples[i].id}: its target tokenizes to zero tokens; check the target template"
+                )
             nll[i] = -lp.mean()
             ntok[i] = lp.size
         bad = ~np.isfinite(nll)
         if bad.any():
             ids = [self.examples[i].id for i in np.flatnonzero(bad)[:5]]
-            raise DataError(f"non-finite target log-probs for example(s) {ids}; the model's outputs "
-                            "overflowed (try float32)")
+            raise DataError(
+                f"non-finite target log-probs for example(s) {ids}; the model's outputs overflowed (try float32)"
+            )
         return nll, ntok
 
     def _next_draw(self, i: int, c: int, s: int, memorized: bool, final: bool) -> tuple[int, str | None]:
@@ -249,12 +291,16 @@ class DynamicsTracker:
         if model is None:
             raise ConfigError("deferred tracking needs the live model: call measure(sampler, info, model=model)")
         if sampler_factory is None and getattr(sampler, "model", None) is not model:
-            raise ConfigError("deferred tracking re-samples earlier checkpoints by loading their weights into "
-                              "the model, but this sampler does not read that model (e.g. vLLM keeps its own "
-                              "copy); pass sampler_factory=, which builds a sampler for the model's current state")
+            raise ConfigError(
+                "deferred tracking re-samples earlier checkpoints by loading their weights into "
+                "the model, but this sampler does not read that model (e.g. vLLM keeps its own "
+                "copy); pass sampler_factory=, which builds a sampler for the model's current state"
+            )
         if self.rows and self.is_final(self.rows[-1]["checkpoint"]):
-            raise ConfigError(f"checkpoint {index} measured after the final checkpoint {self.n_checkpoints}; "
-                              "deferred tracking needs the true checkpoint count (n_checkpoints)")
+            raise ConfigError(
+                f"checkpoint {index} measured after the final checkpoint {self.n_checkpoints}; "
+                "deferred tracking needs the true checkpoint count (n_checkpoints)"
+            )
 
     def _sample_deferred(self, sampler: Sampler, model: Any, sampler_factory: Any, memorized_final: np.ndarray):
         """Sample the earlier checkpoints, latest first, for the examples memorized at the final one."""
@@ -284,8 +330,9 @@ class DynamicsTracker:
             self._snapshots.clear()
             load_snapshot(model, final_state)
 
-    def _sample(self, sampler: Sampler, memorized: np.ndarray, index: int, final: bool,
-                active: np.ndarray | None = None):
+    def _sample(
+        self, sampler: Sampler, memorized: np.ndarray, index: int, final: bool, active: np.ndarray | None = None
+    ):
         """Draw samples by the lazy rules; examples outside ``active`` are left "deferred"."""
         n = len(self.examples)
         correct = np.zeros(n, dtype=np.int64)
@@ -313,8 +360,9 @@ class DynamicsTracker:
             if not want:
                 break
             # one generate call per round when the sampler takes a count per prompt; else one per count
-            calls = [list(want)] if counts_ok else [
-                [i for i in want if want[i] == d] for d in sorted(set(want.values()))]
+            calls = (
+                [list(want)] if counts_ok else [[i for i in want if want[i] == d] for d in sorted(set(want.values()))]
+            )
             for idx in calls:
                 # a distinct seed per call: repeated calls must not replay the same random stream
                 params = dataclasses.replace(self.params, seed=_derive_seed(self.params.seed, index, batch))
@@ -324,8 +372,10 @@ class DynamicsTracker:
                 outs = sampler.generate([self.prompts[i] for i in idx], n_arg, params)
                 self.generate_calls += 1
                 if len(outs) != len(idx) or any(len(o) != d for o, d in zip(outs, counts)):
-                    raise RuntimeError(f"sampler.generate returned the wrong shape for {len(idx)} prompts "
-                                       f"(asked for {counts[:5]}{'...' if len(counts) > 5 else ''} samples)")
+                    raise RuntimeError(
+                        f"sampler.generate returned the wrong shape for {len(idx)} prompts "
+                        f"(asked for {counts[:5]}{'...' if len(counts) > 5 else ''} samples)"
+                    )
                 for i, completions in zip(idx, outs):
                     ans = self.examples[i].answer
                     correct[i] += sum(bool(self.grader.is_correct(t, ans)) for t in completions)
@@ -362,10 +412,12 @@ def check_deferred_memory(model: Any, n_checkpoints: int, available: int | None 
     avail = available_memory() if available is None else available
     if avail is not None and need > 0.8 * avail:
         gib = 2**30
-        raise ConfigError(f"deferred tracking would keep {max(int(n_checkpoints), 1)} copies of "
-                          f"{per_copy / gib:.2f} GiB of trainable weights ({need / gib:.1f} GiB) but only "
-                          f"{avail / gib:.1f} GiB of memory is available; train LoRA adapters, use fewer "
-                          "checkpoints, or track without defer")
+        raise ConfigError(
+            f"deferred tracking would keep {max(int(n_checkpoints), 1)} copies of "
+            f"{per_copy / gib:.2f} GiB of trainable weights ({need / gib:.1f} GiB) but only "
+            f"{avail / gib:.1f} GiB of memory is available; train LoRA adapters, use fewer "
+            "checkpoints, or track without defer"
+        )
     return need
 
 
@@ -373,8 +425,10 @@ def take_snapshot(model: Any) -> dict[str, Any]:
     """A CPU copy of ``model``'s trainable parameters (the weights that change in training)."""
     snap = {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
     if not snap:
-        raise ConfigError("deferred tracking found no trainable parameters in the model to copy; "
-                          "is it being trained? (use lazy tracking without defer)")
+        raise ConfigError(
+            "deferred tracking found no trainable parameters in the model to copy; "
+            "is it being trained? (use lazy tracking without defer)"
+        )
     return snap
 
 
@@ -395,8 +449,9 @@ def _derive_seed(seed: int, checkpoint: int, batch: int) -> int:
     return (int(seed) * 1_000_003 + checkpoint * 10_007 + batch) % (2**31 - 1)
 
 
-def check_references(examples: Sequence[Example], grader: Any, fmt: PromptFormat | None = None,
-                     allow_bad_references: bool = False) -> int:
+def check_references(
+    examples: Sequence[Example], grader: Any, fmt: PromptFormat | None = None, allow_bad_references: bool = False
+) -> int:
     """Check that every example's target grades as correct against its answer.
 
     The target text (without the format's stop string) is what a perfectly trained model would
@@ -413,14 +468,25 @@ def check_references(examples: Sequence[Example], grader: Any, fmt: PromptFormat
         if not grader.is_correct(text, ex.answer):
             bad.append(ex.id)
     if bad and not allow_bad_references:
-        raise DataError(f"{len(bad)} of {len(examples)} reference solutions do not grade as correct "
-                        f"with grader {getattr(grader, 'name', grader)!r} (e.g. {', '.join(bad[:3])}); fix the "
-                        "answers or the grader, or pass allow_bad_references=True (--allow-bad-references)")
+        raise DataError(
+            f"{len(bad)} of {len(examples)} reference solutions do not grade as correct "
+            f"with grader {getattr(grader, 'name', grader)!r} (e.g. {', '.join(bad[:3])}); fix the "
+            "answers or the grader, or pass allow_bad_references=True (--allow-bad-references)"
+        )
     return len(bad)
 
 
-def validate_premem(examples: Sequence[Example], grader: Any, *, fmt: PromptFormat, train_settings: Any,
-                    k: int, p: float, allow_bad_references: bool = False, num_processes: int = 1) -> int:
+def validate_premem(
+    examples: Sequence[Example],
+    grader: Any,
+    *,
+    fmt: PromptFormat,
+    train_settings: Any,
+    k: int,
+    p: float,
+    allow_bad_references: bool = False,
+    num_processes: int = 1,
+) -> int:
     """Every check `track_premem` makes before a model loads; returns the checkpoint count."""
     problems = check_premem_settings(len(examples), k, p)
     n_ckpt = None
@@ -435,14 +501,27 @@ def validate_premem(examples: Sequence[Example], grader: Any, *, fmt: PromptForm
     return int(n_ckpt)
 
 
-def track_premem(loaded_model: Any, examples: Sequence[Example], *, fmt: PromptFormat, grader: Any,
-                 train_settings: Any, k: int = 5, params: SamplingParams | None = None,
-                 p: float = 1.105, lazy: bool = True, defer: bool = False,
-                 out_dir: str | os.PathLike | None = None,
-                 progress: bool = True, allow_bad_references: bool = False,
-                 sampler_factory: Callable[[Any, Any], Sampler] | None = None,
-                 sample_batch_size: int = 32, lora: Any = None, provider: Any = None,
-                 seed: int | None = None) -> Ledger:
+def track_premem(
+    loaded_model: Any,
+    examples: Sequence[Example],
+    *,
+    fmt: PromptFormat,
+    grader: Any,
+    train_settings: Any,
+    k: int = 5,
+    params: SamplingParams | None = None,
+    p: float = 1.105,
+    lazy: bool = True,
+    defer: bool = False,
+    out_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    allow_bad_references: bool = False,
+    sampler_factory: Callable[[Any, Any], Sampler] | None = None,
+    sample_batch_size: int = 32,
+    lora: Any = None,
+    provider: Any = None,
+    seed: int | None = None,
+) -> Ledger:
     """Finetune ``loaded_model.model`` in place on ``examples``, tracking dynamics at every checkpoint.
 
     One round of the round engine (`curator.engine.train_and_track`). Writes ``ledger.parquet``
@@ -456,19 +535,37 @@ def track_premem(loaded_model: Any, examples: Sequence[Example], *, fmt: PromptF
     Raises:
         ConfigError / DataError: before any training, for every bad setting or reference answer.
     """
-    validate_premem(examples, grader, fmt=fmt, train_settings=train_settings, k=k, p=p,
-                    allow_bad_references=allow_bad_references)
+    validate_premem(
+        examples, grader, fmt=fmt, train_settings=train_settings, k=k, p=p, allow_bad_references=allow_bad_references
+    )
     from curator import distributed
     from curator.engine import train_and_track
     from curator.sampling.providers import FactoryProvider, HFProvider
 
     tokenizer = loaded_model.tokenizer
     if provider is None:
-        provider = (FactoryProvider(sampler_factory, tokenizer) if sampler_factory is not None
-                    else HFProvider(tokenizer, batch_size=sample_batch_size))
-    result = train_and_track(loaded_model, list(examples), fmt=fmt, grader=grader, training=train_settings,
-                             provider=provider, k=k, params=params or SamplingParams(stop=fmt.stop), p=p,
-                             lazy=lazy, defer=defer, lora=lora, in_place=True, seed=seed, progress=progress)
+        provider = (
+            FactoryProvider(sampler_factory, tokenizer)
+            if sampler_factory is not None
+            else HFProvider(tokenizer, batch_size=sample_batch_size)
+        )
+    result = train_and_track(
+        loaded_model,
+        list(examples),
+        fmt=fmt,
+        grader=grader,
+        training=train_settings,
+        provider=provider,
+        k=k,
+        params=params or SamplingParams(stop=fmt.stop),
+        p=p,
+        lazy=lazy,
+        defer=defer,
+        lora=lora,
+        in_place=True,
+        seed=seed,
+        progress=progress,
+    )
     loaded_model.model = result.model
     ledger = result.ledger
     if out_dir is not None and distributed.is_main_process():

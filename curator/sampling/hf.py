@@ -23,8 +23,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ from curator.errors import ConfigError, CuratorError
 from curator.sampling.base import SamplingParams
 
 # token ids that can complete a stop string, per tokenizer and set of stop-string last characters
-_ENDERS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+_ENDERS: weakref.WeakKeyDictionary[Any, dict] = weakref.WeakKeyDictionary()
 
 # scoring keeps rows * target_len * vocab logits in memory; cap that product (float32 elements)
 _MAX_SCORE_LOGITS = 2**27
@@ -64,8 +65,16 @@ class HFSampler:
 
     accepts_counts = True  # generate() takes one sample count per prompt
 
-    def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 64, max_batch_tokens: int | None = None,
-                 device: Any = None, progress: bool = False):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        batch_size: int = 64,
+        max_batch_tokens: int | None = None,
+        device: Any = None,
+        progress: bool = False,
+    ):
         if batch_size < 1:
             raise ConfigError(f"sampler batch_size must be >= 1, got {batch_size}")
         if max_batch_tokens is not None and max_batch_tokens < 1:
@@ -101,8 +110,9 @@ class HFSampler:
         ids = [encode_prompt(self.tokenizer, p) for p in prompts]
         for i, p in enumerate(ids):
             if not p:
-                raise CuratorError(f"prompt {i} tokenizes to nothing and the tokenizer adds no BOS token; "
-                                   "give a non-empty prompt")
+                raise CuratorError(
+                    f"prompt {i} tokenizes to nothing and the tokenizer adds no BOS token; give a non-empty prompt"
+                )
         keys = _prompt_keys(ids, params.seed)
         # work items: (prompt, its sample indices); a prompt with more samples than a batch is split
         items = []
@@ -135,8 +145,9 @@ class HFSampler:
         for item in items:
             r, ln = len(item[1]), len(ids[item[0]])
             over_rows = rows + r > self.batch_size
-            over_tokens = (self.max_batch_tokens is not None
-                           and (rows + r) * (max(longest, ln) + max_new) > self.max_batch_tokens)
+            over_tokens = (
+                self.max_batch_tokens is not None and (rows + r) * (max(longest, ln) + max_new) > self.max_batch_tokens
+            )
             if batch and (over_rows or over_tokens):
                 yield batch
                 batch, rows, longest = [], 0, 0
@@ -149,8 +160,7 @@ class HFSampler:
     def _forward(self, input_ids, mask, position_ids, cache, keep: int | None):
         kw = {self._keep_kw: keep} if (self._keep_kw and keep is not None) else {}
         kw[self._cache_kw] = cache
-        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                          use_cache=True, **kw)
+        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True, **kw)
 
     def _generate_batch(self, batch, ids, keys, params: SamplingParams):
         import torch
@@ -176,8 +186,7 @@ class HFSampler:
         rows = [_Row(i, j, []) for i, js in batch for j in js]
         greedy = params.temperature == 0
         max_new = params.max_new_tokens
-        u = None if greedy else torch.stack(
-            [_uniforms(keys[r.prompt], r.j, max_new) for r in rows]).to(dev)
+        u = None if greedy else torch.stack([_uniforms(keys[r.prompt], r.j, max_new) for r in rows]).to(dev)
         stops = tuple(s for s in params.stop if s)
         window = max((len(s) for s in stops), default=0) + 4  # tokens of tail text to search for a stop
         enders = self._stop_enders(stops)
@@ -234,8 +243,9 @@ class HFSampler:
         if key not in per_tok:
             vocab = len(self.tokenizer)
             pieces = self.tokenizer.batch_decode([[i] for i in range(vocab)], skip_special_tokens=True)
-            per_tok[key] = frozenset(i for i, t in enumerate(pieces)
-                                     if not t or "\ufffd" in t or any(c in t for c in key))
+            per_tok[key] = frozenset(
+                i for i, t in enumerate(pieces) if not t or "\ufffd" in t or any(c in t for c in key)
+            )
         return per_tok[key]
 
     def _text(self, tokens: list, stops: tuple[str, ...]) -> str:
@@ -273,9 +283,12 @@ class HFSampler:
                         p, t = pairs[order[end]]
                         L, T = max(longest, len(p) + len(t)), max(longest_t, len(t))
                         rows = end - start + 1
-                        if end > start and (rows > self.batch_size or rows * L > token_cap
-                                            or rows * (T + 1) * vocab > _MAX_SCORE_LOGITS
-                                            or rows * L > (1 + pad_tolerance) * (real + len(p) + len(t))):
+                        if end > start and (
+                            rows > self.batch_size
+                            or rows * L > token_cap
+                            or rows * (T + 1) * vocab > _MAX_SCORE_LOGITS
+                            or rows * L > (1 + pad_tolerance) * (real + len(p) + len(t))
+                        ):
                             break
                         longest, longest_t, real, end = L, T, real + len(p) + len(t), end + 1
                     idx = order[start:end]
@@ -299,14 +312,17 @@ class HFSampler:
         if max_t == 0:
             return [np.zeros(0, dtype=np.float32) for _ in pairs]
         kw = {self._keep_kw: max_t + 1} if self._keep_kw else {}
-        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
-                            use_cache=False, **kw).logits
-        logits = logits[:, -(max_t + 1):-1, :].float()  # position k predicts token k + 1
+        logits = self.model(
+            input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False, **kw
+        ).logits
+        logits = logits[:, -(max_t + 1) : -1, :].float()  # position k predicts token k + 1
         tgt = input_ids[:, -max_t:]
         lp = logits.gather(-1, tgt.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         lp = lp.cpu().numpy()
-        return [lp[b, max_t - len(t):].astype(np.float32) if len(t) else np.zeros(0, dtype=np.float32)
-                for b, (_, t) in enumerate(pairs)]
+        return [
+            lp[b, max_t - len(t) :].astype(np.float32) if len(t) else np.zeros(0, dtype=np.float32)
+            for b, (_, t) in enumerate(pairs)
+        ]
 
     def target_nll(self, prompts: Sequence[str], targets: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(mean negative log-likelihood per target token, number of target tokens) per pair.
@@ -323,7 +339,7 @@ class HFSampler:
         return int(emb.weight.shape[0]) if emb is not None else int(self.model.config.vocab_size)
 
     @classmethod
-    def from_loaded(cls, loaded: Any, **kw: Any) -> "HFSampler":
+    def from_loaded(cls, loaded: Any, **kw: Any) -> HFSampler:
         """From a `LoadedModel` or a `load_model` spec."""
         if isinstance(loaded, (str, bytes)) or hasattr(loaded, "__fspath__"):
             from curator.models import load_model
@@ -375,8 +391,8 @@ def _left_pad(seqs: list, pad_id: int, device: Any):
     mask = torch.zeros((len(seqs), L), dtype=torch.long)
     for b, s in enumerate(seqs):
         if s:
-            input_ids[b, L - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[b, L - len(s):] = 1
+            input_ids[b, L - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[b, L - len(s) :] = 1
     return input_ids.to(device), mask.to(device)
 
 

@@ -53,20 +53,40 @@ class VLLMSampler:
         **llm_kwargs: passed to ``vllm.LLM`` (``tensor_parallel_size``, ``max_model_len`` ...).
     """
 
-    def __init__(self, model: str, *, tokenizer: str | None = None, lora_path: str | None = None,
-                 enable_lora: bool | None = None, max_lora_rank: int = 64, dtype: str = "auto",
-                 gpu_memory_utilization: float = 0.85, seed: int = 0, trust_remote_code: bool = False,
-                 progress: bool = False, engine: Any = None, **llm_kwargs: Any):
+    def __init__(
+        self,
+        model: str,
+        *,
+        tokenizer: str | None = None,
+        lora_path: str | None = None,
+        enable_lora: bool | None = None,
+        max_lora_rank: int = 64,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.85,
+        seed: int = 0,
+        trust_remote_code: bool = False,
+        progress: bool = False,
+        engine: Any = None,
+        **llm_kwargs: Any,
+    ):
         require("vllm", "vllm", "The vLLM sampler")
         from vllm import LLM
 
         self.progress = progress
         lora = bool(lora_path) if enable_lora is None else enable_lora
         if engine is None:
-            engine = LLM(model=str(model), tokenizer=str(tokenizer or model), dtype=dtype, seed=seed,
-                         enable_prefix_caching=True, enable_lora=lora, max_lora_rank=max_lora_rank,
-                         gpu_memory_utilization=gpu_memory_utilization, trust_remote_code=trust_remote_code,
-                         **llm_kwargs)
+            engine = LLM(
+                model=str(model),
+                tokenizer=str(tokenizer or model),
+                dtype=dtype,
+                seed=seed,
+                enable_prefix_caching=True,
+                enable_lora=lora,
+                max_lora_rank=max_lora_rank,
+                gpu_memory_utilization=gpu_memory_utilization,
+                trust_remote_code=trust_remote_code,
+                **llm_kwargs,
+            )
         self.llm = engine
         self.tensor_parallel_size = int(llm_kwargs.get("tensor_parallel_size", 1) or 1)
         self.tokenizer = self.llm.get_tokenizer()
@@ -82,8 +102,10 @@ class VLLMSampler:
             self._lora = None
             return
         if not self.lora_enabled:
-            raise ConfigError("this VLLMSampler was built without LoRA support; pass lora_path=... or "
-                              "enable_lora=True when constructing it")
+            raise ConfigError(
+                "this VLLMSampler was built without LoRA support; pass lora_path=... or "
+                "enable_lora=True when constructing it"
+            )
         path = os.path.abspath(os.fspath(path))
         if not os.path.isfile(os.path.join(path, "adapter_config.json")):
             raise CuratorError(f"{path!r} is not a peft adapter directory (no adapter_config.json)")
@@ -120,9 +142,15 @@ class VLLMSampler:
 
         greedy = params.temperature == 0
         # greedy samples are identical: decode one and repeat it (vLLM rejects n > 1 when greedy)
-        sp = VLLMParams(n=1 if greedy else n, temperature=params.temperature,
-                        top_p=1.0 if greedy else params.top_p, max_tokens=params.max_new_tokens,
-                        stop=[s for s in params.stop if s] or None, seed=params.seed, skip_special_tokens=True)
+        sp = VLLMParams(
+            n=1 if greedy else n,
+            temperature=params.temperature,
+            top_p=1.0 if greedy else params.top_p,
+            max_tokens=params.max_new_tokens,
+            stop=[s for s in params.stop if s] or None,
+            seed=params.seed,
+            skip_special_tokens=True,
+        )
         reqs = [TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, p)) for p in prompts]
         outs = self.llm.generate(reqs, sp, lora_request=self._lora, use_tqdm=self.progress)
         texts = [[c.text for c in o.outputs] for o in outs]
@@ -148,8 +176,10 @@ class VLLMSampler:
             for k, tok in enumerate(t):
                 entry = plp[len(p) + k]
                 if entry is None or tok not in entry:
-                    raise CuratorError("vLLM returned no log-prob for a target token; upgrade vllm "
-                                       "(prompt_logprobs must include the prompt's own tokens)")
+                    raise CuratorError(
+                        "vLLM returned no log-prob for a target token; upgrade vllm "
+                        "(prompt_logprobs must include the prompt's own tokens)"
+                    )
                 lp[k] = entry[tok].logprob
             result.append(lp)
         return result
@@ -176,7 +206,8 @@ class VLLMSampler:
         else:
             spec, obj = os.fspath(loaded), None
         plain = os.path.isfile(os.path.join(spec, "config.json")) or (
-            spec not in ALIASES and not spec.lower().endswith(".gguf") and not os.path.exists(spec))
+            spec not in ALIASES and not spec.lower().endswith(".gguf") and not os.path.exists(spec)
+        )
         if plain and (obj is None or not hasattr(obj.model, "peft_config")):
             return cls(spec, **kw)
         obj = obj or load_model(spec)
@@ -203,10 +234,12 @@ def engine_model(llm: Any) -> Any:
             obj = getattr(obj, attr, None)
         if obj is not None and hasattr(obj, "load_weights"):
             return obj
-    raise CuratorError("this vLLM version does not expose its model in-process "
-                       "(llm.llm_engine.model_executor.driver_worker.model_runner.model), so full-finetuning "
-                       "weights cannot be loaded into it; set VLLM_ENABLE_V1_MULTIPROCESSING=0, train LoRA "
-                       "(model.lora), or use dynamics.backend: hf")
+    raise CuratorError(
+        "this vLLM version does not expose its model in-process "
+        "(llm.llm_engine.model_executor.driver_worker.model_runner.model), so full-finetuning "
+        "weights cannot be loaded into it; set VLLM_ENABLE_V1_MULTIPROCESSING=0, train LoRA "
+        "(model.lora), or use dynamics.backend: hf"
+    )
 
 
 def lora_rank_slot(model: Any) -> int:
@@ -238,27 +271,42 @@ def save_base_weights(model: Any, tokenizer: Any, out: str | os.PathLike) -> Non
 class VLLMSettings:
     """How the vLLM engine is run (recipe section ``dynamics.vllm``)."""
 
-    gpu_memory_utilization: float = field(default=0.3, metadata={
-        "help": "fraction of each GPU the engine may take (weights + KV cache); the rest is left to "
-                "training, which shares the GPU (higher: faster sampling, less room to train)"})
-    tensor_parallel_size: int = field(default=1, metadata={
-        "help": "GPUs one engine is split over; ranks of a launch form groups of this size that share "
-                "an engine (must divide the number of processes)"})
-    max_model_len: int | None = field(default=None, metadata={
-        "help": "longest prompt + completion the engine plans KV cache for; null: the model's"})
+    gpu_memory_utilization: float = field(
+        default=0.3,
+        metadata={
+            "help": "fraction of each GPU the engine may take (weights + KV cache); the rest is left to "
+            "training, which shares the GPU (higher: faster sampling, less room to train)"
+        },
+    )
+    tensor_parallel_size: int = field(
+        default=1,
+        metadata={
+            "help": "GPUs one engine is split over; ranks of a launch form groups of this size that share "
+            "an engine (must divide the number of processes)"
+        },
+    )
+    max_model_len: int | None = field(
+        default=None, metadata={"help": "longest prompt + completion the engine plans KV cache for; null: the model's"}
+    )
     dtype: str = field(default="auto", metadata={"help": "engine dtype: auto, bfloat16, float16, float32"})
-    enable_sleep_mode: bool = field(default=False, metadata={
-        "help": "release the engine's GPU memory while training runs and wake it for each "
-                "checkpoint (more room to train; a reload per checkpoint)"})
+    enable_sleep_mode: bool = field(
+        default=False,
+        metadata={
+            "help": "release the engine's GPU memory while training runs and wake it for each "
+            "checkpoint (more room to train; a reload per checkpoint)"
+        },
+    )
 
     def __post_init__(self):
         problems = []
         if not 0 < self.gpu_memory_utilization <= 1:
-            problems.append(f"dynamics.vllm.gpu_memory_utilization must be in (0, 1], got "
-                            f"{self.gpu_memory_utilization!r}")
+            problems.append(
+                f"dynamics.vllm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}"
+            )
         if not isinstance(self.tensor_parallel_size, int) or self.tensor_parallel_size < 1:
-            problems.append(f"dynamics.vllm.tensor_parallel_size must be an integer >= 1, got "
-                            f"{self.tensor_parallel_size!r}")
+            problems.append(
+                f"dynamics.vllm.tensor_parallel_size must be an integer >= 1, got {self.tensor_parallel_size!r}"
+            )
         if self.max_model_len is not None and self.max_model_len < 2:
             problems.append(f"dynamics.vllm.max_model_len must be >= 2 or null, got {self.max_model_len!r}")
         if problems:
@@ -270,11 +318,15 @@ def check_vllm_launch(settings: VLLMSettings, num_processes: int, n_gpus: int) -
     problems = []
     tp = settings.tensor_parallel_size
     if tp > max(n_gpus, 0):
-        problems.append(f"dynamics.vllm.tensor_parallel_size={tp} needs {tp} GPUs but this machine has "
-                        f"{n_gpus}; lower it to {max(n_gpus, 1)} or run where there are more GPUs")
+        problems.append(
+            f"dynamics.vllm.tensor_parallel_size={tp} needs {tp} GPUs but this machine has "
+            f"{n_gpus}; lower it to {max(n_gpus, 1)} or run where there are more GPUs"
+        )
     if num_processes % tp:
-        problems.append(f"dynamics.vllm.tensor_parallel_size={tp} must divide the number of processes "
-                        f"({num_processes}): each group of {tp} ranks shares one engine")
+        problems.append(
+            f"dynamics.vllm.tensor_parallel_size={tp} must divide the number of processes "
+            f"({num_processes}): each group of {tp} ranks shares one engine"
+        )
     return problems
 
 
@@ -285,8 +337,9 @@ def check_vllm_ready(settings: VLLMSettings, num_processes: int | None = None) -
 
     from curator.training.settings import launch_world_size
 
-    problems = check_vllm_launch(settings, num_processes or launch_world_size(),
-                                 torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    problems = check_vllm_launch(
+        settings, num_processes or launch_world_size(), torch.cuda.device_count() if torch.cuda.is_available() else 0
+    )
     if problems:
         raise ConfigError(problems)
 
@@ -300,8 +353,16 @@ class VLLMProvider:
     weights are loaded into the engine in place. Close it to free the engine and its files.
     """
 
-    def __init__(self, base: Any, settings: VLLMSettings | None = None, *, lora: bool = False,
-                 max_lora_rank: int = 64, seed: int = 0, trust_remote_code: bool = False):
+    def __init__(
+        self,
+        base: Any,
+        settings: VLLMSettings | None = None,
+        *,
+        lora: bool = False,
+        max_lora_rank: int = 64,
+        seed: int = 0,
+        trust_remote_code: bool = False,
+    ):
         self.base = base
         self.settings = settings or VLLMSettings()
         self.lora = lora
@@ -331,10 +392,16 @@ class VLLMProvider:
                 # launch's processes; ranks of one tensor-parallel group must sample alike
                 kw["distributed_executor_backend"] = "external_launcher"
             rank = max(self.max_lora_rank, lora_rank_slot(model)) if self.lora else self.max_lora_rank
-            self._sampler = VLLMSampler(base_dir, enable_lora=self.lora, max_lora_rank=rank, dtype=s.dtype,
-                                        gpu_memory_utilization=s.gpu_memory_utilization,
-                                        seed=self.seed + distributed.rank() // s.tensor_parallel_size,
-                                        trust_remote_code=self.trust_remote_code, **kw)
+            self._sampler = VLLMSampler(
+                base_dir,
+                enable_lora=self.lora,
+                max_lora_rank=rank,
+                dtype=s.dtype,
+                gpu_memory_utilization=s.gpu_memory_utilization,
+                seed=self.seed + distributed.rank() // s.tensor_parallel_size,
+                trust_remote_code=self.trust_remote_code,
+                **kw,
+            )
             self.engines_built += 1
         return self._sampler
 

@@ -19,9 +19,9 @@ reaches the strategy's accuracy. One seed is a smoke test, and the table says so
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -131,8 +131,7 @@ class Efficiency:
         return "no"
 
 
-def efficiency_interval(strategy: list[Curve], baseline: list[Curve], n_boot: int = 2000,
-                        seed: int = 0) -> Efficiency:
+def efficiency_interval(strategy: list[Curve], baseline: list[Curve], n_boot: int = 2000, seed: int = 0) -> Efficiency:
     """Efficiency of ``strategy`` vs ``baseline`` at the strategy's last common budget, with a
     paired bootstrap over the seeds both have (see the module docstring)."""
     by_seed_s = {c.seed: c for c in strategy}
@@ -158,8 +157,17 @@ def efficiency_interval(strategy: list[Curve], baseline: list[Curve], n_boot: in
     r = np.array([d[0] for d in draws])
     dd = np.array([d[2] for d in draws])
     censored = float(np.mean([d[1] != "" for d in draws]))
-    return Efficiency(value, bound, float(np.percentile(r, 2.5)), float(np.percentile(r, 97.5)), censored,
-                      diff, float(np.percentile(dd, 2.5)), float(np.percentile(dd, 97.5)), len(seeds))
+    return Efficiency(
+        value,
+        bound,
+        float(np.percentile(r, 2.5)),
+        float(np.percentile(r, 97.5)),
+        censored,
+        diff,
+        float(np.percentile(dd, 2.5)),
+        float(np.percentile(dd, 97.5)),
+        len(seeds),
+    )
 
 
 def curves_from_run_dir(run_dir: str | Path) -> list[Curve]:
@@ -186,8 +194,10 @@ def curves_from_run_dir(run_dir: str | Path) -> list[Curve]:
             n, a = zip(*pts)
             curves.append(Curve(sdir.name, seed, np.array(n, float), np.array(a, float)))
     if not curves:
-        raise CuratorError(f"no finished rounds with {METRIC} under {run_dir}; run `curate run` first "
-                           "(and give the recipe a data.test set)")
+        raise CuratorError(
+            f"no finished rounds with {METRIC} under {run_dir}; run `curate run` first "
+            "(and give the recipe a data.test set)"
+        )
     return curves
 
 
@@ -198,8 +208,9 @@ def curves_from_mlflow(uri: str, experiment: str) -> list[Curve]:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in client.search_experiments()]
-        raise CuratorError(f"MLflow experiment {experiment!r} not found at {uri}; "
-                           f"available: {', '.join(names) or '(none)'}")
+        raise CuratorError(
+            f"MLflow experiment {experiment!r} not found at {uri}; available: {', '.join(names) or '(none)'}"
+        )
     curves = []
     for run in client.search_runs([exp.experiment_id], max_results=1000):
         hist = client.get_metric_history(run.info.run_id, METRIC)
@@ -210,8 +221,14 @@ def curves_from_mlflow(uri: str, experiment: str) -> list[Curve]:
             by_step[m.step] = m.value
         steps = sorted(by_step)
         label = run.data.tags.get("strategy_label") or run.info.run_name
-        curves.append(Curve(label, int(run.data.tags.get("seed", 0)), np.array(steps, float),
-                            np.array([by_step[s] for s in steps], float)))
+        curves.append(
+            Curve(
+                label,
+                int(run.data.tags.get("seed", 0)),
+                np.array(steps, float),
+                np.array([by_step[s] for s in steps], float),
+            )
+        )
     if not curves:
         raise CuratorError(f"no runs with metric {METRIC!r} in MLflow experiment {experiment!r}")
     return curves
@@ -224,8 +241,9 @@ def _fmt_reach(r: Reach | None, n: float) -> str:
     return f"{r.bound}{ratio:.2f}×"
 
 
-def compare_curves(curves: Iterable[Curve], baseline: str = "iid", out_dir: str | Path | None = None,
-                   title: str = "data efficiency") -> CompareResult:
+def compare_curves(
+    curves: Iterable[Curve], baseline: str = "iid", out_dir: str | Path | None = None, title: str = "data efficiency"
+) -> CompareResult:
     curves = list(curves)
     labels = sorted({c.label for c in curves}, key=lambda s: (s != baseline, s))
     grouped = {lab: [c for c in curves if c.label == lab] for lab in labels}
@@ -233,10 +251,19 @@ def compare_curves(curves: Iterable[Curve], baseline: str = "iid", out_dir: str 
     budgets = np.unique(np.concatenate([m[0] for m in means.values()]))
 
     n_seeds = max(len({c.seed for c in cs}) for cs in grouped.values())
-    band_note = (f"mean over {n_seeds} seeds [95% interval of the mean]" if n_seeds > 1 else
-                 "one seed: a smoke test, not evidence (run several seeds for intervals)")
-    lines = ["### Test accuracy by number of training examples", "", band_note, "",
-             "| examples | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    band_note = (
+        f"mean over {n_seeds} seeds [95% interval of the mean]"
+        if n_seeds > 1
+        else "one seed: a smoke test, not evidence (run several seeds for intervals)"
+    )
+    lines = [
+        "### Test accuracy by number of training examples",
+        "",
+        band_note,
+        "",
+        "| examples | " + " | ".join(labels) + " |",
+        "|---" * (len(labels) + 1) + "|",
+    ]
     for b in budgets:
         cells = []
         for lab in labels:
@@ -254,21 +281,33 @@ def compare_curves(curves: Iterable[Curve], baseline: str = "iid", out_dir: str 
     intervals: dict[str, Efficiency] = {}
     if baseline in means:
         bn, bacc = means[baseline][0], means[baseline][1]
-        lines += ["", f"### Data efficiency vs `{baseline}`", "",
-                  f"examples `{baseline}` needs to reach the strategy's accuracy ÷ examples the strategy "
-                  "used (`>`: the baseline never got there, a lower bound; `<=`: an upper bound)", "",
-                  "| strategy | examples | accuracy | " + f"{baseline} examples for that accuracy | efficiency |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"### Data efficiency vs `{baseline}`",
+            "",
+            f"examples `{baseline}` needs to reach the strategy's accuracy ÷ examples the strategy "
+            "used (`>`: the baseline never got there, a lower bound; `<=`: an upper bound)",
+            "",
+            "| strategy | examples | accuracy | " + f"{baseline} examples for that accuracy | efficiency |",
+            "|---|---|---|---|---|",
+        ]
         for lab in labels:
             grid, mean, _, _ = means[lab]
             n_last, a_last = grid[-1], mean[-1]
             reach = examples_to_reach(bn, bacc, a_last)
             efficiency[lab] = reach
-            lines.append(f"| {lab} | {int(n_last)} | {a_last:.3f} | {reach.bound}{reach.examples:.1f} | "
-                         f"{_fmt_reach(reach, n_last)} |")
+            lines.append(
+                f"| {lab} | {int(n_last)} | {a_last:.3f} | {reach.bound}{reach.examples:.1f} | "
+                f"{_fmt_reach(reach, n_last)} |"
+            )
         lines += _interval_section(grouped, baseline, labels, intervals)
-        lines += ["", "Per budget:", "", "| examples | " + " | ".join(l for l in labels if l != baseline) + " |",
-                  "|---" * len(labels) + "|"]
+        lines += [
+            "",
+            "Per budget:",
+            "",
+            "| examples | " + " | ".join(name for name in labels if name != baseline) + " |",
+            "|---" * len(labels) + "|",
+        ]
         for b in budgets:
             cells = []
             for lab in labels:
@@ -292,30 +331,37 @@ def compare_curves(curves: Iterable[Curve], baseline: str = "iid", out_dir: str 
         atomic_write_text(table_path, table)
         png = out / "curves.png"
         _plot(means, grouped, png, title)
-    return CompareResult(table=table, table_path=table_path, png=png, efficiency=efficiency,
-                         intervals=intervals)
+    return CompareResult(table=table, table_path=table_path, png=png, efficiency=efficiency, intervals=intervals)
 
 
-def _interval_section(grouped: dict[str, list[Curve]], baseline: str, labels: list[str],
-                      intervals: dict[str, Efficiency]) -> list[str]:
+def _interval_section(
+    grouped: dict[str, list[Curve]], baseline: str, labels: list[str], intervals: dict[str, Efficiency]
+) -> list[str]:
     """The efficiency table with paired bootstrap intervals over seeds and the noise verdict."""
-    lines = ["", f"### Beyond noise? Efficiency vs `{baseline}` over seeds", "",
-             "at each strategy's last budget; intervals: paired bootstrap over seeds (95%), 2000 draws. "
-             "`censored`: share of draws where the baseline never reached the strategy's accuracy "
-             "(the ratio there is a lower bound) or had already reached it at its first budget (an "
-             "upper bound). Δ test acc: strategy minus baseline at that budget, paired by seed. "
-             "Beyond noise = the Δ interval excludes 0 (no correction for comparing several "
-             "strategies).", "",
-             "| strategy | seeds | efficiency | 95% interval | censored | Δ test acc | Δ 95% interval | beyond noise |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        f"### Beyond noise? Efficiency vs `{baseline}` over seeds",
+        "",
+        "at each strategy's last budget; intervals: paired bootstrap over seeds (95%), 2000 draws. "
+        "`censored`: share of draws where the baseline never reached the strategy's accuracy "
+        "(the ratio there is a lower bound) or had already reached it at its first budget (an "
+        "upper bound). Δ test acc: strategy minus baseline at that budget, paired by seed. "
+        "Beyond noise = the Δ interval excludes 0 (no correction for comparing several "
+        "strategies).",
+        "",
+        "| strategy | seeds | efficiency | 95% interval | censored | Δ test acc | Δ 95% interval | beyond noise |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for lab in labels:
         if lab == baseline:
             continue
         e = efficiency_interval(grouped[lab], grouped[baseline])
         intervals[lab] = e
-        lines.append(f"| {lab} | {e.seeds} | {e.bound}{e.value:.2f}× | [{e.lo:.2f}, {e.hi:.2f}] | "
-                     f"{e.censored:.0%} | {e.acc_diff:+.3f} | [{e.diff_lo:+.3f}, {e.diff_hi:+.3f}] | "
-                     f"{e.verdict} |")
+        lines.append(
+            f"| {lab} | {e.seeds} | {e.bound}{e.value:.2f}× | [{e.lo:.2f}, {e.hi:.2f}] | "
+            f"{e.censored:.0%} | {e.acc_diff:+.3f} | [{e.diff_lo:+.3f}, {e.diff_hi:+.3f}] | "
+            f"{e.verdict} |"
+        )
     return lines
 
 
@@ -327,7 +373,7 @@ def _plot(means, grouped, path: Path, title: str) -> None:
     ax = fig.add_subplot()
     for lab, (grid, mean, lo, hi) in means.items():
         n_seeds = len(grouped[lab])
-        line, = ax.plot(grid, mean, marker="o", label=lab if n_seeds < 2 else f"{lab} ({n_seeds} seeds)")
+        (line,) = ax.plot(grid, mean, marker="o", label=lab if n_seeds < 2 else f"{lab} ({n_seeds} seeds)")
         if n_seeds > 1:  # the 95% interval of the mean over seeds
             ax.fill_between(grid, lo, hi, alpha=0.15, color=line.get_color())
     ax.set_xlabel("training examples")
@@ -369,10 +415,17 @@ def curves_from_any_run_dir(run_dir: str | Path) -> list[Curve]:
 
 
 def compare_run_dir(run_dir: str | Path, baseline: str = "iid", out_dir: str | Path | None = None) -> CompareResult:
-    return compare_curves(curves_from_any_run_dir(run_dir), baseline=baseline, out_dir=out_dir or run_dir,
-                          title=f"{Path(run_dir).resolve().name}: data efficiency")
+    return compare_curves(
+        curves_from_any_run_dir(run_dir),
+        baseline=baseline,
+        out_dir=out_dir or run_dir,
+        title=f"{Path(run_dir).resolve().name}: data efficiency",
+    )
 
 
-def compare_mlflow(uri: str, experiment: str, baseline: str = "iid", out_dir: str | Path | None = None) -> CompareResult:
-    return compare_curves(curves_from_mlflow(uri, experiment), baseline=baseline, out_dir=out_dir,
-                          title=f"{experiment}: data efficiency")
+def compare_mlflow(
+    uri: str, experiment: str, baseline: str = "iid", out_dir: str | Path | None = None
+) -> CompareResult:
+    return compare_curves(
+        curves_from_mlflow(uri, experiment), baseline=baseline, out_dir=out_dir, title=f"{experiment}: data efficiency"
+    )

@@ -8,8 +8,9 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from curator.errors import CuratorError
 
@@ -38,13 +39,15 @@ def uri_problem(uri: str) -> str | None:
         return None  # a plain path: a local file store
     scheme = uri.split("://", 1)[0].split(":", 1)[0].split("+", 1)[0].lower()
     if scheme not in _SCHEMES:
-        return (f"{uri!r} has an unknown scheme {scheme!r}; use sqlite:///path/mlflow.db, http(s)://host:port, "
-                "a database URI (postgresql://, mysql://), a local path, or null for sqlite in the run directory")
+        return (
+            f"{uri!r} has an unknown scheme {scheme!r}; use sqlite:///path/mlflow.db, http(s)://host:port, "
+            "a database URI (postgresql://, mysql://), a local path, or null for sqlite in the run directory"
+        )
     return None
 
 
 def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
 def check_reachable(uri: str, rebuild_for: str | os.PathLike | None = None) -> list[str]:
@@ -72,8 +75,10 @@ def check_reachable(uri: str, rebuild_for: str | os.PathLike | None = None) -> l
             if why:
                 aside = db.with_name(f"{db.name}.old-{int(time.time())}")
                 os.replace(db, aside)
-                notes.append(f"the MLflow store {db} {why}; it was moved to {aside.name} and is being rebuilt "
-                             "from the round files")
+                notes.append(
+                    f"the MLflow store {db} {why}; it was moved to {aside.name} and is being rebuilt "
+                    "from the round files"
+                )
         if not db.exists() or db.stat().st_size == 0:
             _create_sqlite_store(uri, db)
     try:
@@ -81,12 +86,16 @@ def check_reachable(uri: str, rebuild_for: str | os.PathLike | None = None) -> l
     except Exception as e:  # mlflow raises many types (MlflowException, requests errors ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if db is not None and db.exists():
-            raise CuratorError(f"tracking.uri {uri!r}: the store {db} cannot be opened ({first[:200]}); "
-                               "it may be damaged or from another MLflow version: move it away, or set "
-                               "tracking.uri to another store") from None
-        raise CuratorError(f"tracking.uri {uri!r} cannot be reached ({first[:200]}); "
-                           "start the server or set tracking.uri to a reachable store "
-                           "(null = sqlite in the run directory)") from None
+            raise CuratorError(
+                f"tracking.uri {uri!r}: the store {db} cannot be opened ({first[:200]}); "
+                "it may be damaged or from another MLflow version: move it away, or set "
+                "tracking.uri to another store"
+            ) from None
+        raise CuratorError(
+            f"tracking.uri {uri!r} cannot be reached ({first[:200]}); "
+            "start the server or set tracking.uri to a reachable store "
+            "(null = sqlite in the run directory)"
+        ) from None
     return notes
 
 
@@ -180,8 +189,7 @@ class MlflowRun:
         self.run_id: str | None = None
         self.created = False  # open() made a new run: every finished round must be logged into it
 
-    def open(self, run_id: str | None, run_name: str, params: Mapping[str, str],
-             tags: Mapping[str, str]) -> str:
+    def open(self, run_id: str | None, run_name: str, params: Mapping[str, str], tags: Mapping[str, str]) -> str:
         """Reopen `run_id` if given (resume), else create the run and log params once."""
         from mlflow.entities import RunTag
 
@@ -202,8 +210,7 @@ class MlflowRun:
                 self.client.update_run(run_id, status="RUNNING")
             return run_id
         self.created = True
-        run = self.client.create_run(self.experiment_id, run_name=run_name,
-                                     tags={**tags, "mlflow.runName": run_name})
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**tags, "mlflow.runName": run_name})
         self.run_id = run.info.run_id
         self._log_params(params)
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
@@ -235,19 +242,23 @@ class MlflowRun:
 
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def logged_steps(self, key: str) -> set[int]:
         return {m.step for m in self.client.get_metric_history(self.run_id, key)}
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> bool:
         """Log a round's metrics in one batch, unless that step is already there (resume)."""
-        from mlflow.entities import Metric
         import time
 
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                 if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        batch = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if v is not None and not (isinstance(v, float) and math.isnan(v))
+        ]
         # one batch is one transaction: if its first metric is there, the whole round is
         if not batch or step in self.logged_steps(batch[0].key):
             return False

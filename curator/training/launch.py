@@ -34,18 +34,25 @@ def _option_type(tp: typing.Any):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m curator.training.launch",
-                                description="SFT with checkpoints (loss on target tokens only).")
+    p = argparse.ArgumentParser(
+        prog="python -m curator.training.launch", description="SFT with checkpoints (loss on target tokens only)."
+    )
     p.add_argument("--model", required=True, help="load_model spec: hub id, local dir, .gguf, or alias")
-    p.add_argument("--data", required=True,
-                   help="training examples: a .jsonl/.json/.parquet/.csv file, a hub id, or 'synthetic:<preset>?n=..'")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="training examples: a .jsonl/.json/.parquet/.csv file, a hub id, or 'synthetic:<preset>?n=..'",
+    )
     p.add_argument("--data-split", default="train", help="split of a hub dataset")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto (default)")
     p.add_argument("--lora", action="store_true", help="train a LoRA adapter (LoraSettings defaults)")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template")
     p.add_argument("--save-final", action="store_true", help="save the final model to OUTPUT_DIR/final")
-    p.add_argument("--rank-reports", action="store_true",
-                   help="every process writes OUTPUT_DIR/rank-N.json (losses, metrics, weight fingerprint)")
+    p.add_argument(
+        "--rank-reports",
+        action="store_true",
+        help="every process writes OUTPUT_DIR/rank-N.json (losses, metrics, weight fingerprint)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     hints = typing.get_type_hints(TrainSettings)
     for f in dataclasses.fields(TrainSettings):
@@ -54,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         if hints[f.name] is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         else:
-            p.add_argument(flag, type=_option_type(hints[f.name]), default=f.default,
-                           help=f"{help_text} (default: {f.default})")
+            p.add_argument(
+                flag, type=_option_type(hints[f.name]), default=f.default, help=f"{help_text} (default: {f.default})"
+            )
     return p
 
 
@@ -86,9 +94,16 @@ def run(args: argparse.Namespace) -> dict:
 
         model = apply_lora(model, LoraSettings())
     calls: list[int] = []
-    result = finetune(model, loaded.tokenizer, examples, PromptFormat(chat=args.chat), settings,
-                      on_checkpoint=lambda m, info: calls.append(info.index),
-                      progress=not args.no_progress, accelerator=acc)
+    result = finetune(
+        model,
+        loaded.tokenizer,
+        examples,
+        PromptFormat(chat=args.chat),
+        settings,
+        on_checkpoint=lambda m, info: calls.append(info.index),
+        progress=not args.no_progress,
+        accelerator=acc,
+    )
     out = settings.output_dir
     if out:
         os.makedirs(out, exist_ok=True)
@@ -99,10 +114,15 @@ def run(args: argparse.Namespace) -> dict:
                 model.save_pretrained(os.path.join(out, "final"))
                 loaded.tokenizer.save_pretrained(os.path.join(out, "final"))
         if args.rank_reports:
-            report = {"process_index": acc.process_index, "num_processes": acc.num_processes,
-                      "callbacks": calls, "step_losses": result.step_losses,
-                      "checkpoints": [dataclasses.asdict(c) for c in result.checkpoints],
-                      "final_metrics": result.final_metrics, "params_sha256": weights_fingerprint(model)}
+            report = {
+                "process_index": acc.process_index,
+                "num_processes": acc.num_processes,
+                "callbacks": calls,
+                "step_losses": result.step_losses,
+                "checkpoints": [dataclasses.asdict(c) for c in result.checkpoints],
+                "final_metrics": result.final_metrics,
+                "params_sha256": weights_fingerprint(model),
+            }
             with open(os.path.join(out, f"rank-{acc.process_index}.json"), "w") as f:
                 json.dump(report, f, indent=1)
         acc.wait_for_everyone()

@@ -86,8 +86,10 @@ class TrainResult:
 
 # -- tokenization --------------------------------------------------------------------------------
 
-def build_features(tokenizer: Any, prompts: Sequence[str], targets: Sequence[str],
-                   max_length: int) -> tuple[list[tuple[list[int], list[int]]], int]:
+
+def build_features(
+    tokenizer: Any, prompts: Sequence[str], targets: Sequence[str], max_length: int
+) -> tuple[list[tuple[list[int], list[int]]], int]:
     """(input_ids, labels) per pair, unshifted (HF convention: labels[j] is the token at j).
 
     Prompt positions are labelled IGNORE_INDEX, so the loss covers target tokens only — all of
@@ -111,11 +113,15 @@ def build_features(tokenizer: Any, prompts: Sequence[str], targets: Sequence[str
         feats.append((p + t, [IGNORE_INDEX] * len(p) + t))
     problems = []
     if bad_empty:
-        problems.append(f"{len(bad_empty)} example(s) have an empty target after formatting "
-                        f"(first at position {bad_empty[0]}); check the target template and solutions")
+        problems.append(
+            f"{len(bad_empty)} example(s) have an empty target after formatting "
+            f"(first at position {bad_empty[0]}); check the target template and solutions"
+        )
     if bad_long:
-        problems.append(f"{len(bad_long)} example(s) have prompts of max_length={max_length} tokens or "
-                        f"more (first at position {bad_long[0]}); raise training.max_length")
+        problems.append(
+            f"{len(bad_long)} example(s) have prompts of max_length={max_length} tokens or "
+            f"more (first at position {bad_long[0]}); raise training.max_length"
+        )
     if problems:
         raise DataError("; ".join(problems))
     return feats, n_cut
@@ -141,8 +147,9 @@ def target_nll_sum(logits, labels):
     import torch.nn.functional as F
 
     vocab = logits.shape[-1]
-    return F.cross_entropy(logits[:, :-1].reshape(-1, vocab).float(), labels[:, 1:].reshape(-1),
-                           ignore_index=IGNORE_INDEX, reduction="sum")
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, vocab).float(), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
 
 
 def epoch_plan(n_examples: int, settings: TrainSettings, epoch: int, num_processes: int = 1) -> list[list[list[int]]]:
@@ -154,11 +161,12 @@ def epoch_plan(n_examples: int, settings: TrainSettings, epoch: int, num_process
 
     order = np.random.default_rng([settings.seed, epoch]).permutation(n_examples).tolist()
     width = settings.batch_size * num_processes
-    micro = [order[i: i + width] for i in range(0, n_examples, width)]
-    return [micro[i: i + settings.grad_accum] for i in range(0, len(micro), settings.grad_accum)]
+    micro = [order[i : i + width] for i in range(0, n_examples, width)]
+    return [micro[i : i + settings.grad_accum] for i in range(0, len(micro), settings.grad_accum)]
 
 
 # -- the loop ------------------------------------------------------------------------------------
+
 
 def _set_activation_checkpointing(model: Any, on: bool) -> None:
     # transformers >= 5 renamed gradient_checkpointing_* to activation_checkpointing_*
@@ -186,20 +194,26 @@ def _check_accelerator(acc: Any) -> None:
     from accelerate.utils import DistributedType
 
     if acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
-        raise ConfigError(f"finetune supports one process, DDP and FSDP; this launch uses "
-                          f"{acc.distributed_type.value}, "
-                          "whose parameter handling its gradient statistics do not cover; launch with an FSDP "
-                          "config (accelerate launch --use_fsdp) instead")
+        raise ConfigError(
+            f"finetune supports one process, DDP and FSDP; this launch uses "
+            f"{acc.distributed_type.value}, "
+            "whose parameter handling its gradient statistics do not cover; launch with an FSDP "
+            "config (accelerate launch --use_fsdp) instead"
+        )
     if params_sharded(acc):
         plugin = acc.state.fsdp_plugin
         if getattr(plugin, "fsdp_version", 1) == 1 and not getattr(plugin, "use_orig_params", True):
-            raise ConfigError("FSDP version 1 with use_orig_params=false flattens parameters, so finetune cannot "
-                              "tell trainable from frozen weights; set fsdp_use_orig_params: true (or "
-                              "fsdp_version: 2) in the accelerate config")
+            raise ConfigError(
+                "FSDP version 1 with use_orig_params=false flattens parameters, so finetune cannot "
+                "tell trainable from frozen weights; set fsdp_use_orig_params: true (or "
+                "fsdp_version: 2) in the accelerate config"
+            )
     if acc.gradient_accumulation_steps != 1:
-        raise ConfigError(f"accelerate is set to accumulate {acc.gradient_accumulation_steps} steps; finetune "
-                          "accumulates itself: set training.grad_accum instead and launch without "
-                          "--gradient_accumulation_steps")
+        raise ConfigError(
+            f"accelerate is set to accumulate {acc.gradient_accumulation_steps} steps; finetune "
+            "accumulates itself: set training.grad_accum instead and launch without "
+            "--gradient_accumulation_steps"
+        )
 
 
 def make_accelerator():
@@ -222,15 +236,24 @@ def make_accelerator():
     multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if multi and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not torch.cuda.is_available():
         # accelerate would silently run an FSDP launch without GPUs as unsharded CPU processes
-        raise ConfigError("an FSDP launch (--use_fsdp) needs GPUs; on CPUs launch with --multi_gpu or --cpu "
-                          "(each process then holds the whole model)")
+        raise ConfigError(
+            "an FSDP launch (--use_fsdp) needs GPUs; on CPUs launch with --multi_gpu or --cpu "
+            "(each process then holds the whole model)"
+        )
     timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout_seconds()))
     return Accelerator(cpu=multi and not torch.cuda.is_available() and not has_xpu, kwargs_handlers=[timeout])
 
 
-def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: PromptFormat | None,
-             settings: TrainSettings, on_checkpoint: Callable[[Any, CheckpointInfo], None] | None = None,
-             progress: bool = True, accelerator: Any = None) -> TrainResult:
+def finetune(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    fmt: PromptFormat | None,
+    settings: TrainSettings,
+    on_checkpoint: Callable[[Any, CheckpointInfo], None] | None = None,
+    progress: bool = True,
+    accelerator: Any = None,
+) -> TrainResult:
     """Finetune `model` in place on `examples`, loss on target tokens only.
 
     Works on a plain transformers causal LM (full finetuning) or a peft model (only parameters with
@@ -273,8 +296,10 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
         log.warning("%d of %d targets were cut at max_length=%d tokens", n_cut, n, settings.max_length)
     trainable_named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if not trainable_named:
-        raise ConfigError("the model has no trainable parameters (all requires_grad=False); apply LoRA "
-                          "or unfreeze the model before finetune")
+        raise ConfigError(
+            "the model has no trainable parameters (all requires_grad=False); apply LoRA "
+            "or unfreeze the model before finetune"
+        )
     n_target = [sum(1 for y in labels if y != IGNORE_INDEX) for _, labels in feats]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
@@ -290,26 +315,33 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
     # AdamW convention: decay matrices, not biases or norm weights
     decay = [p for _, p in trainable_named if p.ndim >= 2]
     no_decay = [p for _, p in trainable_named if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": settings.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.learning_rate)
     ddp_model, optimizer = acc.prepare(model, optimizer)
     base = acc.unwrap_model(ddp_model)
     trainable = [p for p in base.parameters() if p.requires_grad]
     total_steps = settings.total_steps(n, world)
     # not passed through acc.prepare: AcceleratedScheduler would step once per process
-    scheduler = get_scheduler({"constant": "constant_with_warmup"}.get(settings.lr_scheduler, settings.lr_scheduler),
-                              optimizer, num_warmup_steps=math.ceil(settings.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
+    scheduler = get_scheduler(
+        {"constant": "constant_with_warmup"}.get(settings.lr_scheduler, settings.lr_scheduler),
+        optimizer,
+        num_warmup_steps=math.ceil(settings.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
     sharded = params_sharded(acc)
     # FSDP: each process holds a shard of every parameter; the statistics sum over shards
     reduce = (lambda t: acc.reduce(t, reduction="sum")) if sharded else None
-    grad_stats = GradStats(trainable, track_variance=settings.track_grad_variance,
-                           buffer_dtype=getattr(torch, settings.grad_variance_dtype), reduce=reduce)
+    grad_stats = GradStats(
+        trainable,
+        track_variance=settings.track_grad_variance,
+        buffer_dtype=getattr(torch, settings.grad_variance_dtype),
+        reduce=reduce,
+    )
     dist = DistanceFromInit(trainable, reduce=reduce)
 
-    result = TrainResult(steps=total_steps, epochs=settings.epochs, n_examples=n, num_processes=world,
-                         n_truncated=n_cut)
+    result = TrainResult(
+        steps=total_steps, epochs=settings.epochs, n_examples=n, num_processes=world, n_truncated=n_cut
+    )
     checkpoint_at = {s: i + 1 for i, s in enumerate(schedule)}
     window_sums: list[Any] = []  # this process's summed target NLL per step of the current window
     window_tokens: list[int] = []  # global target tokens per step (known on every process)
@@ -332,10 +364,17 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
         t_start = time.perf_counter()
         metrics = close_window()
         path = os.path.join(settings.output_dir, f"checkpoint-{step}") if settings.save_checkpoints else None
-        info = CheckpointInfo(index=checkpoint_at[step], step=step,
-                              epoch=settings.epoch_at(step, n, world), metrics=metrics, path=path,
-                              is_main_process=acc.is_main_process, process_index=rank, num_processes=world,
-                              params_sharded=sharded)
+        info = CheckpointInfo(
+            index=checkpoint_at[step],
+            step=step,
+            epoch=settings.epoch_at(step, n, world),
+            metrics=metrics,
+            path=path,
+            is_main_process=acc.is_main_process,
+            process_index=rank,
+            num_processes=world,
+            params_sharded=sharded,
+        )
         if path is not None:
             # FSDP: gathering the full state dict is a collective every process joins
             full = acc.get_state_dict(ddp_model) if sharded else None
@@ -343,8 +382,11 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
                 base.save_pretrained(path, **({"state_dict": full} if full is not None else {}))
                 tokenizer.save_pretrained(path)
                 with open(os.path.join(path, "curator_checkpoint.json"), "w") as f:
-                    json.dump({k: v for k, v in asdict(info).items()
-                               if k not in ("is_main_process", "process_index")}, f, indent=1)
+                    json.dump(
+                        {k: v for k, v in asdict(info).items() if k not in ("is_main_process", "process_index")},
+                        f,
+                        indent=1,
+                    )
             acc.wait_for_everyone()  # every process's callback sees a complete directory
         result.checkpoints.append(info)
         if on_checkpoint is not None:
@@ -387,8 +429,9 @@ def finetune(model: Any, tokenizer: Any, examples: Sequence[Example], fmt: Promp
         result.n_tokens += sum(len(feats[i][0]) for mb in step_batches for i in mb)
         return local_sum, local_tokens
 
-    bar = progress_bar(total=total_steps, desc="finetune", unit="step",
-               disable=not (progress and acc.is_local_main_process))
+    bar = progress_bar(
+        total=total_steps, desc="finetune", unit="step", disable=not (progress and acc.is_local_main_process)
+    )
     try:
         ddp_model.train()
         step = 0
