@@ -23,6 +23,7 @@ from curator.data.example import Example
 from curator.errors import CuratorError, DataError
 from curator.io import atomic_write_text, read_json
 from curator.recipes import Recipe, validate_recipe
+from curator.rounds import LEGACY_RECIPE, RESOLVED_RECIPE, SEED_IDS, STATE_DIR
 
 
 @dataclass
@@ -189,7 +190,7 @@ def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
         _check_same_pool(run_dir, pool, d.pool)
         for note in check_reachable(uri, rebuild_for=run_dir if recipe.tracking.uri is None else None):
             print(f"note: {note}", flush=True)
-    ids_file = run_dir / "seed_ids.json"
+    ids_file = run_dir / SEED_IDS
     if ids_file.exists():
         # a resumed run keeps the seed set it started with, even if the code's RNG changed
         seed_ids = read_json(ids_file)
@@ -215,21 +216,6 @@ def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
         progress=progress,
         _lock=lock,
     )
-
-
-RESOLVED_RECIPE = "curator-run.yaml"  # runs made before this name used recipe.yaml (still read)
-
-
-def resolved_recipe_file(run_dir: str | os.PathLike) -> Path | None:
-    """A run directory's resolved recipe: curator-run.yaml, else recipe.yaml (a run made before that
-    name, or a multi-seed run's seed folder planted by hand); None when it has neither."""
-    for name in (RESOLVED_RECIPE, "recipe.yaml"):
-        if (Path(run_dir) / name).is_file():
-            return Path(run_dir) / name
-    return None
-
-
-STATE_DIR = ".curator"  # curator's bookkeeping inside a run directory: the lock, the pool's fingerprint
 
 
 def _lock_run_dir(run_dir: Path):
@@ -294,8 +280,8 @@ def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
 
     old_file = run_dir / RESOLVED_RECIPE
     if not old_file.exists():
-        old_file = run_dir / "recipe.yaml"  # a run made before curator-run.yaml
-        if not (old_file.exists() and (run_dir / "seed_ids.json").exists()):
+        old_file = run_dir / LEGACY_RECIPE  # a run made before curator-run.yaml
+        if not (old_file.exists() and (run_dir / SEED_IDS).exists()):
             return  # no run here yet (a recipe.yaml alone is the user's, not a run's)
     raw = yaml.safe_load(old_file.read_text()) or {}
     try:  # through the dataclasses, so settings added since the run was made read as their defaults

@@ -17,7 +17,7 @@ from typing import Any
 
 from curator.io import atomic_write_text
 from curator.recipes import Recipe
-from curator.tracking.compare import SEED_DIR
+from curator.rounds import RESOLVED_RECIPE, SEED_DIR
 
 
 @dataclass
@@ -42,7 +42,7 @@ def run_seeds(
 ) -> SeedsSummary:
     """Run (or resume) ``recipe`` once per seed (default ``recipe.seeds``), then compare across seeds."""
     from curator.errors import ConfigError
-    from curator.run import RESOLVED_RECIPE, run_recipe
+    from curator.run import run_recipe
     from curator.tracking.compare import compare_run_dir
 
     seeds = list(seeds if seeds is not None else (recipe.seeds or [recipe.seed]))

@@ -25,8 +25,7 @@ from curator.data.example import Example
 from curator.errors import CuratorError, StrategyError
 from curator.io import atomic_write_json, read_json
 from curator.recipes import StrategySpec
-from curator.rounds import TRAINABLE_STATE, RoundStore
-from curator.run import RESOLVED_RECIPE
+from curator.rounds import MLFLOW_ARTIFACTS, RESOLVED_RECIPE, STRATEGY_RUN, TRAINABLE_STATE, RoundStore
 
 
 def fault_point(name: str) -> None:
@@ -76,9 +75,9 @@ class ActiveLoop:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         self.mlflow = MlflowRun(
-            self.ws.tracking_uri, self.recipe.experiment, artifact_root=self.ws.run_dir / "mlartifacts"
+            self.ws.tracking_uri, self.recipe.experiment, artifact_root=self.ws.run_dir / MLFLOW_ARTIFACTS
         )
-        meta_path = self.dir / "run.json"
+        meta_path = self.dir / STRATEGY_RUN
         meta = read_json(meta_path) if meta_path.exists() else {}
         tags = {
             "strategy": self.spec.name,

