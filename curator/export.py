@@ -24,9 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from curator.data import loaders
 from curator.data.example import Example
 from curator.data.format import PromptFormat
+from curator.data.loaders import load_examples
 from curator.errors import ConfigError, CuratorError, DataError
+from curator.measure import check_ledger_matches
 from curator.rounds import LEDGER, RESOLVED_RECIPE, SELECTION, RoundStore, read_seed_ids, resolved_recipe_file
 
 FORMATS = ("jsonl", "parquet", "disk")
@@ -130,11 +133,9 @@ def selected_training_set(
     import numpy as np
     import pandas as pd
 
-    from curator.data.loaders import load_examples
-    from curator.dynamics.ledger import read_ledger
-    from curator.dynamics.metrics import premem_acc
-    from curator.measure import check_ledger_matches
-    from curator.recipes import load_recipe
+    from curator.dynamics.ledger import read_ledger  # lazy: pulls in numpy, pandas
+    from curator.dynamics.metrics import premem_acc  # lazy: pulls in numpy, pandas
+    from curator.recipes import load_recipe  # lazy: pulls in numpy, yaml
 
     run_dir = Path(run_dir)
     store, recipe_file = _strategy_dir(run_dir, strategy)
@@ -253,7 +254,6 @@ def _json_value(v: Any) -> Any:
 
 def push_dataset(ds: Any, repo_id: str, *, private: bool = True) -> None:
     """``Dataset.push_to_hub`` with the failure said in one line (offline, no token, no rights)."""
-    from curator.data import loaders
 
     problem = loaders._hub_unreachable()
     if problem:

@@ -19,11 +19,21 @@ from typing import Any
 
 import numpy as np
 
+from curator import distributed
 from curator.data.example import Example
-from curator.errors import CuratorError, DataError
+from curator.data.grading import get_grader
+from curator.data.loaders import load_examples, synthetic_task_from_source
+from curator.data.sources import GeneratorSource, PoolSource
+from curator.errors import ConfigError, CuratorError, DataError
 from curator.io import atomic_write_text, read_json
-from curator.recipes import Recipe, validate_recipe
+from curator.loop import check_loop_instance, get_loop
+from curator.models import load_model
+from curator.recipes import Recipe, recipe_from_dict, validate_recipe
 from curator.rounds import LEGACY_RECIPE, RESOLVED_RECIPE, SEED_IDS, STATE_DIR
+from curator.sampling.providers import make_provider
+from curator.sampling.vllm import check_vllm_ready
+from curator.tracking.compare import compare_run_dir
+from curator.tracking.mlflow_store import check_reachable, default_tracking_uri, flatten
 
 
 @dataclass
@@ -67,8 +77,6 @@ class Workspace:
     def base(self):
         """The base model, loaded once on first use (validation never loads it)."""
         if self._base is None:
-            from curator.models import load_model
-
             m = self.recipe.model
             self._base = load_model(m.name, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
         return self._base
@@ -77,8 +85,6 @@ class Workspace:
     def provider(self):
         """The sampler provider of the whole run (one vLLM engine per process, if vLLM)."""
         if self._provider is None:
-            from curator.sampling.providers import make_provider
-
             dyn = self.recipe.dynamics
             self._provider = make_provider(
                 dyn.backend,
@@ -126,31 +132,22 @@ class RunSummary:
 
 
 def _load_split(source: str, config: str | None, split: str, size: int | None, fields: dict) -> list[Example]:
-    from curator.data.loaders import load_examples
-
     return load_examples(source, config=config, split=split, fields=fields or None, limit=size)
 
 
 def check_launch(recipe: Recipe) -> None:
     """Fail before any model loads when the recipe cannot run in this launch: vLLM asked for but
     not usable here, or (under ``accelerate launch``) ranks started with different recipes."""
-    from curator import distributed
 
     distributed.init_launch()
     if recipe.dynamics.backend == "vllm":
-        from curator.sampling.vllm import check_vllm_ready
-
         check_vllm_ready(recipe.dynamics.vllm)
     distributed.check_same_on_every_rank(recipe.to_dict(), "recipe")
 
 
 def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
     """Validate, load data, pick the seed set, check the tracking store. No model is loaded."""
-    from curator import distributed
-    from curator.data.grading import get_grader
-    from curator.data.sources import GeneratorSource, PoolSource
-    from curator.dynamics.tracker import check_references
-    from curator.tracking.mlflow_store import check_reachable, default_tracking_uri
+    from curator.dynamics.tracker import check_references  # lazy: pulls in pandas
 
     validate_recipe(recipe)
     check_launch(recipe)
@@ -164,8 +161,6 @@ def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
     # the pool's targets must grade as correct, or PreMemAcc would measure the grader
     check_references(pool, grader, recipe.format)
     if d.source == "generator":
-        from curator.data.loaders import synthetic_task_from_source
-
         source = GeneratorSource(synthetic_task_from_source(d.pool), pool_size=d.generator_pool_size, seed=recipe.seed)
     else:
         source = PoolSource(pool)
@@ -275,9 +270,6 @@ def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
     """Refuse to resume a run directory with settings that would change its finished rounds."""
     import yaml
 
-    from curator.errors import ConfigError
-    from curator.tracking.mlflow_store import flatten
-
     old_file = run_dir / RESOLVED_RECIPE
     if not old_file.exists():
         old_file = run_dir / LEGACY_RECIPE  # a run made before curator-run.yaml
@@ -285,8 +277,6 @@ def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
             return  # no run here yet (a recipe.yaml alone is the user's, not a run's)
     raw = yaml.safe_load(old_file.read_text()) or {}
     try:  # through the dataclasses, so settings added since the run was made read as their defaults
-        from curator.recipes import recipe_from_dict
-
         old = flatten(recipe_from_dict(raw).to_dict())
     except ConfigError:
         old = flatten(raw)
@@ -315,10 +305,6 @@ def run_recipe(recipe: Recipe, progress: bool = True, echo=print) -> RunSummary:
 
 
 def _run_loops(ws: Workspace, recipe: Recipe, echo) -> RunSummary:
-    from curator import distributed
-    from curator.loop import check_loop_instance, get_loop
-    from curator.tracking.compare import compare_run_dir
-
     loop_cls = get_loop(recipe.loop.loop)
     loops = []
     for spec in recipe.strategies:

@@ -25,7 +25,7 @@ def min_sq_dist(X: np.ndarray, C: np.ndarray, chunk: int = _CHUNK, progress: boo
     """Squared L2 distance from each row of X to its nearest row of C (FAISS brute force)."""
     import faiss
 
-    from curator.console import progress as progress_bar
+    from curator.console import progress as progress_bar  # lazy: pulls in tqdm
 
     out = np.empty(len(X), np.float32)
     if len(C) == 0:

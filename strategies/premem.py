@@ -24,7 +24,7 @@ from curator.strategy import SelectionContext, Strategy, check_param
 
 def final_premem(ctx: SelectionContext) -> dict[str, float]:
     """Example id -> PreMemAcc at the ledger's last checkpoint (undetermined ones left out)."""
-    from curator.dynamics.metrics import premem_acc
+    from curator.dynamics.metrics import premem_acc  # lazy: pulls in pandas
 
     if ctx.ledger is None:
         raise StrategyError(

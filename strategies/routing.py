@@ -43,6 +43,7 @@ class RoutingOutliers(Strategy):
 
     def targets(self, ctx: SelectionContext) -> tuple[list[Example], dict[str, float]]:
         """The worst-scoring ``fraction`` of memorized training examples, worst first; id -> score."""
+        # lazy: pulls in pandas
         from curator.dynamics.routing import (
             has_routing,
             per_example_routing,

@@ -71,7 +71,7 @@ class LazyGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     """curator: active data curation for LLM reasoning finetuning, driven by learning dynamics."""
-    from curator.console import set_verbose
+    from curator.console import set_verbose  # lazy: pulls in tqdm
 
     set_verbose(verbose)
     ctx.ensure_object(dict)

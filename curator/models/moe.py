@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from curator.errors import RoutingError
+from curator.models.tiny import tiny_tokenizer
 
 MOE_LAYOUTS = ("olmoe", "mixtral", "qwen2_moe", "qwen3_moe")
 # model_type -> (causal-LM class, router module class); every router returns
@@ -107,8 +108,6 @@ def tiny_moe(
     same weights (a private RNG stream: the caller's torch RNG does not move)."""
     import torch
     from transformers import AutoModelForCausalLM
-
-    from curator.models.tiny import tiny_tokenizer
 
     tokenizer = tokenizer or tiny_tokenizer()
     config = _config(

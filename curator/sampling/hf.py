@@ -31,6 +31,7 @@ import numpy as np
 
 from curator.data.format import encode_prompt, encode_scoring_pairs
 from curator.errors import ConfigError, CuratorError
+from curator.models import load_model
 from curator.sampling.base import SamplingParams
 
 # token ids that can complete a stop string, per tokenizer and set of stop-string last characters
@@ -122,7 +123,7 @@ class HFSampler:
         out: list[list[str]] = [[""] * c for c in counts]
         bar = None
         if self.progress:
-            from curator.console import progress as progress_bar
+            from curator.console import progress as progress_bar  # lazy: pulls in tqdm
 
             bar = progress_bar(total=sum(counts), desc="sampling", unit="sample", leave=False)
         was_training = self.model.training
@@ -342,8 +343,6 @@ class HFSampler:
     def from_loaded(cls, loaded: Any, **kw: Any) -> HFSampler:
         """From a `LoadedModel` or a `load_model` spec."""
         if isinstance(loaded, (str, bytes)) or hasattr(loaded, "__fspath__"):
-            from curator.models import load_model
-
             loaded = load_model(loaded)
         kw.setdefault("device", loaded.device)
         return cls(loaded.model, loaded.tokenizer, **kw)

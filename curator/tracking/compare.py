@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from curator.errors import CuratorError
+from curator.io import atomic_write_text
 from curator.rounds import COMPARE_TABLE, CURVES, RoundStore, resolved_recipe_file, seed_dirs, strategy_dirs
+from curator.tracking import mlflow_store
 
 METRIC = "test_accuracy"
 
@@ -200,9 +202,7 @@ def curves_from_run_dir(run_dir: str | Path) -> list[Curve]:
 
 
 def curves_from_mlflow(uri: str, experiment: str) -> list[Curve]:
-    from curator.tracking.mlflow_store import _client
-
-    client = _client(uri)
+    client = mlflow_store._client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in client.search_experiments()]
@@ -323,7 +323,6 @@ def compare_curves(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        from curator.io import atomic_write_text
 
         table_path = out / COMPARE_TABLE
         atomic_write_text(table_path, table)
