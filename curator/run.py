@@ -23,7 +23,7 @@ from curator import distributed
 from curator.data.example import Example
 from curator.data.grading import get_grader
 from curator.data.loaders import load_examples, synthetic_task_from_source
-from curator.data.sources import GeneratorSource, PoolSource
+from curator.data.sources import GeneratorSource, PoolSource, Source
 from curator.errors import ConfigError, CuratorError, DataError
 from curator.io import atomic_write_text, read_json
 from curator.loop import check_loop_instance, get_loop
@@ -160,6 +160,7 @@ def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
     test = _load_split(d.test, d.test_config, d.test_split, d.test_size, d.fields) if d.test else []
     # the pool's targets must grade as correct, or PreMemAcc would measure the grader
     check_references(pool, grader, recipe.format)
+    source: Source
     if d.source == "generator":
         source = GeneratorSource(synthetic_task_from_source(d.pool), pool_size=d.generator_pool_size, seed=recipe.seed)
     else:

@@ -59,7 +59,7 @@ class ActiveLoop:
         self.examples: dict[str, Example] = ws.examples_by_id()
         self.history: list[dict[str, Any]] = []
         self.stopped_reason: str | None = None
-        self.mlflow = None
+        self.mlflow: MlflowRun | None = None
         # under `accelerate launch` every rank trains, measures and selects alike; one writes
         self.main = is_main_process()
         self._model_state: dict | None = None  # trainable weights carried over (continue_training)

@@ -34,6 +34,7 @@ class Learnability(Strategy):
 
     def score(self, ctx: SelectionContext) -> np.ndarray:
         grader = get_grader(self.grader)
+        assert ctx.signals is not None  # the loop gives a strategy the signals its `needs` declares
         answers = ctx.signals.answers(ctx.pool, self.n)
         p = np.array([pass_rate(a, e.answer, grader) for a, e in zip(answers, ctx.pool)])
         return p * (1.0 - p)

@@ -169,7 +169,7 @@ def sample_routing(
     cap = RoutingCapture(model)
     L, E = len(cap.routers), cap.num_experts
     device = next(model.parameters()).device
-    out = np.empty((len(sequences), L, E), np.float32)
+    out: np.ndarray = np.empty((len(sequences), L, E), np.float32)
     order = np.argsort([len(s) for s in sequences], kind="stable")  # similar lengths batch together
     was_training = model.training
     model.eval()
@@ -232,7 +232,7 @@ def pathways(weights: np.ndarray, cutoff: float = DEFAULT_CUTOFF) -> list[list[n
     return [[np.flatnonzero(layer) for layer in sample] for sample in mask]
 
 
-def format_pathway(path: Sequence[Sequence[int]]) -> str:
+def format_pathway(path: Sequence[Sequence[int] | np.ndarray]) -> str:
     """``"0,3|1|2,5"``: layers separated by ``|``, a layer's experts by ``,`` (the ledger form)."""
     return "|".join(",".join(str(int(e)) for e in layer) for layer in path)
 
@@ -286,7 +286,7 @@ class PathwaySet:
             seqs.append(np.asarray(p, np.int64) if isinstance(p, np.ndarray) and p.ndim == 1 else pathway_symbols(p))
         n = len(seqs)
         lengths = np.array([len(s) for s in seqs], np.int64)
-        codes = np.full((n, int(lengths.max()) if n else 0), -1, np.int32)
+        codes: np.ndarray = np.full((n, int(lengths.max()) if n else 0), -1, np.int32)
         if n:
             _, inv = np.unique(np.concatenate(seqs), return_inverse=True)
             pos = 0
@@ -300,7 +300,7 @@ class PathwaySet:
         """Straight from [N, L, E] routing weights (vectorised; same pathways as `pathways`)."""
         mask = keep_mask(weights, cutoff).reshape(len(weights), -1)  # (layer, expert) order = pathway order
         lengths = mask.sum(1).astype(np.int64)
-        codes = np.full((len(mask), int(lengths.max()) if len(mask) else 0), -1, np.int32)
+        codes: np.ndarray = np.full((len(mask), int(lengths.max()) if len(mask) else 0), -1, np.int32)
         n, flat = np.nonzero(mask)
         start = np.cumsum(lengths) - lengths
         codes[n, np.arange(len(n)) - start[n]] = flat
@@ -326,7 +326,7 @@ class PathwaySet:
         symbol s."""
         if self._peq is None:
             n_sym = int(self.codes.max()) + 1 if self.codes.size else 0
-            peq = np.zeros((len(self), self.words, max(n_sym, 1)), np.uint64)
+            peq: np.ndarray = np.zeros((len(self), self.words, max(n_sym, 1)), np.uint64)
             rows = np.arange(len(self))
             for pos in range(self.codes.shape[1]):
                 ok = self.codes[:, pos] >= 0
@@ -351,7 +351,7 @@ class PathwaySet:
         j = np.asarray(j, np.int64)
         swap = self.lengths[i] > self.lengths[j]  # distance is symmetric: pattern = the shorter
         i, j = np.where(swap, j, i), np.where(swap, i, j)
-        out = np.empty(len(i), np.int64)
+        out: np.ndarray = np.empty(len(i), np.int64)
         if len(i) == 0:
             return out
         if self.peq_bytes() <= max_table_bytes:
@@ -397,11 +397,12 @@ class PathwaySet:
         mv = np.zeros_like(pv)
         base = a * (self.words * n_sym)
         text = self.codes[b]
-        live_count = np.searchsorted(-n, -np.arange(text.shape[1]), side="left")  # pairs with n > t
+        live_count = np.asarray(np.searchsorted(-n, -np.arange(text.shape[1]), side="left"))  # pairs with n > t
         P_ = len(a)
-        eq, xv, xh, ph, mh = (np.empty(P_, np.uint64) for _ in range(5))
-        hp = np.empty(P_, np.uint64)  # horizontal +1 entering the block (bit 0)
-        hm = np.empty(P_, np.uint64)  # horizontal -1 entering the block
+        bufs: list[np.ndarray] = [np.empty(P_, np.uint64) for _ in range(5)]
+        eq, xv, xh, ph, mh = bufs
+        hp: np.ndarray = np.empty(P_, np.uint64)  # horizontal +1 entering the block (bit 0)
+        hm: np.ndarray = np.empty(P_, np.uint64)  # horizontal -1 entering the block
         for t in range(text.shape[1]):
             k = int(live_count[t])
             if k == 0:
@@ -497,15 +498,15 @@ def pathway_distance(
         total_d = 0
         for r0 in range(0, N - 1, 256):  # blocks of rows: the pair index stays small in memory
             rows = np.arange(r0, min(r0 + 256, N - 1))
-            cnt = N - 1 - rows
-            i = np.repeat(rows, cnt)
+            cnt: np.ndarray = N - 1 - rows
+            i: np.ndarray = np.repeat(rows, cnt)
             j = np.arange(len(i)) - np.repeat(np.cumsum(cnt) - cnt, cnt) + i + 1
             total_d += int(ps.distances(i, j, threads=threads).sum())
         return DistanceEstimate(total_d / total, 0.0, int(total), True)
     rng = np.random.default_rng(seed)
     i = rng.integers(0, N, max_pairs)
     j = (i + rng.integers(1, N, max_pairs)) % N  # uniform over j != i
-    d = ps.distances(i, j, threads=threads).astype(np.float64)
+    d: np.ndarray = ps.distances(i, j, threads=threads).astype(np.float64)
     return DistanceEstimate(float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))), int(max_pairs), False)
 
 
@@ -523,9 +524,9 @@ def per_sample_distance(
     if N == 0 or len(ref) == 0:
         return np.full(N, np.nan)
     if N * len(ref) <= max_pairs:
-        i = np.repeat(np.arange(N), len(ref))
+        i: np.ndarray = np.repeat(np.arange(N), len(ref))
         j = np.tile(ref, N)
-        d = ps.distances(i, j).reshape(N, len(ref)).astype(np.float64)
+        d: np.ndarray = ps.distances(i, j).reshape(N, len(ref)).astype(np.float64)
         self_pair = i.reshape(N, -1) == j.reshape(N, -1)
         cnt = (~self_pair).sum(1)
         return np.where(cnt > 0, np.where(self_pair, 0, d).sum(1) / np.maximum(cnt, 1), np.nan)

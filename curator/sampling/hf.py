@@ -25,7 +25,7 @@ import inspect
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -142,7 +142,8 @@ class HFSampler:
         return out
 
     def _decode_batches(self, items, ids, max_new: int):
-        batch, rows, longest = [], 0, 0
+        batch: list[Any] = []
+        rows, longest = 0, 0
         for item in items:
             r, ln = len(item[1]), len(ids[item[0]])
             over_rows = rows + r > self.batch_size
@@ -365,7 +366,7 @@ def _counts(n: int | Sequence[int], n_prompts: int) -> list[int]:
         if n < 1:
             raise ConfigError(f"samples per prompt (n) must be >= 1, got {n}")
         return [int(n)] * n_prompts
-    counts = [int(c) for c in n]
+    counts = [int(c) for c in cast(Sequence[int], n)]
     if len(counts) != n_prompts:
         raise ConfigError(f"n has {len(counts)} counts for {n_prompts} prompts; give one per prompt")
     if any(c < 0 for c in counts):

@@ -147,7 +147,7 @@ def efficiency_interval(strategy: list[Curve], baseline: list[Curve], n_boot: in
     def ratio(idx) -> tuple[float, str, float]:
         grid, mean, _, _ = mean_curve([S[i] for i in idx])
         bn, bacc, _, _ = mean_curve([B[i] for i in idx])
-        reach = examples_to_reach(bn, bacc, mean[-1])
+        reach = examples_to_reach(bn, bacc, float(mean[-1]))
         base_at = float(np.mean([np.interp(grid[-1], B[i].n, B[i].acc) for i in idx]))
         return reach.examples / grid[-1], reach.bound, mean[-1] - base_at
 
@@ -291,7 +291,7 @@ def compare_curves(
         ]
         for lab in labels:
             grid, mean, _, _ = means[lab]
-            n_last, a_last = grid[-1], mean[-1]
+            n_last, a_last = float(grid[-1]), float(mean[-1])
             reach = examples_to_reach(bn, bacc, a_last)
             efficiency[lab] = reach
             lines.append(
