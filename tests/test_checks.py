@@ -155,6 +155,27 @@ def _cycles(modules: set[str], imports: list[_Import]) -> list[list[str]]:
     return found
 
 
+def _shortest_cycle(start: str, edges: list[_Import]) -> list[_Import]:
+    """The imports of a shortest path from ``start`` back to itself (breadth first)."""
+    came: dict[str, _Import] = {}
+    frontier, seen = [start], {start}
+    while frontier:
+        nxt = []
+        for v in frontier:
+            for e in (e for e in edges if e.source == v):
+                if e.target == start:
+                    path = [e]
+                    while path[0].source != start:
+                        path.insert(0, came[path[0].source])
+                    return path
+                if e.target not in seen:
+                    seen.add(e.target)
+                    came[e.target] = e
+                    nxt.append(e.target)
+        frontier = nxt
+    return []
+
+
 def _layer_table(doc: str) -> list[tuple[str, int, list[str]]]:
     """(layer, rank, module patterns) rows of the doc's ``## Layers`` table."""
     assert "\n## Layers\n" in doc, "docs/ARCHITECTURE.md has no '## Layers' section"
@@ -205,11 +226,13 @@ def _layering_problems(root: Path, doc: str) -> dict[str, list[str]]:
         f"{files[m].relative_to(root)}: {m} is in no row of the Layers table" for m in files if layer[m] is None
     ]
     for comp in _cycles(set(files), imports):
-        inside = set(comp)
-        edges = [
-            f"{i.where(root)} {i.source} -> {i.target}" for i in imports if i.source in inside and i.target in inside
-        ]
-        problems["cycles"].append(f"cycle of {len(comp)} ({', '.join(comp)}):\n      " + "\n      ".join(edges))
+        inside = [i for i in imports if i.source in comp and i.target in comp]
+        path = " -> ".join(f"{i.source} ({i.where(root)})" for i in _shortest_cycle(comp[0], inside)) + f" -> {comp[0]}"
+        edges = [f"{i.where(root)} {i.source} -> {i.target}" for i in inside]
+        problems["cycles"].append(
+            f"cycle of {len(comp)} ({', '.join(comp)}); shortest through {comp[0]}: {path}; its imports:\n      "
+            + "\n      ".join(edges)
+        )
     for imp in imports:
         src, dst = layer[imp.source], layer[imp.target]
         if imp.source.split(".")[0] == LIBRARY and imp.target.split(".")[0] in PLUGINS:
@@ -262,3 +285,48 @@ def test_function_local_project_imports_say_why():
         "or say on its line (or the line above) which heavy or optional third-party import it keeps "
         "out of module import:\n  " + "\n  ".join(local)
     )
+
+
+def test_the_layering_checks_find_planted_breaks(tmp_path):
+    """On a small tree with one of each break planted, each check reports exactly that break."""
+    files = {
+        "curator/__init__.py": "",
+        "curator/base.py": "import os\n\n\ndef f():\n    from curator.upper import g\n\n    return g\n",
+        "curator/upper.py": (
+            "from curator import base\n"  # upper -> base at the top: with base's local import, a cycle
+            "from . import peer\n"
+            "import strategies.plug\n\n\n"
+            "def g():\n"
+            "    import json\n\n"
+            "    from curator.peer import h  # lazy: pulls in torch\n\n"
+            "    return json, h, base, peer, strategies\n"
+        ),
+        "curator/peer.py": "def h():\n    # lazy: pulls in pandas\n    from curator.leaf import f\n\n    return f\n",
+        "curator/leaf.py": "f = 1\n",
+        "curator/stray.py": "",
+        "strategies/__init__.py": "",
+        "strategies/plug.py": "import os\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "loops").mkdir()
+    doc = (
+        "# x\n\n## Layers\n\n| layer | rank | modules |\n| --- | --- | --- |\n"
+        "| low | 0 | `curator`, `curator.base`, `curator.peer`, `curator.leaf` (helpers) |\n"
+        "| high | 1 | `curator.upper` |\n| plugins | 2 | `strategies.*`, `loops.*` |\n\n## Next\n"
+    )
+    problems = _layering_problems(tmp_path, doc)
+    assert problems["unplaced"] == ["curator/stray.py: curator.stray is in no row of the Layers table"]
+    assert problems["cycles"] == [
+        "cycle of 2 (curator.base, curator.upper); shortest through curator.base: "
+        "curator.base (curator/base.py:5) -> curator.upper (curator/upper.py:1) -> curator.base; its imports:\n"
+        "      curator/base.py:5 curator.base -> curator.upper\n"
+        "      curator/upper.py:1 curator.upper -> curator.base"
+    ]
+    assert problems["upward"] == [
+        "curator/base.py:5 curator.base (low) imports curator.upper (high)",
+        "curator/upper.py:3 curator.upper imports the plugin strategies.plug (use the registry)",
+    ]
+    # base's local import has no comment; upper's and peer's say why (same line / line above)
+    assert problems["local"] == ["curator/base.py:5 curator.base imports curator.upper inside a function"]
