@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         _interrupted(args)
     except Exception as e:
         # one place for every command and plugin: user errors become one line and exit code 2
-        from curator.errors import user_error_line
+        from curator.errors import user_error_line  # lazy: `curate --help` imports click alone
 
         line = user_error_line(e)
         if line is None or debug:
