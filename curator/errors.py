@@ -41,6 +41,10 @@ class StrategyError(CuratorError):
     """A selection strategy is unknown, misconfigured, or broke its contract."""
 
 
+class RoutingError(CuratorError):
+    """Routing asked of a model or setting that cannot give it."""
+
+
 def require(module: str, extra: str, purpose: str):
     """Import an optional dependency or fail with the pip extra that provides it."""
     import importlib

@@ -24,10 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from curator.data import loaders
 from curator.data.example import Example
 from curator.data.format import PromptFormat
+from curator.data.loaders import load_examples
 from curator.errors import ConfigError, CuratorError, DataError
-from curator.rounds import LEDGER, SELECTION, RoundStore
+from curator.measure import check_ledger_matches
+from curator.rounds import LEDGER, RESOLVED_RECIPE, SELECTION, RoundStore, read_seed_ids, resolved_recipe_file
 
 FORMATS = ("jsonl", "parquet", "disk")
 
@@ -81,8 +84,6 @@ class ExportResult:
 
 def _strategy_dir(run_dir: Path, strategy: str | None) -> tuple[RoundStore, Path]:
     """(the strategy's round store, the run's resolved recipe file)."""
-    from curator.run import RESOLVED_RECIPE, resolved_recipe_file
-
     labels = (
         sorted(d.name for d in run_dir.iterdir() if d.is_dir() and RoundStore(d).round_dir(0).is_dir())
         if run_dir.is_dir()
@@ -132,12 +133,9 @@ def selected_training_set(
     import numpy as np
     import pandas as pd
 
-    from curator.data.loaders import load_examples
-    from curator.dynamics.ledger import read_ledger
-    from curator.dynamics.metrics import premem_acc
-    from curator.io import read_json
-    from curator.measure import check_ledger_matches
-    from curator.recipes import load_recipe
+    from curator.dynamics.ledger import read_ledger  # lazy: pulls in numpy, pandas
+    from curator.dynamics.metrics import premem_acc  # lazy: pulls in numpy, pandas
+    from curator.recipes import load_recipe  # lazy: pulls in numpy, yaml
 
     run_dir = Path(run_dir)
     store, recipe_file = _strategy_dir(run_dir, strategy)
@@ -160,7 +158,7 @@ def selected_training_set(
             for row in sel[sel["selected"]].itertuples():
                 selected_in[row.example_id] = j
                 score[row.example_id] = float(row.score)
-    train_ids = read_json(run_dir / "seed_ids.json") if r == 0 else store.next_train_ids(r - 1)
+    train_ids = read_seed_ids(run_dir) if r == 0 else store.next_train_ids(r - 1)
     ids = store.next_train_ids(r)
     if only_new:
         ids = [i for i in ids if selected_in.get(i) == r]
@@ -256,7 +254,6 @@ def _json_value(v: Any) -> Any:
 
 def push_dataset(ds: Any, repo_id: str, *, private: bool = True) -> None:
     """``Dataset.push_to_hub`` with the failure said in one line (offline, no token, no rights)."""
-    from curator.data import loaders
 
     problem = loaders._hub_unreachable()
     if problem:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from curator.data.example import Example
+from curator.errors import DataError
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -42,8 +43,6 @@ def read_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
-        from curator.errors import DataError
-
         raise DataError(
             f"{path} is damaged (not valid JSON: {' '.join(str(e).split())[:120]}); restore it, or "
             "delete it (or the round folder holding it) so that it is made again"

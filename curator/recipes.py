@@ -18,11 +18,17 @@ from typing import Any, Literal
 
 import yaml
 
-from curator.config import from_dict, to_dict
+from curator.config import describe, from_dict, to_dict
 from curator.data.format import PromptFormat
-from curator.errors import ConfigError, CuratorError
+from curator.data.grading import GraderProtocol, get_grader
+from curator.data.loaders import is_synthetic_source, load_examples
+from curator.errors import ConfigError, CuratorError, describe_exception
+from curator.loop import get_loop
+from curator.models.loading import _DTYPE_ALIASES, DTYPES
 from curator.models.lora import LoraSettings
 from curator.sampling.vllm import VLLMSettings
+from curator.strategy import build_strategy
+from curator.tracking.mlflow_store import uri_problem
 from curator.training.settings import TrainSettings
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -45,8 +51,6 @@ class ModelSettings:
     lora: LoraSettings | None = _help("LoRA adapter settings; null for full finetuning", default_factory=LoraSettings)
 
     def __post_init__(self):
-        from curator.models.loading import _DTYPE_ALIASES, DTYPES
-
         name = str(self.dtype).lower().removeprefix("torch.")
         if _DTYPE_ALIASES.get(name, name) not in DTYPES:
             raise ConfigError(f"model.dtype: {self.dtype!r} is not supported; use one of {', '.join(DTYPES)}")
@@ -372,8 +376,6 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | tu
 
 def validate_recipe(recipe: Recipe) -> list[str]:
     """Checks that need the registries (strategies, graders, loops) but no model. Returns notes."""
-    from curator.data.grading import get_grader
-    from curator.strategy import build_strategy
 
     problems: list[str] = []
     for i, spec in enumerate(recipe.strategies):
@@ -382,8 +384,6 @@ def validate_recipe(recipe: Recipe) -> list[str]:
         except CuratorError as e:
             problems.append(f"strategies[{i}] ({spec.name}): {e}")
     try:
-        from curator.data.grading import GraderProtocol
-
         grader = get_grader(recipe.data.grader)
         if not isinstance(grader, GraderProtocol):
             problems.append(
@@ -393,19 +393,13 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     except CuratorError as e:
         problems.append(f"data.grader: {e}")
     except Exception as e:  # a grader plugin whose constructor fails
-        from curator.errors import describe_exception
-
         problems.append(f"data.grader: {recipe.data.grader!r} could not be built ({describe_exception(e)})")
     problems += _data_source_problems(recipe)
     if recipe.tracking.uri is not None:
-        from curator.tracking.mlflow_store import uri_problem
-
         problem = uri_problem(recipe.tracking.uri)
         if problem:
             problems.append(f"tracking.uri: {problem}")
     try:
-        from curator.loop import get_loop
-
         get_loop(recipe.loop.loop)
     except CuratorError as e:
         problems.append(f"loop.loop: {e}")
@@ -425,8 +419,6 @@ def validate_recipe(recipe: Recipe) -> list[str]:
 def _data_source_problems(recipe: Recipe) -> list[str]:
     """What `run` would find wrong with the data sources before loading any model: synthetic specs
     are parsed and one example generated; local files must exist. Hub ids are checked at run time."""
-    from curator.data.loaders import is_synthetic_source, load_examples
-    from curator.errors import describe_exception
 
     problems = []
     for key in ("pool", "test"):
@@ -450,8 +442,6 @@ def reference_markdown() -> str:
     import dataclasses
     import typing
 
-    from curator.config import describe
-
     out = [
         "# Recipe reference",
         "",
@@ -470,7 +460,7 @@ def reference_markdown() -> str:
 
     hints = typing.get_type_hints(Recipe)
     top = []
-    sections = []
+    sections: list[tuple[str, Any, str]] = []
     for f in dataclasses.fields(Recipe):
         tp = hints[f.name]
         inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]

@@ -1,7 +1,18 @@
-"""One strategy's rounds on disk: the single definition of the round layout.
+"""A run directory on disk: the single definition of its layout, and one strategy's rounds in it.
 
-The loop (``loops/active.py``) writes and replays it; ``curate compare`` and ``curate export``
-read it. Each strategy of a run has its own folder ``<run_dir>/<strategy>/``::
+``curate run`` (``curator/run.py``) and the loop (``loops/active.py``) write it; ``curate compare``,
+``curate export``, multi-seed runs and the organism reports read it, through the names and
+functions below only. A run directory (a recipe's ``output_dir``)::
+
+    curator-run.yaml              the resolved recipe (RESOLVED_RECIPE; runs made before it: recipe.yaml)
+    seed_ids.json                 S_0, the seed set every strategy starts from (SEED_IDS)
+    mlflow.db, mlartifacts/       the default MLflow store and its artifacts (MLFLOW_DB, MLFLOW_ARTIFACTS)
+    compare.md, curves.png        the comparison across strategies (COMPARE_TABLE, CURVES)
+    .curator/                     bookkeeping: the run's lock, the pool's fingerprint (STATE_DIR)
+    <strategy>/                   one per strategy, below (`strategy_dirs`)
+
+A multi-seed run holds one such directory per seed, ``seed-<n>/`` (SEED_DIR, `seed_dirs`).
+Each strategy's folder ``<run_dir>/<strategy>/``::
 
     run.json                      MLflow run id and the strategy spec (written by the loop)
     round-00/ledger.parquet       the round's learning dynamics
@@ -28,6 +39,46 @@ from pathlib import Path
 from typing import Any
 
 from curator.io import atomic_write_json, atomic_write_text, read_examples_jsonl, read_json, write_examples_jsonl
+
+# ---- the run directory (module docstring)
+RESOLVED_RECIPE = "curator-run.yaml"
+LEGACY_RECIPE = "recipe.yaml"  # what runs made before curator-run.yaml called it (still read)
+SEED_IDS = "seed_ids.json"
+MLFLOW_DB = "mlflow.db"
+MLFLOW_ARTIFACTS = "mlartifacts"
+COMPARE_TABLE = "compare.md"
+CURVES = "curves.png"
+STATE_DIR = ".curator"
+SEED_DIR = "seed-{seed}"
+STRATEGY_RUN = "run.json"  # in a strategy's folder: its MLflow run id and spec; marks the folder
+
+
+def resolved_recipe_file(run_dir: str | os.PathLike) -> Path | None:
+    """A run directory's resolved recipe: curator-run.yaml, else recipe.yaml (a run made before that
+    name, or a multi-seed run's seed folder planted by hand); None when it has neither."""
+    for name in (RESOLVED_RECIPE, LEGACY_RECIPE):
+        if (Path(run_dir) / name).is_file():
+            return Path(run_dir) / name
+    return None
+
+
+def seed_dirs(run_dir: str | os.PathLike) -> list[Path]:
+    """The per-seed run directories of a multi-seed run (``seed-<n>/``), in seed order."""
+    found = [p for p in Path(run_dir).glob("seed-*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def strategy_dirs(run_dir: str | os.PathLike) -> list[Path]:
+    """The strategies' folders of a run directory (those with a ``run.json``), by name."""
+    return sorted(p for p in Path(run_dir).iterdir() if (p / STRATEGY_RUN).exists())
+
+
+def read_seed_ids(run_dir: str | os.PathLike) -> list[str]:
+    """S_0, the ids of the seed set of a run directory."""
+    return read_json(Path(run_dir) / SEED_IDS)
+
+
+# ---- one strategy's rounds
 
 LEDGER = "ledger.parquet"
 SELECTION = "selection.parquet"

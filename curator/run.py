@@ -19,10 +19,21 @@ from typing import Any
 
 import numpy as np
 
+from curator import distributed
 from curator.data.example import Example
-from curator.errors import CuratorError, DataError
+from curator.data.grading import get_grader
+from curator.data.loaders import load_examples, synthetic_task_from_source
+from curator.data.sources import GeneratorSource, PoolSource, Source
+from curator.errors import ConfigError, CuratorError, DataError
 from curator.io import atomic_write_text, read_json
-from curator.recipes import Recipe, validate_recipe
+from curator.loop import check_loop_instance, get_loop
+from curator.models import load_model
+from curator.recipes import Recipe, recipe_from_dict, validate_recipe
+from curator.rounds import LEGACY_RECIPE, RESOLVED_RECIPE, SEED_IDS, STATE_DIR
+from curator.sampling.providers import make_provider
+from curator.sampling.vllm import check_vllm_ready
+from curator.tracking.compare import compare_run_dir
+from curator.tracking.mlflow_store import check_reachable, default_tracking_uri, flatten
 
 
 @dataclass
@@ -66,8 +77,6 @@ class Workspace:
     def base(self):
         """The base model, loaded once on first use (validation never loads it)."""
         if self._base is None:
-            from curator.models import load_model
-
             m = self.recipe.model
             self._base = load_model(m.name, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
         return self._base
@@ -76,8 +85,6 @@ class Workspace:
     def provider(self):
         """The sampler provider of the whole run (one vLLM engine per process, if vLLM)."""
         if self._provider is None:
-            from curator.sampling.providers import make_provider
-
             dyn = self.recipe.dynamics
             self._provider = make_provider(
                 dyn.backend,
@@ -125,31 +132,22 @@ class RunSummary:
 
 
 def _load_split(source: str, config: str | None, split: str, size: int | None, fields: dict) -> list[Example]:
-    from curator.data.loaders import load_examples
-
     return load_examples(source, config=config, split=split, fields=fields or None, limit=size)
 
 
 def check_launch(recipe: Recipe) -> None:
     """Fail before any model loads when the recipe cannot run in this launch: vLLM asked for but
     not usable here, or (under ``accelerate launch``) ranks started with different recipes."""
-    from curator import distributed
 
     distributed.init_launch()
     if recipe.dynamics.backend == "vllm":
-        from curator.sampling.vllm import check_vllm_ready
-
         check_vllm_ready(recipe.dynamics.vllm)
     distributed.check_same_on_every_rank(recipe.to_dict(), "recipe")
 
 
 def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
     """Validate, load data, pick the seed set, check the tracking store. No model is loaded."""
-    from curator import distributed
-    from curator.data.grading import get_grader
-    from curator.data.sources import GeneratorSource, PoolSource
-    from curator.dynamics.tracker import check_references
-    from curator.tracking.mlflow_store import check_reachable, default_tracking_uri
+    from curator.dynamics.tracker import check_references  # lazy: pulls in pandas
 
     validate_recipe(recipe)
     check_launch(recipe)
@@ -162,9 +160,8 @@ def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
     test = _load_split(d.test, d.test_config, d.test_split, d.test_size, d.fields) if d.test else []
     # the pool's targets must grade as correct, or PreMemAcc would measure the grader
     check_references(pool, grader, recipe.format)
+    source: Source
     if d.source == "generator":
-        from curator.data.loaders import synthetic_task_from_source
-
         source = GeneratorSource(synthetic_task_from_source(d.pool), pool_size=d.generator_pool_size, seed=recipe.seed)
     else:
         source = PoolSource(pool)
@@ -189,7 +186,7 @@ def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
         _check_same_pool(run_dir, pool, d.pool)
         for note in check_reachable(uri, rebuild_for=run_dir if recipe.tracking.uri is None else None):
             print(f"note: {note}", flush=True)
-    ids_file = run_dir / "seed_ids.json"
+    ids_file = run_dir / SEED_IDS
     if ids_file.exists():
         # a resumed run keeps the seed set it started with, even if the code's RNG changed
         seed_ids = read_json(ids_file)
@@ -215,21 +212,6 @@ def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
         progress=progress,
         _lock=lock,
     )
-
-
-RESOLVED_RECIPE = "curator-run.yaml"  # runs made before this name used recipe.yaml (still read)
-
-
-def resolved_recipe_file(run_dir: str | os.PathLike) -> Path | None:
-    """A run directory's resolved recipe: curator-run.yaml, else recipe.yaml (a run made before that
-    name, or a multi-seed run's seed folder planted by hand); None when it has neither."""
-    for name in (RESOLVED_RECIPE, "recipe.yaml"):
-        if (Path(run_dir) / name).is_file():
-            return Path(run_dir) / name
-    return None
-
-
-STATE_DIR = ".curator"  # curator's bookkeeping inside a run directory: the lock, the pool's fingerprint
 
 
 def _lock_run_dir(run_dir: Path):
@@ -289,18 +271,13 @@ def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
     """Refuse to resume a run directory with settings that would change its finished rounds."""
     import yaml
 
-    from curator.errors import ConfigError
-    from curator.tracking.mlflow_store import flatten
-
     old_file = run_dir / RESOLVED_RECIPE
     if not old_file.exists():
-        old_file = run_dir / "recipe.yaml"  # a run made before curator-run.yaml
-        if not (old_file.exists() and (run_dir / "seed_ids.json").exists()):
+        old_file = run_dir / LEGACY_RECIPE  # a run made before curator-run.yaml
+        if not (old_file.exists() and (run_dir / SEED_IDS).exists()):
             return  # no run here yet (a recipe.yaml alone is the user's, not a run's)
     raw = yaml.safe_load(old_file.read_text()) or {}
     try:  # through the dataclasses, so settings added since the run was made read as their defaults
-        from curator.recipes import recipe_from_dict
-
         old = flatten(recipe_from_dict(raw).to_dict())
     except ConfigError:
         old = flatten(raw)
@@ -329,10 +306,6 @@ def run_recipe(recipe: Recipe, progress: bool = True, echo=print) -> RunSummary:
 
 
 def _run_loops(ws: Workspace, recipe: Recipe, echo) -> RunSummary:
-    from curator import distributed
-    from curator.loop import check_loop_instance, get_loop
-    from curator.tracking.compare import compare_run_dir
-
     loop_cls = get_loop(recipe.loop.loop)
     loops = []
     for spec in recipe.strategies:

@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from curator.errors import ConfigError
 from curator.io import atomic_write_text
 from curator.recipes import Recipe
-from curator.tracking.compare import SEED_DIR
+from curator.rounds import RESOLVED_RECIPE, SEED_DIR
+from curator.run import run_recipe
+from curator.tracking.compare import compare_run_dir
 
 
 @dataclass
@@ -41,9 +44,6 @@ def run_seeds(
     recipe: Recipe, seeds: list[int] | None = None, progress: bool = True, echo: Callable[[str], Any] = print
 ) -> SeedsSummary:
     """Run (or resume) ``recipe`` once per seed (default ``recipe.seeds``), then compare across seeds."""
-    from curator.errors import ConfigError
-    from curator.run import RESOLVED_RECIPE, run_recipe
-    from curator.tracking.compare import compare_run_dir
 
     seeds = list(seeds if seeds is not None else (recipe.seeds or [recipe.seed]))
     if not seeds or len(set(seeds)) != len(seeds):

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from curator.data.example import Example
-from curator.errors import CuratorError, StrategyError
+from curator.data.format import PromptFormat, encode_prompt
+from curator.errors import CuratorError, StrategyError, require
+from curator.sampling.base import SamplingParams
 
 KINDS = ("embeddings", "losses", "answers")
 
@@ -134,8 +136,6 @@ class Signals:
     ):
         self.model, self.tokenizer, self.sampler, self.grader = model, tokenizer, sampler, grader
         if fmt is None:
-            from curator.data.format import PromptFormat
-
             fmt = PromptFormat()
         self.fmt = fmt
         self.sampling = sampling
@@ -241,8 +241,6 @@ class Signals:
 
     def _sampling_params(self) -> Any:
         if self.sampling is None:
-            from curator.sampling.base import SamplingParams
-
             self.sampling = SamplingParams()
         return self.sampling
 
@@ -261,8 +259,6 @@ class Signals:
 
     def _st_encode(self, texts: list[str]) -> np.ndarray:
         if self._st_model is None:
-            from curator.errors import require
-
             st = require("sentence_transformers", "st", f"the sentence-transformers encoder {self.encoder!r}")
             self._st_model = st.SentenceTransformer(self.encoder, device="cpu")
         return self._st_model.encode(
@@ -308,8 +304,7 @@ def mean_pooled_hidden_states(
     """[n, hidden] float32: last-layer hidden states averaged over each prompt's real tokens."""
     import torch
 
-    from curator.console import progress
-    from curator.data.format import encode_prompt
+    from curator.console import progress  # lazy: pulls in tqdm
 
     ids = [encode_prompt(tokenizer, t)[:max_length] or [tokenizer.eos_token_id or 0] for t in texts]
     order = np.argsort([len(x) for x in ids], kind="stable")  # similar lengths batch together

@@ -22,11 +22,15 @@ import numpy as np
 
 from curator.console import echo
 from curator.data.example import Example
+from curator.distributed import check_same_on_every_rank, is_main_process
 from curator.errors import CuratorError, StrategyError
 from curator.io import atomic_write_json, read_json
 from curator.recipes import StrategySpec
-from curator.rounds import TRAINABLE_STATE, RoundStore
-from curator.run import RESOLVED_RECIPE
+from curator.rounds import MLFLOW_ARTIFACTS, RESOLVED_RECIPE, STRATEGY_RUN, TRAINABLE_STATE, RoundStore
+from curator.sampling.base import SamplingParams
+from curator.signals import Signals
+from curator.strategy import SelectionContext, build_strategy, run_selection
+from curator.tracking.mlflow_store import MlflowRun, flatten
 
 
 def fault_point(name: str) -> None:
@@ -44,8 +48,6 @@ class ActiveLoop:
     """One strategy's run through the rounds of a recipe."""
 
     def __init__(self, ws, spec: StrategySpec):
-        from curator.strategy import build_strategy
-
         self.ws = ws
         self.recipe = ws.recipe
         self.spec = spec
@@ -57,10 +59,8 @@ class ActiveLoop:
         self.examples: dict[str, Example] = ws.examples_by_id()
         self.history: list[dict[str, Any]] = []
         self.stopped_reason: str | None = None
-        self.mlflow = None
+        self.mlflow: MlflowRun | None = None
         # under `accelerate launch` every rank trains, measures and selects alike; one writes
-        from curator.distributed import is_main_process
-
         self.main = is_main_process()
         self._model_state: dict | None = None  # trainable weights carried over (continue_training)
 
@@ -69,16 +69,14 @@ class ActiveLoop:
         return self.store.round_dir(r)
 
     def setup(self) -> None:
-        from curator.tracking.mlflow_store import MlflowRun, flatten
-
         if not self.main:
             self._replay()
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         self.mlflow = MlflowRun(
-            self.ws.tracking_uri, self.recipe.experiment, artifact_root=self.ws.run_dir / "mlartifacts"
+            self.ws.tracking_uri, self.recipe.experiment, artifact_root=self.ws.run_dir / MLFLOW_ARTIFACTS
         )
-        meta_path = self.dir / "run.json"
+        meta_path = self.dir / STRATEGY_RUN
         meta = read_json(meta_path) if meta_path.exists() else {}
         tags = {
             "strategy": self.spec.name,
@@ -143,7 +141,6 @@ class ActiveLoop:
     # ---- one round ---------------------------------------------------------------------------
     def _dynamics_params(self, seed: int):
         """Sampling settings of the dynamics measurement (also used for sampled-answer signals)."""
-        from curator.sampling.base import SamplingParams
 
         dyn = self.recipe.dynamics
         return SamplingParams(
@@ -155,7 +152,7 @@ class ActiveLoop:
         )
 
     def _train_and_measure(self, r: int, train: list[Example]):
-        from curator.engine import eval_sampling, train_and_track
+        from curator.engine import eval_sampling, train_and_track  # lazy: pulls in pandas
 
         rec = self.recipe
         dyn, ev = rec.dynamics, rec.evaluation
@@ -189,8 +186,6 @@ class ActiveLoop:
         }
 
     def _signals(self, entry):
-        from curator.signals import Signals
-
         if entry["signals"] is None:
             rec = self.recipe
             dyn = rec.dynamics
@@ -211,8 +206,7 @@ class ActiveLoop:
     def run_round(self, r: int) -> None:
         if self.done or r < self.next_round:
             return
-        from curator.dynamics.metrics import summary as ledger_summary
-        from curator.strategy import SelectionContext, run_selection
+        from curator.dynamics.metrics import summary as ledger_summary  # lazy: pulls in pandas
 
         rec = self.recipe
         t0 = time.time()
@@ -285,8 +279,6 @@ class ActiveLoop:
                 for i in sel.ids:
                     self.examples[i] = by_id[i]
                 new_ids = list(sel.ids)
-                from curator.distributed import check_same_on_every_rank
-
                 check_same_on_every_rank(new_ids, f"selection of round {r} ({self.spec.run_name})")
                 if self.main:
                     self._write_selection(r, ctx, sel)

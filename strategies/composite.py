@@ -41,6 +41,7 @@ class PreMemDiverse(Strategy):
     def select(self, ctx: SelectionContext, k: int) -> list[str]:
         targets, _ = self.premem.targets(ctx)
         m = math.ceil(self.region_factor * k)
+        assert ctx.signals is not None  # the loop gives a strategy the signals its `needs` declares
         if ctx.generative:
             ctx.record_scores(ctx.ids, np.full(len(ctx.pool), np.nan))  # drawn anew, not from the pool
             region, _ = generate_round_robin(ctx, targets, m)

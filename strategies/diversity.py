@@ -25,9 +25,9 @@ def min_sq_dist(X: np.ndarray, C: np.ndarray, chunk: int = _CHUNK, progress: boo
     """Squared L2 distance from each row of X to its nearest row of C (FAISS brute force)."""
     import faiss
 
-    from curator.console import progress as progress_bar
+    from curator.console import progress as progress_bar  # lazy: pulls in tqdm
 
-    out = np.empty(len(X), np.float32)
+    out: np.ndarray = np.empty(len(X), np.float32)
     if len(C) == 0:
         out[:] = np.inf
         return out
@@ -72,8 +72,8 @@ def kcenter_greedy(
     C = np.empty((m0 + k, X.shape[1]), np.float32)
     C[:m0] = C0
     nC = m0
-    picks = np.empty(k, np.int64)
-    pick_d = np.empty(k, np.float64)
+    picks: np.ndarray = np.empty(k, np.int64)
+    pick_d: np.ndarray = np.empty(k, np.float64)
     n_picked = 0
     if m0 == 0:
         first = int((rng or np.random.default_rng(0)).integers(N))
@@ -81,7 +81,7 @@ def kcenter_greedy(
         C[0] = X[first]
         nC, n_picked = 1, 1
     ub = min_sq_dist(X, C[:nC], progress=N * nC > 5e8)  # the one full pass
-    applied = np.full(N, nC, np.int64)  # centers C[:applied[i]] are included in ub[i]
+    applied: np.ndarray = np.full(N, nC, np.int64)  # centers C[:applied[i]] are included in ub[i]
     if n_picked:
         ub[picks[0]] = -1.0
     slack = (1.0 - float(eps)) ** 2
@@ -146,6 +146,7 @@ class KCenterDiversity(Strategy):
 
     def select(self, ctx: SelectionContext, k: int) -> list[str]:
         ids = ctx.ids
+        assert ctx.signals is not None  # the loop gives a strategy the signals its `needs` declares
         X = ctx.signals.embeddings(ctx.pool)
         T = ctx.signals.embeddings(ctx.train) if self.cover_train and ctx.train else None
         picks, scores = kcenter_greedy(X, k, T, eps=self.eps, front=self.front, rng=ctx.rng)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from curator.data.grading import get_grader
 from curator.strategy import SelectionContext, Strategy, check_param
 
 
@@ -32,9 +33,8 @@ class Learnability(Strategy):
         self.n, self.grader = n, grader
 
     def score(self, ctx: SelectionContext) -> np.ndarray:
-        from curator.data.grading import get_grader
-
         grader = get_grader(self.grader)
+        assert ctx.signals is not None  # the loop gives a strategy the signals its `needs` declares
         answers = ctx.signals.answers(ctx.pool, self.n)
         p = np.array([pass_rate(a, e.answer, grader) for a, e in zip(answers, ctx.pool)])
         return p * (1.0 - p)

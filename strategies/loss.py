@@ -15,5 +15,6 @@ class HighestLoss(Strategy):
     description = "highest target loss (lowest likelihood of the reference solution) first"
 
     def score(self, ctx: SelectionContext) -> np.ndarray:
+        assert ctx.signals is not None  # the loop gives a strategy the signals its `needs` declares
         nll = ctx.signals.losses(ctx.pool)
         return np.where(np.isnan(nll), -np.inf, nll)  # an empty target has no loss: take last

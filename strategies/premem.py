@@ -24,7 +24,7 @@ from curator.strategy import SelectionContext, Strategy, check_param
 
 def final_premem(ctx: SelectionContext) -> dict[str, float]:
     """Example id -> PreMemAcc at the ledger's last checkpoint (undetermined ones left out)."""
-    from curator.dynamics.metrics import premem_acc
+    from curator.dynamics.metrics import premem_acc  # lazy: pulls in pandas
 
     if ctx.ledger is None:
         raise StrategyError(
@@ -77,10 +77,10 @@ def scan_targets(X: np.ndarray, T: np.ndarray, q: int, chunk: int = 65536) -> tu
     N, nT = len(X), len(T)
     q = min(int(q), N)
     T = np.ascontiguousarray(T, np.float32)
-    best = np.empty(N, np.float64)
-    top_i = [np.zeros(0, np.int64) for _ in range(nT)]
-    top_s = [np.zeros(0, np.float32) for _ in range(nT)]
-    tau = np.full(nT, -np.inf, np.float32)  # a target's q-th best so far: only better rows matter
+    best: np.ndarray = np.empty(N, np.float64)
+    top_i: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(nT)]
+    top_s: list[np.ndarray] = [np.zeros(0, np.float32) for _ in range(nT)]
+    tau: np.ndarray = np.full(nT, -np.inf, np.float32)  # a target's q-th best so far: only better rows matter
     for s in range(0, N, chunk):
         S = T @ np.asarray(X[s : s + chunk], np.float32).T  # [targets, rows]
         best[s : s + S.shape[1]] = S.max(0)
@@ -98,7 +98,7 @@ def scan_targets(X: np.ndarray, T: np.ndarray, q: int, chunk: int = 65536) -> tu
             top_i[t], top_s[t] = ci, cs
             if len(ci) == q:
                 tau[t] = cs.min()
-    ranked = np.full((nT, q), -1, np.int64)
+    ranked: np.ndarray = np.full((nT, q), -1, np.int64)
     for t in range(nT):
         order = np.lexsort((top_i[t], -top_s[t]))
         ranked[t, : len(order)] = top_i[t][order]
@@ -148,7 +148,7 @@ def generate_round_robin(
             parent = targets[min(pos // max(n_per, 1), len(targets) - 1)].id
         groups[parent].append(e)
         parent_of[e.id] = parent
-    ordered = []
+    ordered: list[Example] = []
     for r in range(max((len(g) for g in groups.values()), default=0)):
         ordered.extend(g[r] for g in groups.values() if r < len(g))
     return ordered, parent_of
@@ -181,6 +181,7 @@ class PreMemThreshold(Strategy):
 
     def region(self, ctx: SelectionContext, targets: list[Example], m: int) -> np.ndarray:
         """Pool row indices near the targets (round-robin, up to m); records max-similarity scores."""
+        assert ctx.signals is not None  # the loop gives a strategy the signals its `needs` declares
         X = ctx.signals.embeddings(ctx.pool)
         T = ctx.signals.embeddings(targets)
         rows, best = nearest_round_robin(X, T, m)

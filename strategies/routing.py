@@ -43,6 +43,7 @@ class RoutingOutliers(Strategy):
 
     def targets(self, ctx: SelectionContext) -> tuple[list[Example], dict[str, float]]:
         """The worst-scoring ``fraction`` of memorized training examples, worst first; id -> score."""
+        # lazy: pulls in pandas
         from curator.dynamics.routing import (
             has_routing,
             per_example_routing,
@@ -82,6 +83,7 @@ class RoutingOutliers(Strategy):
             new, parent_of = generate_round_robin(ctx, targets, k)
             ctx.record_scores([e.id for e in new], [score[parent_of[e.id]] for e in new])
             return [e.id for e in new[:k]]
+        assert ctx.signals is not None  # the loop gives a strategy the signals its `needs` declares
         X = ctx.signals.embeddings(ctx.pool)
         T = ctx.signals.embeddings(targets)
         rows, best = nearest_round_robin(X, T, k)

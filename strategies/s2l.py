@@ -30,7 +30,7 @@ def kmeans(X: np.ndarray, c: int, rng: np.random.Generator, iters: int = 50) -> 
             break  # fewer distinct trajectories than clusters
         centers.append(X[int(rng.choice(n, p=d2 / d2.sum()))])
     C = np.array(centers)
-    labels = np.zeros(n, np.int64)
+    labels: np.ndarray = np.zeros(n, np.int64)
     for it in range(iters):
         new = np.argmin(((X[:, None, :] - C[None]) ** 2).sum(-1), axis=1)
         if it and np.array_equal(new, labels):
@@ -74,6 +74,7 @@ class SmallToLarge(Strategy):
 
     def select(self, ctx: SelectionContext, k: int) -> list[str]:
         ids = ctx.ids
+        assert ctx.signals is not None  # the loop gives a strategy the signals its `needs` declares
         if ctx.ledger is None or not ctx.train:
             ctx.note("s2l: no ledger yet (nothing trained); sampling uniformly")
             picks = list(ctx.rng.permutation(len(ids))[:k])

@@ -32,4 +32,5 @@ class AnswerEntropy(Strategy):
         self.n = n
 
     def score(self, ctx: SelectionContext) -> np.ndarray:
+        assert ctx.signals is not None  # the loop gives a strategy the signals its `needs` declares
         return np.array([answer_entropy(a) for a in ctx.signals.answers(ctx.pool, self.n)])

@@ -99,7 +99,7 @@ def test_selected_skills_counts_what_each_strategy_added_and_trained_on(tmp_path
     import json
 
     from curator.data.example import Example
-    from curator.organism.report import selected_skills
+    from curator.drivers.organism_report import selected_skills
 
     pool = [
         Example(id=f"x{i}", question="q", solution="s", answer="1", meta={"skill": "sharing" if i < 4 else "rates"})

@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from curator.errors import CuratorError, DataError
+from curator.dynamics import metrics, routing
+from curator.dynamics.ledger import METADATA_KEY, Ledger, read_ledger
+from curator.errors import CuratorError, DataError, require
 
 #: metric column -> human label (the order is the default display order)
 METRICS: dict[str, str] = {
@@ -401,14 +403,10 @@ def atc_per_checkpoint(conf: pd.DataFrame) -> pd.Series:
 
 
 def _dataset_premem(ledger: Any, p: float) -> pd.Series:
-    from curator.dynamics import metrics
-
     return _per_checkpoint(metrics.dataset_premem(ledger, p), "dataset_premem")
 
 
 def _train_accuracy(ledger: Any) -> pd.Series:
-    from curator.dynamics import metrics
-
     return _per_checkpoint(metrics.train_accuracy(ledger), "train_accuracy")
 
 
@@ -420,7 +418,6 @@ def _routing_per_checkpoint(ledger: Any) -> pd.DataFrame | None:
 
     Computed once per ledger object: the p sweep rebuilds the metric table for every p.
     """
-    from curator.dynamics import routing
 
     if not routing.has_routing(ledger):
         return None
@@ -436,7 +433,6 @@ def _as_ledger(run: Run) -> Any:
     """The run's ledger as a Ledger object when the dynamics module can build one."""
     if hasattr(run.ledger, "df"):
         return run.ledger
-    from curator.dynamics.ledger import Ledger
 
     return Ledger(run.ledger)
 
@@ -774,8 +770,6 @@ def _read_ledger_dropping_nan(path: Path) -> tuple[Any, str | None]:
     """Read a ledger file, dropping examples with NaN perplexities (which `read_ledger` refuses)."""
     import pyarrow.parquet as pq
 
-    from curator.dynamics.ledger import METADATA_KEY, Ledger
-
     table = pq.read_table(path)
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
     df = table.to_pandas()
@@ -802,7 +796,6 @@ def load_run(path: str | Path, name: str | None = None, drop_nan: bool = False) 
     tab_path = next((d / f for f in ("checkpoints.csv", "checkpoints.json") if (d / f).exists()), None)
     if tab_path is None:
         raise DataError(f"{d}: no checkpoints.csv or checkpoints.json with the test accuracy per checkpoint")
-    from curator.dynamics.ledger import read_ledger
 
     conf_path = d / "confidences.parquet"
     meta_path = d / "run.json"
@@ -859,8 +852,6 @@ def runs_from_mlflow(
     ``artifact_path`` is the folder inside each run's artifacts that holds the files.
     """
     import tempfile
-
-    from curator.errors import require
 
     mlflow = require("mlflow", "dev", "reading runs from MLflow")
     client = mlflow.tracking.MlflowClient(tracking_uri=tracking_uri)

@@ -21,7 +21,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from curator.analysis.predict import _fig
+from curator.dynamics import metrics
 from curator.errors import CuratorError
+from curator.sampling.base import SamplingParams
 
 DEFAULT_PREFIXES = ("First", "We know that")
 DEFAULT_EDGES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -99,7 +102,6 @@ class RobustnessReport:
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         """Write robustness.csv (buckets), robustness_examples.csv, robustness.png and robustness.md."""
-        from curator.analysis.predict import _fig
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -153,7 +155,6 @@ def robustness(
         params: `SamplingParams` (default: the paper's T=0.8, top_p=0.95).
         tokenizer: needed only for chat formats.
     """
-    from curator.sampling.base import SamplingParams
 
     if k < 1:
         raise CuratorError(f"samples per query must be >= 1, got {k}")
@@ -206,7 +207,6 @@ def robustness(
 
 def final_premem(ledger: Any, p: float | None = None) -> pd.Series:
     """PreMemAcc per example at the ledger's last checkpoint."""
-    from curator.dynamics import metrics
 
     pm = metrics.premem_acc(ledger, p)
     return pm[pm.columns.max()].rename("premem")

@@ -319,7 +319,8 @@ def sweep_from_recipe(recipe: Any, progress: bool = True, echo: Callable[[str], 
         )
     if problems:
         raise ConfigError(problems)
-    from curator.run import RESOLVED_RECIPE, check_launch
+    from curator.rounds import RESOLVED_RECIPE
+    from curator.run import check_launch
 
     check_launch(recipe)
     grader = get_grader(d.grader)

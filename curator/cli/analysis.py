@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
+from curator.data.format import PromptFormat
+from curator.data.grading import get_grader
+from curator.data.loaders import load_examples
+from curator.distributed import is_main_process
 from curator.errors import CuratorError
+from curator.models import load_model
 
 
 def _floats(text: str | None, what: str) -> list[float] | None:
@@ -54,8 +59,9 @@ def predict(run_dirs, sweep_dir, mlflow_experiment, tracking_uri, p, p_grid, out
     Each run directory holds ledger.parquet and checkpoints.csv (checkpoint, test_accuracy, and
     optionally train_loss, grad_variance, dist_from_init). See docs/ANALYSIS.md.
     """
+    # lazy: pulls in numpy, pandas
     from curator.analysis.predict import find_runs, load_run, runs_from_mlflow, write_report
-    from curator.analysis.predict import predict as predict_fn
+    from curator.analysis.predict import predict as predict_fn  # lazy: pulls in numpy, pandas
 
     dirs = [Path(d) for d in run_dirs]
     if sweep_dir:
@@ -125,14 +131,11 @@ def robustness(
     """Accuracy on training queries when the response must begin with a prefix, per PreMemAcc bucket."""
     import dataclasses
 
-    from curator.analysis.robustness import DEFAULT_PREFIXES, final_premem
-    from curator.analysis.robustness import robustness as robustness_fn
-    from curator.data.format import PromptFormat
-    from curator.data.grading import get_grader
-    from curator.data.loaders import load_examples
-    from curator.dynamics.ledger import read_ledger
-    from curator.sampling import make_sampler
-    from curator.sampling.base import SamplingParams
+    from curator.analysis.robustness import DEFAULT_PREFIXES, final_premem  # lazy: pulls in numpy, pandas
+    from curator.analysis.robustness import robustness as robustness_fn  # lazy: pulls in numpy, pandas
+    from curator.dynamics.ledger import read_ledger  # lazy: pulls in numpy, pandas
+    from curator.sampling import make_sampler  # lazy: pulls in numpy
+    from curator.sampling.base import SamplingParams  # lazy: pulls in numpy
 
     led = read_ledger(ledger_path)
     fmt_meta = led.meta.get("format")
@@ -171,7 +174,6 @@ def robustness(
 
 def _load_trained(model_spec: str, base_spec: str | None):
     """A model to probe: a full model spec, or a base model plus a LoRA adapter directory."""
-    from curator.models import load_model
 
     if base_spec is None:
         return load_model(model_spec)
@@ -195,9 +197,8 @@ def _load_trained(model_spec: str, base_spec: str | None):
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def sweep(recipe, overrides, no_progress):
     """Train a learning-rate x epochs grid (the recipe's `sweep` section), then run predict on it."""
-    from curator.analysis.sweep import sweep_from_recipe
-    from curator.distributed import is_main_process
-    from curator.recipes import load_recipe
+    from curator.analysis.sweep import sweep_from_recipe  # lazy: pulls in numpy, pandas
+    from curator.recipes import load_recipe  # lazy: pulls in numpy, yaml
 
     rec = load_recipe(recipe or "sweep-cpu", overrides)
     result = sweep_from_recipe(rec, progress=not no_progress, echo=click.echo)

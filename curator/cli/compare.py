@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import click
 
+from curator.errors import CuratorError
+from curator.tracking.mlflow_store import uri_problem
+
 
 @click.command()
 @click.argument("run_dir", required=False, type=click.Path())
@@ -21,13 +24,11 @@ def compare(run_dir, tracking_uri, experiment, baseline, out_dir):
 
     Reads a run directory (RUN_DIR) or an MLflow store (--tracking-uri with --experiment).
     """
-    from curator.errors import CuratorError
-    from curator.tracking.compare import compare_mlflow, compare_run_dir
+    from curator.tracking.compare import compare_mlflow, compare_run_dir  # lazy: pulls in numpy
 
     if tracking_uri:
         if not experiment:
             raise CuratorError("--tracking-uri needs --experiment NAME (the recipe's name)")
-        from curator.tracking.mlflow_store import uri_problem
 
         if uri_problem(tracking_uri):
             raise CuratorError(f"--tracking-uri: {uri_problem(tracking_uri)}")

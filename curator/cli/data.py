@@ -6,6 +6,9 @@ import time
 
 import click
 
+from curator.data.grading import get_grader, grade_references
+from curator.data.loaders import load_examples, save_examples
+from curator.data.synthetic import synthetic_task
 from curator.errors import ConfigError
 
 
@@ -42,8 +45,6 @@ def preview(source, n, config, split, fields, id_field, limit, grader, lenient):
     SOURCE is a .jsonl/.json/.parquet/.csv file, a hub id (needs network), or
     synthetic[:easy|medium|hard][?n=..&seed=..].
     """
-    from curator.data.grading import get_grader, grade_references
-    from curator.data.loaders import load_examples
 
     g = get_grader(grader)  # fail on a bad grader name before loading anything
     examples = load_examples(
@@ -92,8 +93,6 @@ def _parse_steps(text: str | None) -> dict:
 @click.option("--skills", default=None, help="Comma-separated skills (default: all).")
 def synth(n, out, preset, seed, steps, max_operand, distractors, n_traces, skills):
     """Write a synthetic GSM8K-format dataset (id, question, solution, answer, meta) as JSON lines."""
-    from curator.data.loaders import save_examples
-    from curator.data.synthetic import synthetic_task
 
     if not out.endswith(".jsonl"):
         raise ConfigError(f"--out {out!r} must be a .jsonl file")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from curator.export import export_selection
+
 
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
@@ -40,7 +42,6 @@ def export(run_dir, out, strategy, round_, format_, chat, only_new, overwrite, p
     example premem_acc (at the round's final checkpoint; NaN if not yet trained on), score (the
     selection score) and selected_round (-1: the seed set). Train on it with `trl sft` or SFTTrainer.
     """
-    from curator.export import export_selection
 
     res = export_selection(
         run_dir,

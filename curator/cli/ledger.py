@@ -6,6 +6,8 @@ import math
 
 import click
 
+from curator.errors import ConfigError
+
 
 def _fmt(v: float, lo: float, hi: float) -> str:
     """A value, or its range where lazy tracking left it undetermined."""
@@ -16,7 +18,7 @@ def _fmt(v: float, lo: float, hi: float) -> str:
 
 def render_summary(ledger, p: float | None = None) -> str:
     """The per-checkpoint table printed by `curate premem` and `curate ledger show`."""
-    from curator.dynamics.metrics import summary
+    from curator.dynamics.metrics import summary  # lazy: pulls in numpy, pandas
 
     s = summary(ledger, p)
     p_used = ledger.p if p is None else p
@@ -66,8 +68,8 @@ def ledger():
 )
 def show(file, p, csv_out):
     """Per-checkpoint summary of a ledger FILE: PreMemAcc, train accuracy, fraction memorized."""
-    from curator.dynamics.ledger import read_ledger
-    from curator.dynamics.metrics import summary
+    from curator.dynamics.ledger import read_ledger  # lazy: pulls in numpy, pandas
+    from curator.dynamics.metrics import summary  # lazy: pulls in numpy, pandas
 
     led = read_ledger(file)
     click.echo(render_summary(led, p))
@@ -85,8 +87,7 @@ def show(file, p, csv_out):
 @click.option("--model", default=None, help="Model name to record in the ledger metadata.")
 def import_(source, out, k, p, drop_nan, model):
     """Build a ledger OUT (.parquet) from another trainer's SOURCE (.npz arrays or a long table)."""
-    from curator.analysis.imports import import_ledger
-    from curator.errors import ConfigError
+    from curator.analysis.imports import import_ledger  # lazy: pulls in numpy, pandas
 
     if not 1 < p < math.inf:
         raise ConfigError(f"--p must be a finite number > 1 (perplexity is >= 1 always), got {p}")

@@ -71,7 +71,7 @@ class LazyGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     """curator: active data curation for LLM reasoning finetuning, driven by learning dynamics."""
-    from curator.console import set_verbose
+    from curator.console import set_verbose  # lazy: pulls in tqdm
 
     set_verbose(verbose)
     ctx.ensure_object(dict)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         _interrupted(args)
     except Exception as e:
         # one place for every command and plugin: user errors become one line and exit code 2
-        from curator.errors import user_error_line
+        from curator.errors import user_error_line  # lazy: `curate --help` imports click alone
 
         line = user_error_line(e)
         if line is None or debug:

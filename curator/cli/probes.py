@@ -6,12 +6,13 @@ from pathlib import Path
 
 import click
 
+from curator.config import to_dict
+from curator.errors import ConfigError
+from curator.io import read_json
+
 
 def _finished(run_dir: Path, recipe) -> bool:
     """True when `run_dir` holds a finished run of this same recipe; ConfigError when of another."""
-    from curator.config import to_dict
-    from curator.errors import ConfigError
-    from curator.io import read_json
 
     if not (run_dir / "DONE").exists():
         return False
@@ -58,14 +59,14 @@ def probes(recipes, out_dir, overrides, metric, plot_only, quiet):
     """
     import pandas as pd
 
-    from curator.errors import ConfigError
+    # lazy: pulls in numpy
     from curator.probes.run import (
         load_probe_recipe,
         plot_probes,
         run_probes,
         squeeze_report,
     )
-    from curator.probes.scoring import read_probe_table
+    from curator.probes.scoring import read_probe_table  # lazy: pulls in numpy
 
     out = Path(out_dir)
     if plot_only:

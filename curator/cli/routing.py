@@ -47,11 +47,9 @@ def routing(out_dir, n_train, n_test, epochs, checkpoint_every, cutoff, epsilon,
     """
     import torch
 
-    from curator.dynamics.routing import (
-        RoutingSettings,
-        ValidationSettings,
-        routing_validation,
-    )
+    # lazy: `curate --help` stays free of torch and pandas
+    from curator.drivers.routing_validation import ValidationSettings, routing_validation
+    from curator.dynamics.routing import RoutingSettings  # lazy: pandas
 
     torch.set_num_threads(1)  # the reference run; results are reproducible with one thread
     rs = RoutingSettings(cutoff=cutoff, epsilon=epsilon, delta=delta, memorized_only=not all_samples, seed=seed)

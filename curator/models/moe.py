@@ -1,6 +1,6 @@
 """Tiny random-initialised mixture-of-experts models, one per routing layout, built in-process.
 
-For tests of router capture (every layout in `curator.dynamics.routing.LAYOUTS`) and for the
+For tests of router capture (every layout in `LAYOUTS`, which `curator.dynamics.routing` reads) and for the
 routing validation run, which trains a small one from scratch (`small_moe`). They share the
 character-level tokenizer of `curator.models.tiny`, so no files or downloads are involved.
 """
@@ -9,7 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from curator.errors import RoutingError
+from curator.models.tiny import tiny_tokenizer
+
 MOE_LAYOUTS = ("olmoe", "mixtral", "qwen2_moe", "qwen3_moe")
+# model_type -> (causal-LM class, router module class); every router returns
+# (router_logits [T, E], top-k weights [T, k], top-k expert indices [T, k])
+LAYOUTS: dict[str, tuple[str, str]] = {
+    "olmoe": ("OlmoeForCausalLM", "OlmoeTopKRouter"),
+    "mixtral": ("MixtralForCausalLM", "MixtralTopKRouter"),
+    "qwen2_moe": ("Qwen2MoeForCausalLM", "Qwen2MoeTopKRouter"),
+    "qwen3_moe": ("Qwen3MoeForCausalLM", "Qwen3MoeTopKRouter"),
+}
+
+
+def supported_layouts() -> str:
+    return ", ".join(f"{t} ({cls})" for t, (cls, _) in LAYOUTS.items())
 
 
 def _config(
@@ -72,8 +87,6 @@ def _config(
             head_dim=hidden // heads,
             **common,
         )
-    from curator.dynamics.routing import RoutingError, supported_layouts
-
     raise RoutingError(f"no tiny MoE builder for layout {layout!r}; supported layouts: {supported_layouts()}")
 
 
@@ -95,8 +108,6 @@ def tiny_moe(
     same weights (a private RNG stream: the caller's torch RNG does not move)."""
     import torch
     from transformers import AutoModelForCausalLM
-
-    from curator.models.tiny import tiny_tokenizer
 
     tokenizer = tokenizer or tiny_tokenizer()
     config = _config(

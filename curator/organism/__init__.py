@@ -1,6 +1,7 @@
 """The model organism: a small Llama pretrained from scratch on curator's synthetic corpus with
 uneven skills, so curation strategies can be compared with statistical power on a CPU
-(docs/ORGANISM.md). ``load_model("organism")`` builds it on first use and caches it."""
+(docs/ORGANISM.md). ``load_model("organism")`` builds it on first use and caches it. Its reports
+(per-skill accuracy, skills each strategy chose) are a driver: `curator.drivers.organism_report`."""
 
 from curator.organism.build import (
     ALIAS,
@@ -12,7 +13,6 @@ from curator.organism.build import (
     parse_spec,
     weights_hash,
 )
-from curator.organism.report import skill_accuracy
 
 __all__ = [
     "ALIAS",
@@ -22,6 +22,5 @@ __all__ = [
     "config_from_dict",
     "organism_dir",
     "parse_spec",
-    "skill_accuracy",
     "weights_hash",
 ]

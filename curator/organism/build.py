@@ -351,7 +351,7 @@ def organism_dir(spec: str = ALIAS, progress: bool = True, echo: Callable[[str],
 
     With the cache off (``CURATOR_CACHE=off``) it is built into a fresh temporary directory.
     """
-    from curator.models.loading import cache_dir
+    from curator.paths import cache_dir
 
     cfg = parse_spec(spec)
     root = cache_dir()

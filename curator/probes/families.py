@@ -31,8 +31,11 @@ from typing import Any
 
 from curator.data.example import Example
 from curator.data.format import PromptFormat
-from curator.errors import ConfigError, DataError
+from curator.errors import ConfigError, CuratorError, DataError
+from curator.models import load_model
 from curator.probes.preferences import PreferenceRow
+from curator.sampling.base import SamplingParams
+from curator.sampling.hf import HFSampler
 
 FAMILIES = (
     "chosen",
@@ -211,7 +214,6 @@ def build_probe_set(
 
 def rephrase(sampler: Any, responses: Sequence[str], max_new_tokens: int = 128) -> list[str]:
     """Greedy rephrasings of `responses` by `sampler` (one per response)."""
-    from curator.sampling.base import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop=("\n\n",))
     outs = sampler.generate([REPHRASE_PROMPT.format(response=r) for r in responses], 1, params)
@@ -226,7 +228,6 @@ def greedy_responses(
     The greedy family is scored on exactly the text the model produced, its ending included (a
     completion that never reaches a stop string is kept whole, `max_new_tokens` long).
     """
-    from curator.sampling.base import SamplingParams
 
     prompts = [
         fmt.prompt_text(Example(id=r.id, question=r.question, solution="", answer=""), tokenizer) for r in probes
@@ -248,9 +249,6 @@ def load_rephraser(spec: str | None, setting: str = "probes.rephrase_model") -> 
     """
     if not spec:
         return None
-    from curator.errors import CuratorError
-    from curator.models import load_model
-    from curator.sampling.hf import HFSampler
 
     try:
         loaded = load_model(spec)

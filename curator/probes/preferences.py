@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from curator.data.example import Example, content_id
+from curator.data.loaders import is_synthetic_source, load_examples
 from curator.errors import DataError
 
 # columns of a preference file; the question may also be called "prompt"
@@ -170,7 +171,6 @@ def load_preferences(source: str | os.PathLike, seed: int = 0, limit: int | None
     A file needs ``question`` (or ``prompt``), ``chosen`` and ``rejected`` columns; ``id``,
     ``chosen_rephrase`` and ``rejected_rephrase`` are optional.
     """
-    from curator.data.loaders import is_synthetic_source, load_examples
 
     src = os.fspath(source)
     if is_synthetic_source(src):

@@ -14,10 +14,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from curator.config import from_dict, to_dict
 from curator.data.format import PromptFormat
 from curator.errors import ConfigError
-from curator.models.lora import LoraSettings
-from curator.probes.families import UNRELATED
+from curator.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from curator.models import load_model
+from curator.models.lora import LoraSettings, apply_lora
+from curator.probes.families import FAMILIES, UNRELATED, build_probe_set, greedy_responses, load_rephraser
+from curator.probes.preferences import load_preferences
+from curator.probes.scoring import ProbeLogger, family_curves, write_probe_table
+from curator.sampling.hf import HFSampler
+from curator.training import finetune
+from curator.training.dpo import PreferencePair, dpo_finetune
 from curator.training.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -130,8 +138,7 @@ def load_probe_recipe(path: str | os.PathLike, overrides: tuple[str, ...] | list
     """Read, override (``key.path=value``) and validate a probe recipe; every problem at once."""
     import yaml
 
-    from curator.config import from_dict
-    from curator.recipes import apply_overrides
+    from curator.recipes import apply_overrides  # lazy: pulls in yaml
 
     p = Path(path)
     if not p.exists():
@@ -167,8 +174,6 @@ def run_probes(
     which is trained in place.
     """
     import time
-
-    from curator.probes.scoring import ProbeLogger
 
     model, tok, rows, pset = _setup(recipe, loaded)
     logger = ProbeLogger(pset, recipe.format, tok, recipe=recipe.name, batch_size=recipe.probes.batch_size)
@@ -218,13 +223,6 @@ def _setup(recipe: ProbeRecipe, loaded: Any) -> tuple[Any, Any, list, Any]:
 
     Data and the rephrasing model are checked before the main model loads.
     """
-    from curator.probes.families import (
-        build_probe_set,
-        greedy_responses,
-        load_rephraser,
-    )
-    from curator.probes.preferences import load_preferences
-    from curator.sampling.hf import HFSampler
 
     rows = load_preferences(recipe.data.preferences, seed=recipe.seed)
     test = load_preferences(recipe.data.test, seed=recipe.seed) if recipe.data.test else []
@@ -232,13 +230,9 @@ def _setup(recipe: ProbeRecipe, loaded: Any) -> tuple[Any, Any, list, Any]:
         raise ConfigError(f"probes.n={recipe.probes.n} but data.preferences has only {len(rows)} rows")
     rephraser = load_rephraser(recipe.probes.rephrase_model)
     if loaded is None:
-        from curator.models import load_model
-
         loaded = load_model(recipe.model.name, dtype=recipe.model.dtype)
     model, tok = loaded.model, loaded.tokenizer
     if recipe.model.lora is not None:
-        from curator.models.lora import apply_lora
-
         model = apply_lora(model, recipe.model.lora)
     probes = rows[: recipe.probes.n]
     greedy = greedy_responses(HFSampler(model, tok), probes, recipe.format, tok, recipe.probes.greedy_max_new_tokens)
@@ -254,8 +248,6 @@ def _train_stage(
     model: Any, tok: Any, recipe: ProbeRecipe, stage: Stage, rows: list, on_checkpoint: Any, progress: bool
 ) -> tuple[Any, int]:
     """One SFT or DPO stage with a checkpoint every probes.eval_every steps; (TrainResult, rows trained on)."""
-    from curator.training import finetune
-    from curator.training.dpo import PreferencePair, dpo_finetune
 
     fmt = recipe.format
     n_rows = len(rows) * (2 if stage.kind == "sft" and stage.targets == "both" else 1)
@@ -282,9 +274,6 @@ def _train_stage(
 
 def _write_run(run: ProbeRun, out: Path) -> None:
     """The run's files, each written atomically, DONE last (a rerun skips a finished recipe)."""
-    from curator.config import to_dict
-    from curator.io import atomic_write_json, atomic_write_text
-    from curator.probes.scoring import write_probe_table
 
     write_probe_table(run.table, out / "probes.parquet")
     atomic_write_json(out / "probe_set.json", run.probe_set.to_dict())
@@ -329,9 +318,6 @@ def plot_probes(
     """
     from matplotlib.figure import Figure
 
-    from curator.probes.families import FAMILIES
-    from curator.probes.scoring import family_curves
-
     curves = family_curves(table, metric)
     argmax_metric = "argmax_" + metric.replace("argmax_", "")
     argmax = family_curves(table[table["family"] == "chosen"], argmax_metric)
@@ -375,8 +361,6 @@ def plot_probes(
     if path is not None:
         import io
 
-        from curator.io import atomic_write_bytes
-
         buf = io.BytesIO()
         fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=110)
         atomic_write_bytes(path, buf.getvalue())
@@ -389,7 +373,6 @@ def squeeze_report(table: Any, metric: str = "logprob_sum") -> dict[str, dict[st
     The argmax-token log-prob along y+ appears as the family ``argmax``. This is what docs/PROBES.md
     reads the squeezing effect from.
     """
-    from curator.probes.scoring import family_curves
 
     curves = family_curves(table, metric)
     argmax_metric = "argmax_" + metric.replace("argmax_", "")

@@ -22,6 +22,7 @@ import numpy as np
 
 from curator.data.format import PromptFormat, encode_scoring_pairs
 from curator.errors import DataError
+from curator.io import atomic_write_bytes
 
 # the probe table: one row per (recipe, evaluation, family, probe); docs/LEDGER.md, "Probe table"
 PROBE_COLUMNS = (
@@ -162,7 +163,6 @@ class ProbeLogger:
 
 def write_probe_table(df: Any, path: Any) -> None:
     """Write a probe table as Parquet, atomically."""
-    from curator.io import atomic_write_bytes
 
     check_probe_table(df, str(path))
     buf = io.BytesIO()

@@ -24,13 +24,14 @@ def make_sampler(backend: str, loaded_or_path: Any, **kw: Any) -> Sampler:
 
 
 def __getattr__(name: str) -> Any:
-    # HFSampler / VLLMSampler import lazily so `import curator.sampling` stays free of torch
+    # HFSampler / VLLMSampler import lazily, like the registry's targets: every module that imports
+    # curator.sampling.base imports this package, and should not load both backends (and models) with it
     if name == "HFSampler":
-        from curator.sampling.hf import HFSampler
+        from curator.sampling.hf import HFSampler  # lazy: see above
 
         return HFSampler
     if name == "VLLMSampler":
-        from curator.sampling.vllm import VLLMSampler
+        from curator.sampling.vllm import VLLMSampler  # lazy: see above
 
         return VLLMSampler
     raise AttributeError(f"module 'curator.sampling' has no attribute {name!r}")

@@ -34,9 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from curator import distributed
 from curator.data.format import encode_prompt, encode_scoring_pairs
 from curator.errors import ConfigError, CuratorError, require
+from curator.models.loading import ALIASES, LoadedModel, load_model, materialize, save_model
 from curator.sampling.base import SamplingParams
+from curator.training.settings import launch_world_size
 
 
 class VLLMSampler:
@@ -172,7 +175,7 @@ class VLLMSampler:
         result = []
         for (p, t), o in zip(pairs, outs):
             plp = o.prompt_logprobs  # one entry per prompt token; the first is None (no context)
-            lp = np.empty(len(t), dtype=np.float32)
+            lp: np.ndarray = np.empty(len(t), dtype=np.float32)
             for k, tok in enumerate(t):
                 entry = plp[len(p) + k]
                 if entry is None or tok not in entry:
@@ -199,7 +202,6 @@ class VLLMSampler:
         first written to a temporary ``save_pretrained`` directory.
         """
         require("vllm", "vllm", "The vLLM sampler")
-        from curator.models.loading import ALIASES, LoadedModel, load_model, save_model
 
         if isinstance(loaded, LoadedModel):
             spec, obj = loaded.spec, loaded
@@ -260,7 +262,6 @@ def base_weight_items(model: Any):
 
 def save_base_weights(model: Any, tokenizer: Any, out: str | os.PathLike) -> None:
     """Write the base model under any adapters as a ``save_pretrained`` directory vLLM can load."""
-    from curator.models.loading import materialize
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     materialize(inner).save_pretrained(out, state_dict=dict(base_weight_items(model)))
@@ -335,8 +336,6 @@ def check_vllm_ready(settings: VLLMSettings, num_processes: int | None = None) -
     require("vllm", "vllm", "dynamics.backend: vllm")
     import torch
 
-    from curator.training.settings import launch_world_size
-
     problems = check_vllm_launch(
         settings, num_processes or launch_world_size(), torch.cuda.device_count() if torch.cuda.is_available() else 0
     )
@@ -376,8 +375,6 @@ class VLLMProvider:
 
     def _engine(self, model: Any) -> VLLMSampler:
         if self._sampler is None:
-            from curator import distributed
-
             s = self.settings
             self._dir = tempfile.mkdtemp(prefix="curator-vllm-")
             base_dir = os.path.join(self._dir, "base")
@@ -412,6 +409,7 @@ class VLLMProvider:
         if self.lora:
             if not hasattr(model, "peft_config"):
                 raise ConfigError("the vLLM provider was set up for LoRA but the model has no adapters")
+            assert self._dir is not None  # _engine made it
             adapter = os.path.join(self._dir, "adapter")
             model.save_pretrained(adapter)
             sampler.set_adapter(adapter)

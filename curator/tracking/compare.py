@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from curator.errors import CuratorError
-from curator.rounds import RoundStore
+from curator.io import atomic_write_text
+from curator.rounds import COMPARE_TABLE, CURVES, RoundStore, resolved_recipe_file, seed_dirs, strategy_dirs
+from curator.tracking import mlflow_store
 
 METRIC = "test_accuracy"
 
@@ -145,7 +147,7 @@ def efficiency_interval(strategy: list[Curve], baseline: list[Curve], n_boot: in
     def ratio(idx) -> tuple[float, str, float]:
         grid, mean, _, _ = mean_curve([S[i] for i in idx])
         bn, bacc, _, _ = mean_curve([B[i] for i in idx])
-        reach = examples_to_reach(bn, bacc, mean[-1])
+        reach = examples_to_reach(bn, bacc, float(mean[-1]))
         base_at = float(np.mean([np.interp(grid[-1], B[i].n, B[i].acc) for i in idx]))
         return reach.examples / grid[-1], reach.bound, mean[-1] - base_at
 
@@ -175,15 +177,13 @@ def curves_from_run_dir(run_dir: str | Path) -> list[Curve]:
     if not run_dir.is_dir():
         raise CuratorError(f"run directory {run_dir} does not exist; pass the output_dir of a `curate run`")
     seed = 0
-    from curator.run import resolved_recipe_file
-
     recipe_file = resolved_recipe_file(run_dir)
     if recipe_file is not None:
         import yaml
 
         seed = int((yaml.safe_load(recipe_file.read_text()) or {}).get("seed", 0))
     curves = []
-    for sdir in sorted(p for p in run_dir.iterdir() if (p / "run.json").exists()):
+    for sdir in strategy_dirs(run_dir):
         store = RoundStore(sdir)
         pts = []
         for r in store.finished():
@@ -202,9 +202,7 @@ def curves_from_run_dir(run_dir: str | Path) -> list[Curve]:
 
 
 def curves_from_mlflow(uri: str, experiment: str) -> list[Curve]:
-    from curator.tracking.mlflow_store import _client
-
-    client = _client(uri)
+    client = mlflow_store._client(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         names = [e.name for e in client.search_experiments()]
@@ -293,7 +291,7 @@ def compare_curves(
         ]
         for lab in labels:
             grid, mean, _, _ = means[lab]
-            n_last, a_last = grid[-1], mean[-1]
+            n_last, a_last = float(grid[-1]), float(mean[-1])
             reach = examples_to_reach(bn, bacc, a_last)
             efficiency[lab] = reach
             lines.append(
@@ -325,11 +323,10 @@ def compare_curves(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        from curator.io import atomic_write_text
 
-        table_path = out / "compare.md"
+        table_path = out / COMPARE_TABLE
         atomic_write_text(table_path, table)
-        png = out / "curves.png"
+        png = out / CURVES
         _plot(means, grouped, png, title)
     return CompareResult(table=table, table_path=table_path, png=png, efficiency=efficiency, intervals=intervals)
 
@@ -387,19 +384,8 @@ def _plot(means, grouped, path: Path, title: str) -> None:
     tmp.replace(path)
 
 
-SEED_DIR = "seed-{seed}"
-
-
-def seed_dirs(run_dir: str | Path) -> list[Path]:
-    """The per-seed run directories of a multi-seed run (``seed-<n>/``), in seed order."""
-    found = [p for p in Path(run_dir).glob("seed-*") if p.is_dir() and p.name[5:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
-
-
 def curves_from_any_run_dir(run_dir: str | Path) -> list[Curve]:
     """Curves of one run directory, or of every seed of a multi-seed one."""
-    from curator.run import resolved_recipe_file
-
     subs = [d for d in seed_dirs(run_dir) if resolved_recipe_file(d) is not None]
     if not subs:
         return curves_from_run_dir(run_dir)

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from curator.errors import CuratorError
+from curator.rounds import MLFLOW_DB
 
 
 def default_tracking_uri(run_dir: str | os.PathLike) -> str:
-    return "sqlite:///" + str((Path(run_dir) / "mlflow.db").resolve())
+    return "sqlite:///" + str((Path(run_dir) / MLFLOW_DB).resolve())
 
 
 def _client(uri: str):

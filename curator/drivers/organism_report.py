@@ -1,10 +1,22 @@
-"""What an organism (or any model) can do per skill: greedy accuracy on fresh problems of each."""
+"""Reports on the model organism (docs/ORGANISM.md): what a model can do per skill (greedy accuracy
+on fresh problems of each), and which skills each strategy of a run directory chose.
+
+A driver: it samples from a model and reads run directories, so it lives above the library.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
+
+from curator.data.format import PromptFormat
+from curator.data.grading import get_grader
 from curator.data.synthetic import SKILLS, SyntheticTask
+from curator.evaluation import evaluate_accuracy
+from curator.rounds import RoundStore, read_seed_ids, seed_dirs, strategy_dirs
+from curator.sampling.base import SamplingParams
+from curator.sampling.hf import HFSampler
 
 
 def skill_accuracy(
@@ -20,12 +32,6 @@ def skill_accuracy(
     The prompt is the paper's (``question + "\\nAnswer:"``), so it measures what the model does
     with the recipes' format, in whatever solution style it writes.
     """
-    from curator.data.format import PromptFormat
-    from curator.data.grading import get_grader
-    from curator.evaluation import evaluate_accuracy
-    from curator.sampling.base import SamplingParams
-    from curator.sampling.hf import HFSampler
-
     sampler = HFSampler.from_loaded(loaded, batch_size=batch_size)
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
     grader, fmt = get_grader("gsm8k"), PromptFormat()
@@ -54,25 +60,18 @@ def selected_skills(run_dir: Any, pool: Any) -> Any:
     Returns:
         A DataFrame: one row per strategy, one column per skill (shares summing to 1), plus ``n``.
     """
-    import json
-    from pathlib import Path
-
-    import pandas as pd
-
-    from curator.tracking.compare import seed_dirs
-
     skill_of = {e.id: (e.meta or {}).get("skill", "?") for e in pool}
-    root = Path(run_dir)
     counts: dict[str, dict[str, int]] = {}
-    for d in seed_dirs(root) or [root]:
-        seed_ids = set(json.loads((d / "seed_ids.json").read_text()))
-        for sdir in sorted(p for p in d.iterdir() if (p / "run.json").exists()):
-            done = sorted(r for r in sdir.glob("round-*") if (r / "DONE").exists())
+    for d in seed_dirs(run_dir) or [run_dir]:
+        seed_ids = set(read_seed_ids(d))
+        for sdir in strategy_dirs(d):
+            store = RoundStore(sdir)
+            done = store.finished()
             if len(done) < 2:
                 continue
             # the last finished round trained on what the round before it chose: everything
             # selected so far that has also been trained on
-            trained = set(json.loads((done[-2] / "next_train_ids.json").read_text()))
+            trained = set(store.next_train_ids(done[-2]))
             c = counts.setdefault(sdir.name, {})
             for i in trained - seed_ids:
                 c[skill_of.get(i, "?")] = c.get(skill_of.get(i, "?"), 0) + 1
