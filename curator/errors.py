@@ -51,6 +51,14 @@ def require(module: str, extra: str, purpose: str):
         raise MissingExtraError(module.split(".")[0], extra, purpose) from e
 
 
+class RankFailure(CuratorError):
+    """Another process of the launch stopped (or timed out) during a collective."""
+
+
+class RoutingError(CuratorError):
+    """Routing asked of a model or setting that cannot give it."""
+
+
 class PluginError(CuratorError):
     """Third-party code (a strategy, loop, grader or sampler plugin) failed to import or build."""
 

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from curator.errors import CuratorError, DataError
+from curator.errors import DataError, RoutingError
 
 if TYPE_CHECKING:  # pragma: no cover
     from curator.dynamics.ledger import Ledger
@@ -59,10 +59,6 @@ _MOE_CONFIG_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe
 PATHWAY_COLUMNS = ("pathway", "pathway_consistency")
 DEFAULT_CUTOFF = 0.8
 DEFAULT_MAX_PAIRS = 200_000
-
-
-class RoutingError(CuratorError):
-    """Routing asked of a model or setting that cannot give it."""
 
 
 def supported_layouts() -> str:

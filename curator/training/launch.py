@@ -79,8 +79,9 @@ def weights_fingerprint(model) -> str:
 def run(args: argparse.Namespace) -> dict:
     from curator.data.format import PromptFormat
     from curator.data.loaders import load_examples
+    from curator.distributed import make_accelerator
     from curator.models import load_model
-    from curator.training.sft import finetune, make_accelerator
+    from curator.training.sft import finetune
 
     kwargs = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)}
     settings = TrainSettings(**kwargs)

@@ -23,6 +23,7 @@ from typing import Any
 
 from curator.data.example import Example
 from curator.data.format import PromptFormat, encode_pair
+from curator.distributed import collective_errors, make_accelerator
 from curator.errors import ConfigError, DataError
 from curator.training.settings import TrainSettings
 
@@ -216,34 +217,6 @@ def _check_accelerator(acc: Any) -> None:
         )
 
 
-def make_accelerator():
-    """An `accelerate.Accelerator` that also works for multi-process runs on CPU-only machines.
-
-    accelerate picks its gloo (MULTI_CPU) backend only when told to use the CPU; a torchrun-style
-    launch (``accelerate launch --multi_gpu``, ``torchrun``) on a machine without a GPU would
-    otherwise run every process as an independent single-process job. Collectives time out after
-    ``CURATOR_COLLECTIVE_TIMEOUT`` seconds (default 1800), so a dead rank stops the others.
-    """
-    from datetime import timedelta
-
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
-
-    from curator.distributed import collective_timeout_seconds
-
-    has_xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
-    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if multi and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not torch.cuda.is_available():
-        # accelerate would silently run an FSDP launch without GPUs as unsharded CPU processes
-        raise ConfigError(
-            "an FSDP launch (--use_fsdp) needs GPUs; on CPUs launch with --multi_gpu or --cpu "
-            "(each process then holds the whole model)"
-        )
-    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout_seconds()))
-    return Accelerator(cpu=multi and not torch.cuda.is_available() and not has_xpu, kwargs_handlers=[timeout])
-
-
 def finetune(
     model: Any,
     tokenizer: Any,
@@ -281,7 +254,6 @@ def finetune(
     from transformers import get_scheduler
 
     from curator.console import progress as progress_bar
-    from curator.distributed import collective_errors
     from curator.training.stats import DistanceFromInit, GradStats
 
     acc = accelerator or make_accelerator()
