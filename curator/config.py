@@ -8,12 +8,11 @@ says what it means, and its ``__post_init__`` checks cross-field rules.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
-from curator.errors import ConfigError
+from curator.errors import ConfigError, did_you_mean
 
 
 def _type_name(tp: Any) -> str:
@@ -42,8 +41,7 @@ def _convert(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
     if origin is Literal:
         if value in get_args(tp):
             return value
-        close = difflib.get_close_matches(str(value), [str(a) for a in get_args(tp)], n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(str(value), [str(a) for a in get_args(tp)], parens=True)
         problems.append(f"{where}: {value!r} is not one of {_type_name(tp)}{hint}")
         return None
     if origin in (Union, types.UnionType):
@@ -121,8 +119,7 @@ def _build(cls: type, data: dict, where: str, problems: list[str]) -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
-            hint = f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(fields)}"
+            hint = did_you_mean(str(key), fields) or f" Valid keys: {', '.join(fields)}"
             problems.append(f"{where}.{key}: unknown key.{hint}".lstrip("."))
             continue
         kwargs[key] = _convert(value, hints[key], f"{where}.{key}".lstrip("."), problems)

@@ -9,7 +9,6 @@ precedence is CLI > YAML > defaults.
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 import os
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ import yaml
 
 from curator.config import from_dict, to_dict
 from curator.data.format import PromptFormat
-from curator.errors import ConfigError, CuratorError
+from curator.errors import ConfigError, CuratorError, did_you_mean
 from curator.models.lora import LoraSettings
 from curator.sampling.vllm import VLLMSettings
 from curator.training.settings import TrainSettings
@@ -294,8 +293,7 @@ def resolve_recipe_path(path: str | os.PathLike) -> Path:
         if cand.exists():
             return cand
     shipped = sorted(x.stem for x in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.exists() else []
-    close = difflib.get_close_matches(str(path), shipped, n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
+    hint = did_you_mean(str(path), shipped)
     raise CuratorError(f"recipe {str(path)!r} not found.{hint} Shipped recipes: {', '.join(shipped)}")
 
 

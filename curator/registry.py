@@ -7,12 +7,11 @@ group (e.g. ``curator.strategies``), and a recipe may name a ``module:Class`` pa
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar, overload
 
-from curator.errors import CuratorError
+from curator.errors import CuratorError, did_you_mean
 
 T = TypeVar("T")
 
@@ -140,8 +139,7 @@ class Registry(Generic[T]):
 
     def unknown_message(self, name: str) -> str:
         names = self.names()
-        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, names, cutoff=0.5)
         return (
             f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(names) or '(none)'}"
             f" — or give a 'package.module:Class' path"

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from curator.data.example import Example
-from curator.errors import CuratorError, StrategyError, describe_exception
+from curator.errors import CuratorError, StrategyError, describe_exception, did_you_mean
 from curator.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -327,12 +327,7 @@ def build_strategy(name_or_path: str, params: Mapping[str, Any] | None = None) -
     listing = ", ".join(f"{n}={_fmt_default(p.default)}" for n, p in accepted.items()) or "(none)"
     unknown = [n for n in params if n not in accepted]
     if unknown and not takes_any:
-        import difflib
-
-        hints = []
-        for n in unknown:
-            close = difflib.get_close_matches(n, list(accepted), n=1, cutoff=0.6)
-            hints.append(f"{n!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        hints = [f"{n!r}{did_you_mean(n, accepted, parens=True)}" for n in unknown]
         raise StrategyError(f"strategy {label!r} has no parameter {', '.join(hints)}. Its parameters: {listing}")
     missing = [n for n, p in accepted.items() if p.default is p.empty and n not in params]
     if missing:

@@ -18,7 +18,6 @@ Ids come from the source's id column (``id_field``, ``id`` or ``unique_id``), el
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from curator.data.example import Example, content_id
-from curator.errors import ConfigError, DataError
+from curator.errors import ConfigError, DataError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -286,8 +285,7 @@ def _read_hub(source: str, config: str | None, split: str, limit: int | None) ->
 
 
 def _suggest(name: str, columns: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(columns), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return did_you_mean(name, columns, cutoff=0.5, parens=True)
 
 
 def _final_answer(text: str) -> str | None:

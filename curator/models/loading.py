@@ -15,7 +15,6 @@ pays for dequantizing the GGUF file (about 15 s on a small CPU); later loads tak
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import shutil
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curator.errors import CuratorError, require
+from curator.errors import CuratorError, closest, require
 
 TINY_ALIAS = "tiny-random"
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
@@ -153,11 +152,10 @@ def load_model(
 def _reject_unknown_alias(spec: str) -> None:
     """A name that is close to an alias is a typo, not a hub id: say so before touching the hub."""
     low = spec.lower()
-    close = [a for a in ALIASES if len(low) >= 4 and low in a] or difflib.get_close_matches(
-        low, list(ALIASES), n=1, cutoff=0.6
-    )
+    # a fragment of an alias ("smollm") is as clear a typo as a misspelling
+    close = next((a for a in ALIASES if len(low) >= 4 and low in a), None) or closest(low, ALIASES)
     if close and "/" not in spec:
-        raise CuratorError(f"unknown model alias {spec!r}. Did you mean {close[0]!r}? Aliases: {', '.join(ALIASES)}")
+        raise CuratorError(f"unknown model alias {spec!r}. Did you mean {close!r}? Aliases: {', '.join(ALIASES)}")
     if not _HUB_ID.match(spec):
         raise CuratorError(
             f"model spec {spec!r} is neither an alias ({', '.join(ALIASES)}), an existing "

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from curator.data.synthetic import SKILLS, SyntheticTask
-from curator.errors import ConfigError
+from curator.errors import ConfigError, did_you_mean
 
 ALIAS = "organism"
 # bump when the build code changes what a given setting produces (the cache key includes it)
@@ -164,13 +164,8 @@ def config_from_dict(raw: Mapping[str, Any]) -> OrganismConfig:
     problems, kw = [], {}
     for k, v in raw.items():
         if k not in known:
-            import difflib
-
-            close = difflib.get_close_matches(k, list(known), n=1)
             problems.append(
-                f"unknown organism setting {k!r}"
-                + (f" (did you mean {close[0]!r}?)" if close else "")
-                + f"; known: {', '.join(known)}"
+                f"unknown organism setting {k!r}{did_you_mean(k, known, parens=True)}; known: {', '.join(known)}"
             )
             continue
         try:
