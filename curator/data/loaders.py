@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl
 
 from curator.data.example import Example, content_id
 from curator.errors import ConfigError, DataError, did_you_mean
+from curator.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -537,13 +538,9 @@ def synthetic_task_from_source(source: str | os.PathLike):
 
 def save_examples(examples: Iterable[Example], path: str | os.PathLike) -> int:
     """Write Examples as JSON lines (id, question, solution, answer, meta); returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:  # readers never see half a file
         for ex in examples:
             f.write(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n")
             n += 1
-    os.replace(tmp, path)  # readers never see a half-written file
     return n

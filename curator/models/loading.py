@@ -18,12 +18,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from curator.errors import CuratorError, closest, require
+from curator.io import atomic_path
 
 TINY_ALIAS = "tiny-random"
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
@@ -280,21 +280,16 @@ def _load_smollm2(dtype: Any) -> tuple[Any, Any]:
         except CuratorError:
             shutil.rmtree(cached, ignore_errors=True)  # a broken cache is rebuilt, not fatal
     model, tok = _load_gguf(gguf, dtype)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        # write beside the final place, then rename: a concurrent or killed run never sees half a copy
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-        import torch
+    import torch
 
-        # cache in float32 so any later dtype request converts from full precision
-        orig = model.dtype
-        model.to(torch.float32).save_pretrained(tmp)
-        model.to(orig)
-        tok.save_pretrained(tmp)
-        try:
-            os.rename(tmp, cached)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+    try:
+        # a concurrent or killed run never sees half a copy; when another process won the race, its copy stays
+        with atomic_path(cached, directory=True, keep_existing=True) as tmp:
+            # cache in float32 so any later dtype request converts from full precision
+            orig = model.dtype
+            model.to(torch.float32).save_pretrained(tmp)
+            model.to(orig)
+            tok.save_pretrained(tmp)
     except OSError:
         pass  # an unwritable cache only costs speed
     return model, tok

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -20,6 +19,7 @@ from typing import Any
 
 from curator.data.synthetic import SKILLS, SyntheticTask
 from curator.errors import ConfigError, did_you_mean
+from curator.io import atomic_path
 
 ALIAS = "organism"
 # bump when the build code changes what a given setting produces (the cache key includes it)
@@ -358,18 +358,8 @@ def organism_dir(spec: str = ALIAS, progress: bool = True, echo: Callable[[str],
     root.mkdir(parents=True, exist_ok=True)
     if echo:
         echo(f"building the model organism ({spec}) into {final}; later runs load it from there")
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-organism-", dir=root))
-    try:
+    with atomic_path(final, directory=True, keep_existing=True) as tmp:  # another process finished first: use theirs
         build(cfg, tmp, progress=progress)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "organism.json").exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: use theirs
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
