@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from curator.console import progress as progress_bar
 from curator.errors import DataError, RoutingError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -171,7 +172,6 @@ def sample_routing(
     """[N, L, E] float32: per sample and MoE layer, the mean over its tokens of each token's
     dispatch distribution (`dispatch_distribution`); every row sums to 1."""
     import torch
-    from tqdm.auto import tqdm
 
     if not sequences:
         raise DataError("sample_routing: no sequences")
@@ -187,7 +187,7 @@ def sample_routing(
     try:
         with torch.no_grad(), cap:
             starts = range(0, len(order), batch_size)
-            for s in tqdm(starts, desc="routing", unit="batch", disable=not progress):
+            for s in progress_bar(starts, desc="routing", unit="batch", disable=not progress):
                 idx = order[s : s + batch_size]
                 width = max(len(sequences[i]) for i in idx)
                 ids = torch.zeros((len(idx), width), dtype=torch.long)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from curator.console import progress as progress_bar
 from curator.data.synthetic import SKILLS, SyntheticTask
 from curator.errors import ConfigError, did_you_mean
 from curator.io import atomic_path
@@ -224,7 +225,6 @@ def build(
     """
     import numpy as np
     import torch
-    from tqdm.auto import tqdm
     from transformers import LlamaForCausalLM
 
     from curator.data.format import PromptFormat, encode_pair
@@ -269,7 +269,7 @@ def build(
                     source="organism",
                 )
             t0 = time.perf_counter()
-            _pretrain(model, pairs, cfg, tok.pad_token_id, progress, np, torch, tqdm)
+            _pretrain(model, pairs, cfg, tok.pad_token_id, progress, np, torch, progress_bar)
             t["training"] = time.perf_counter() - t0
     finally:
         torch.set_num_threads(n_threads)
