@@ -28,7 +28,7 @@ from curator.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from curator.dynamics.ledger import Ledger
-    from curator.signals import Signals
+    from curator.signals import RestrictedSignals, Signals
 
 SIGNALS = frozenset({"embeddings", "losses", "answers", "ledger"})
 
@@ -69,7 +69,7 @@ class SelectionContext:
     pool: list[Example]
     train: list[Example] = field(default_factory=list)
     ledger: Ledger | None = None
-    signals: Signals | None = None
+    signals: Signals | RestrictedSignals | None = None  # restricted to its needs during select
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     round: int = 0
     p: float = 1.105
@@ -153,7 +153,7 @@ class Strategy:
         return f"{type(self).__name__}({args})"
 
 
-def _init_params(cls: type) -> dict[str, inspect.Parameter]:
+def _init_params(cls: type[Any]) -> dict[str, inspect.Parameter]:
     if cls.__init__ is object.__init__:
         return {}
     sig = inspect.signature(cls.__init__)
@@ -277,7 +277,7 @@ def strategy_name(strategy: Any) -> str:
     return getattr(strategy, "name", "") or type(strategy).__name__
 
 
-def resolve_strategy_class(name_or_path: str) -> type:
+def resolve_strategy_class(name_or_path: str) -> type[Any]:
     """The strategy class for a registered name or a ``module:Class`` path, contract-checked."""
     try:
         cls = strategies.get(name_or_path)
@@ -337,13 +337,13 @@ def build_strategy(name_or_path: str, params: Mapping[str, Any] | None = None) -
     from curator.config import check_value
 
     try:
-        hints = typing.get_type_hints(cls.__init__)
+        annotations = typing.get_type_hints(cls.__init__)
     except Exception:  # unresolvable annotations in a plugin: leave its parameters unchecked
-        hints = {}
+        annotations = {}
     problems = []
     for n in params:
-        if n in hints:
-            params[n], bad = check_value(params[n], hints[n], n)
+        if n in annotations:
+            params[n], bad = check_value(params[n], annotations[n], n)
             problems += bad
     if problems:
         raise StrategyError(f"strategy {label!r}: {'; '.join(problems)}. Its parameters: {listing}")

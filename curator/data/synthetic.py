@@ -210,7 +210,10 @@ class _Trace:
     __slots__ = ("rng", "lines", "exprs", "done")
 
     def __init__(self, rng: random.Random):
-        self.rng, self.lines, self.exprs, self.done = rng, [], [], {}
+        self.rng = rng
+        self.lines: list[str] = []
+        self.exprs: list[str] = []
+        self.done: dict[int, int] = {}  # id(node) -> its value, for sub-results already written
 
     def line(self, node: _Q | None, expr: str, value: int) -> None:
         self.exprs.append(expr)

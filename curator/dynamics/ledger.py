@@ -93,8 +93,8 @@ class Ledger:
         target_nll: Any = None,
         perplexity: Any = None,
         target_tokens: Any = None,
-        steps: Sequence[int] | None = None,
-        epochs: Sequence[float] | None = None,
+        steps: Sequence[int] | np.ndarray | None = None,
+        epochs: Sequence[float] | np.ndarray | None = None,
         p: float = 1.105,
         signals: Mapping[str, Any] | None = None,
         **meta: Any,
@@ -130,10 +130,11 @@ class Ledger:
                 k = int(ns.max())
         if (target_nll is None) == (perplexity is None):
             raise DataError("from_arrays: give exactly one of target_nll or perplexity ([N, M] arrays)")
+        nll: np.ndarray
         if target_nll is not None:
             nll = _as_2d("target_nll", target_nll, N, M).astype(float)
         else:
-            ppl = _as_2d("perplexity", perplexity, N, M).astype(float)
+            ppl: np.ndarray = _as_2d("perplexity", perplexity, N, M).astype(float)
             with np.errstate(divide="ignore", invalid="ignore"):
                 nll = np.log(ppl)
         if target_tokens is None:

@@ -141,7 +141,8 @@ class HFSampler:
         return out
 
     def _decode_batches(self, items, ids, max_new: int):
-        batch, rows, longest = [], 0, 0
+        batch: list[Any] = []
+        rows = longest = 0
         for item in items:
             r, ln = len(item[1]), len(ids[item[0]])
             over_rows = rows + r > self.batch_size
@@ -366,6 +367,8 @@ def _counts(n: int | Sequence[int], n_prompts: int) -> list[int]:
         if n < 1:
             raise ConfigError(f"samples per prompt (n) must be >= 1, got {n}")
         return [int(n)] * n_prompts
+    if isinstance(n, bool):
+        raise ConfigError(f"samples per prompt (n) must be an integer >= 1 or one count per prompt, got {n!r}")
     counts = [int(c) for c in n]
     if len(counts) != n_prompts:
         raise ConfigError(f"n has {len(counts)} counts for {n_prompts} prompts; give one per prompt")

@@ -172,7 +172,7 @@ class VLLMSampler:
         result = []
         for (p, t), o in zip(pairs, outs):
             plp = o.prompt_logprobs  # one entry per prompt token; the first is None (no context)
-            lp = np.empty(len(t), dtype=np.float32)
+            lp: np.ndarray = np.empty(len(t), dtype=np.float32)
             for k, tok in enumerate(t):
                 entry = plp[len(p) + k]
                 if entry is None or tok not in entry:
@@ -412,6 +412,7 @@ class VLLMProvider:
         if self.lora:
             if not hasattr(model, "peft_config"):
                 raise ConfigError("the vLLM provider was set up for LoRA but the model has no adapters")
+            assert self._dir is not None  # made by _engine above
             adapter = os.path.join(self._dir, "adapter")
             model.save_pretrained(adapter)
             sampler.set_adapter(adapter)

@@ -414,7 +414,8 @@ class _SFTSteps:
             step=step,
             epoch=epoch,
             metrics=metrics,
-            path=os.path.join(s.output_dir, f"checkpoint-{step}") if s.save_checkpoints else None,
+            # TrainSettings refuses save_checkpoints without an output_dir
+            path=os.path.join(s.output_dir, f"checkpoint-{step}") if s.save_checkpoints and s.output_dir else None,
             is_main_process=self.acc.is_main_process,
             process_index=self.rank,
             num_processes=self.world,
