@@ -43,27 +43,16 @@ import pandas as pd
 
 from curator.console import progress as progress_bar
 from curator.errors import DataError, RoutingError
+from curator.models.moe import LAYOUTS, supported_layouts  # LAYOUTS: the registry of supported layouts
 
 if TYPE_CHECKING:  # pragma: no cover
     from curator.dynamics.ledger import Ledger
 
-# model_type -> (causal-LM class, router module class); every router returns
-# (router_logits [T, E], top-k weights [T, k], top-k expert indices [T, k])
-LAYOUTS: dict[str, tuple[str, str]] = {
-    "olmoe": ("OlmoeForCausalLM", "OlmoeTopKRouter"),
-    "mixtral": ("MixtralForCausalLM", "MixtralTopKRouter"),
-    "qwen2_moe": ("Qwen2MoeForCausalLM", "Qwen2MoeTopKRouter"),
-    "qwen3_moe": ("Qwen3MoeForCausalLM", "Qwen3MoeTopKRouter"),
-}
 # config fields that mark a mixture-of-experts model (to tell "unsupported MoE" from "dense")
 _MOE_CONFIG_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_experts_per_tok")
 PATHWAY_COLUMNS = ("pathway", "pathway_consistency")
 DEFAULT_CUTOFF = 0.8
 DEFAULT_MAX_PAIRS = 200_000
-
-
-def supported_layouts() -> str:
-    return ", ".join(f"{t} ({cls})" for t, (cls, _) in LAYOUTS.items())
 
 
 def check_cutoff(cutoff: Any) -> float:
@@ -101,7 +90,7 @@ def routing_layout(model: Any) -> str:
 def router_modules(model: Any) -> list[tuple[str, Any]]:
     """(module name, router module) for every MoE layer, in layer order."""
     layout = routing_layout(model)
-    cls = LAYOUTS[layout][1]
+    cls = LAYOUTS[layout].router
     found = [(n, mod) for n, mod in _unwrap(model).named_modules() if type(mod).__name__ == cls]
     if not found:
         raise RoutingError(

