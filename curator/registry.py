@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar, overload
 
-from curator.errors import CuratorError, did_you_mean
+from curator.errors import CuratorError, PluginError, describe_exception, did_you_mean
 
 T = TypeVar("T")
 
@@ -27,8 +27,6 @@ def import_target(path: str, what: str = "object") -> Any:
     except ImportError as e:
         raise CuratorError(f"{what} {path!r}: cannot import module {mod_name!r} ({e})") from e
     except Exception as e:  # a plugin module that raises anything while importing is still the plugin's fault
-        from curator.errors import PluginError, describe_exception
-
         raise PluginError(
             f"{what} {path!r}: importing {mod_name!r} failed ({describe_exception(e)}); "
             "fix the plugin or remove it from the recipe (--debug shows the traceback)"

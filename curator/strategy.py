@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from curator.config import check_value
 from curator.data.example import Example
 from curator.errors import CuratorError, StrategyError, describe_exception, did_you_mean
 from curator.registry import Registry
@@ -334,8 +335,6 @@ def build_strategy(name_or_path: str, params: Mapping[str, Any] | None = None) -
         raise StrategyError(f"strategy {label!r} needs parameter(s) {', '.join(missing)}. Its parameters: {listing}")
     # parameters are checked against the class's annotations the way recipe fields are, so a
     # wrong-typed value ('cover_train: "no"') is an error, not a truthy string
-    from curator.config import check_value
-
     try:
         annotations = typing.get_type_hints(cls.__init__)
     except Exception:  # unresolvable annotations in a plugin: leave its parameters unchecked

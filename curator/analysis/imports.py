@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from curator.dynamics.ledger import Ledger
 from curator.errors import DataError
 
 _KNOWN = {
@@ -92,8 +93,6 @@ def import_arrays(
         DataError: missing or conflicting keys, shape mismatches, duplicate ids, acc * k not a
             whole number, NaN perplexities (unless ``drop_nan``).
     """
-    from curator.dynamics.ledger import Ledger
-
     where = str(source) if isinstance(source, (str, Path)) else "arrays"
     if isinstance(source, (str, Path)):
         path = Path(source)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from curator.data.example import Example
-from curator.errors import ConfigError
+from curator.errors import ConfigError, CuratorError
 
 DEFAULT_PROMPT = "{question}\nAnswer:"
 DEFAULT_TARGET = " {solution}\nDone."
@@ -97,8 +97,6 @@ def encode_scoring_pairs(
     tokenizer: Any, prompts: Sequence[str], targets: Sequence[str]
 ) -> list[tuple[list[int], list[int]]]:
     """`encode_pair` for every (prompt, target) a sampler scores, with the checks all backends need."""
-    from curator.errors import CuratorError
-
     if len(prompts) != len(targets):
         raise CuratorError(f"target_logprobs got {len(prompts)} prompts but {len(targets)} targets")
     pairs = [encode_pair(tokenizer, p, t) for p, t in zip(prompts, targets)]

@@ -28,6 +28,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from curator.data.example import Example, content_id
+from curator.data.grading import GSM8KGrader, _answer_is, last_boxed
+from curator.data.synthetic import SyntheticTask, synthetic_task
 from curator.errors import ConfigError, DataError, did_you_mean
 from curator.io import atomic_path
 
@@ -291,8 +293,6 @@ def _suggest(name: str, columns: Sequence[str]) -> str:
 
 def _final_answer(text: str) -> str | None:
     """The final answer written in a reference solution: ``#### N``, ``\\boxed{}``, "The answer is"."""
-    from curator.data.grading import GSM8KGrader, _answer_is, last_boxed
-
     if "####" in text:
         return GSM8KGrader().extract(text)
     boxed = last_boxed(text)
@@ -533,8 +533,6 @@ def is_synthetic_source(source: str | os.PathLike) -> bool:
 
 def _parse_synthetic(spec: str) -> tuple[Any, int, int]:
     """``synthetic[:preset][?n=..&seed=..&<task setting>=..]`` -> (task, n, seed)."""
-    from curator.data.synthetic import SyntheticTask, synthetic_task
-
     head, _, query = spec.partition("?")
     preset = head.partition(":")[2] or "easy"
     opts: dict[str, Any] = {}

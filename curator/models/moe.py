@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from curator.errors import RoutingError
+from curator.models.tiny import tiny_tokenizer
 from curator.registry import Registry
 
 
@@ -131,8 +132,6 @@ def tiny_moe(
     same weights (a private RNG stream: the caller's torch RNG does not move)."""
     import torch
     from transformers import AutoModelForCausalLM
-
-    from curator.models.tiny import tiny_tokenizer
 
     tokenizer = tokenizer or tiny_tokenizer()
     config = _config(

@@ -29,11 +29,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from curator import models  # models.load_model: looked up when called, so it can be replaced
 from curator.data.example import Example
 from curator.data.format import PromptFormat
-from curator.errors import ConfigError, DataError
+from curator.errors import ConfigError, CuratorError, DataError
 from curator.probes.preferences import PreferenceRow
 from curator.registry import Registry
+from curator.sampling.base import SamplingParams
+from curator.sampling.hf import HFSampler
 
 # plain sentences on nothing the tasks talk about (no numbers, no arithmetic)
 UNRELATED = (
@@ -274,8 +277,6 @@ FAMILIES = tuple(PROBE_FAMILIES)
 
 def rephrase(sampler: Any, responses: Sequence[str], max_new_tokens: int = 128) -> list[str]:
     """Greedy rephrasings of `responses` by `sampler` (one per response)."""
-    from curator.sampling.base import SamplingParams
-
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop=("\n\n",))
     outs = sampler.generate([REPHRASE_PROMPT.format(response=r) for r in responses], 1, params)
     return [o[0].strip() for o in outs]
@@ -289,8 +290,6 @@ def greedy_responses(
     The greedy family is scored on exactly the text the model produced, its ending included (a
     completion that never reaches a stop string is kept whole, `max_new_tokens` long).
     """
-    from curator.sampling.base import SamplingParams
-
     prompts = [
         fmt.prompt_text(Example(id=r.id, question=r.question, solution="", answer=""), tokenizer) for r in probes
     ]
@@ -311,12 +310,8 @@ def load_rephraser(spec: str | None, setting: str = "probes.rephrase_model") -> 
     """
     if not spec:
         return None
-    from curator.errors import CuratorError
-    from curator.models import load_model
-    from curator.sampling.hf import HFSampler
-
     try:
-        loaded = load_model(spec)
+        loaded = models.load_model(spec)
     except CuratorError as e:
         raise ConfigError(f"{setting}: the rephrasing model {spec!r} is not available ({e})") from None
     return HFSampler.from_loaded(loaded)

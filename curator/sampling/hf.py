@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from curator import models  # models.load_model: looked up when called, so it can be replaced
+from curator.console import progress as progress_bar
 from curator.data.format import encode_prompt, encode_scoring_pairs
 from curator.errors import ConfigError, CuratorError
 from curator.sampling.base import SamplingParams
@@ -122,8 +124,6 @@ class HFSampler:
         out: list[list[str]] = [[""] * c for c in counts]
         bar = None
         if self.progress:
-            from curator.console import progress as progress_bar
-
             bar = progress_bar(total=sum(counts), desc="sampling", unit="sample", leave=False)
         was_training = self.model.training
         self.model.eval()
@@ -343,9 +343,7 @@ class HFSampler:
     def from_loaded(cls, loaded: Any, **kw: Any) -> HFSampler:
         """From a `LoadedModel` or a `load_model` spec."""
         if isinstance(loaded, (str, bytes)) or hasattr(loaded, "__fspath__"):
-            from curator.models import load_model
-
-            loaded = load_model(loaded)
+            loaded = models.load_model(loaded)
         kw.setdefault("device", loaded.device)
         return cls(loaded.model, loaded.tokenizer, **kw)
 

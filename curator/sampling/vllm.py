@@ -34,9 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from curator import distributed
 from curator.data.format import encode_prompt, encode_scoring_pairs
 from curator.errors import ConfigError, CuratorError, require
+from curator.models.loading import ALIASES, LoadedModel, load_model, materialize, save_model
 from curator.sampling.base import SamplingParams
+from curator.training.settings import launch_world_size
 
 
 class VLLMSampler:
@@ -199,8 +202,6 @@ class VLLMSampler:
         first written to a temporary ``save_pretrained`` directory.
         """
         require("vllm", "vllm", "The vLLM sampler")
-        from curator.models.loading import ALIASES, LoadedModel, load_model, save_model
-
         if isinstance(loaded, LoadedModel):
             spec, obj = loaded.spec, loaded
         else:
@@ -260,8 +261,6 @@ def base_weight_items(model: Any):
 
 def save_base_weights(model: Any, tokenizer: Any, out: str | os.PathLike) -> None:
     """Write the base model under any adapters as a ``save_pretrained`` directory vLLM can load."""
-    from curator.models.loading import materialize
-
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     materialize(inner).save_pretrained(out, state_dict=dict(base_weight_items(model)))
     tokenizer.save_pretrained(out)
@@ -335,8 +334,6 @@ def check_vllm_ready(settings: VLLMSettings, num_processes: int | None = None) -
     require("vllm", "vllm", "dynamics.backend: vllm")
     import torch
 
-    from curator.training.settings import launch_world_size
-
     problems = check_vllm_launch(
         settings, num_processes or launch_world_size(), torch.cuda.device_count() if torch.cuda.is_available() else 0
     )
@@ -376,8 +373,6 @@ class VLLMProvider:
 
     def _engine(self, model: Any) -> VLLMSampler:
         if self._sampler is None:
-            from curator import distributed
-
             s = self.settings
             self._dir = tempfile.mkdtemp(prefix="curator-vllm-")
             base_dir = os.path.join(self._dir, "base")
