@@ -165,3 +165,14 @@ def test_every_pluggable_kind_is_a_registry():
         with pytest.raises(CuratorError, match=f"'not-one' must be a {name}"):
             reg.register("not-one", object())
         assert "not-one" not in reg
+
+
+def test_did_you_mean_is_the_one_suggestion():
+    from curator.errors import closest, did_you_mean
+
+    assert did_you_mean("trainig", ["training", "dynamics"]) == " Did you mean 'training'?"
+    assert did_you_mean("layer", ("layers", "heads"), parens=True) == " (did you mean 'layers'?)"
+    assert did_you_mean("zzz", ["training"]) == ""
+    # the cutoff: 'promt' is 0.91 like 'prompt', 'qx' only 0.5 like 'qa'
+    assert closest("promt", ["prompt", "answer"]) == "prompt"
+    assert closest("qx", ["qa"]) is None and closest("qx", ["qa"], cutoff=0.5) == "qa"
