@@ -8,12 +8,11 @@ says what it means, and its ``__post_init__`` checks cross-field rules.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
-from curator.errors import ConfigError
+from curator.errors import ConfigError, did_you_mean
 
 
 def _type_name(tp: Any) -> str:
@@ -42,8 +41,7 @@ def _convert(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
     if origin is Literal:
         if value in get_args(tp):
             return value
-        close = difflib.get_close_matches(str(value), [str(a) for a in get_args(tp)], n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(str(value), [str(a) for a in get_args(tp)], parens=True)
         problems.append(f"{where}: {value!r} is not one of {_type_name(tp)}{hint}")
         return None
     if origin in (Union, types.UnionType):
@@ -63,7 +61,7 @@ def _convert(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
                 return out
         problems.append(f"{where}: must be {_type_name(tp)}, got {value!r}")
         return None
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
@@ -71,12 +69,11 @@ def _convert(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
             return None
         return _build(tp, value, where, problems)
     if origin in (list, tuple):
-        args = [a for a in get_args(tp) if a is not Ellipsis]
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            # a single scalar is accepted where a list of them is expected
-            value = [value]
-        item_t = args[0] if args else Any
-        items = [_convert(v, item_t, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+        item_args = [a for a in get_args(tp) if a is not Ellipsis]
+        # a single scalar is accepted where a list of them is expected
+        seq = list(value) if isinstance(value, (list, tuple)) else [value]
+        item_t = item_args[0] if item_args else Any
+        items = [_convert(v, item_t, f"{where}[{i}]", problems) for i, v in enumerate(seq)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
@@ -121,8 +118,7 @@ def _build(cls: type, data: dict, where: str, problems: list[str]) -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
-            hint = f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(fields)}"
+            hint = did_you_mean(str(key), fields) or f" Valid keys: {', '.join(fields)}"
             problems.append(f"{where}.{key}: unknown key.{hint}".lstrip("."))
             continue
         kwargs[key] = _convert(value, hints[key], f"{where}.{key}".lstrip("."), problems)
@@ -130,7 +126,7 @@ def _build(cls: type, data: dict, where: str, problems: list[str]) -> Any:
         n
         for n, f in fields.items()
         if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]  # type: ignore[misc]
+    ]
     for n in missing:
         problems.append(f"{where}.{n}: required".lstrip("."))
     if len(problems) and any(p.startswith(where) for p in problems):
@@ -179,8 +175,8 @@ def describe(cls: type) -> list[tuple[str, str, Any, str]]:
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:
             default = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = to_dict(f.default_factory())  # type: ignore[misc]
+        elif f.default_factory is not dataclasses.MISSING:
+            default = to_dict(f.default_factory())
         else:
             default = "(required)"
         rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))

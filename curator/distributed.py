@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from curator.errors import ConfigError, CuratorError
+from curator.errors import ConfigError, CuratorError, RankFailure
 
 # seconds a collective waits for the other ranks before failing (torch's default is 30 min)
 TIMEOUT_ENV = "CURATOR_COLLECTIVE_TIMEOUT"
@@ -46,9 +46,33 @@ def init_launch() -> None:
     """Start the launch's process group now (under ``accelerate launch`` with several processes),
     so that checks across ranks can run before any model loads. A no-op in one process."""
     if _dist() is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from curator.training.sft import make_accelerator
-
         make_accelerator()
+
+
+def make_accelerator():
+    """An `accelerate.Accelerator` that also works for multi-process runs on CPU-only machines.
+
+    accelerate picks its gloo (MULTI_CPU) backend only when told to use the CPU; a torchrun-style
+    launch (``accelerate launch --multi_gpu``, ``torchrun``) on a machine without a GPU would
+    otherwise run every process as an independent single-process job. Collectives time out after
+    ``CURATOR_COLLECTIVE_TIMEOUT`` seconds (default 1800), so a dead rank stops the others.
+    """
+    from datetime import timedelta
+
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    has_xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
+    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if multi and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not torch.cuda.is_available():
+        # accelerate would silently run an FSDP launch without GPUs as unsharded CPU processes
+        raise ConfigError(
+            "an FSDP launch (--use_fsdp) needs GPUs; on CPUs launch with --multi_gpu or --cpu "
+            "(each process then holds the whole model)"
+        )
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout_seconds()))
+    return Accelerator(cpu=multi and not torch.cuda.is_available() and not has_xpu, kwargs_handlers=[timeout])
 
 
 def world_size() -> int:
@@ -67,10 +91,6 @@ def is_main_process() -> bool:
     if d is not None:
         return d.get_rank() == 0
     return os.environ.get("RANK", "0") == "0"
-
-
-class RankFailure(CuratorError):
-    """Another process of the launch stopped (or timed out) during a collective."""
 
 
 @contextlib.contextmanager

@@ -7,6 +7,9 @@ unreachable store. Everything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class CuratorError(Exception):
     """A user-facing error: the message says what is wrong and how to fix it."""
@@ -55,8 +58,27 @@ def require(module: str, extra: str, purpose: str):
         raise MissingExtraError(module.split(".")[0], extra, purpose) from e
 
 
+class RankFailure(CuratorError):
+    """Another process of the launch stopped (or timed out) during a collective."""
+
+
 class PluginError(CuratorError):
     """Third-party code (a strategy, loop, grader or sampler plugin) failed to import or build."""
+
+
+def closest(name: str, choices: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The choice most like ``name`` (difflib's similarity ratio >= ``cutoff``), or None."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, choices: Iterable[str], *, cutoff: float = 0.6, parens: bool = False) -> str:
+    """The suggestion to append to an "unknown name" message: `` Did you mean 'x'?``, or with
+    ``parens`` `` (did you mean 'x'?)``; ``""`` when no choice is close enough."""
+    close = closest(name, choices, cutoff)
+    if close is None:
+        return ""
+    return f" (did you mean {close!r}?)" if parens else f" Did you mean {close!r}?"
 
 
 def describe_exception(e: BaseException) -> str:

@@ -17,8 +17,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from curator.data.example import Example
 from curator.data.format import PromptFormat
 from curator.data.loaders import load_examples
 from curator.errors import ConfigError, CuratorError, DataError
+from curator.io import atomic_path
 from curator.measure import check_ledger_matches
 from curator.rounds import LEDGER, RESOLVED_RECIPE, SELECTION, RoundStore, read_seed_ids, resolved_recipe_file
 
@@ -224,28 +223,18 @@ def export_selection(
 
 def write_dataset(ds: Any, out: Path, format: str | None) -> None:
     """Write to a temporary sibling of ``out``, then rename: readers never see half a dataset."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    # an existing ``out`` (overwrite was asked for) is replaced only once the new one is whole
+    with atomic_path(out) as tmp:
         if format == "disk":
-            target = tmp / "ds"
-            ds.save_to_disk(str(target))
+            ds.save_to_disk(str(tmp))
+        elif format == "jsonl":
+            # not Dataset.to_json: pandas writes floats with 10 significant digits, and scores
+            # must come back exactly; NaN (not valid JSON) becomes null
+            with open(tmp, "w", encoding="utf-8") as f:
+                for row in ds:
+                    f.write(json.dumps({k: _json_value(v) for k, v in row.items()}, ensure_ascii=False) + "\n")
         else:
-            target = tmp / out.name
-            if format == "jsonl":
-                # not Dataset.to_json: pandas writes floats with 10 significant digits, and scores
-                # must come back exactly; NaN (not valid JSON) becomes null
-                with open(target, "w", encoding="utf-8") as f:
-                    for row in ds:
-                        f.write(json.dumps({k: _json_value(v) for k, v in row.items()}, ensure_ascii=False) + "\n")
-            else:
-                ds.to_parquet(str(target))
-        if out.exists():  # overwrite was asked for: move the old one aside only now
-            old = tmp / "old"
-            os.replace(out, old)
-        os.replace(target, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            ds.to_parquet(str(tmp))
 
 
 def _json_value(v: Any) -> Any:

@@ -9,7 +9,6 @@ precedence is CLI > YAML > defaults.
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 import os
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from curator.config import describe, from_dict, to_dict
 from curator.data.format import PromptFormat
 from curator.data.grading import GraderProtocol, get_grader
 from curator.data.loaders import is_synthetic_source, load_examples
-from curator.errors import ConfigError, CuratorError, describe_exception
+from curator.errors import ConfigError, CuratorError, describe_exception, did_you_mean
 from curator.loop import get_loop
 from curator.models.loading import _DTYPE_ALIASES, DTYPES
 from curator.models.lora import LoraSettings
@@ -298,8 +297,7 @@ def resolve_recipe_path(path: str | os.PathLike) -> Path:
         if cand.exists():
             return cand
     shipped = sorted(x.stem for x in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.exists() else []
-    close = difflib.get_close_matches(str(path), shipped, n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
+    hint = did_you_mean(str(path), shipped)
     raise CuratorError(f"recipe {str(path)!r} not found.{hint} Shipped recipes: {', '.join(shipped)}")
 
 

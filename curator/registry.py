@@ -1,4 +1,5 @@
-"""One small generic registry for every pluggable kind (strategies, loops, graders, sources).
+"""One small generic registry for every pluggable kind: strategies, loops, graders, sampler
+backends, synthetic presets and skills, model aliases, MoE layouts, probe families.
 
 Entries are registered with a decorator, or lazily as a ``"module:Attr"`` string so that importing
 curator never imports the thing registered. Third parties add entries through an entry-point
@@ -7,12 +8,11 @@ group (e.g. ``curator.strategies``), and a recipe may name a ``module:Class`` pa
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar, overload
 
-from curator.errors import CuratorError, PluginError, describe_exception
+from curator.errors import CuratorError, PluginError, describe_exception, did_you_mean
 
 T = TypeVar("T")
 
@@ -56,11 +56,22 @@ class Registry(Generic[T]):
     name, or two plugins the same name — raises a CuratorError that names both sources, instead of
     one silently replacing the other. Registering the same target again (a reloaded module, a lazy
     ``"mod:Cls"`` and then ``Cls`` itself) is not a clash.
+
+    Args:
+        base: entries must be instances of ``base`` or subclasses of it; checked when an object is
+            registered and when a lazy target is first resolved, so a wrong entry fails where it is
+            added, not where it is used.
+        ordered: `names` in registration order instead of sorted, for kinds whose order means
+            something (a seeded draw indexes the skills; messages list layouts as the docs do).
     """
 
-    def __init__(self, kind: str, entry_point_group: str | None = None):
+    def __init__(
+        self, kind: str, entry_point_group: str | None = None, *, base: type | None = None, ordered: bool = False
+    ):
         self.kind = kind
         self.entry_point_group = entry_point_group
+        self.base = base
+        self.ordered = ordered
         self._entries: dict[str, T | str] = {}
         self._sources: dict[str, str] = {}  # name -> where it was registered, for clash messages
         self._entry_points_loaded = False
@@ -85,6 +96,8 @@ class Registry(Generic[T]):
 
     def _add(self, name: str, target: T | str, source: str | None = None) -> None:
         """The one place entries come in (code and entry points): refuses a second owner of a name."""
+        if not isinstance(target, str):
+            self._check_base(name, target)
         path = target_path(target)
         source = source or (repr(path) if path else repr(target))
         if name in self._entries:
@@ -100,6 +113,15 @@ class Registry(Generic[T]):
         self._entries[name] = target
         self._sources[name] = source
 
+    def _check_base(self, name: str, target: object) -> None:
+        base = self.base
+        if base is None or isinstance(target, base) or (isinstance(target, type) and issubclass(target, base)):
+            return
+        raise CuratorError(
+            f"{self.kind} {name!r} must be a {base.__name__} (an instance or a subclass), got {target!r}; "
+            f"register a {base.__name__}"
+        )
+
     def _load_entry_points(self) -> None:
         if self._entry_points_loaded or not self.entry_point_group:
             return
@@ -113,7 +135,7 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         self._load_entry_points()
-        return sorted(self._entries)
+        return list(self._entries) if self.ordered else sorted(self._entries)
 
     def __contains__(self, name: str) -> bool:
         self._load_entry_points()
@@ -122,24 +144,36 @@ class Registry(Generic[T]):
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
+
+    def items(self) -> list[tuple[str, T]]:
+        """(name, resolved entry) in `names` order; resolves lazy targets."""
+        return [(name, self.get(name)) for name in self.names()]
+
     def get(self, name: str) -> T:
         """Resolve a registered name or a ``module:Attr`` path."""
         self._load_entry_points()
         if name not in self._entries:
             if ":" in name:
-                return import_target(name, self.kind)
+                obj: T = import_target(name, self.kind)
+                self._check_base(name, obj)
+                return obj
             raise CuratorError(self.unknown_message(name))
         target = self._entries[name]
         if isinstance(target, str):
             resolved: T = import_target(target, f"{self.kind} {name!r}")
+            self._check_base(name, resolved)
             self._entries[name] = resolved
             return resolved
         return target
 
     def unknown_message(self, name: str) -> str:
         names = self.names()
-        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, names, cutoff=0.5)
         return (
             f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(names) or '(none)'}"
             f" — or give a 'package.module:Class' path"

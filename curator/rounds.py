@@ -38,7 +38,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from curator.io import atomic_write_json, atomic_write_text, read_examples_jsonl, read_json, write_examples_jsonl
+from curator.data.example import read_examples_jsonl, write_examples_jsonl
+from curator.io import atomic_path, atomic_write_json, atomic_write_text, read_json
 
 # ---- the run directory (module docstring)
 RESOLVED_RECIPE = "curator-run.yaml"
@@ -141,9 +142,8 @@ class RoundStore:
         ledger.to_parquet(self.path(r, LEDGER))  # Ledger.to_parquet writes atomically
 
     def write_selection(self, r: int, df) -> None:
-        tmp = self.path(r, f".{SELECTION}.tmp")
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, self.path(r, SELECTION))
+        with atomic_path(self.path(r, SELECTION)) as tmp:
+            df.to_parquet(tmp, index=False)
 
     def write_round_outputs(self, r: int, next_ids: list[str], checkpoints: Any, new_examples: Iterable = ()) -> None:
         new_examples = list(new_examples)
@@ -155,9 +155,8 @@ class RoundStore:
     def write_trainable_state(self, r: int, state: dict) -> None:
         import torch
 
-        tmp = self.path(r, f".{TRAINABLE_STATE}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path(r, TRAINABLE_STATE))
+        with atomic_path(self.path(r, TRAINABLE_STATE)) as tmp:
+            torch.save(state, tmp)
 
     def finish(self, r: int, metrics: dict[str, Any]) -> None:
         """Write the round's metrics, then ``DONE``: call only once every other file is written."""

@@ -24,12 +24,12 @@ import numpy as np
 
 from curator.config import check_value
 from curator.data.example import Example
-from curator.errors import CuratorError, StrategyError, describe_exception
+from curator.errors import CuratorError, StrategyError, describe_exception, did_you_mean
 from curator.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from curator.dynamics.ledger import Ledger
-    from curator.signals import Signals
+    from curator.signals import RestrictedSignals, Signals
 
 SIGNALS = frozenset({"embeddings", "losses", "answers", "ledger"})
 
@@ -70,7 +70,7 @@ class SelectionContext:
     pool: list[Example]
     train: list[Example] = field(default_factory=list)
     ledger: Ledger | None = None
-    signals: Signals | None = None
+    signals: Signals | RestrictedSignals | None = None  # restricted to its needs during select
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     round: int = 0
     p: float = 1.105
@@ -154,7 +154,7 @@ class Strategy:
         return f"{type(self).__name__}({args})"
 
 
-def _init_params(cls: type) -> dict[str, inspect.Parameter]:
+def _init_params(cls: type[Any]) -> dict[str, inspect.Parameter]:
     if cls.__init__ is object.__init__:
         return {}
     sig = inspect.signature(cls.__init__)
@@ -278,7 +278,7 @@ def strategy_name(strategy: Any) -> str:
     return getattr(strategy, "name", "") or type(strategy).__name__
 
 
-def resolve_strategy_class(name_or_path: str) -> type:
+def resolve_strategy_class(name_or_path: str) -> type[Any]:
     """The strategy class for a registered name or a ``module:Class`` path, contract-checked."""
     try:
         cls = strategies.get(name_or_path)
@@ -328,12 +328,7 @@ def build_strategy(name_or_path: str, params: Mapping[str, Any] | None = None) -
     listing = ", ".join(f"{n}={_fmt_default(p.default)}" for n, p in accepted.items()) or "(none)"
     unknown = [n for n in params if n not in accepted]
     if unknown and not takes_any:
-        import difflib
-
-        hints = []
-        for n in unknown:
-            close = difflib.get_close_matches(n, list(accepted), n=1, cutoff=0.6)
-            hints.append(f"{n!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        hints = [f"{n!r}{did_you_mean(n, accepted, parens=True)}" for n in unknown]
         raise StrategyError(f"strategy {label!r} has no parameter {', '.join(hints)}. Its parameters: {listing}")
     missing = [n for n, p in accepted.items() if p.default is p.empty and n not in params]
     if missing:
@@ -341,13 +336,13 @@ def build_strategy(name_or_path: str, params: Mapping[str, Any] | None = None) -
     # parameters are checked against the class's annotations the way recipe fields are, so a
     # wrong-typed value ('cover_train: "no"') is an error, not a truthy string
     try:
-        hints = typing.get_type_hints(cls.__init__)
+        annotations = typing.get_type_hints(cls.__init__)
     except Exception:  # unresolvable annotations in a plugin: leave its parameters unchecked
-        hints = {}
+        annotations = {}
     problems = []
     for n in params:
-        if n in hints:
-            params[n], bad = check_value(params[n], hints[n], n)
+        if n in annotations:
+            params[n], bad = check_value(params[n], annotations[n], n)
             problems += bad
     if problems:
         raise StrategyError(f"strategy {label!r}: {'; '.join(problems)}. Its parameters: {listing}")

@@ -120,3 +120,59 @@ def test_unknown_name_suggests_and_lists():
     with pytest.raises(CuratorError, match=r"unknown widget 'alpah'. Did you mean 'alpha'\? Available: alpha, beta"):
         reg.get("alpah")
     assert reg.get(f"{__name__}:Beta") is Beta  # a module:Class path needs no registration
+
+
+def test_base_class_is_checked_where_an_entry_is_added():
+    reg: Registry[Alpha] = Registry("widget", base=Alpha)
+
+    class Sub(Alpha):
+        pass
+
+    reg.register("sub", Sub)  # a subclass
+    reg.register("inst", Alpha())  # an instance
+    with pytest.raises(CuratorError, match=r"^widget 'b' must be a Alpha \(an instance or a subclass\), got "):
+        reg.register("b", Beta)
+    reg.register("lazy", f"{__name__}:Beta")  # a lazy target is checked when it is first resolved
+    with pytest.raises(CuratorError, match="widget 'lazy' must be a Alpha"):
+        reg.get("lazy")
+    assert reg.names() == ["inst", "lazy", "sub"]
+
+
+def test_ordered_registry_keeps_registration_order_and_reads_like_a_mapping():
+    reg: Registry[int] = Registry("number", ordered=True)
+    for name, v in (("two", 2), ("one", 1), ("three", 3)):
+        reg.register(name, v)
+    assert list(reg) == ["two", "one", "three"] and len(reg) == 3
+    assert reg["one"] == 1 and reg.items() == [("two", 2), ("one", 1), ("three", 3)]
+    with pytest.raises(CuratorError, match="unknown number 'thre'. Did you mean 'three'"):
+        reg["thre"]
+
+
+def test_every_pluggable_kind_is_a_registry():
+    from curator.data.synthetic import SKILLS
+    from curator.models.loading import ALIASES, ModelAlias
+    from curator.models.moe import LAYOUTS, MoELayout
+    from curator.probes.families import FAMILIES, PROBE_FAMILIES, ProbeFamily
+
+    assert tuple(SKILLS) == ("shopping", "rates", "sharing", "comparison", "group_totals")  # order = seeded draws
+    assert list(ALIASES) == ["tiny-random", "smollm2-135m-instruct", "organism"]
+    assert list(LAYOUTS) == ["olmoe", "mixtral", "qwen2_moe", "qwen3_moe"]
+    assert LAYOUTS["mixtral"].router == "MixtralTopKRouter"
+    assert FAMILIES == tuple(PROBE_FAMILIES) and FAMILIES[:2] == ("chosen", "rejected") and FAMILIES[-1] == "greedy"
+    # refused before it is added: the global registries stay as they were
+    for reg, base in ((ALIASES, ModelAlias), (LAYOUTS, MoELayout), (PROBE_FAMILIES, ProbeFamily), (SKILLS, None)):
+        name = base.__name__ if base else "_Skill"
+        with pytest.raises(CuratorError, match=f"'not-one' must be a {name}"):
+            reg.register("not-one", object())
+        assert "not-one" not in reg
+
+
+def test_did_you_mean_is_the_one_suggestion():
+    from curator.errors import closest, did_you_mean
+
+    assert did_you_mean("trainig", ["training", "dynamics"]) == " Did you mean 'training'?"
+    assert did_you_mean("layer", ("layers", "heads"), parens=True) == " (did you mean 'layers'?)"
+    assert did_you_mean("zzz", ["training"]) == ""
+    # the cutoff: 'promt' is 0.91 like 'prompt', 'qx' only 0.5 like 'qa'
+    assert closest("promt", ["prompt", "answer"]) == "prompt"
+    assert closest("qx", ["qa"]) is None and closest("qx", ["qa"], cutoff=0.5) == "qa"

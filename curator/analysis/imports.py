@@ -93,7 +93,6 @@ def import_arrays(
         DataError: missing or conflicting keys, shape mismatches, duplicate ids, acc * k not a
             whole number, NaN perplexities (unless ``drop_nan``).
     """
-
     where = str(source) if isinstance(source, (str, Path)) else "arrays"
     if isinstance(source, (str, Path)):
         path = Path(source)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import json
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from curator.io import atomic_write_text
 
 
 def content_id(question: str, solution: str) -> str:
@@ -59,3 +63,13 @@ class Example:
             answer=str(d["answer"]),
             meta=dict(d.get("meta") or {}),
         )
+
+
+# the round directory's example files (one JSON object per line, written atomically)
+def write_examples_jsonl(path: str | os.PathLike, examples: Iterable[Example]) -> None:
+    atomic_write_text(path, "".join(json.dumps(e.to_dict(), default=str) + "\n" for e in examples))
+
+
+def read_examples_jsonl(path: str | os.PathLike) -> list[Example]:
+    with open(path) as f:
+        return [Example.from_dict(json.loads(line)) for line in f if line.strip()]

@@ -97,7 +97,6 @@ def encode_scoring_pairs(
     tokenizer: Any, prompts: Sequence[str], targets: Sequence[str]
 ) -> list[tuple[list[int], list[int]]]:
     """`encode_pair` for every (prompt, target) a sampler scores, with the checks all backends need."""
-
     if len(prompts) != len(targets):
         raise CuratorError(f"target_logprobs got {len(prompts)} prompts but {len(targets)} targets")
     pairs = [encode_pair(tokenizer, p, t) for p, t in zip(prompts, targets)]

@@ -18,7 +18,6 @@ Ids come from the source's id column (``id_field``, ``id`` or ``unique_id``), el
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import os
@@ -31,7 +30,8 @@ from urllib.parse import parse_qsl
 from curator.data.example import Example, content_id
 from curator.data.grading import GSM8KGrader, _answer_is, last_boxed
 from curator.data.synthetic import SyntheticTask, synthetic_task
-from curator.errors import ConfigError, DataError
+from curator.errors import ConfigError, DataError, did_you_mean
+from curator.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -288,13 +288,11 @@ def _read_hub(source: str, config: str | None, split: str, limit: int | None) ->
 
 
 def _suggest(name: str, columns: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(columns), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return did_you_mean(name, columns, cutoff=0.5, parens=True)
 
 
 def _final_answer(text: str) -> str | None:
     """The final answer written in a reference solution: ``#### N``, ``\\boxed{}``, "The answer is"."""
-
     if "####" in text:
         return GSM8KGrader().extract(text)
     boxed = last_boxed(text)
@@ -343,6 +341,32 @@ def rows_to_examples(
     fmap = FieldMap.parse(fields)
     if not rows:
         raise DataError(f"{where}: the dataset is empty (no rows)")
+    rows, columns = _columns_and_layout(rows, fmap)
+    plan = _plan_columns(fmap, id_field, columns, where)
+    examples, bad, n_dup = _convert_rows(rows, plan, where)
+    n_bad = sum(len(v) for v in bad.values())
+    if n_bad:
+        parts = [
+            f"{reason}: {len(rows_)} row(s), e.g. row {', '.join(map(str, rows_[:5]))}" for reason, rows_ in bad.items()
+        ]
+        summary = f"{n_bad} of {len(rows)} rows unusable — " + "; ".join(parts)
+        if strict:
+            raise DataError(
+                f"{where}: {summary}; available columns: {', '.join(columns)}. Fix or map the "
+                "columns, or pass strict=False (CLI: --lenient) to drop these rows"
+            )
+        log.warning("%s: dropped %s", where, summary)
+    if n_dup:
+        log.warning("%s: dropped %d exact duplicate row(s)", where, n_dup)
+    if not examples:
+        raise DataError(f"{where}: no usable rows")
+    return examples
+
+
+def _columns_and_layout(
+    rows: Sequence[Mapping[str, Any]], fmap: FieldMap
+) -> tuple[Sequence[Mapping[str, Any]], list[str]]:
+    """Every column in first-seen order; TRL's chat layouts become question/solution rows."""
     columns: list[str] = []
     seen_cols: set[str] = set()
     for row in rows:
@@ -361,11 +385,29 @@ def rows_to_examples(
         )
         if chat_layout is not None:
             rows = [_from_trl_row(row, chat_layout) for row in rows]
-            for c in ("question", "solution"):
-                if c not in seen_cols:
-                    seen_cols.add(c)
-                    columns.append(c)
-    avail = ", ".join(columns)
+            columns += [c for c in ("question", "solution") if c not in seen_cols]
+    return rows, columns
+
+
+@dataclass(frozen=True)
+class _ColumnPlan:
+    """Which column holds each field, and the layout they were recognised as."""
+
+    question: str
+    solution: str
+    answer: str | None
+    id: str | None
+    layout: str  # mapped | plain | math | gsm8k
+
+    @property
+    def used(self) -> set[str | None]:
+        return {self.question, self.solution, self.answer, self.id}
+
+
+def _plan_columns(fmap: FieldMap, id_field: str | None, columns: list[str], where: str) -> _ColumnPlan:
+    """The field -> column mapping (explicit mappings first, then the known layouts); a DataError
+    naming the available columns when a field has none."""
+    seen_cols, avail = set(columns), ", ".join(columns)
 
     def check(field: str, col: str | None) -> str | None:
         if col is not None and col not in seen_cols:
@@ -403,46 +445,72 @@ def rows_to_examples(
             f"{where}: id column {id_field!r} does not exist{_suggest(id_field, columns)}; available columns: {avail}"
         )
     id_col = id_field or next((c for c in ID_COLUMNS if c in seen_cols), None)
-    used = {q_col, s_col, a_col, id_col}
+    return _ColumnPlan(q_col, s_col, a_col, id_col, layout)
 
+
+def _row_texts(row: Mapping[str, Any], plan: _ColumnPlan) -> tuple[str, str, str] | str:
+    """(question, solution, final answer) of one row, or the reason it is unusable."""
+    q, s = row.get(plan.question), row.get(plan.solution)
+    if q is None or str(q).strip() == "":
+        return f"field 'question' (column {plan.question!r}) is missing or empty"
+    if s is None or str(s).strip() == "":
+        return f"field 'solution' (column {plan.solution!r}) is missing or empty"
+    q, s = str(q), str(s)
+    ans = row.get(plan.answer) if plan.answer else None
+    ans = "" if ans is None else str(ans).strip()
+    if ans and ("####" in ans or "\\boxed" in ans):  # an answer column holding a solution
+        ans = _final_answer(ans) or ""
+    if not ans:
+        ans = _final_answer(s) or ""
+    if not ans:
+        if not plan.answer:
+            return "no final answer in the solution (expected '#### N', \\boxed{...} or 'The answer is ...')"
+        return f"field 'answer' (column {plan.answer!r}) is empty and the solution has no final answer"
+    return q, s, ans
+
+
+def _row_meta(row: Mapping[str, Any], plan: _ColumnPlan, where: str, i: int) -> dict[str, Any]:
+    """The row's ``meta`` mapping, its other scalar columns, and where it came from."""
+    meta: dict[str, Any] = {}
+    extra = row.get("meta")
+    if isinstance(extra, Mapping):
+        meta.update(extra)
+    used = plan.used
+    for k, v in row.items():
+        if k not in used and k != "meta" and (v is None or isinstance(v, (str, int, float, bool))):
+            meta.setdefault(k, v)
+    meta.setdefault("source", where)
+    meta.setdefault("row", i)
+    if plan.layout in ("gsm8k", "math"):
+        meta.setdefault("layout", plan.layout)
+    return meta
+
+
+def _convert_rows(
+    rows: Sequence[Mapping[str, Any]], plan: _ColumnPlan, where: str
+) -> tuple[list[Example], dict[str, list[int]], int]:
+    """The usable rows as Examples; the unusable ones' row numbers per reason; the count of exact
+    duplicates dropped. A DataError for a repeated id in the id column."""
     examples: list[Example] = []
     bad: dict[str, list[int]] = {}
     ids: dict[str, int] = {}
     n_dup = 0
     for i, row in enumerate(rows, 1):
-        reason = None
-        q, s = row.get(q_col), row.get(s_col)
-        if q is None or str(q).strip() == "":
-            reason = f"field 'question' (column {q_col!r}) is missing or empty"
-        elif s is None or str(s).strip() == "":
-            reason = f"field 'solution' (column {s_col!r}) is missing or empty"
-        else:
-            q, s = str(q), str(s)
-            ans = row.get(a_col) if a_col else None
-            ans = "" if ans is None else str(ans).strip()
-            if ans and ("####" in ans or "\\boxed" in ans):  # an answer column holding a solution
-                ans = _final_answer(ans) or ""
-            if not ans:
-                ans = _final_answer(s) or ""
-            if not ans:
-                reason = (
-                    ("no final answer in the solution (expected '#### N', \\boxed{...} or 'The answer is ...')")
-                    if not a_col
-                    else f"field 'answer' (column {a_col!r}) is empty and the solution has no final answer"
-                )
-        if reason is not None:
-            bad.setdefault(reason, []).append(i)
+        texts = _row_texts(row, plan)
+        if isinstance(texts, str):
+            bad.setdefault(texts, []).append(i)
             continue
-        if id_col is not None:
-            raw_id = row.get(id_col)
+        q, s, ans = texts
+        if plan.id is not None:
+            raw_id = row.get(plan.id)
             if raw_id is None or str(raw_id).strip() == "":
-                bad.setdefault(f"id column {id_col!r} is missing or empty", []).append(i)
+                bad.setdefault(f"id column {plan.id!r} is missing or empty", []).append(i)
                 continue
             ex_id = str(raw_id)
             if ex_id in ids:
                 raise DataError(
                     f"{where}: duplicate id {ex_id!r} in rows {ids[ex_id]} and {i} of "
-                    f"column {id_col!r}; ids must be unique (fix the column, or remove it "
+                    f"column {plan.id!r}; ids must be unique (fix the column, or remove it "
                     "to use content hashes)"
                 )
         else:
@@ -451,38 +519,8 @@ def rows_to_examples(
                 n_dup += 1
                 continue
         ids[ex_id] = i
-        meta: dict[str, Any] = {}
-        extra = row.get("meta")
-        if isinstance(extra, Mapping):
-            meta.update(extra)
-        for k, v in row.items():
-            if k not in used and k != "meta" and (v is None or isinstance(v, (str, int, float, bool))):
-                meta.setdefault(k, v)
-        meta.setdefault("source", where)
-        meta.setdefault("row", i)
-        if layout == "gsm8k":
-            meta.setdefault("layout", "gsm8k")
-        elif layout == "math":
-            meta.setdefault("layout", "math")
-        examples.append(Example(id=ex_id, question=q, solution=s, answer=ans, meta=meta))
-
-    n_bad = sum(len(v) for v in bad.values())
-    if n_bad:
-        parts = [
-            f"{reason}: {len(rows_)} row(s), e.g. row {', '.join(map(str, rows_[:5]))}" for reason, rows_ in bad.items()
-        ]
-        summary = f"{n_bad} of {len(rows)} rows unusable — " + "; ".join(parts)
-        if strict:
-            raise DataError(
-                f"{where}: {summary}; available columns: {avail}. Fix or map the "
-                "columns, or pass strict=False (CLI: --lenient) to drop these rows"
-            )
-        log.warning("%s: dropped %s", where, summary)
-    if n_dup:
-        log.warning("%s: dropped %d exact duplicate row(s)", where, n_dup)
-    if not examples:
-        raise DataError(f"{where}: no usable rows")
-    return examples
+        examples.append(Example(id=ex_id, question=q, solution=s, answer=ans, meta=_row_meta(row, plan, where, i)))
+    return examples, bad, n_dup
 
 
 # ---------------------------------------------------------------- synthetic
@@ -495,7 +533,6 @@ def is_synthetic_source(source: str | os.PathLike) -> bool:
 
 def _parse_synthetic(spec: str) -> tuple[Any, int, int]:
     """``synthetic[:preset][?n=..&seed=..&<task setting>=..]`` -> (task, n, seed)."""
-
     head, _, query = spec.partition("?")
     preset = head.partition(":")[2] or "easy"
     opts: dict[str, Any] = {}
@@ -539,13 +576,9 @@ def synthetic_task_from_source(source: str | os.PathLike):
 
 def save_examples(examples: Iterable[Example], path: str | os.PathLike) -> int:
     """Write Examples as JSON lines (id, question, solution, answer, meta); returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:  # readers never see half a file
         for ex in examples:
             f.write(json.dumps(ex.to_dict(), ensure_ascii=False) + "\n")
             n += 1
-    os.replace(tmp, path)  # readers never see a half-written file
     return n

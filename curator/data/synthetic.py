@@ -213,7 +213,7 @@ class _Trace:
         self.rng = rng
         self.lines: list[str] = []
         self.exprs: list[str] = []
-        self.done: dict[Any, Any] = {}
+        self.done: dict[int, int] = {}  # id(node) -> its value, for sub-results already written
 
     def line(self, node: _Q | None, expr: str, value: int) -> None:
         self.exprs.append(expr)
@@ -600,16 +600,16 @@ class _Skill:
     realize: Callable[[random.Random, tuple, int, list], _Problem]
 
 
-SKILLS: dict[str, _Skill] = {
-    s.name: s
-    for s in (
-        _Skill("shopping", _shopping_shape, _shopping),
-        _Skill("rates", _rates_shape, _rates),
-        _Skill("sharing", _sharing_shape, _sharing),
-        _Skill("comparison", _comparison_shape, _comparison),
-        _Skill("group_totals", _group_shape, _group_totals),
-    )
-}
+# registration order is part of the task: a seeded draw picks a skill by its position
+SKILLS: Registry[_Skill] = Registry("skill", base=_Skill, ordered=True)
+for _s in (
+    _Skill("shopping", _shopping_shape, _shopping),
+    _Skill("rates", _rates_shape, _rates),
+    _Skill("sharing", _sharing_shape, _sharing),
+    _Skill("comparison", _comparison_shape, _comparison),
+    _Skill("group_totals", _group_shape, _group_totals),
+):
+    SKILLS.register(_s.name, _s)
 
 
 def _tuplify(x: Any) -> Any:

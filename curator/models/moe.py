@@ -1,30 +1,84 @@
-"""Tiny random-initialised mixture-of-experts models, one per routing layout, built in-process.
+"""The mixture-of-experts layouts curator reads routing from (`LAYOUTS`), and tiny
+random-initialised models of each, built in-process.
 
-For tests of router capture (every layout in `LAYOUTS`, which `curator.dynamics.routing` reads) and for the
-routing validation run, which trains a small one from scratch (`small_moe`). They share the
-character-level tokenizer of `curator.models.tiny`, so no files or downloads are involved.
+For tests of router capture (every layout in `LAYOUTS`) and for the routing validation run, which
+trains a small one from scratch (`small_moe`). They share the character-level tokenizer of
+`curator.models.tiny`, so no files or downloads are involved.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from curator.errors import RoutingError
 from curator.models.tiny import tiny_tokenizer
+from curator.registry import Registry
 
-MOE_LAYOUTS = ("olmoe", "mixtral", "qwen2_moe", "qwen3_moe")
-# model_type -> (causal-LM class, router module class); every router returns
-# (router_logits [T, E], top-k weights [T, k], top-k expert indices [T, k])
-LAYOUTS: dict[str, tuple[str, str]] = {
-    "olmoe": ("OlmoeForCausalLM", "OlmoeTopKRouter"),
-    "mixtral": ("MixtralForCausalLM", "MixtralTopKRouter"),
-    "qwen2_moe": ("Qwen2MoeForCausalLM", "Qwen2MoeTopKRouter"),
-    "qwen3_moe": ("Qwen3MoeForCausalLM", "Qwen3MoeTopKRouter"),
-}
+
+@dataclass(frozen=True)
+class MoELayout:
+    """A transformers MoE architecture: its causal-LM class, its router module class (every router
+    returns ``(router_logits [T, E], top-k weights [T, k], top-k expert indices [T, k])``), and
+    how to configure a tiny one: ``config(experts, expert_hidden, hidden, heads, **common)``."""
+
+    causal_lm: str
+    router: str
+    config: Callable[..., Any]
+
+
+def _olmoe(experts: int, expert_hidden: int, hidden: int, heads: int, **common: Any) -> Any:
+    from transformers import OlmoeConfig
+
+    return OlmoeConfig(num_experts=experts, intermediate_size=expert_hidden, **common)
+
+
+def _mixtral(experts: int, expert_hidden: int, hidden: int, heads: int, **common: Any) -> Any:
+    from transformers import MixtralConfig
+
+    return MixtralConfig(num_local_experts=experts, intermediate_size=expert_hidden, **common)
+
+
+def _qwen2_moe(experts: int, expert_hidden: int, hidden: int, heads: int, **common: Any) -> Any:
+    from transformers import Qwen2MoeConfig
+
+    return Qwen2MoeConfig(
+        num_experts=experts,
+        moe_intermediate_size=expert_hidden,
+        intermediate_size=2 * hidden,
+        shared_expert_intermediate_size=expert_hidden,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        **common,
+    )
+
+
+def _qwen3_moe(experts: int, expert_hidden: int, hidden: int, heads: int, **common: Any) -> Any:
+    from transformers import Qwen3MoeConfig
+
+    return Qwen3MoeConfig(
+        num_experts=experts,
+        moe_intermediate_size=expert_hidden,
+        intermediate_size=2 * hidden,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        head_dim=hidden // heads,
+        **common,
+    )
+
+
+# model_type -> layout; in the order the docs and messages list them
+LAYOUTS: Registry[MoELayout] = Registry("MoE layout", base=MoELayout, ordered=True)
+LAYOUTS.register("olmoe", MoELayout("OlmoeForCausalLM", "OlmoeTopKRouter", _olmoe))
+LAYOUTS.register("mixtral", MoELayout("MixtralForCausalLM", "MixtralTopKRouter", _mixtral))
+LAYOUTS.register("qwen2_moe", MoELayout("Qwen2MoeForCausalLM", "Qwen2MoeTopKRouter", _qwen2_moe))
+LAYOUTS.register("qwen3_moe", MoELayout("Qwen3MoeForCausalLM", "Qwen3MoeTopKRouter", _qwen3_moe))
+MOE_LAYOUTS = tuple(LAYOUTS)
 
 
 def supported_layouts() -> str:
-    return ", ".join(f"{t} ({cls})" for t, (cls, _) in LAYOUTS.items())
+    return ", ".join(f"{t} ({layout.causal_lm})" for t, layout in LAYOUTS.items())
 
 
 def _config(
@@ -55,39 +109,9 @@ def _config(
         pad_token_id=tokenizer.pad_token_id,
         num_experts_per_tok=top_k,
     )
-    if layout == "olmoe":
-        from transformers import OlmoeConfig
-
-        return OlmoeConfig(num_experts=experts, intermediate_size=expert_hidden, **common)
-    if layout == "mixtral":
-        from transformers import MixtralConfig
-
-        return MixtralConfig(num_local_experts=experts, intermediate_size=expert_hidden, **common)
-    if layout == "qwen2_moe":
-        from transformers import Qwen2MoeConfig
-
-        return Qwen2MoeConfig(
-            num_experts=experts,
-            moe_intermediate_size=expert_hidden,
-            intermediate_size=2 * hidden,
-            shared_expert_intermediate_size=expert_hidden,
-            decoder_sparse_step=1,
-            mlp_only_layers=[],
-            **common,
-        )
-    if layout == "qwen3_moe":
-        from transformers import Qwen3MoeConfig
-
-        return Qwen3MoeConfig(
-            num_experts=experts,
-            moe_intermediate_size=expert_hidden,
-            intermediate_size=2 * hidden,
-            decoder_sparse_step=1,
-            mlp_only_layers=[],
-            head_dim=hidden // heads,
-            **common,
-        )
-    raise RoutingError(f"no tiny MoE builder for layout {layout!r}; supported layouts: {supported_layouts()}")
+    if layout not in LAYOUTS:
+        raise RoutingError(f"no tiny MoE builder for layout {layout!r}; supported layouts: {supported_layouts()}")
+    return LAYOUTS[layout].config(experts, expert_hidden, hidden, heads, **common)
 
 
 def tiny_moe(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -18,8 +17,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from curator.console import progress as progress_bar
 from curator.data.synthetic import SKILLS, SyntheticTask
-from curator.errors import ConfigError
+from curator.errors import ConfigError, did_you_mean
+from curator.io import atomic_path
 
 ALIAS = "organism"
 # bump when the build code changes what a given setting produces (the cache key includes it)
@@ -164,13 +165,8 @@ def config_from_dict(raw: Mapping[str, Any]) -> OrganismConfig:
     problems, kw = [], {}
     for k, v in raw.items():
         if k not in known:
-            import difflib
-
-            close = difflib.get_close_matches(k, list(known), n=1)
             problems.append(
-                f"unknown organism setting {k!r}"
-                + (f" (did you mean {close[0]!r}?)" if close else "")
-                + f"; known: {', '.join(known)}"
+                f"unknown organism setting {k!r}{did_you_mean(k, known, parens=True)}; known: {', '.join(known)}"
             )
             continue
         try:
@@ -229,7 +225,6 @@ def build(
     """
     import numpy as np
     import torch
-    from tqdm.auto import tqdm
     from transformers import LlamaForCausalLM
 
     from curator.data.format import PromptFormat, encode_pair
@@ -274,7 +269,7 @@ def build(
                     source="organism",
                 )
             t0 = time.perf_counter()
-            _pretrain(model, pairs, cfg, tok.pad_token_id, progress, np, torch, tqdm)
+            _pretrain(model, pairs, cfg, tok.pad_token_id, progress, np, torch, progress_bar)
             t["training"] = time.perf_counter() - t0
     finally:
         torch.set_num_threads(n_threads)
@@ -363,18 +358,8 @@ def organism_dir(spec: str = ALIAS, progress: bool = True, echo: Callable[[str],
     root.mkdir(parents=True, exist_ok=True)
     if echo:
         echo(f"building the model organism ({spec}) into {final}; later runs load it from there")
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-organism-", dir=root))
-    try:
+    with atomic_path(final, directory=True, keep_existing=True) as tmp:  # another process finished first: use theirs
         build(cfg, tmp, progress=progress)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "organism.json").exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: use theirs
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

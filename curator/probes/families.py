@@ -25,30 +25,18 @@ probe or a family never changes the others.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from curator import models  # models.load_model: looked up when called, so it can be replaced
 from curator.data.example import Example
 from curator.data.format import PromptFormat
 from curator.errors import ConfigError, CuratorError, DataError
-from curator.models import load_model
 from curator.probes.preferences import PreferenceRow
+from curator.registry import Registry
 from curator.sampling.base import SamplingParams
 from curator.sampling.hf import HFSampler
-
-FAMILIES = (
-    "chosen",
-    "rejected",
-    "chosen_rephrase",
-    "rejected_rephrase",
-    "other_chosen",
-    "test_chosen",
-    "unrelated",
-    "chosen_shuffled",
-    "unrelated_shuffled",
-    "greedy",
-)
 
 # plain sentences on nothing the tasks talk about (no numbers, no arithmetic)
 UNRELATED = (
@@ -157,18 +145,57 @@ def build_probe_set(
         raise ConfigError("the other_chosen family needs at least two training rows with different ids")
     if not unrelated or not all(isinstance(s, str) and s.split() for s in unrelated):
         raise ConfigError("probes.unrelated: give at least one non-empty unrelated sentence")
+    inputs = _FamilyInputs(
+        probes, others, list(test), seed, list(unrelated), rephraser, greedy, rephrase_max_new_tokens
+    )
     notes: list[str] = []
-    resp: dict[str, list[str]] = {"chosen": [r.chosen for r in probes], "rejected": [r.rejected for r in probes]}
+    resp: dict[str, list[str]] = {}
+    for name, family in PROBE_FAMILIES.items():  # in order: a family may use one made before it
+        made = family.build(inputs, resp)
+        if isinstance(made, str):
+            notes.append(made)
+        elif made is not None:
+            resp[name] = made
+    return ProbeSet(probes=probes, responses=resp, notes=notes)
 
-    for fam, col, src in (
-        ("chosen_rephrase", "chosen_rephrase", "chosen"),
-        ("rejected_rephrase", "rejected_rephrase", "rejected"),
-    ):
+
+# ---------------------------------------------------------------- the families
+
+
+@dataclass(frozen=True)
+class _FamilyInputs:
+    """What a family builder may use (the arguments of `build_probe_set`)."""
+
+    probes: list[PreferenceRow]
+    train: dict[str, PreferenceRow]  # by id
+    test: list[PreferenceRow]
+    seed: int
+    unrelated: list[str]
+    rephraser: Any
+    greedy: Sequence[str] | None
+    rephrase_max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class ProbeFamily:
+    """One family of probe responses: what it is, and ``build(inputs, made)`` giving one response
+    per probe, a note saying why the family is left out, or None (left out, nothing to say).
+    ``made`` holds the families built before it, in registration order."""
+
+    description: str
+    build: Callable[[_FamilyInputs, dict[str, list[str]]], list[str] | str | None]
+
+
+def _rephrased(col: str, src: str) -> Callable[[_FamilyInputs, dict[str, list[str]]], list[str] | str]:
+    """The probe rows' own ``col`` rephrasings, the rephrasing model's where a row has none."""
+
+    def build(x: _FamilyInputs, made: dict[str, list[str]]) -> list[str] | str:
+        probes = x.probes
         given = [getattr(r, col) for r in probes]
         missing = [i for i, g in enumerate(given) if g is None]
-        if missing and rephraser is not None:
-            made = rephrase(rephraser, [getattr(probes[i], src) for i in missing], rephrase_max_new_tokens)
-            for i, text in zip(missing, made):
+        if missing and x.rephraser is not None:
+            texts = rephrase(x.rephraser, [getattr(probes[i], src) for i in missing], x.rephrase_max_new_tokens)
+            for i, text in zip(missing, texts):
                 if not text.strip():
                     raise DataError(
                         f"the rephrasing model returned an empty rephrasing of probe {i} "
@@ -177,44 +204,79 @@ def build_probe_set(
                 given[i] = text
             missing = []
         if missing:
-            notes.append(
-                f"{fam} left out: probe row {missing[0]} (id {probes[missing[0]].id}) has no '{col}' "
+            return (
+                f"{col} left out: probe row {missing[0]} (id {probes[missing[0]].id}) has no '{col}' "
                 "and no rephrasing model is set (probes.rephrase_model)"
             )
-        else:
-            resp[fam] = given
+        return given
 
-    ids = sorted(others)
-    resp["other_chosen"] = []
-    for r in probes:
+    return build
+
+
+def _other_chosen(x: _FamilyInputs, made: dict[str, list[str]]) -> list[str]:
+    ids = sorted(x.train)
+    out = []
+    for r in x.probes:
         choices = [i for i in ids if i != r.id]
-        resp["other_chosen"].append(others[_rng(seed, r.id, "other_chosen").choice(choices)].chosen)
-    if test:
-        resp["test_chosen"] = [test[_rng(seed, r.id, "test_chosen").randrange(len(test))].chosen for r in probes]
-    else:
-        notes.append("test_chosen left out: no test rows were given")
-    resp["unrelated"] = [unrelated[_rng(seed, r.id, "unrelated").randrange(len(unrelated))] for r in probes]
-    resp["chosen_shuffled"] = [shuffle_words(r.chosen, _rng(seed, r.id, "chosen_shuffled")) for r in probes]
-    resp["unrelated_shuffled"] = [
-        shuffle_words(u, _rng(seed, r.id, "unrelated_shuffled")) for u, r in zip(resp["unrelated"], probes)
-    ]
-    if greedy is not None:
-        if len(greedy) != len(probes):
-            raise ConfigError(f"greedy: {len(greedy)} responses for {len(probes)} probes")
-        empty = [i for i, g in enumerate(greedy) if not g]
-        if empty:
-            raise DataError(
-                f"the model's greedy response to probe {empty[0]} is empty (it ended at once); "
-                "the greedy family cannot be scored — raise probes.greedy_max_new_tokens or use "
-                "another model"
-            )
-        resp["greedy"] = list(greedy)
-    return ProbeSet(probes=probes, responses=resp, notes=notes)
+        out.append(x.train[_rng(x.seed, r.id, "other_chosen").choice(choices)].chosen)
+    return out
+
+
+def _test_chosen(x: _FamilyInputs, made: dict[str, list[str]]) -> list[str] | str:
+    if not x.test:
+        return "test_chosen left out: no test rows were given"
+    return [x.test[_rng(x.seed, r.id, "test_chosen").randrange(len(x.test))].chosen for r in x.probes]
+
+
+def _unrelated(x: _FamilyInputs, made: dict[str, list[str]]) -> list[str]:
+    return [x.unrelated[_rng(x.seed, r.id, "unrelated").randrange(len(x.unrelated))] for r in x.probes]
+
+
+def _unrelated_shuffled(x: _FamilyInputs, made: dict[str, list[str]]) -> list[str]:
+    return [shuffle_words(u, _rng(x.seed, r.id, "unrelated_shuffled")) for u, r in zip(made["unrelated"], x.probes)]
+
+
+def _greedy(x: _FamilyInputs, made: dict[str, list[str]]) -> list[str] | None:
+    if x.greedy is None:
+        return None
+    if len(x.greedy) != len(x.probes):
+        raise ConfigError(f"greedy: {len(x.greedy)} responses for {len(x.probes)} probes")
+    empty = [i for i, g in enumerate(x.greedy) if not g]
+    if empty:
+        raise DataError(
+            f"the model's greedy response to probe {empty[0]} is empty (it ended at once); "
+            "the greedy family cannot be scored — raise probes.greedy_max_new_tokens or use "
+            "another model"
+        )
+    return list(x.greedy)
+
+
+# the families in the order they are built and reported (the module docstring's table)
+PROBE_FAMILIES: Registry[ProbeFamily] = Registry("probe family", base=ProbeFamily, ordered=True)
+for _name, _family in (
+    ("chosen", ProbeFamily("y+_i", lambda x, made: [r.chosen for r in x.probes])),
+    ("rejected", ProbeFamily("y-_i", lambda x, made: [r.rejected for r in x.probes])),
+    ("chosen_rephrase", ProbeFamily("a rephrasing of y+_i", _rephrased("chosen_rephrase", "chosen"))),
+    ("rejected_rephrase", ProbeFamily("a rephrasing of y-_i", _rephrased("rejected_rephrase", "rejected"))),
+    ("other_chosen", ProbeFamily("y+_j of another training prompt j != i", _other_chosen)),
+    ("test_chosen", ProbeFamily("y+ of a held-out test prompt", _test_chosen)),
+    ("unrelated", ProbeFamily("an unrelated sentence", _unrelated)),
+    (
+        "chosen_shuffled",
+        ProbeFamily(
+            "the words of y+_i in a seeded random order",
+            lambda x, made: [shuffle_words(r.chosen, _rng(x.seed, r.id, "chosen_shuffled")) for r in x.probes],
+        ),
+    ),
+    ("unrelated_shuffled", ProbeFamily("the words of the unrelated sentence, shuffled", _unrelated_shuffled)),
+    ("greedy", ProbeFamily("the model's own greedy response before training", _greedy)),
+):
+    PROBE_FAMILIES.register(_name, _family)
+FAMILIES = tuple(PROBE_FAMILIES)
 
 
 def rephrase(sampler: Any, responses: Sequence[str], max_new_tokens: int = 128) -> list[str]:
     """Greedy rephrasings of `responses` by `sampler` (one per response)."""
-
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, stop=("\n\n",))
     outs = sampler.generate([REPHRASE_PROMPT.format(response=r) for r in responses], 1, params)
     return [o[0].strip() for o in outs]
@@ -228,7 +290,6 @@ def greedy_responses(
     The greedy family is scored on exactly the text the model produced, its ending included (a
     completion that never reaches a stop string is kept whole, `max_new_tokens` long).
     """
-
     prompts = [
         fmt.prompt_text(Example(id=r.id, question=r.question, solution="", answer=""), tokenizer) for r in probes
     ]
@@ -249,9 +310,8 @@ def load_rephraser(spec: str | None, setting: str = "probes.rephrase_model") -> 
     """
     if not spec:
         return None
-
     try:
-        loaded = load_model(spec)
+        loaded = models.load_model(spec)
     except CuratorError as e:
         raise ConfigError(f"{setting}: the rephrasing model {spec!r} is not available ({e})") from None
     return HFSampler.from_loaded(loaded)

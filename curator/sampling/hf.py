@@ -25,13 +25,14 @@ import inspect
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
+from curator import models  # models.load_model: looked up when called, so it can be replaced
+from curator.console import progress as progress_bar
 from curator.data.format import encode_prompt, encode_scoring_pairs
 from curator.errors import ConfigError, CuratorError
-from curator.models import load_model
 from curator.sampling.base import SamplingParams
 
 # token ids that can complete a stop string, per tokenizer and set of stop-string last characters
@@ -123,8 +124,6 @@ class HFSampler:
         out: list[list[str]] = [[""] * c for c in counts]
         bar = None
         if self.progress:
-            from curator.console import progress as progress_bar  # lazy: pulls in tqdm
-
             bar = progress_bar(total=sum(counts), desc="sampling", unit="sample", leave=False)
         was_training = self.model.training
         self.model.eval()
@@ -143,7 +142,7 @@ class HFSampler:
 
     def _decode_batches(self, items, ids, max_new: int):
         batch: list[Any] = []
-        rows, longest = 0, 0
+        rows = longest = 0
         for item in items:
             r, ln = len(item[1]), len(ids[item[0]])
             over_rows = rows + r > self.batch_size
@@ -344,7 +343,7 @@ class HFSampler:
     def from_loaded(cls, loaded: Any, **kw: Any) -> HFSampler:
         """From a `LoadedModel` or a `load_model` spec."""
         if isinstance(loaded, (str, bytes)) or hasattr(loaded, "__fspath__"):
-            loaded = load_model(loaded)
+            loaded = models.load_model(loaded)
         kw.setdefault("device", loaded.device)
         return cls(loaded.model, loaded.tokenizer, **kw)
 
@@ -366,7 +365,9 @@ def _counts(n: int | Sequence[int], n_prompts: int) -> list[int]:
         if n < 1:
             raise ConfigError(f"samples per prompt (n) must be >= 1, got {n}")
         return [int(n)] * n_prompts
-    counts = [int(c) for c in cast(Sequence[int], n)]
+    if isinstance(n, bool):
+        raise ConfigError(f"samples per prompt (n) must be an integer >= 1 or one count per prompt, got {n!r}")
+    counts = [int(c) for c in n]
     if len(counts) != n_prompts:
         raise ConfigError(f"n has {len(counts)} counts for {n_prompts} prompts; give one per prompt")
     if any(c < 0 for c in counts):

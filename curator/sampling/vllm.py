@@ -202,7 +202,6 @@ class VLLMSampler:
         first written to a temporary ``save_pretrained`` directory.
         """
         require("vllm", "vllm", "The vLLM sampler")
-
         if isinstance(loaded, LoadedModel):
             spec, obj = loaded.spec, loaded
         else:
@@ -262,7 +261,6 @@ def base_weight_items(model: Any):
 
 def save_base_weights(model: Any, tokenizer: Any, out: str | os.PathLike) -> None:
     """Write the base model under any adapters as a ``save_pretrained`` directory vLLM can load."""
-
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     materialize(inner).save_pretrained(out, state_dict=dict(base_weight_items(model)))
     tokenizer.save_pretrained(out)
@@ -409,7 +407,7 @@ class VLLMProvider:
         if self.lora:
             if not hasattr(model, "peft_config"):
                 raise ConfigError("the vLLM provider was set up for LoRA but the model has no adapters")
-            assert self._dir is not None  # _engine made it
+            assert self._dir is not None  # made by _engine above
             adapter = os.path.join(self._dir, "adapter")
             model.save_pretrained(adapter)
             sampler.set_adapter(adapter)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from curator.errors import CuratorError
+from curator.io import atomic_path
 from curator.rounds import MLFLOW_DB
 
 
@@ -102,10 +103,6 @@ def check_reachable(uri: str, rebuild_for: str | os.PathLike | None = None) -> l
 
 def _create_sqlite_store(uri: str, db: Path) -> None:
     """Make the store's tables under a temporary name, then rename: the store appears whole or not at all."""
-    import uuid
-
-    # a name never used before: MLflow caches one store per URI, bound to the file it first opened
-    tmp = db.with_name(f".{db.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     import logging
 
     quiet = [logging.getLogger(n) for n in ("mlflow.store.db.utils", "alembic.runtime.migration")]
@@ -113,10 +110,11 @@ def _create_sqlite_store(uri: str, db: Path) -> None:
     for lg in quiet:  # "Creating initial MLflow database tables..." is MLflow's business, not the user's
         lg.setLevel(logging.WARNING)
     try:
-        _client("sqlite:///" + str(tmp)).search_experiments(max_results=1)
-        os.replace(tmp, db)
+        # atomic_path's temporary name is never used twice: MLflow caches one store per URI, bound
+        # to the file it first opened
+        with atomic_path(db) as tmp:
+            _client("sqlite:///" + str(tmp)).search_experiments(max_results=1)
     finally:
-        tmp.unlink(missing_ok=True)
         for lg, level in zip(quiet, levels):
             lg.setLevel(level)
 

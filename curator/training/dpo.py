@@ -9,8 +9,8 @@ every pair are computed once, up front, in eval mode, so no second copy of the m
 Why a loss of our own rather than TRL's DPOTrainer (argued in docs/PROBES.md): the probes must see
 exactly the tokens SFT trained on (`encode_pair`: prompt and target tokenized separately, no EOS
 appended; TRL 1.16 tokenizes prompt+response jointly and appends EOS), they must run at exact
-optimizer steps, and the loop reuses the SFT layer's pieces — the same features, data order
-(`epoch_plan`), checkpoint schedule (`TrainSettings`) and `CheckpointInfo` callbacks.
+optimizer steps, and the loop is the SFT layer's (`run_steps`) — the same features, data order
+(`epoch_plan`), optimizer, checkpoint schedule (`TrainSettings`) and `CheckpointInfo` callbacks.
 
 Single process (no accelerate/DDP): the preference stage of a probe study is small.
 """
@@ -18,7 +18,6 @@ Single process (no accelerate/DDP): the preference stage of a probe study is sma
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +28,13 @@ from curator.training.sft import (
     IGNORE_INDEX,
     CheckpointInfo,
     TrainResult,
+    adamw,
     build_features,
     collate,
-    epoch_plan,
+    lr_scheduler,
+    pad_token_id,
+    run_steps,
+    trainable_parameters,
 )
 
 
@@ -116,107 +119,107 @@ def dpo_finetune(
         raise ConfigError(f"dpo.beta must be > 0, got {beta!r}")
     if settings.save_checkpoints:
         raise ConfigError("dpo_finetune does not save checkpoints; set training.save_checkpoints=false")
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
-
-    n = len(pairs)
-    schedule = settings.checkpoint_schedule(n, 1)
+    settings.checkpoint_schedule(len(pairs), 1)
     prompts = [p.prompt for p in pairs]
     feats_c, cut_c = build_features(tokenizer, prompts, [p.chosen for p in pairs], settings.max_length)
     feats_r, cut_r = build_features(tokenizer, prompts, [p.rejected for p in pairs], settings.max_length)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if not trainable:
-        raise ConfigError(
-            "the model has no trainable parameters (all requires_grad=False); apply LoRA "
-            "or unfreeze the model before dpo_finetune"
-        )
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    device = next(model.parameters()).device
+    trainable = [p for _, p in trainable_parameters(model, "dpo_finetune")]
     was_training = model.training
+    steps = _DPOSteps(model, pad_token_id(tokenizer), feats_c, feats_r, trainable, settings, beta)
+    steps.result.n_truncated = cut_c + cut_r
+    try:
+        run_steps(steps, settings, model, on_checkpoint, desc="dpo", show=progress)
+    finally:
+        model.train(was_training)
+    return steps.result
 
-    def logps(idx: list[int]):
+
+class _DPOSteps:
+    """`dpo_finetune`'s part of the step loop (`StepFunctions`): the reference log-probs, the DPO
+    optimizer step and the window's reward statistics. One process."""
+
+    def __init__(
+        self,
+        model: Any,
+        pad_id: int,
+        feats_c: list[tuple[list[int], list[int]]],
+        feats_r: list[tuple[list[int], list[int]]],
+        trainable: list[Any],
+        settings: TrainSettings,
+        beta: float,
+    ):
+        import torch
+
+        self.model, self.pad_id, self.feats_c, self.feats_r = model, pad_id, feats_c, feats_r
+        self.trainable, self.settings, self.beta = trainable, settings, beta
+        self.device = next(model.parameters()).device
+        self.ref_c, self.ref_r = self._reference()
+        torch.manual_seed(settings.seed)
+        self.optimizer = adamw(trainable, settings)
+        n = len(feats_c)
+        total = settings.total_steps(n, 1)
+        self.scheduler = lr_scheduler(self.optimizer, settings, total)
+        self.result = TrainResult(steps=total, epochs=settings.epochs, n_examples=n, num_processes=1)
+        self.window: list[tuple[float, float, float, float]] = []  # per pair: loss, acc, r_c, r_r
+
+    def _logps(self, idx: list[int]) -> tuple[Any, Any]:
         """Summed log-probs of chosen and rejected for pairs `idx`, in one forward pass."""
-        ids, mask, labels = (t.to(device) for t in collate([feats_c[i] for i in idx] + [feats_r[i] for i in idx], pad))
-        lp = sequence_logprobs(model(input_ids=ids, attention_mask=mask).logits, labels)
+        feats = [self.feats_c[i] for i in idx] + [self.feats_r[i] for i in idx]
+        ids, mask, labels = (t.to(self.device) for t in collate(feats, self.pad_id))
+        lp = sequence_logprobs(self.model(input_ids=ids, attention_mask=mask).logits, labels)
         return lp[: len(idx)], lp[len(idx) :]
 
-    # the reference: the model as given, in eval mode (no dropout), computed once
-    model.eval()
-    ref_c = torch.zeros(n, dtype=torch.float64)
-    ref_r = torch.zeros(n, dtype=torch.float64)
-    with torch.inference_mode():
-        for s in range(0, n, settings.batch_size):
-            idx = list(range(s, min(n, s + settings.batch_size)))
-            c, r = logps(idx)
-            ref_c[idx], ref_r[idx] = c.double().cpu(), r.double().cpu()
+    def _reference(self) -> tuple[Any, Any]:
+        """The reference: the model as given, in eval mode (no dropout), computed once."""
+        import torch
 
-    torch.manual_seed(settings.seed)
-    decay = [p for p in trainable if p.ndim >= 2]
-    no_decay = [p for p in trainable if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.learning_rate)
-    total = settings.total_steps(n, 1)
-    scheduler = get_scheduler(
-        {"constant": "constant_with_warmup"}.get(settings.lr_scheduler, settings.lr_scheduler),
-        optimizer,
-        num_warmup_steps=math.ceil(settings.warmup_ratio * total),
-        num_training_steps=total,
-    )
-    result = TrainResult(steps=total, epochs=settings.epochs, n_examples=n, num_processes=1, n_truncated=cut_c + cut_r)
-    checkpoint_at = {s: i + 1 for i, s in enumerate(schedule)}
-    window: list[tuple[float, float, float, float]] = []  # per pair: loss, acc, r_c, r_r
+        n, bs = len(self.feats_c), self.settings.batch_size
+        self.model.eval()
+        ref_c = torch.zeros(n, dtype=torch.float64)
+        ref_r = torch.zeros(n, dtype=torch.float64)
+        with torch.inference_mode():
+            for s in range(0, n, bs):
+                idx = list(range(s, min(n, s + bs)))
+                c, r = self._logps(idx)
+                ref_c[idx], ref_r[idx] = c.double().cpu(), r.double().cpu()
+        return ref_c, ref_r
 
-    def metrics() -> dict[str, float]:
-        cols = list(zip(*window)) if window else [[math.nan]] * 4
+    def train_step(self, batches: list[list[int]], epoch: int, step: int) -> Callable[[], dict[str, Any]]:
+        import torch
+
+        n_step = sum(len(mb) for mb in batches)
+        for mb in batches:
+            pc, pr = self._logps(mb)
+            ref_c, ref_r = self.ref_c[mb].to(self.device), self.ref_r[mb].to(self.device)
+            loss, r_c, r_r = dpo_loss(pc.double(), pr.double(), ref_c, ref_r, self.beta)
+            (loss.sum() / n_step).backward()
+            self.window.extend(zip(loss.tolist(), (r_c > r_r).double().tolist(), r_c.tolist(), r_r.tolist()))
+            self.result.n_tokens += sum(len(self.feats_c[i][0]) + len(self.feats_r[i][0]) for i in mb)
+        if self.settings.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.settings.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_now = float(sum(w[0] for w in self.window[-n_step:]) / n_step)
+        self.result.step_losses.append(loss_now)
+        return lambda: {"loss": f"{loss_now:.4f}"}
+
+    def window_open(self) -> bool:
+        return bool(self.window)
+
+    def close_window(self) -> dict[str, float]:
+        cols = list(zip(*self.window)) if self.window else [[math.nan]] * 4
         out = {
             k: float(sum(c) / len(c))
             for k, c in zip(("train_loss", "reward_accuracy", "reward_chosen", "reward_rejected"), cols)
         }
         out["reward_margin"] = out["reward_chosen"] - out["reward_rejected"]
-        out["learning_rate"] = float(scheduler.get_last_lr()[0])
-        window.clear()
+        out["learning_rate"] = float(self.scheduler.get_last_lr()[0])
+        self.window.clear()
         return out
 
-    bar = tqdm(total=total, desc="dpo", unit="step", disable=not progress)
-    try:
-        model.train()
-        step = 0
-        t0 = time.perf_counter()
-        for epoch in range(settings.epochs):
-            for step_batches in epoch_plan(n, settings, epoch, 1):
-                n_step = sum(len(mb) for mb in step_batches)
-                for mb in step_batches:
-                    pc, pr = logps(mb)
-                    loss, r_c, r_r = dpo_loss(
-                        pc.double(), pr.double(), ref_c[mb].to(device), ref_r[mb].to(device), beta
-                    )
-                    (loss.sum() / n_step).backward()
-                    window.extend(zip(loss.tolist(), (r_c > r_r).double().tolist(), r_c.tolist(), r_r.tolist()))
-                    result.n_tokens += sum(len(feats_c[i][0]) + len(feats_r[i][0]) for i in mb)
-                if settings.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                result.step_losses.append(float(sum(w[0] for w in window[-n_step:]) / n_step))
-                bar.set_postfix(loss=f"{result.step_losses[-1]:.4f}")
-                bar.update(1)
-                if step in checkpoint_at:
-                    t_cb = time.perf_counter()
-                    info = CheckpointInfo(
-                        index=checkpoint_at[step], step=step, epoch=settings.epoch_at(step, n, 1), metrics=metrics()
-                    )
-                    result.checkpoints.append(info)
-                    if on_checkpoint is not None:
-                        model.eval()
-                        on_checkpoint(model, info)
-                        model.train()
-                    result.checkpoint_seconds += time.perf_counter() - t_cb
-        result.train_seconds = time.perf_counter() - t0 - result.checkpoint_seconds
-        result.final_metrics = metrics() if window else dict(result.checkpoints[-1].metrics)
-    finally:
-        bar.close()
-        model.train(was_training)
-    return result
+    def checkpoint_info(self, index: int, step: int, epoch: float, metrics: dict[str, float]) -> CheckpointInfo:
+        return CheckpointInfo(index=index, step=step, epoch=epoch, metrics=metrics)
+
+    def save(self, info: CheckpointInfo) -> None:
+        pass  # dpo_finetune refuses save_checkpoints

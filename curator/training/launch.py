@@ -20,8 +20,13 @@ import os
 import sys
 import typing
 
+from curator.data.format import PromptFormat
+from curator.data.loaders import load_examples
+from curator.distributed import make_accelerator
 from curator.errors import CuratorError
+from curator.models import LoraSettings, apply_lora, load_model
 from curator.training.settings import TrainSettings
+from curator.training.sft import finetune
 
 
 def _option_type(tp: typing.Any):
@@ -77,11 +82,6 @@ def weights_fingerprint(model) -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from curator.data.format import PromptFormat
-    from curator.data.loaders import load_examples
-    from curator.models import load_model
-    from curator.training.sft import finetune, make_accelerator
-
     kwargs = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)}
     settings = TrainSettings(**kwargs)
     examples = load_examples(args.data, split=args.data_split)
@@ -90,8 +90,6 @@ def run(args: argparse.Namespace) -> dict:
     loaded = load_model(args.model, dtype=args.dtype, device=str(acc.device))
     model = loaded.model
     if args.lora:
-        from curator.models import LoraSettings, apply_lora
-
         model = apply_lora(model, LoraSettings())
     calls: list[int] = []
     result = finetune(

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from curator.errors import ConfigError
+
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 # parameter counts of the models the shipped recipes name (from their model cards / configs)
@@ -73,8 +75,6 @@ def training_memory(
 def recipe_memory(recipe, n_params: int | None = None, shards: int = 1) -> MemoryEstimate:
     """`training_memory` for a recipe's full finetuning (its model must be in KNOWN_PARAMS or
     ``n_params`` given). LoRA recipes are not covered: their trainable count depends on the model."""
-    from curator.errors import ConfigError
-
     n = n_params or KNOWN_PARAMS.get(recipe.model.name)
     if n is None:
         raise ConfigError(f"no parameter count known for {recipe.model.name!r}; pass n_params")

@@ -19,10 +19,12 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from curator.console import progress as progress_bar
 from curator.data.example import Example
 from curator.data.format import PromptFormat, encode_pair
+from curator.distributed import collective_errors, make_accelerator
 from curator.errors import ConfigError, DataError
 from curator.training.settings import TrainSettings
 
@@ -216,34 +218,6 @@ def _check_accelerator(acc: Any) -> None:
         )
 
 
-def make_accelerator():
-    """An `accelerate.Accelerator` that also works for multi-process runs on CPU-only machines.
-
-    accelerate picks its gloo (MULTI_CPU) backend only when told to use the CPU; a torchrun-style
-    launch (``accelerate launch --multi_gpu``, ``torchrun``) on a machine without a GPU would
-    otherwise run every process as an independent single-process job. Collectives time out after
-    ``CURATOR_COLLECTIVE_TIMEOUT`` seconds (default 1800), so a dead rank stops the others.
-    """
-    from datetime import timedelta
-
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
-
-    from curator.distributed import collective_timeout_seconds
-
-    has_xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
-    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if multi and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not torch.cuda.is_available():
-        # accelerate would silently run an FSDP launch without GPUs as unsharded CPU processes
-        raise ConfigError(
-            "an FSDP launch (--use_fsdp) needs GPUs; on CPUs launch with --multi_gpu or --cpu "
-            "(each process then holds the whole model)"
-        )
-    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout_seconds()))
-    return Accelerator(cpu=multi and not torch.cuda.is_available() and not has_xpu, kwargs_handlers=[timeout])
-
-
 def finetune(
     model: Any,
     tokenizer: Any,
@@ -272,39 +246,45 @@ def finetune(
         DataError: empty targets, prompts longer than max_length.
     """
     examples = list(examples)
-    fmt = fmt or PromptFormat()
     if not examples:
         raise ConfigError("the training set is empty; give finetune at least one example")
-
-    import torch
     from accelerate.utils import set_seed
-    from transformers import get_scheduler
-
-    from curator.console import progress as progress_bar
-    from curator.distributed import collective_errors
-    from curator.training.stats import DistanceFromInit, GradStats
 
     acc = accelerator or make_accelerator()
     _check_accelerator(acc)
-    world, rank = acc.num_processes, acc.process_index
-    n = len(examples)
     # errors that need no model work come first
-    schedule = settings.checkpoint_schedule(n, world)
+    feats, n_cut = _sft_features(examples, fmt or PromptFormat(), tokenizer, settings, acc.num_processes)
+    trainable_named = trainable_parameters(model, "finetune")
+    set_seed(settings.seed)
+    was_training = model.training
+    undo_training_settings = _set_for_training(model, settings)
+    steps = _SFTSteps(acc, model, trainable_named, feats, tokenizer, settings)
+    steps.result.n_truncated = n_cut
+    try:
+        show = progress and acc.is_local_main_process
+        run_steps(steps, settings, steps.base, on_checkpoint, train_module=steps.ddp_model, desc="finetune", show=show)
+    finally:
+        undo_training_settings(steps.base)
+        # drop accelerate's mixed-precision forward wrapper, if any, from the caller's model
+        acc.unwrap_model(steps.ddp_model, keep_fp32_wrapper=False)
+        steps.base.train(was_training)
+    return steps.result
+
+
+def _sft_features(
+    examples: list[Example], fmt: PromptFormat, tokenizer: Any, settings: TrainSettings, world: int
+) -> tuple[list[tuple[list[int], list[int]]], int]:
+    """The schedule check and the tokenized pairs (`build_features`), before any model work."""
+    settings.checkpoint_schedule(len(examples), world)
     prompts, targets = fmt.pairs(examples, tokenizer)
     feats, n_cut = build_features(tokenizer, prompts, targets, settings.max_length)
     if n_cut:
-        log.warning("%d of %d targets were cut at max_length=%d tokens", n_cut, n, settings.max_length)
-    trainable_named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if not trainable_named:
-        raise ConfigError(
-            "the model has no trainable parameters (all requires_grad=False); apply LoRA "
-            "or unfreeze the model before finetune"
-        )
-    n_target = [sum(1 for y in labels if y != IGNORE_INDEX) for _, labels in feats]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        log.warning("%d of %d targets were cut at max_length=%d tokens", n_cut, len(examples), settings.max_length)
+    return feats, n_cut
 
-    set_seed(settings.seed)
-    was_training = model.training
+
+def _set_for_training(model: Any, settings: TrainSettings) -> Callable[[Any], None]:
+    """Activation checkpointing on (when asked for) and the KV cache off; returns the undo."""
     if settings.gradient_checkpointing:
         _set_activation_checkpointing(model, True)
     config = getattr(model, "config", None)
@@ -312,105 +292,80 @@ def finetune(
     if config is not None and old_use_cache is not None:
         config.use_cache = False  # no KV cache is needed for teacher-forced training
 
-    # AdamW convention: decay matrices, not biases or norm weights
-    decay = [p for _, p in trainable_named if p.ndim >= 2]
-    no_decay = [p for _, p in trainable_named if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.learning_rate)
-    ddp_model, optimizer = acc.prepare(model, optimizer)
-    base = acc.unwrap_model(ddp_model)
-    trainable = [p for p in base.parameters() if p.requires_grad]
-    total_steps = settings.total_steps(n, world)
-    # not passed through acc.prepare: AcceleratedScheduler would step once per process
-    scheduler = get_scheduler(
-        {"constant": "constant_with_warmup"}.get(settings.lr_scheduler, settings.lr_scheduler),
-        optimizer,
-        num_warmup_steps=math.ceil(settings.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
-    sharded = params_sharded(acc)
-    # FSDP: each process holds a shard of every parameter; the statistics sum over shards
-    reduce = (lambda t: acc.reduce(t, reduction="sum")) if sharded else None
-    grad_stats = GradStats(
-        trainable,
-        track_variance=settings.track_grad_variance,
-        buffer_dtype=getattr(torch, settings.grad_variance_dtype),
-        reduce=reduce,
-    )
-    dist = DistanceFromInit(trainable, reduce=reduce)
+    def undo(base: Any) -> None:
+        if settings.gradient_checkpointing:
+            _set_activation_checkpointing(base, False)
+        if config is not None and old_use_cache is not None:
+            config.use_cache = old_use_cache
 
-    result = TrainResult(
-        steps=total_steps, epochs=settings.epochs, n_examples=n, num_processes=world, n_truncated=n_cut
-    )
-    checkpoint_at = {s: i + 1 for i, s in enumerate(schedule)}
-    window_sums: list[Any] = []  # this process's summed target NLL per step of the current window
-    window_tokens: list[int] = []  # global target tokens per step (known on every process)
+    return undo
 
-    def close_window() -> dict[str, float]:
-        """Reduce the window's losses across processes; gradient and distance statistics."""
-        sums = torch.stack(window_sums) if window_sums else torch.zeros(0, dtype=torch.float64, device=acc.device)
-        sums = acc.reduce(sums, reduction="sum").double().cpu()
-        toks = torch.tensor(window_tokens, dtype=torch.float64)
-        result.step_losses.extend((sums / toks).tolist())
-        metrics = {"train_loss": float(sums.sum() / toks.sum()) if window_tokens else math.nan}
-        metrics.update(grad_stats.window())
-        metrics["dist_from_init"] = dist.distance()
-        metrics["learning_rate"] = float(scheduler.get_last_lr()[0])
-        window_sums.clear()
-        window_tokens.clear()
-        return metrics
 
-    def checkpoint(step: int) -> None:
-        t_start = time.perf_counter()
-        metrics = close_window()
-        path = os.path.join(settings.output_dir, f"checkpoint-{step}") if settings.save_checkpoints else None
-        info = CheckpointInfo(
-            index=checkpoint_at[step],
-            step=step,
-            epoch=settings.epoch_at(step, n, world),
-            metrics=metrics,
-            path=path,
-            is_main_process=acc.is_main_process,
-            process_index=rank,
-            num_processes=world,
-            params_sharded=sharded,
+class _SFTSteps:
+    """`finetune`'s part of the step loop (`StepFunctions`): the DDP-aware optimizer step, the
+    window's loss and gradient statistics, and checkpoint directories."""
+
+    def __init__(
+        self,
+        acc: Any,
+        model: Any,
+        trainable_named: list[tuple[str, Any]],
+        feats: list[tuple[list[int], list[int]]],
+        tokenizer: Any,
+        settings: TrainSettings,
+    ):
+        import torch
+
+        from curator.training.stats import DistanceFromInit, GradStats  # imports torch
+
+        self.acc, self.feats, self.tokenizer, self.settings = acc, feats, tokenizer, settings
+        self.world, self.rank, n = acc.num_processes, acc.process_index, len(feats)
+        self.n_target = [sum(1 for y in labels if y != IGNORE_INDEX) for _, labels in feats]
+        self.pad_id = pad_token_id(tokenizer)
+        self.ddp_model, self.optimizer = acc.prepare(model, adamw([p for _, p in trainable_named], settings))
+        self.base = acc.unwrap_model(self.ddp_model)
+        self.trainable = [p for p in self.base.parameters() if p.requires_grad]
+        total_steps = settings.total_steps(n, self.world)
+        # not passed through acc.prepare: AcceleratedScheduler would step once per process
+        self.scheduler = lr_scheduler(self.optimizer, settings, total_steps)
+        self.sharded = params_sharded(acc)
+        # FSDP: each process holds a shard of every parameter; the statistics sum over shards
+        reduce = (lambda t: acc.reduce(t, reduction="sum")) if self.sharded else None
+        self.grad_stats = GradStats(
+            self.trainable,
+            track_variance=settings.track_grad_variance,
+            buffer_dtype=getattr(torch, settings.grad_variance_dtype),
+            reduce=reduce,
         )
-        if path is not None:
-            # FSDP: gathering the full state dict is a collective every process joins
-            full = acc.get_state_dict(ddp_model) if sharded else None
-            if acc.is_main_process:
-                base.save_pretrained(path, **({"state_dict": full} if full is not None else {}))
-                tokenizer.save_pretrained(path)
-                with open(os.path.join(path, "curator_checkpoint.json"), "w") as f:
-                    json.dump(
-                        {k: v for k, v in asdict(info).items() if k not in ("is_main_process", "process_index")},
-                        f,
-                        indent=1,
-                    )
-            acc.wait_for_everyone()  # every process's callback sees a complete directory
-        result.checkpoints.append(info)
-        if on_checkpoint is not None:
-            base.eval()
-            on_checkpoint(base, info)
-            base.train()
-        result.checkpoint_seconds += time.perf_counter() - t_start
+        self.dist = DistanceFromInit(self.trainable, reduce=reduce)
+        self.result = TrainResult(steps=total_steps, epochs=settings.epochs, n_examples=n, num_processes=self.world)
+        self.window_sums: list[Any] = []  # this process's summed target NLL per step of the current window
+        self.window_tokens: list[int] = []  # global target tokens per step (known on every process)
 
-    def train_step(step_batches: list[list[int]]) -> tuple[Any, int]:
+    def train_step(self, batches: list[list[int]], epoch: int, step: int) -> Callable[[], dict[str, Any]]:
+        with collective_errors(f"training step {step}"):  # a dead rank: one line, not a hang
+            local_sum, local_tokens = self._optimizer_step(batches)
+        return lambda: {"loss": f"{float(local_sum) / max(local_tokens, 1):.4f}", "epoch": epoch + 1}
+
+    def _optimizer_step(self, batches: list[list[int]]) -> tuple[Any, int]:
         """One optimizer step over the step's global micro-batches; returns this process's summed
         target NLL and target-token count (for the progress bar)."""
-        step_tokens = sum(n_target[i] for mb in step_batches for i in mb)
+        import torch
+
+        acc, world, n_target = self.acc, self.world, self.n_target
+        step_tokens = sum(n_target[i] for mb in batches for i in mb)
         local_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
         local_tokens = 0
-        for j, mb in enumerate(step_batches):
-            mine, weight = mb[rank::world], 1.0
+        for j, mb in enumerate(batches):
+            mine, weight = mb[self.rank :: world], 1.0
             if not mine:
                 # a short last batch can leave this process nothing: run one example with zero
                 # weight so that DDP's gradient all-reduce still happens on every process
                 mine, weight = mb[:1], 0.0
-            ids, mask, labels = (t.to(acc.device) for t in collate([feats[i] for i in mine], pad_id))
-            last = j == len(step_batches) - 1
-            with contextlib.nullcontext() if last else acc.no_sync(ddp_model):
-                nll = target_nll_sum(ddp_model(input_ids=ids, attention_mask=mask).logits, labels)
+            ids, mask, labels = (t.to(acc.device) for t in collate([self.feats[i] for i in mine], self.pad_id))
+            last = j == len(batches) - 1
+            with contextlib.nullcontext() if last else acc.no_sync(self.ddp_model):
+                nll = target_nll_sum(self.ddp_model(input_ids=ids, attention_mask=mask).logits, labels)
                 # DDP averages gradients over processes: scaling by world makes the result the
                 # gradient of (target NLL summed over the global step) / (its target tokens)
                 acc.backward(nll * (weight * world / step_tokens))
@@ -418,46 +373,196 @@ def finetune(
             local_tokens += int(weight) * sum(n_target[i] for i in mine)
         if acc.scaler is not None:
             acc.unscale_gradients()  # fp16: statistics and clipping need the true gradient
-        grad_stats.update()
-        if settings.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(trainable, settings.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        window_sums.append(local_sum)
-        window_tokens.append(step_tokens)
-        result.n_tokens += sum(len(feats[i][0]) for mb in step_batches for i in mb)
+        self.grad_stats.update()
+        if self.settings.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.settings.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.window_sums.append(local_sum)
+        self.window_tokens.append(step_tokens)
+        self.result.n_tokens += sum(len(self.feats[i][0]) for mb in batches for i in mb)
         return local_sum, local_tokens
 
-    bar = progress_bar(
-        total=total_steps, desc="finetune", unit="step", disable=not (progress and acc.is_local_main_process)
+    def window_open(self) -> bool:
+        return bool(self.window_tokens)
+
+    def close_window(self) -> dict[str, float]:
+        """Reduce the window's losses across processes; gradient and distance statistics."""
+        import torch
+
+        acc = self.acc
+        if self.window_sums:
+            sums = torch.stack(self.window_sums)
+        else:
+            sums = torch.zeros(0, dtype=torch.float64, device=acc.device)
+        sums = acc.reduce(sums, reduction="sum").double().cpu()
+        toks = torch.tensor(self.window_tokens, dtype=torch.float64)
+        self.result.step_losses.extend((sums / toks).tolist())
+        metrics = {"train_loss": float(sums.sum() / toks.sum()) if self.window_tokens else math.nan}
+        metrics.update(self.grad_stats.window())
+        metrics["dist_from_init"] = self.dist.distance()
+        metrics["learning_rate"] = float(self.scheduler.get_last_lr()[0])
+        self.window_sums.clear()
+        self.window_tokens.clear()
+        return metrics
+
+    def checkpoint_info(self, index: int, step: int, epoch: float, metrics: dict[str, float]) -> CheckpointInfo:
+        s = self.settings
+        return CheckpointInfo(
+            index=index,
+            step=step,
+            epoch=epoch,
+            metrics=metrics,
+            # TrainSettings refuses save_checkpoints without an output_dir
+            path=os.path.join(s.output_dir, f"checkpoint-{step}") if s.save_checkpoints and s.output_dir else None,
+            is_main_process=self.acc.is_main_process,
+            process_index=self.rank,
+            num_processes=self.world,
+            params_sharded=self.sharded,
+        )
+
+    def save(self, info: CheckpointInfo) -> None:
+        if info.path is None:
+            return
+        acc = self.acc
+        # FSDP: gathering the full state dict is a collective every process joins
+        full = acc.get_state_dict(self.ddp_model) if self.sharded else None
+        if acc.is_main_process:
+            self.base.save_pretrained(info.path, **({"state_dict": full} if full is not None else {}))
+            self.tokenizer.save_pretrained(info.path)
+            with open(os.path.join(info.path, "curator_checkpoint.json"), "w") as f:
+                json.dump(
+                    {k: v for k, v in asdict(info).items() if k not in ("is_main_process", "process_index")},
+                    f,
+                    indent=1,
+                )
+        acc.wait_for_everyone()  # every process's callback sees a complete directory
+
+
+# -- the step loop shared with DPO ---------------------------------------------------------------
+
+
+def trainable_parameters(model: Any, caller: str) -> list[tuple[str, Any]]:
+    """(name, parameter) for every parameter that requires grad; ConfigError when there is none."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ConfigError(
+            "the model has no trainable parameters (all requires_grad=False); apply LoRA "
+            f"or unfreeze the model before {caller}"
+        )
+    return named
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+
+def adamw(params: Sequence[Any], settings: TrainSettings) -> Any:
+    """torch's AdamW at the settings' learning rate, decaying matrices, not biases or norm weights."""
+    import torch
+
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.learning_rate)
+
+
+def lr_scheduler(optimizer: Any, settings: TrainSettings, total_steps: int) -> Any:
+    """The settings' schedule with its warmup (curator's "constant" warms up too)."""
+    from transformers import get_scheduler
+
+    return get_scheduler(
+        {"constant": "constant_with_warmup"}.get(settings.lr_scheduler, settings.lr_scheduler),
+        optimizer,
+        num_warmup_steps=math.ceil(settings.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
     )
+
+
+class StepFunctions(Protocol):
+    """A trainer's part of `run_steps`: its optimizer step and what it reports per checkpoint."""
+
+    result: TrainResult
+
+    def train_step(self, batches: list[list[int]], epoch: int, step: int) -> Callable[[], dict[str, Any]]:
+        """Optimizer step ``step`` (1-based) over its global micro-batches; returns what the
+        progress bar shows, computed only when the bar is shown."""
+        ...
+
+    def window_open(self) -> bool:
+        """Whether steps ran since the last checkpoint."""
+        ...
+
+    def close_window(self) -> dict[str, float]:
+        """The metrics of the steps since the last checkpoint; the next window starts empty."""
+        ...
+
+    def checkpoint_info(self, index: int, step: int, epoch: float, metrics: dict[str, float]) -> CheckpointInfo: ...
+
+    def save(self, info: CheckpointInfo) -> None:
+        """Write the checkpoint's directory, when ``info.path`` names one."""
+        ...
+
+
+def run_steps(
+    steps: StepFunctions,
+    settings: TrainSettings,
+    model: Any,
+    on_checkpoint: Callable[[Any, CheckpointInfo], None] | None,
+    *,
+    train_module: Any = None,
+    desc: str,
+    show: bool,
+) -> None:
+    """The step loop SFT and DPO share: every epoch's seed-planned steps (`epoch_plan`), one
+    progress bar, a checkpoint at each scheduled step, and the split of time between training and
+    checkpoints. Fills ``steps.result`` (checkpoints, seconds, final metrics).
+
+    Args:
+        model: what `on_checkpoint` receives (the unwrapped model), in eval mode during the call.
+        train_module: what is put in train mode at the start (a DDP wrapper); default ``model``.
+    """
+    result = steps.result
+    n, world = result.n_examples, result.num_processes
+    checkpoint_at = {s: i + 1 for i, s in enumerate(settings.checkpoint_schedule(n, world))}
+    bar = progress_bar(total=result.steps, desc=desc, unit="step", disable=not show)
     try:
-        ddp_model.train()
+        (model if train_module is None else train_module).train()
         step = 0
         t0 = time.perf_counter()
         for epoch in range(settings.epochs):
-            for step_batches in epoch_plan(n, settings, epoch, world):
-                with collective_errors(f"training step {step + 1}"):  # a dead rank: one line, not a hang
-                    local_sum, local_tokens = train_step(step_batches)
+            for batches in epoch_plan(n, settings, epoch, world):
                 step += 1
+                shown = steps.train_step(batches, epoch, step)
                 if not bar.disable:
-                    bar.set_postfix(loss=f"{float(local_sum) / max(local_tokens, 1):.4f}", epoch=epoch + 1)
+                    bar.set_postfix(**shown())
                 bar.update(1)
                 if step in checkpoint_at:
-                    checkpoint(step)
+                    _checkpoint(steps, checkpoint_at[step], step, settings, model, on_checkpoint)
         result.train_seconds = time.perf_counter() - t0 - result.checkpoint_seconds
-        if window_tokens:  # steps after the last checkpoint (checkpoint_every not dividing the total)
-            result.final_metrics = close_window()
-        else:
-            result.final_metrics = dict(result.checkpoints[-1].metrics)
+        # steps after the last checkpoint (checkpoint_every not dividing the total) make a last window
+        result.final_metrics = steps.close_window() if steps.window_open() else dict(result.checkpoints[-1].metrics)
     finally:
         bar.close()
-        if settings.gradient_checkpointing:
-            _set_activation_checkpointing(base, False)
-        if config is not None and old_use_cache is not None:
-            config.use_cache = old_use_cache
-        # drop accelerate's mixed-precision forward wrapper, if any, from the caller's model
-        acc.unwrap_model(ddp_model, keep_fp32_wrapper=False)
-        base.train(was_training)
-    return result
+
+
+def _checkpoint(
+    steps: StepFunctions,
+    index: int,
+    step: int,
+    settings: TrainSettings,
+    model: Any,
+    on_checkpoint: Callable[[Any, CheckpointInfo], None] | None,
+) -> None:
+    t_start = time.perf_counter()
+    result = steps.result
+    metrics = steps.close_window()
+    info = steps.checkpoint_info(index, step, settings.epoch_at(step, result.n_examples, result.num_processes), metrics)
+    steps.save(info)
+    result.checkpoints.append(info)
+    if on_checkpoint is not None:
+        model.eval()
+        on_checkpoint(model, info)
+        model.train()
+    result.checkpoint_seconds += time.perf_counter() - t_start
