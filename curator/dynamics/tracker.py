@@ -40,9 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -487,7 +485,7 @@ def validate_premem(
     allow_bad_references: bool = False,
     num_processes: int = 1,
 ) -> int:
-    """Every check `track_premem` makes before a model loads; returns the checkpoint count."""
+    """Every check `curator.engine.track_premem` makes before a model loads; returns the checkpoint count."""
     problems = check_premem_settings(len(examples), k, p)
     n_ckpt = None
     if examples:
@@ -499,80 +497,3 @@ def validate_premem(
         raise ConfigError(problems)
     check_references(examples, grader, fmt, allow_bad_references)
     return int(n_ckpt)
-
-
-def track_premem(
-    loaded_model: Any,
-    examples: Sequence[Example],
-    *,
-    fmt: PromptFormat,
-    grader: Any,
-    train_settings: Any,
-    k: int = 5,
-    params: SamplingParams | None = None,
-    p: float = 1.105,
-    lazy: bool = True,
-    defer: bool = False,
-    out_dir: str | os.PathLike | None = None,
-    progress: bool = True,
-    allow_bad_references: bool = False,
-    sampler_factory: Callable[[Any, Any], Sampler] | None = None,
-    sample_batch_size: int = 32,
-    lora: Any = None,
-    provider: Any = None,
-    seed: int | None = None,
-) -> Ledger:
-    """Finetune ``loaded_model.model`` in place on ``examples``, tracking dynamics at every checkpoint.
-
-    One round of the round engine (`curator.engine.train_and_track`). Writes ``ledger.parquet``
-    and ``summary.csv`` to ``out_dir`` (if given; on the main process only) and returns the ledger.
-    ``lazy`` / ``defer`` choose the tracking mode (see `DynamicsTracker`). With ``lora`` (a
-    `LoraSettings`) adapters are added first and ``loaded_model.model`` becomes the peft model.
-    The sampler comes from ``provider`` (a `SamplerProvider`), else from
-    ``sampler_factory(model, tokenizer)``, else an `HFSampler`. Under ``accelerate launch`` every
-    process trains and measures its share of the examples; every process returns the same ledger.
-
-    Raises:
-        ConfigError / DataError: before any training, for every bad setting or reference answer.
-    """
-    validate_premem(
-        examples, grader, fmt=fmt, train_settings=train_settings, k=k, p=p, allow_bad_references=allow_bad_references
-    )
-    from curator import distributed
-    from curator.engine import train_and_track
-    from curator.sampling.providers import FactoryProvider, HFProvider
-
-    tokenizer = loaded_model.tokenizer
-    if provider is None:
-        provider = (
-            FactoryProvider(sampler_factory, tokenizer)
-            if sampler_factory is not None
-            else HFProvider(tokenizer, batch_size=sample_batch_size)
-        )
-    result = train_and_track(
-        loaded_model,
-        list(examples),
-        fmt=fmt,
-        grader=grader,
-        training=train_settings,
-        provider=provider,
-        k=k,
-        params=params or SamplingParams(stop=fmt.stop),
-        p=p,
-        lazy=lazy,
-        defer=defer,
-        lora=lora,
-        in_place=True,
-        seed=seed,
-        progress=progress,
-    )
-    loaded_model.model = result.model
-    ledger = result.ledger
-    if out_dir is not None and distributed.is_main_process():
-        from curator.dynamics.metrics import summary
-        from curator.io import atomic_write_text
-
-        out = Path(out_dir)
-        ledger.to_parquet(out / "ledger.parquet")
-        atomic_write_text(out / "summary.csv", summary(ledger).to_csv())
-    return ledger
