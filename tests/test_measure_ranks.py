@@ -67,13 +67,13 @@ if mode == "callback":
     from evenlen import EvenLength
 
     out = args[0]
-    examples = load_examples("synthetic:easy?n=%(n)d&seed=0")
+    examples = load_examples("synthetic:easy?n=@N@&seed=0")
     lm = load_model("tiny-random")
     cfg = SFTConfig(output_dir=out, num_train_epochs=2, per_device_train_batch_size=2, learning_rate=1e-3,
                     save_strategy="epoch", save_only_model=True, logging_steps=1, report_to=[], use_cpu=True,
                     seed=0, max_length=256, disable_tqdm=True, bf16=False)
     trainer = SFTTrainer(model=lm.model, args=cfg, train_dataset=trl_dataset(examples), processing_class=lm.tokenizer)
-    PreMemCallback(examples, grader=EvenLength(), k=%(k)d, params=SamplingParams(max_new_tokens=8, seed=5),
+    PreMemCallback(examples, grader=EvenLength(), k=@K@, params=SamplingParams(max_new_tokens=8, seed=5),
                    p=50.0, lazy=False, progress=False).attach(trainer)
     trainer.train()
 else:
@@ -84,7 +84,7 @@ else:
         if e.code:
             raise
 save()
-""" % {"n": N_EXAMPLES, "k": K}
+""".replace("@N@", str(N_EXAMPLES)).replace("@K@", str(K))
 
 GRADER = """
 class EvenLength:
@@ -94,11 +94,11 @@ class EvenLength:
         return completion
 
     def equivalent(self, pred, ref):
-        return len(pred) %% 2 == 0
+        return len(pred) % 2 == 0
 
     def is_correct(self, completion, ref_answer):
-        return len(completion) %% 2 == 0
-""".replace("%%", "%")
+        return len(completion) % 2 == 0
+"""
 
 
 def _launch(n: int, tmp: Path, mode: str, args: list[str]) -> subprocess.CompletedProcess:
