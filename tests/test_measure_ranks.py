@@ -222,3 +222,41 @@ def test_curate_measure_under_two_processes_samples_each_example_once_and_writes
     pd.testing.assert_frame_equal(
         pd.read_parquet(tmp / "measured-2.parquet"), pd.read_parquet(tmp / "measured-1.parquet")
     )
+
+
+def test_gather_rows_splits_rows_over_ranks_and_puts_them_back_in_order(monkeypatch):
+    """The routing monitor's split (`gather_rows`): row i on rank i % world, each computed once,
+    every rank gets the one-process array; with sharded parameters (FSDP) each rank does all."""
+    import numpy as np
+
+    from curator import distributed
+    from curator.sampling.sharded import gather_rows
+
+    def rows(idx):
+        return np.array([[i, 10 * i] for i in idx], dtype=np.float32)
+
+    want = rows(range(5))
+    computed: list[list[int]] = []
+
+    def compute(idx):
+        computed.append(list(idx))
+        return rows(idx)
+
+    shares = {}
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    for r in (0, 1):  # each rank's own share first, as the all-gather would collect them
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        monkeypatch.setattr(distributed, "gather_objects", lambda obj, what="", r=r: [obj] * 2)
+        gather_rows(5, lambda idx, r=r: shares.setdefault(r, list(idx)) and rows(idx))
+    assert shares == {0: [0, 2, 4], 1: [1, 3]}
+    monkeypatch.setattr(distributed, "gather_objects", lambda obj, what="": [(shares[0], rows(shares[0])), obj])
+    got = gather_rows(5, compute)  # rank 1 (the last one set): computes only its share
+    assert computed == [[1, 3]]
+    np.testing.assert_array_equal(got, want)
+
+    class Fsdp:
+        params_sharded = True
+
+    computed.clear()
+    np.testing.assert_array_equal(gather_rows(5, compute, Fsdp()), want)
+    assert computed == [[0, 1, 2, 3, 4]]
