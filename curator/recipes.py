@@ -412,7 +412,7 @@ def reference_markdown() -> str:
 
     hints = typing.get_type_hints(Recipe)
     top = []
-    sections = []
+    sections: list[tuple[str, Any, str]] = []
     for f in dataclasses.fields(Recipe):
         tp = hints[f.name]
         inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]

@@ -138,7 +138,7 @@ class DynamicsTracker:
         self.progress = progress
         self.prompts, self.targets = fmt.pairs(self.examples, tokenizer)
         # running max of MaskedAcc, in correct counts out of k
-        self.running_max = np.zeros(len(self.examples), dtype=np.int64)
+        self.running_max: np.ndarray = np.zeros(len(self.examples), dtype=np.int64)
         self.rows: list[dict[str, Any]] = []
         self.samples_drawn = 0
         self.generate_calls = 0
@@ -180,8 +180,8 @@ class DynamicsTracker:
         final = self.is_final(index)
         if self.defer and not final:
             # sample nothing now; keep what the final checkpoint needs to sample this state later
-            correct = np.zeros(len(self.examples), dtype=np.int64)
-            drawn = np.zeros(len(self.examples), dtype=np.int64)
+            correct: np.ndarray = np.zeros(len(self.examples), dtype=np.int64)
+            drawn: np.ndarray = np.zeros(len(self.examples), dtype=np.int64)
             reasons: list[str | None] = ["memorized" if m else "deferred" for m in memorized]
             self._memorized_at[index] = memorized
             if not memorized.all():
@@ -248,7 +248,7 @@ class DynamicsTracker:
         if len(lps) != len(self.examples):
             raise RuntimeError(f"sampler returned {len(lps)} log-prob arrays for {len(self.examples)} targets")
         nll = np.empty(len(lps))
-        ntok = np.empty(len(lps), dtype=np.int64)
+        ntok: np.ndarray = np.empty(len(lps), dtype=np.int64)
         for i, lp in enumerate(lps):
             lp = np.asarray(lp, dtype=np.float64)
             if lp.size == 0:
@@ -333,8 +333,8 @@ class DynamicsTracker:
     ):
         """Draw samples by the lazy rules; examples outside ``active`` are left "deferred"."""
         n = len(self.examples)
-        correct = np.zeros(n, dtype=np.int64)
-        drawn = np.zeros(n, dtype=np.int64)
+        correct: np.ndarray = np.zeros(n, dtype=np.int64)
+        drawn: np.ndarray = np.zeros(n, dtype=np.int64)
         reasons: list[str | None] = [None] * n
         todo = np.ones(n, dtype=bool) if active is None else active
         for i in np.flatnonzero(~todo):
@@ -350,7 +350,7 @@ class DynamicsTracker:
         while True:
             want: dict[int, int] = {}
             for i in np.flatnonzero(todo):
-                d, why = self._next_draw(i, int(correct[i]), int(drawn[i]), bool(memorized[i]), final)
+                d, why = self._next_draw(int(i), int(correct[i]), int(drawn[i]), bool(memorized[i]), final)
                 if d > 0:
                     want[int(i)] = d
                 else:
@@ -366,7 +366,7 @@ class DynamicsTracker:
                 params = dataclasses.replace(self.params, seed=_derive_seed(self.params.seed, index, batch))
                 batch += 1
                 counts = [want[i] for i in idx]
-                n_arg = counts if counts_ok else counts[0]
+                n_arg: Any = counts if counts_ok else counts[0]  # a count per prompt where accepted
                 outs = sampler.generate([self.prompts[i] for i in idx], n_arg, params)
                 self.generate_calls += 1
                 if len(outs) != len(idx) or any(len(o) != d for o, d in zip(outs, counts)):
@@ -374,10 +374,10 @@ class DynamicsTracker:
                         f"sampler.generate returned the wrong shape for {len(idx)} prompts "
                         f"(asked for {counts[:5]}{'...' if len(counts) > 5 else ''} samples)"
                     )
-                for i, completions in zip(idx, outs):
-                    ans = self.examples[i].answer
-                    correct[i] += sum(bool(self.grader.is_correct(t, ans)) for t in completions)
-                    drawn[i] += len(completions)
+                for j, completions in zip(idx, outs):
+                    ans = self.examples[j].answer
+                    correct[j] += sum(bool(self.grader.is_correct(t, ans)) for t in completions)
+                    drawn[j] += len(completions)
                 self.samples_drawn += sum(counts)
                 if bar is not None:
                     bar.update(sum(counts))
@@ -496,4 +496,5 @@ def validate_premem(
     if problems:
         raise ConfigError(problems)
     check_references(examples, grader, fmt, allow_bad_references)
+    assert n_ckpt is not None  # set whenever there are examples, and no examples is a problem above
     return int(n_ckpt)
