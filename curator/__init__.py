@@ -35,7 +35,7 @@ _EXPORTS = {
     "premem_acc": "curator.dynamics.metrics",
     "dataset_premem": "curator.dynamics.metrics",
     "DynamicsTracker": "curator.dynamics.tracker",
-    "track_premem": "curator.dynamics.tracker",
+    "track_premem": "curator.engine",
     # strategies
     "Strategy": "curator.strategy",
     "SelectionContext": "curator.strategy",

@@ -3,20 +3,19 @@
 `train_and_track` is the unit of work that the active loop (loops/active.py), `curate premem`
 (`track_premem`) and `curate sweep` (`run_sweep`) all run:
 
-    model   = fresh_model(base, lora, init_state)        # a trainable copy (or the base itself)
-    tracker = DynamicsTracker(...)                        # full / lazy / deferred
+    model    = fresh_model(base, start)                   # a trainable copy (or the base itself)
+    measurer = CheckpointMeasurer(..., provider, n)       # full / lazy / deferred tracking
     finetune(model, ..., on_checkpoint=measure)           # every rank trains (accelerate)
-        measure: sampler = provider.sampler(model)        # hf: the live model; vllm: synced engine
-                 tracker.measure(sampler, info, model=, sampler_factory=provider.sampler)
-                 after_checkpoint(sampler, info, rows)    # caller's extra per-checkpoint work
-    test_accuracy = evaluate_accuracy(provider.sampler(model), test, ...)
+        measure: measurer.measure(model, info, after=after_checkpoint)
+                 # provider.sampler(model), split over ranks; after_checkpoint: the caller's work
+    test_accuracy = measurer.test_accuracy(model, test)
 
 The sampler's lifecycle belongs to the `SamplerProvider` (curator.sampling.providers), never to
 the callers: the hf provider wraps the live model once; the vLLM provider keeps one engine for the
-whole run and loads each checkpoint's weights into it. Under ``accelerate launch`` with several
-processes every sampler is wrapped in a `ShardedSampler`, so each rank samples and scores its
-share and every rank ends with the same ledger and test accuracy; writing files is the caller's
-job, on the main process only.
+whole run and loads each checkpoint's weights into it. Measuring a checkpoint belongs to the
+`CheckpointMeasurer` (curator.measurement): under ``accelerate launch`` with several processes
+each rank samples and scores its share and every rank ends with the same ledger and test
+accuracy; writing files is the caller's job, on the main process only.
 """
 
 from __future__ import annotations
@@ -27,13 +26,35 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from curator import distributed
 from curator.data.example import Example
 from curator.data.format import PromptFormat
 from curator.dynamics.ledger import Ledger
+from curator.dynamics.settings import MeasureSettings, TestEval, eval_sampling
 from curator.errors import ConfigError
+from curator.measurement import CheckpointMeasurer, RecordingSampler
 from curator.sampling.base import Sampler, SamplingParams
+from curator.sampling.sharded import sharded
+
+# names other modules import from the engine: the test-time sampling rule, the recording sampler
+# and the rank split (each defined beside what it belongs to)
+__all__ = [
+    "CheckpointMeasurer",
+    "MeasureSettings",
+    "ModelStart",
+    "RecordingSampler",
+    "RoundExtras",
+    "RoundResult",
+    "TestEval",
+    "eval_sampling",
+    "fresh_model",
+    "sharded",
+    "track_premem",
+    "train_and_track",
+]
 
 
 @dataclass
@@ -92,42 +113,38 @@ def fresh_model(
     return model
 
 
-def sharded(sampler: Sampler, info: Any = None) -> Sampler:
-    """``sampler`` split across the launch's ranks when there are several (else itself)."""
-    from curator import distributed
+@dataclass(frozen=True)
+class ModelStart:
+    """How a round's trainable model is made from the base model (`fresh_model`).
 
-    world = int(getattr(info, "num_processes", 0) or distributed.world_size())
-    if world <= 1 or getattr(info, "params_sharded", False):
-        # FSDP: a forward pass all-gathers the parameters, so every rank must run the same
-        # forward passes; every rank then samples every prompt (identical results)
-        return sampler
-    from curator.sampling.sharded import ShardedSampler
+    Attributes:
+        lora: `LoraSettings` to add adapters, or None for full finetuning.
+        init_state: trainable weights carried over from an earlier round (continue_training).
+        in_place: train the base model itself instead of a deep copy.
+        seed: seeds LoRA's initialisation; None: the training seed.
+    """
 
-    rank = int(getattr(info, "process_index", distributed.rank()))
-    # a vLLM engine split by tensor parallelism serves a group of ranks: shard over the groups
-    tp = int(getattr(sampler, "tensor_parallel_size", 1) or 1)
-    return ShardedSampler(
-        sampler, rank // tp, world // tp, lambda obj: distributed.gather_objects(obj, "gathering sampled results")[::tp]
-    )
+    lora: Any = None
+    init_state: dict | None = None
+    in_place: bool = False
+    seed: int | None = None
 
 
-class RecordingSampler:
-    """Passes calls through to a Sampler and keeps every completion by prompt (e.g. for ATC)."""
+@dataclass(frozen=True)
+class RoundExtras:
+    """A round's optional per-checkpoint work and ledger annotations.
 
-    def __init__(self, inner: Sampler):
-        self.inner = inner
-        self.accepts_counts = bool(getattr(inner, "accepts_counts", False))
-        self.model = getattr(inner, "model", None)
-        self.completions: dict[str, list[str]] = {}
+    Attributes:
+        after_checkpoint: ``(sampler, info, rows) -> dict | None`` after each checkpoint's
+            measurement, with the same sampler; the dict is added to the checkpoint's record.
+        record_completions: hand ``after_checkpoint`` a `RecordingSampler` that kept what the
+            tracker sampled.
+        ledger_meta: extra ledger metadata.
+    """
 
-    def generate(self, prompts, n, params):
-        outs = self.inner.generate(prompts, n, params)
-        for p, o in zip(prompts, outs):
-            self.completions.setdefault(p, []).extend(o)
-        return outs
-
-    def target_logprobs(self, prompts, targets):
-        return self.inner.target_logprobs(prompts, targets)
+    after_checkpoint: Callable[[Sampler, Any, list[dict]], dict | None] | None = None
+    record_completions: bool = False
+    ledger_meta: dict | None = None
 
 
 def train_and_track(
@@ -138,22 +155,10 @@ def train_and_track(
     grader: Any,
     training: Any,
     provider: Any,
-    k: int = 5,
-    params: SamplingParams | None = None,
-    p: float = 1.105,
-    lazy: bool = True,
-    defer: bool = False,
-    exact_every_checkpoint: bool = False,
-    lora: Any = None,
-    init_state: dict | None = None,
-    in_place: bool = False,
-    seed: int | None = None,
-    test: Sequence[Example] = (),
-    eval_params: SamplingParams | None = None,
-    eval_samples: int = 1,
-    after_checkpoint: Callable[[Sampler, Any, list[dict]], dict | None] | None = None,
-    record_completions: bool = False,
-    ledger_meta: dict | None = None,
+    measure: MeasureSettings | None = None,
+    start: ModelStart | None = None,
+    test: TestEval | None = None,
+    extras: RoundExtras | None = None,
     progress: bool = True,
 ) -> RoundResult:
     """Finetune a fresh copy of ``base`` on ``examples``, measuring dynamics at every checkpoint.
@@ -163,110 +168,164 @@ def train_and_track(
         fmt, grader: the prompt/target format and the answer grader.
         training: `TrainSettings`.
         provider: the `SamplerProvider` that owns the sampler (see curator.sampling.providers).
-        k, params, p, lazy, defer, exact_every_checkpoint: the `DynamicsTracker` settings.
-        lora, init_state, in_place, seed: how the trained model is made (`fresh_model`; ``seed``
-            seeds LoRA's initialisation, default ``training.seed``).
-        test, eval_params, eval_samples: test accuracy after training (skipped without a test set).
-        after_checkpoint: ``(sampler, info, rows) -> dict | None`` after each checkpoint's
-            measurement, with the same sampler; the dict is added to the checkpoint's record.
-        record_completions: hand ``after_checkpoint`` a `RecordingSampler` that kept what the
-            tracker sampled.
-        ledger_meta: extra ledger metadata.
+        measure: the tracker's settings (`MeasureSettings`; a recipe's
+            ``dynamics.measure_settings(stop, seed)``).
+        start: how the trained model is made (`ModelStart`).
+        test: test accuracy after training (`TestEval`; skipped without test examples).
+        extras: per-checkpoint work of the caller and ledger metadata (`RoundExtras`).
 
     Raises:
         ConfigError / DataError: bad settings, before training starts.
     """
-    from curator.dynamics.tracker import DynamicsTracker, check_deferred_memory
-    from curator.training import finetune
-
-    if defer and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        raise ConfigError(
-            "dynamics.defer copies and reloads whole parameters, which FSDP shards across "
-            "processes; track with lazy (defer: false) under FSDP"
-        )
-    tok = base.tokenizer
+    measure, start, extras = measure or MeasureSettings(), start or ModelStart(), extras or RoundExtras()
+    _check_round(measure)
     n_ckpt = training.n_checkpoints(len(examples))
-    tracker = DynamicsTracker(
+    measurer = CheckpointMeasurer(
         examples,
         fmt,
         grader,
-        k=k,
-        params=params or SamplingParams(stop=fmt.stop),
-        p=p,
-        lazy=lazy,
-        defer=defer,
-        n_checkpoints=n_ckpt,
-        exact_every_checkpoint=exact_every_checkpoint,
-        tokenizer=tok,
+        measure,
+        provider,
+        n_ckpt,
+        tokenizer=base.tokenizer,
+        record_completions=extras.record_completions,
         progress=progress,
     )
-    model = fresh_model(
-        base, lora=lora, init_state=init_state, in_place=in_place, seed=training.seed if seed is None else seed
+    model = _round_model(base, start, training, measure.defer, n_ckpt)
+    records, result, seconds = _train_measuring(
+        model, base.tokenizer, examples, fmt, training, measurer, extras, progress
     )
-    if defer:
-        check_deferred_memory(model, n_ckpt)
-    records: list[dict[str, Any]] = []
-    last_info: list[Any] = [None]  # how the launch is laid out (processes, FSDP), for the evaluation
-
-    def on_checkpoint(m: Any, info: Any) -> None:
-        last_info[0] = info
-
-        def sampler_for(state: Any) -> Sampler:
-            s = sharded(provider.sampler(state), info)
-            return RecordingSampler(s) if record_completions else s
-
-        sampler = sampler_for(m)
-        rows = tracker.measure(sampler, info, model=m, sampler_factory=sampler_for)
-        record = {
-            "checkpoint": int(info.index),
-            "step": int(info.step),
-            "epoch": float(info.epoch),
-            **{
-                key: float(v)
-                for key, v in (getattr(info, "metrics", None) or {}).items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)
-            },
-        }
-        if after_checkpoint is not None:
-            record.update(after_checkpoint(sampler, info, rows) or {})
-        records.append(record)
-        if hasattr(provider, "sleep"):  # give the GPU back to training until the next checkpoint
-            provider.sleep()
-
-    t0 = time.time()
-    result = finetune(model, tok, list(examples), fmt, training, on_checkpoint=on_checkpoint, progress=progress)
-    seconds = time.time() - t0
     train_meta = (
         dataclasses.asdict(training) if dataclasses.is_dataclass(training) and not isinstance(training, type) else {}
     )
-    ledger = tracker.ledger(**{"model": str(getattr(base, "spec", "")), "train": train_meta, **(ledger_meta or {})})
-    test_acc = float("nan")
-    if test:
-        from curator.evaluation import evaluate_accuracy
-
-        ep = eval_params or SamplingParams(temperature=0.0, top_p=1.0, stop=fmt.stop)
-        test_acc = evaluate_accuracy(
-            sharded(provider.sampler(model), last_info[0]), test, fmt, grader, ep, n=eval_samples, tokenizer=tok
-        ).accuracy
+    ledger = measurer.ledger(model=str(getattr(base, "spec", "")), train=train_meta, **(extras.ledger_meta or {}))
     return RoundResult(
         model=model,
         ledger=ledger,
         checkpoints=records,
-        test_accuracy=test_acc,
+        test_accuracy=measurer.test_accuracy(model, test) if test is not None else float("nan"),
         train_seconds=seconds,
-        samples_drawn=tracker.samples_drawn,
+        samples_drawn=measurer.samples_drawn,
         train=result,
     )
 
 
-def eval_sampling(
-    temperature: float, max_new_tokens: int, stop: Sequence[str], seed: int, top_p: float = 0.95
-) -> SamplingParams:
-    """Test-time sampling parameters: greedy (top_p 1) at temperature 0, else nucleus ``top_p``."""
-    return SamplingParams(
-        temperature=temperature,
-        top_p=1.0 if temperature == 0 else top_p,
-        max_new_tokens=max_new_tokens,
-        stop=tuple(stop),
-        seed=seed,
+def _check_round(measure: MeasureSettings) -> None:
+    """Settings a round refuses before any model is copied."""
+    if measure.defer and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        raise ConfigError(
+            "dynamics.defer copies and reloads whole parameters, which FSDP shards across "
+            "processes; track with lazy (defer: false) under FSDP"
+        )
+
+
+def _round_model(base: Any, start: ModelStart, training: Any, defer: bool, n_ckpt: int) -> Any:
+    """The model the round trains (and, for deferred tracking, the check that its copies fit)."""
+    from curator.dynamics.tracker import check_deferred_memory
+
+    seed = training.seed if start.seed is None else start.seed
+    model = fresh_model(base, lora=start.lora, init_state=start.init_state, in_place=start.in_place, seed=seed)
+    if defer:
+        check_deferred_memory(model, n_ckpt)
+    return model
+
+
+def checkpoint_record(info: Any) -> dict[str, Any]:
+    """A checkpoint's row of `RoundResult.checkpoints`: where it is and its training metrics."""
+    return {
+        "checkpoint": int(info.index),
+        "step": int(info.step),
+        "epoch": float(info.epoch),
+        **{
+            key: float(v)
+            for key, v in (getattr(info, "metrics", None) or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        },
+    }
+
+
+def _train_measuring(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    fmt: PromptFormat,
+    training: Any,
+    measurer: CheckpointMeasurer,
+    extras: RoundExtras,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], Any, float]:
+    """`finetune` with the measurer at every checkpoint: (checkpoint records, TrainResult, seconds)."""
+    from curator.training import finetune
+
+    records: list[dict[str, Any]] = []
+
+    def on_checkpoint(m: Any, info: Any) -> None:
+        measured = measurer.measure(m, info, after=extras.after_checkpoint)
+        records.append({**checkpoint_record(info), **measured.extra})
+
+    t0 = time.time()
+    result = finetune(model, tokenizer, list(examples), fmt, training, on_checkpoint=on_checkpoint, progress=progress)
+    return records, result, time.time() - t0
+
+
+def track_premem(
+    loaded_model: Any,
+    examples: Sequence[Example],
+    *,
+    fmt: PromptFormat,
+    grader: Any,
+    train_settings: Any,
+    measure: MeasureSettings | None = None,
+    provider: Any = None,
+    lora: Any = None,
+    out_dir: str | os.PathLike | None = None,
+    allow_bad_references: bool = False,
+    progress: bool = True,
+) -> Ledger:
+    """Finetune ``loaded_model.model`` in place on ``examples``, tracking dynamics at every checkpoint.
+
+    One round of the round engine (`train_and_track`). Writes ``ledger.parquet`` and
+    ``summary.csv`` to ``out_dir`` (if given; on the main process only) and returns the ledger.
+    ``measure`` chooses k, sampling, p and the tracking mode (see `DynamicsTracker`). With
+    ``lora`` (a `LoraSettings`) adapters are added first and ``loaded_model.model`` becomes the
+    peft model. The sampler comes from ``provider`` (a `SamplerProvider`; default: hf over the live
+    model). Under ``accelerate launch`` every process trains and measures its share of the
+    examples; every process returns the same ledger.
+
+    Raises:
+        ConfigError / DataError: before any training, for every bad setting or reference answer.
+    """
+    from curator.dynamics.tracker import validate_premem
+    from curator.io import atomic_write_text
+    from curator.sampling.providers import HFProvider
+
+    measure = measure or MeasureSettings(params=SamplingParams(stop=fmt.stop))
+    validate_premem(
+        examples,
+        grader,
+        fmt=fmt,
+        train_settings=train_settings,
+        k=measure.k,
+        p=measure.p,
+        allow_bad_references=allow_bad_references,
     )
+    result = train_and_track(
+        loaded_model,
+        list(examples),
+        fmt=fmt,
+        grader=grader,
+        training=train_settings,
+        provider=provider or HFProvider(loaded_model.tokenizer),
+        measure=measure,
+        start=ModelStart(lora=lora, in_place=True),
+        progress=progress,
+    )
+    loaded_model.model = result.model
+    ledger = result.ledger
+    if out_dir is not None and distributed.is_main_process():
+        from curator.dynamics.metrics import summary
+
+        out = Path(out_dir)
+        ledger.to_parquet(out / "ledger.parquet")
+        atomic_write_text(out / "summary.csv", summary(ledger).to_csv())
+    return ledger

@@ -8,7 +8,8 @@ order, so the ledger is the one those would have written at the same weights.
 
 Step, epoch and checkpoint-level signals come from the directory's ``trainer_state.json``
 (Trainer/TRL) or ``curator_checkpoint.json`` (curator); a directory with neither gives its step
-from its ``checkpoint-N`` name and an unknown (NaN) epoch.
+from its ``checkpoint-N`` name and an unknown (NaN) epoch, and a plain model directory (the base
+model, saved before training) is step 0, epoch 0 — or the step ``--step`` gives.
 """
 
 from __future__ import annotations
@@ -22,9 +23,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from curator import distributed
 from curator.data.example import Example
 from curator.data.format import PromptFormat
+from curator.dynamics.settings import MeasureSettings
 from curator.errors import ConfigError, CuratorError, DataError
+from curator.measurement import CheckpointMeasurer
+from curator.training.sft import CheckpointInfo
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointInfo",  # the one checkpoint record (curator.training), re-exported for this module's callers
+    "CheckpointLoader",
+    "check_ledger_matches",
+    "checkpoint_metrics",
+    "find_checkpoints",
+    "measure_checkpoints",
+    "read_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +80,13 @@ def checkpoint_metrics(log_history: Iterable[dict[str, Any]], step: int) -> dict
     }
 
 
-def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """A `Checkpoint` from a saved directory (raises DataError if it holds no model)."""
+def read_checkpoint(path: str | os.PathLike, step: int | None = None) -> Checkpoint:
+    """A `Checkpoint` from a saved directory (raises DataError if it holds no model).
+
+    ``step`` overrides the step the directory records. A model directory that records no step
+    (no trainer state, no ``checkpoint-<step>`` name: e.g. the base model before training) is
+    step 0 at epoch 0 — the first point of every curve.
+    """
     path = Path(path)
     if not path.is_dir():
         raise DataError(
@@ -78,6 +99,15 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"{path}: neither a saved model (config.json) nor a peft adapter "
             "(adapter_config.json); point at the checkpoint-* directories a trainer saved"
         )
+    ckpt = _recorded_checkpoint(path, adapter)
+    if step is not None and step != ckpt.step:
+        epoch = 0.0 if step == 0 else float("nan")
+        return Checkpoint(path, int(step), epoch, {} if step == 0 else ckpt.metrics, adapter)
+    return ckpt
+
+
+def _recorded_checkpoint(path: Path, adapter: bool) -> Checkpoint:
+    """What the directory itself says about its step, epoch and training signals."""
     name_step = _CKPT_NAME.match(path.name)
     if (path / "trainer_state.json").is_file():
         state = json.loads((path / "trainer_state.json").read_text())
@@ -98,23 +128,30 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             if isinstance(v, (int, float)) and not isinstance(v, bool)
         }
         return Checkpoint(path, int(info["step"]), float(info["epoch"]), metrics, adapter)
-    if name_step is None:
-        raise DataError(
-            f"{path}: no trainer_state.json or curator_checkpoint.json and the name is not "
-            "checkpoint-<step>, so its training step is unknown; rename it checkpoint-<step>"
-        )
+    if name_step is None:  # a model saved outside training (the base model): before any step
+        return Checkpoint(path, 0, 0.0, {}, adapter)
     return Checkpoint(path, int(name_step.group(1)), float("nan"), {}, adapter)
 
 
-def find_checkpoints(paths: Sequence[str | os.PathLike]) -> list[Checkpoint]:
+def find_checkpoints(paths: Sequence[str | os.PathLike], step: int | None = None) -> list[Checkpoint]:
     """Checkpoints in step order from checkpoint directories and/or run directories.
 
     A path holding ``checkpoint-*`` subdirectories stands for all of them; any other path must be
-    a checkpoint itself. Raises DataError for a directory without checkpoints or two checkpoints
+    a checkpoint itself. ``step`` gives the step of a single model directory (``--step 0``: the
+    untrained model). Raises DataError for a directory without checkpoints or two checkpoints
     at the same step.
     """
     if not paths:
         raise ConfigError("give at least one checkpoint directory or a run directory with checkpoint-* subdirectories")
+    if step is not None:
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ConfigError(f"--step must be an integer >= 0, got {step!r}")
+        if len(paths) != 1 or any(_CKPT_NAME.match(d.name) for d in _subdirs(Path(paths[0]))):
+            raise ConfigError(
+                "--step gives the step of one model directory; give exactly one checkpoint or model "
+                "directory with it (a run directory's checkpoints record their own steps)"
+            )
+        return [read_checkpoint(paths[0], step=step)]
     found: list[Checkpoint] = []
     for p in paths:
         p = Path(p)
@@ -123,7 +160,7 @@ def find_checkpoints(paths: Sequence[str | os.PathLike]) -> list[Checkpoint]:
                 f"{p}: no such directory; give checkpoint directories or a run directory "
                 "holding checkpoint-* subdirectories"
             )
-        subs = sorted(d for d in p.iterdir() if d.is_dir() and _CKPT_NAME.match(d.name))
+        subs = sorted(d for d in _subdirs(p) if _CKPT_NAME.match(d.name))
         if subs:
             found.extend(read_checkpoint(d) for d in subs)
         elif (p / "config.json").is_file() or (p / "adapter_config.json").is_file():
@@ -143,6 +180,10 @@ def find_checkpoints(paths: Sequence[str | os.PathLike]) -> list[Checkpoint]:
     if any(c.adapter for c in found) and not all(c.adapter for c in found):
         raise DataError("some checkpoints are peft adapters and some full models; measure one run at a time")
     return found
+
+
+def _subdirs(p: Path) -> list[Path]:
+    return [d for d in p.iterdir() if d.is_dir()] if p.is_dir() else []
 
 
 class CheckpointLoader:
@@ -172,7 +213,31 @@ class CheckpointLoader:
         return self._base
 
     def load(self, ckpt: Checkpoint):
-        """The checkpoint as a `LoadedModel` (for adapters: the shared base with this adapter)."""
+        """The checkpoint as a `LoadedModel` (for adapters: the shared base with this adapter).
+
+        Raises DataError naming the file when a weights file is damaged, or holds Python objects
+        besides tensors (pickles are loaded with ``weights_only``: such a file is refused, and no
+        code in it runs).
+        """
+        import pickle
+
+        try:
+            return self._load(ckpt)
+        except pickle.UnpicklingError as e:
+            raise DataError(
+                f"{weights_file(ckpt.path)}: refused to load: it holds Python objects, not only tensors "
+                f"({_first_line(e)}), and loading those could run code; re-save the checkpoint as "
+                "safetensors (save_pretrained does by default)"
+            ) from None
+        except Exception as e:
+            if type(e).__name__ != "SafetensorError":  # safetensors' own type; importing it needs torch
+                raise
+            raise DataError(
+                f"{weights_file(ckpt.path)}: the weights file is damaged or not safetensors "
+                f"({_first_line(e)}); re-save or re-copy the checkpoint"
+            ) from None
+
+    def _load(self, ckpt: Checkpoint):
         if not ckpt.adapter:
             from curator.models import load_model
             from curator.models.loading import LoadedModel
@@ -236,6 +301,22 @@ class CheckpointLoader:
         return dataclasses.replace(base, model=self._peft)
 
 
+_WEIGHTS_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin")
+
+
+def weights_file(path: Path) -> Path:
+    """The weights file of a checkpoint directory (the first shard of a sharded one), for messages."""
+    for name in _WEIGHTS_FILES:
+        if (path / name).is_file():
+            return path / name
+    shards = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    return shards[0] if shards else path
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+
+
 def _has_tokenizer(path: Path) -> bool:
     return any((path / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
 
@@ -258,6 +339,7 @@ def measure_checkpoints(
     out: str | os.PathLike | None = None,
     progress: bool = True,
     sampler_factory: Callable[[Any], Any] | None = None,
+    step: int | None = None,
 ):
     """The dynamics ledger of ``examples`` over saved checkpoints (see the module docstring).
 
@@ -268,8 +350,12 @@ def measure_checkpoints(
         backend: ``hf`` or ``vllm`` (any registered sampler backend).
         batch_size: prompts per sampler batch (``hf``); keep it equal to the training-time
             measurement's to reproduce its ledger bit for bit.
-        out: write the ledger there (Parquet, atomically).
+        out: write the ledger there (Parquet, atomically; the main process of a launch only).
         sampler_factory: ``f(loaded_model) -> Sampler``, overriding ``backend``.
+        step: the step of a single model directory (0: the untrained model).
+
+    Under ``accelerate launch`` every process loads each checkpoint and samples its share of the
+    examples (`CheckpointMeasurer`); every process returns the one-process ledger.
 
     Returns:
         the `Ledger` (checkpoint indices 1..M in step order; meta ``source="curate measure"``).
@@ -279,69 +365,106 @@ def measure_checkpoints(
             do not fit the base model — all before anything is written.
     """
     from curator.data.grading import get_grader
-    from curator.dynamics.tracker import DynamicsTracker, check_premem_settings
-    from curator.sampling import make_sampler
-    from curator.sampling.base import SamplingParams
+    from curator.dynamics.tracker import check_premem_settings
 
     problems = check_premem_settings(len(examples), k, p)
     if problems:  # before any checkpoint loads
         raise ConfigError(problems)
     fmt = fmt or PromptFormat()
     grader = get_grader(grader) if isinstance(grader, str) else grader
-    ckpts = find_checkpoints(paths)
-    loader = CheckpointLoader(base, dtype=dtype, device=device)
-    if sampler_factory is None:
+    ckpts = find_checkpoints(paths, step=step)
+    distributed.init_launch()  # under accelerate launch: the process group the ranks share work over
+    loader = CheckpointLoader(base, dtype=dtype, device=_launch_device(device))
+    provider = _LoadedProvider(sampler_factory or _backend_sampler(backend, batch_size))
+    settings = MeasureSettings(k=k, params=params, p=p, lazy=lazy)
+    measurer = _measure_each(ckpts, loader, provider, list(examples), fmt, grader, settings, progress)
+    ledger = measurer.ledger(
+        source="curate measure", checkpoints=[str(c.path) for c in ckpts], model=str(base or ckpts[-1].path)
+    )
+    if out is not None:
+        measurer.write_ledger(out, ledger)
+    return ledger
 
-        def sampler_factory(loaded):
-            kw = {"batch_size": batch_size} if backend == "hf" else {}
-            return make_sampler(backend, loaded, **kw)
 
-    tracker: DynamicsTracker | None = None
+def _measure_each(
+    ckpts: list[Checkpoint],
+    loader: CheckpointLoader,
+    provider: _LoadedProvider,
+    examples: list[Example],
+    fmt: PromptFormat,
+    grader: Any,
+    settings: MeasureSettings,
+    progress: bool,
+) -> CheckpointMeasurer:
+    """Load and measure each checkpoint in step order; returns the measurer holding the ledger."""
+    measurer: CheckpointMeasurer | None = None
     bar = None
-    if progress:
+    if progress and distributed.is_main_process():
         from curator.console import progress as progress_bar
 
         bar = progress_bar(total=len(ckpts), desc="measure", unit="checkpoint")
     try:
         for index, ckpt in enumerate(ckpts, 1):
-            loaded = loader.load(ckpt)
-            if tracker is None:  # the tokenizer is needed for chat-template prompts
-                tracker = DynamicsTracker(
-                    list(examples),
+            loaded = provider.loaded = loader.load(ckpt)
+            if measurer is None:  # the tokenizer is needed for chat-template prompts
+                measurer = CheckpointMeasurer(
+                    examples,
                     fmt,
                     grader,
-                    k=k,
-                    params=params or SamplingParams(stop=fmt.stop),
-                    p=p,
-                    lazy=lazy,
-                    n_checkpoints=len(ckpts),
+                    settings,
+                    provider,
+                    len(ckpts),
                     tokenizer=loaded.tokenizer,
-                    progress=progress,
+                    progress=progress and distributed.is_main_process(),
                 )
             info = CheckpointInfo(index=index, step=ckpt.step, epoch=ckpt.epoch, metrics=ckpt.metrics)
-            tracker.measure(sampler_factory(loaded), info)
+            measurer.measure(loaded.model, info)
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    assert tracker is not None  # find_checkpoints refuses a directory without checkpoints
-    ledger = tracker.ledger(
-        source="curate measure", checkpoints=[str(c.path) for c in ckpts], model=str(base or ckpts[-1].path)
-    )
-    if out is not None:
-        ledger.to_parquet(out)
-    return ledger
+    assert measurer is not None  # find_checkpoints refuses a directory without checkpoints
+    return measurer
 
 
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """What `DynamicsTracker.measure` is told about a checkpoint measured outside `finetune`."""
+class _LoadedProvider:
+    """The sampler provider of `measure_checkpoints`: ``factory(loaded)`` over the checkpoint
+    loaded last (a `LoadedModel` whose model is the one being measured)."""
 
-    index: int
-    step: int
-    epoch: float
-    metrics: dict[str, float]
+    def __init__(self, factory: Callable[[Any], Any]):
+        self.factory = factory
+        self.loaded: Any = None
+
+    def sampler(self, model: Any) -> Any:
+        import dataclasses
+
+        loaded = self.loaded if self.loaded.model is model else dataclasses.replace(self.loaded, model=model)
+        return self.factory(loaded)
+
+    def close(self) -> None:
+        self.loaded = None
+
+
+def _backend_sampler(backend: str, batch_size: int) -> Callable[[Any], Any]:
+    from curator.sampling import make_sampler
+
+    def factory(loaded: Any) -> Any:
+        kw = {"batch_size": batch_size} if backend == "hf" else {}
+        return make_sampler(backend, loaded, **kw)
+
+    return factory
+
+
+def _launch_device(device: str | None) -> str | None:
+    """Under a launch with several processes on a GPU machine, each rank measures on its own GPU."""
+    if device is not None or distributed.world_size() <= 1:
+        return device
+    import torch  # only under a launch, which has torch loaded already
+
+    if not torch.cuda.is_available():
+        return device
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', distributed.rank())) % torch.cuda.device_count()}"
 
 
 def check_ledger_matches(ledger: Any, examples: Sequence[Example], where: str) -> None:

@@ -9,7 +9,6 @@ precedence is CLI > YAML > defaults.
 from __future__ import annotations
 
 import copy
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +20,11 @@ from curator.config import describe, from_dict, to_dict
 from curator.data.format import PromptFormat
 from curator.data.grading import GraderProtocol, get_grader
 from curator.data.loaders import is_synthetic_source, load_examples
+from curator.dynamics.settings import DynamicsSettings, EvalSettings
 from curator.errors import ConfigError, CuratorError, describe_exception, did_you_mean
 from curator.loop import get_loop
 from curator.models.loading import _DTYPE_ALIASES, DTYPES
 from curator.models.lora import LoraSettings
-from curator.sampling.vllm import VLLMSettings
 from curator.strategy import build_strategy
 from curator.tracking.mlflow_store import uri_problem
 from curator.training.settings import TrainSettings
@@ -94,63 +93,6 @@ class DataSettings:
                 "data.source=generator needs a synthetic pool ('synthetic:<preset>'); "
                 "use data.source=pool for files and hub datasets"
             )
-        if problems:
-            raise ConfigError(problems)
-
-
-@dataclass(frozen=True)
-class DynamicsSettings:
-    samples: int = _help("k: completions sampled per example per checkpoint (paper: 5)", default=5)
-    temperature: float = _help("sampling temperature (paper: 0.8)", default=0.8)
-    top_p: float = _help("nucleus sampling (paper: 0.95)", default=0.95)
-    max_new_tokens: int = _help("longest sampled completion; longer solutions are cut and graded wrong", default=256)
-    p: float = _help("memorization threshold on target perplexity (GSM8K ~1.105, MATH ~1.2)", default=1.105)
-    lazy: bool = _help("skip sampling that cannot change PreMemAcc (identical result, fewer tokens)", default=True)
-    defer: bool = _help(
-        "with lazy: sample earlier checkpoints at the end, only for examples memorized "
-        "there (identical final PreMemAcc, fewer tokens still; keeps a CPU copy of the "
-        "trainable weights per checkpoint)",
-        default=False,
-    )
-    backend: Literal["hf", "vllm"] = _help("sampler backend; vllm needs the 'vllm' extra and a GPU", default="hf")
-    batch_size: int = _help("prompts per sampling batch (hf backend)", default=32)
-    vllm: VLLMSettings = _help(
-        "the vLLM engine (backend: vllm): GPU memory share, tensor parallelism", default_factory=VLLMSettings
-    )
-
-    def __post_init__(self):
-        problems = []
-        if self.samples < 1:
-            problems.append(f"dynamics.samples must be >= 1, got {self.samples}")
-        # written as what must hold, so that NaN (every comparison False) fails too
-        if not 1 < self.p < math.inf:
-            problems.append(f"dynamics.p must be > 1 and finite (perplexity is >= 1 always), got {self.p}")
-        if not 0 <= self.temperature < math.inf:
-            problems.append(f"dynamics.temperature must be a finite number >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"dynamics.top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            problems.append("dynamics.max_new_tokens and dynamics.batch_size must be >= 1")
-        if self.defer and not self.lazy:
-            problems.append("dynamics.defer is a kind of lazy tracking; set dynamics.lazy: true or defer: false")
-        if problems:
-            raise ConfigError(problems)
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    samples: int = _help("completions per test question (1 with temperature 0 = greedy accuracy)", default=1)
-    temperature: float = _help("0 = greedy decoding", default=0.0)
-    max_new_tokens: int = _help("longest test completion", default=256)
-
-    def __post_init__(self):
-        problems = []
-        if self.samples < 1:
-            problems.append(f"evaluation.samples must be >= 1, got {self.samples}")
-        if not 0 <= self.temperature < math.inf:
-            problems.append(f"evaluation.temperature must be a finite number >= 0, got {self.temperature}")
-        if self.max_new_tokens < 1:
-            problems.append(f"evaluation.max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if problems:
             raise ConfigError(problems)
 

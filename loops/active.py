@@ -27,7 +27,6 @@ from curator.errors import CuratorError, StrategyError
 from curator.io import atomic_write_json, read_json
 from curator.recipes import StrategySpec
 from curator.rounds import MLFLOW_ARTIFACTS, RESOLVED_RECIPE, STRATEGY_RUN, TRAINABLE_STATE, RoundStore
-from curator.sampling.base import SamplingParams
 from curator.signals import Signals
 from curator.strategy import SelectionContext, build_strategy, run_selection
 from curator.tracking.mlflow_store import MlflowRun, flatten
@@ -141,18 +140,10 @@ class ActiveLoop:
     # ---- one round ---------------------------------------------------------------------------
     def _dynamics_params(self, seed: int):
         """Sampling settings of the dynamics measurement (also used for sampled-answer signals)."""
-
-        dyn = self.recipe.dynamics
-        return SamplingParams(
-            temperature=dyn.temperature,
-            top_p=dyn.top_p,
-            max_new_tokens=dyn.max_new_tokens,
-            stop=self.recipe.format.stop,
-            seed=seed,
-        )
+        return self.recipe.dynamics.sampling(self.recipe.format.stop, seed)
 
     def _train_and_measure(self, r: int, train: list[Example]):
-        from curator.engine import eval_sampling, train_and_track  # lazy: pulls in pandas
+        from curator.engine import ModelStart, TestEval, train_and_track  # lazy: pulls in pandas
 
         rec = self.recipe
         dyn, ev = rec.dynamics, rec.evaluation
@@ -163,17 +154,9 @@ class ActiveLoop:
             grader=self.ws.grader,
             training=rec.training,
             provider=self.ws.provider,
-            k=dyn.samples,
-            params=self._dynamics_params(rec.seed + r),
-            p=dyn.p,
-            lazy=dyn.lazy,
-            defer=dyn.defer,
-            lora=rec.model.lora,
-            seed=rec.seed,
-            init_state=self._model_state,
-            test=self.ws.test,
-            eval_params=eval_sampling(ev.temperature, ev.max_new_tokens, rec.format.stop, rec.seed, top_p=dyn.top_p),
-            eval_samples=ev.samples,
+            measure=dyn.measure_settings(rec.format.stop, seed=rec.seed + r),
+            start=ModelStart(lora=rec.model.lora, seed=rec.seed, init_state=self._model_state),
+            test=TestEval(self.ws.test, ev.sampling(rec.format.stop, rec.seed, top_p=dyn.top_p), ev.samples),
             progress=self.ws.progress,
         )
         return {

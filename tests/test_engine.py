@@ -54,7 +54,7 @@ class SpyProvider:
 
 
 def test_train_and_track_measures_every_checkpoint_on_its_weights(base):
-    from curator.engine import train_and_track
+    from curator.engine import MeasureSettings, RoundExtras, TestEval, train_and_track
     from curator.sampling.hf import HFSampler
 
     train, test = [ex(i) for i in range(4)], [ex(i) for i in range(20, 23)]
@@ -69,12 +69,11 @@ def test_train_and_track_measures_every_checkpoint_on_its_weights(base):
         grader=get_grader("gsm8k"),
         training=settings,
         provider=provider,
-        k=2,
-        params=params,
-        p=1.5,
-        lazy=False,
-        test=test,
-        after_checkpoint=lambda s, info, rows: at_checkpoint.append(weights_hash(s.model)) or {"seen": 1.0},
+        measure=MeasureSettings(k=2, params=params, p=1.5, lazy=False),
+        test=TestEval(test),
+        extras=RoundExtras(
+            after_checkpoint=lambda s, info, rows: at_checkpoint.append(weights_hash(s.model)) or {"seen": 1.0}
+        ),
         progress=False,
     )
     # the base model is untouched: the round trained a copy
@@ -96,7 +95,7 @@ def test_train_and_track_measures_every_checkpoint_on_its_weights(base):
 def test_in_place_with_lora_gives_the_peft_model_back(base):
     import copy
 
-    from curator.engine import train_and_track
+    from curator.engine import MeasureSettings, ModelStart, train_and_track
     from curator.models import LoraSettings
     from curator.models.loading import LoadedModel
     from curator.sampling.providers import HFProvider
@@ -110,12 +109,8 @@ def test_in_place_with_lora_gives_the_peft_model_back(base):
         grader=get_grader("gsm8k"),
         training=settings,
         provider=HFProvider(base.tokenizer),
-        k=1,
-        params=SamplingParams(max_new_tokens=4),
-        p=1.5,
-        lazy=False,
-        lora=LoraSettings(r=4),
-        in_place=True,
+        measure=MeasureSettings(k=1, params=SamplingParams(max_new_tokens=4), p=1.5, lazy=False),
+        start=ModelStart(lora=LoraSettings(r=4), in_place=True),
         progress=False,
     )
     assert hasattr(res.model, "peft_config")

@@ -252,7 +252,7 @@ def test_trl_callback_ledger_equals_curate_measure_and_curators_own_finetune(
     from curator.cli.main import main
     from curator.dynamics.ledger import read_ledger
     from curator.dynamics.metrics import dataset_premem
-    from curator.dynamics.tracker import track_premem
+    from curator.engine import MeasureSettings, track_premem
     from curator.export import trl_dataset
     from curator.integrations import PreMemCallback
     from curator.models import load_model
@@ -271,9 +271,7 @@ def test_trl_callback_ledger_equals_curate_measure_and_curators_own_finetune(
         fmt=PromptFormat(),
         grader=grader,
         train_settings=settings,
-        k=K,
-        params=PARAMS,
-        p=p,
+        measure=MeasureSettings(k=K, params=PARAMS, p=p),
         progress=False,
         allow_bad_references=True,
     )

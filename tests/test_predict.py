@@ -366,12 +366,13 @@ class _FakeSampler:
 
 @pytest.mark.slow  # loads and trains a tiny model (~10 s on an idle CPU)
 def test_run_sweep_writes_runs_and_resumes(tmp_path):
-    from curator.analysis.sweep import run_sweep
+    from curator.analysis.sweep import SweepConfig, run_sweep
     from curator.data.example import Example
     from curator.data.format import PromptFormat
     from curator.data.grading import get_grader
     from curator.models.tiny import tiny_model, tiny_tokenizer
-    from curator.sampling.base import SamplingParams
+    from curator.dynamics.settings import DynamicsSettings, EvalSettings
+    from curator.recipes import SweepSettings
     from curator.training.settings import TrainSettings
 
     class Base:
@@ -384,22 +385,16 @@ def test_run_sweep_writes_runs_and_resumes(tmp_path):
 
     train, test = [ex(i) for i in range(6)], [ex(i) for i in range(50, 56)]
     logs = []
-    kw = dict(
+    config = SweepConfig(
         fmt=PromptFormat(),
         grader=get_grader("gsm8k"),
-        train_settings=TrainSettings(batch_size=3, max_length=64, lr_scheduler="linear"),
-        learning_rates=[1e-3, 1e-2],
-        epochs=[1, 2],
-        out_dir=tmp_path,
-        k=2,
-        params=SamplingParams(max_new_tokens=8),
-        p=1.5,
-        progress=False,
-        sampler_factory=_FakeSampler,
-        echo=logs.append,
-        p_grid=[1.2, 1.5],
+        training=TrainSettings(batch_size=3, max_length=64, lr_scheduler="linear"),
+        grid=SweepSettings(learning_rates=[1e-3, 1e-2], epochs=[1, 2]),
+        dynamics=DynamicsSettings(samples=2, max_new_tokens=8, p=1.5, lazy=False),
+        evaluation=EvalSettings(max_new_tokens=8),
     )
-    res = run_sweep(Base, train, test, **kw)
+    kw = dict(out_dir=tmp_path, progress=False, sampler_factory=_FakeSampler, echo=logs.append, p_grid=[1.2, 1.5])
+    res = run_sweep(Base, train, test, config, **kw)
     assert [d.name for d in res.run_dirs] == ["lr0.001-ep1", "lr0.01-ep1", "lr0.001-ep2", "lr0.01-ep2"]
     tab = pd.read_csv(tmp_path / "lr0.01-ep2" / "checkpoints.csv")
     assert tab["checkpoint"].tolist() == [1, 2] and tab["step"].tolist() == [2, 4]
@@ -413,7 +408,7 @@ def test_run_sweep_writes_runs_and_resumes(tmp_path):
     assert (tmp_path / "predict" / "report.md").exists()
     # a rerun skips every finished configuration
     logs.clear()
-    run_sweep(Base, train, test, **kw)
+    run_sweep(Base, train, test, config, **kw)
     assert sum("already done" in m for m in logs) == 4
 
 

@@ -218,7 +218,7 @@ GREEDY = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=8, seed=1)
 
 
 def run_round(base, provider, *, lora=None, defer=False, lazy=False):
-    from curator.engine import train_and_track
+    from curator.engine import MeasureSettings, ModelStart, RoundExtras, TestEval, train_and_track
 
     seen: list[str] = []
     res = train_and_track(
@@ -228,16 +228,10 @@ def run_round(base, provider, *, lora=None, defer=False, lazy=False):
         grader=get_grader("gsm8k"),
         training=TrainSettings(epochs=3, batch_size=2, learning_rate=5e-3, max_length=64),
         provider=provider,
-        k=2,
-        params=GREEDY,
-        p=1.5,
-        lazy=lazy or defer,
-        defer=defer,
-        lora=lora,
-        seed=0,
-        test=TEST,
-        eval_params=GREEDY,
-        after_checkpoint=lambda s, info, rows: seen.append(live_hash[0]) or None,
+        measure=MeasureSettings(k=2, params=GREEDY, p=1.5, lazy=lazy or defer, defer=defer),
+        start=ModelStart(lora=lora, seed=0),
+        test=TestEval(TEST, GREEDY),
+        extras=RoundExtras(after_checkpoint=lambda s, info, rows: seen.append(live_hash[0]) or None),
         progress=False,
     )
     return res, seen

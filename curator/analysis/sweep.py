@@ -22,13 +22,14 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from curator.dynamics.settings import DynamicsSettings, EvalSettings
 from curator.errors import ConfigError, CuratorError
 from curator.evaluation import grade_completions
 from curator.io import atomic_write_text
@@ -105,32 +106,45 @@ class SweepResult:
     seconds: dict[str, float]
 
 
+@dataclass(frozen=True)
+class SweepConfig:
+    """What every configuration of a sweep shares, besides the data and the base model.
+
+    Attributes:
+        fmt, grader: the `PromptFormat` and `Grader`.
+        training: `TrainSettings`; learning_rate and epochs are replaced per configuration.
+        grid: `SweepSettings` (learning_rates x epochs).
+        dynamics: the measurement (`DynamicsSettings`); a sweep defaults to full tracking with
+            k=4 (every comparison metric complete). With ``lazy`` PreMemAcc is determined at every
+            checkpoint and the train accuracy of skipped cells is not.
+        evaluation: test accuracy = mean fraction correct over ``samples`` completions per test
+            question (1 and temperature 0: greedy accuracy). With samples > 1 and a temperature > 0
+            the same samples give the test-side ATC confidences; otherwise an extra k-sample pass
+            at the dynamics sampling parameters does. ``max_new_tokens`` None: the dynamics'.
+        lora: `LoraSettings` or None for full finetuning.
+        seed: seeds training, sampling and LoRA's initialisation.
+    """
+
+    fmt: Any
+    grader: Any
+    training: Any
+    grid: Any
+    dynamics: DynamicsSettings = field(default_factory=lambda: DynamicsSettings(samples=4, lazy=False))
+    evaluation: EvalSettings = field(default_factory=EvalSettings)
+    lora: Any = None
+    seed: int = 0
+
+
 def run_sweep(
     base: Any,
     train: Sequence[Any],
     test: Sequence[Any],
+    config: SweepConfig,
     *,
-    fmt: Any,
-    grader: Any,
-    train_settings: Any,
-    learning_rates: Sequence[float],
-    epochs: Sequence[int],
     out_dir: str | Path,
-    lora: Any = None,
-    k: int = 4,
-    params: Any = None,
-    p: float = 1.105,
-    eval_samples: int = 1,
-    eval_temperature: float = 0.0,
-    eval_max_new_tokens: int | None = None,
-    backend: str = "hf",
-    sample_batch_size: int = 32,
-    lazy: bool = False,
-    seed: int = 0,
     p_grid: Sequence[float] | None = None,
     progress: bool = True,
     sampler_factory: Callable[[Any, Any], Any] | None = None,
-    vllm: Any = None,
     echo: Callable[[str], None] = print,
 ) -> SweepResult:
     """Train every (learning rate, epochs) configuration, measure, write run dirs, then predict.
@@ -138,27 +152,23 @@ def run_sweep(
     Args:
         base: a `LoadedModel` (model + tokenizer); each configuration trains a deep copy of it.
         train / test: training examples and held-out test examples.
-        fmt, grader: the `PromptFormat` and `Grader`.
-        train_settings: `TrainSettings`; learning_rate and epochs are replaced per configuration.
-        lora: `LoraSettings` or None for full finetuning.
-        k, params, p: dynamics samples per example, `SamplingParams`, memorization threshold.
-        eval_samples, eval_temperature: test accuracy = mean fraction correct over eval_samples
-            completions per test question (1 and 0.0: greedy accuracy). With eval_samples > 1 and
-            a temperature > 0 the same samples give the test-side ATC confidences; otherwise an
-            extra k-sample pass at the dynamics sampling parameters does.
-        lazy: lazy tracking (PreMemAcc determined at every checkpoint, train accuracy of skipped
-            cells undetermined); the default full tracking gives every comparison metric.
-        sampler_factory: ``(model, tokenizer) -> Sampler``; default: the ``backend``'s provider
-            (`make_provider`; with vLLM one engine for the whole sweep, set up by ``vllm``).
+        config: the settings every configuration shares (`SweepConfig`).
+        sampler_factory: ``(model, tokenizer) -> Sampler``; default: the ``dynamics.backend``'s
+            provider (`make_provider`; with vLLM one engine for the whole sweep).
     """
     from curator import distributed
     from curator.analysis.predict import load_run, predict, write_report
-    from curator.engine import eval_sampling, train_and_track
-    from curator.sampling.base import SamplingParams
-    from curator.sampling.providers import FactoryProvider, make_provider
+    from curator.sampling.providers import make_provider
 
+    c, dyn = config, config.dynamics
     validate_sweep(
-        train, test, fmt=fmt, grader=grader, train_settings=train_settings, learning_rates=learning_rates, epochs=epochs
+        train,
+        test,
+        fmt=c.fmt,
+        grader=c.grader,
+        train_settings=c.training,
+        learning_rates=c.grid.learning_rates,
+        epochs=c.grid.epochs,
     )
     out = Path(out_dir)
     main = distributed.is_main_process()
@@ -169,22 +179,11 @@ def run_sweep(
 
     if main:
         out.mkdir(parents=True, exist_ok=True)
-    tok = base.tokenizer
-    params = params or SamplingParams(stop=fmt.stop, seed=seed)
-    eparams = eval_sampling(
-        eval_temperature, eval_max_new_tokens or params.max_new_tokens, fmt.stop, seed, top_p=params.top_p
-    )
-    reuse_eval = eval_samples > 1 and eval_temperature > 0
     # one provider for the whole sweep: with vLLM, one engine that follows every configuration
-    provider = (
-        FactoryProvider(sampler_factory, tok)
-        if sampler_factory is not None
-        else make_provider(backend, base, batch_size=sample_batch_size, vllm=vllm, lora=lora is not None)
+    provider = make_provider(
+        dyn.backend, base, batch_size=dyn.batch_size, vllm=dyn.vllm, lora=c.lora is not None, factory=sampler_factory
     )
-
-    train_prompts, _ = fmt.pairs(list(train), tok)  # the tracker's prompts, to find its completions
-    test_prompts = [fmt.prompt_text(e, tok) for e in test]
-    grid = [(float(lr), int(e)) for e in epochs for lr in learning_rates]
+    grid = [(float(lr), int(e)) for e in c.grid.epochs for lr in c.grid.learning_rates]
     run_dirs, seconds = [], {}
     try:
         for i, (lr, n_ep) in enumerate(grid, 1):
@@ -195,103 +194,146 @@ def run_sweep(
             if meta_path.exists() and json.loads(meta_path.read_text()).get("complete"):
                 echo(f"[{i}/{len(grid)}] {name}: already done, skipped")
                 continue
-            settings = dataclasses.replace(train_settings, learning_rate=lr, epochs=n_ep, seed=seed)
-            conf_rows: list[dict] = []
-
-            def after_checkpoint(sampler, info, cells, name=name, conf_rows=conf_rows):
-                t_ck = time.time()
-                # train side of ATC: each example's agreement confidence and its sampled accuracy
-                for ex, prompt, cell in zip(train, train_prompts, cells):
-                    comps = sampler.completions.get(prompt, [])
-                    if comps and cell["skip_reason"] is None:
-                        conf_rows.append(
-                            {
-                                "checkpoint": int(info.index),
-                                "split": "train",
-                                "example_id": ex.id,
-                                "confidence": _confidence(grader, comps),
-                                "accuracy": cell["n_correct"] / cell["n_samples"],
-                            }
-                        )
-                outs = sampler.inner.generate(test_prompts, eval_samples, eparams)
-                test_acc = grade_completions(test, outs, grader).accuracy
-                if not reuse_eval:
-                    outs = sampler.inner.generate(test_prompts, k, dataclasses.replace(params, seed=params.seed + 7919))
-                for ex, comps in zip(test, outs):
-                    conf_rows.append(
-                        {
-                            "checkpoint": int(info.index),
-                            "split": "test",
-                            "example_id": ex.id,
-                            "confidence": _confidence(grader, comps),
-                            "accuracy": np.nan,
-                        }
-                    )
-                echo(
-                    f"  {name} checkpoint {info.index}: test acc {test_acc:.3f}, "
-                    f"train loss {(info.metrics or {}).get('train_loss', float('nan')):.4f}"
-                )
-                return {"test_accuracy": float(test_acc), "seconds": time.time() - t_ck}
-
             echo(f"[{i}/{len(grid)}] {name}: training {len(train)} examples for {n_ep} epoch(s)")
-            res = train_and_track(
-                base,
-                list(train),
-                fmt=fmt,
-                grader=grader,
-                training=settings,
-                provider=provider,
-                k=k,
-                params=params,
-                p=p,
-                lazy=lazy,
-                exact_every_checkpoint=lazy,
-                lora=lora,
-                seed=seed,
-                after_checkpoint=after_checkpoint,
-                record_completions=True,
-                ledger_meta={"sweep_config": name},
-                progress=progress,
-            )
-            seconds[name] = res.train_seconds
-            rows = [
-                {key: r[key] for key in ("checkpoint", "step", "epoch", "test_accuracy")}
-                | {key: v for key, v in r.items() if key not in ("checkpoint", "step", "epoch", "test_accuracy")}
-                for r in res.checkpoints
-            ]
-            if main:
-                rd.mkdir(parents=True, exist_ok=True)
-                res.ledger.to_parquet(rd / "ledger.parquet")
-                atomic_write_text(rd / "checkpoints.csv", pd.DataFrame(rows).to_csv(index=False))
-                _write_parquet(pd.DataFrame(conf_rows), rd / "confidences.parquet")
-                meta = {
-                    "name": name,
-                    "learning_rate": lr,
-                    "epochs": n_ep,
-                    "n_train": len(train),
-                    "n_test": len(test),
-                    "k": k,
-                    "p": p,
-                    "lazy": lazy,
-                    "eval_samples": eval_samples,
-                    "eval_temperature": eval_temperature,
-                    "train": dataclasses.asdict(settings),
-                    "seconds": seconds[name],
-                    "samples_drawn": res.samples_drawn,
-                    "complete": True,
-                }
-                # written last: its presence marks the configuration done
-                atomic_write_text(meta_path, json.dumps(meta, indent=2, default=str))
+            seconds[name] = _run_config(base, train, test, c, provider, rd, lr, n_ep, progress, echo)
             distributed.barrier("waiting for the main process to write the sweep's files")
             echo(f"[{i}/{len(grid)}] {name}: done in {seconds[name]:.0f}s")
-            del res
     finally:
         provider.close()
 
     runs = [load_run(d) for d in run_dirs]
-    report = predict(runs, p=p, p_grid=p_grid)
+    report = predict(runs, p=dyn.p, p_grid=p_grid)
     paths = write_report(report, out / "predict") if main else {}
     return SweepResult(out_dir=out, run_dirs=run_dirs, report=report, report_paths=paths, seconds=seconds)
+
+
+def _sampling(c: SweepConfig) -> tuple[Any, Any]:
+    """(dynamics sampling parameters, test-time sampling parameters) of a sweep."""
+    from curator.engine import eval_sampling
+
+    params = c.dynamics.sampling(c.fmt.stop, c.seed)
+    ev = c.evaluation
+    return params, eval_sampling(ev.temperature, ev.max_new_tokens, c.fmt.stop, c.seed, top_p=params.top_p)
+
+
+def _run_config(
+    base: Any,
+    train: Sequence[Any],
+    test: Sequence[Any],
+    c: SweepConfig,
+    provider: Any,
+    rd: Path,
+    lr: float,
+    n_ep: int,
+    progress: bool,
+    echo: Callable[[str], None],
+) -> float:
+    """Train and measure one configuration; the main process writes its run directory."""
+    from curator import distributed
+    from curator.engine import ModelStart, RoundExtras, train_and_track
+
+    name, dyn, ev = rd.name, c.dynamics, c.evaluation
+    settings = dataclasses.replace(c.training, learning_rate=lr, epochs=n_ep, seed=c.seed)
+    conf_rows: list[dict] = []
+    res = train_and_track(
+        base,
+        list(train),
+        fmt=c.fmt,
+        grader=c.grader,
+        training=settings,
+        provider=provider,
+        measure=dyn.measure_settings(c.fmt.stop, c.seed, exact_every_checkpoint=dyn.lazy),
+        start=ModelStart(lora=c.lora, seed=c.seed),
+        extras=RoundExtras(
+            after_checkpoint=_checkpoint_work(base, train, test, c, conf_rows, name, echo),
+            record_completions=True,
+            ledger_meta={"sweep_config": name},
+        ),
+        progress=progress,
+    )
+    rows = [
+        {key: r[key] for key in ("checkpoint", "step", "epoch", "test_accuracy")}
+        | {key: v for key, v in r.items() if key not in ("checkpoint", "step", "epoch", "test_accuracy")}
+        for r in res.checkpoints
+    ]
+    if distributed.is_main_process():
+        rd.mkdir(parents=True, exist_ok=True)
+        res.ledger.to_parquet(rd / "ledger.parquet")
+        atomic_write_text(rd / "checkpoints.csv", pd.DataFrame(rows).to_csv(index=False))
+        _write_parquet(pd.DataFrame(conf_rows), rd / "confidences.parquet")
+        meta = {
+            "name": name,
+            "learning_rate": lr,
+            "epochs": n_ep,
+            "n_train": len(train),
+            "n_test": len(test),
+            "k": dyn.samples,
+            "p": dyn.p,
+            "lazy": dyn.lazy,
+            "eval_samples": ev.samples,
+            "eval_temperature": ev.temperature,
+            "train": dataclasses.asdict(settings),
+            "seconds": res.train_seconds,
+            "samples_drawn": res.samples_drawn,
+            "complete": True,
+        }
+        # written last: its presence marks the configuration done
+        atomic_write_text(rd / "run.json", json.dumps(meta, indent=2, default=str))
+    return res.train_seconds
+
+
+def _checkpoint_work(
+    base: Any,
+    train: Sequence[Any],
+    test: Sequence[Any],
+    c: SweepConfig,
+    conf_rows: list[dict],
+    name: str,
+    echo: Callable[[str], None],
+) -> Callable[..., dict]:
+    """The sweep's per-checkpoint work: test accuracy and the ATC confidences (into ``conf_rows``)."""
+    tok, grader, k = base.tokenizer, c.grader, c.dynamics.samples
+    params, eparams = _sampling(c)
+    reuse_eval = c.evaluation.samples > 1 and c.evaluation.temperature > 0
+    train_prompts, _ = c.fmt.pairs(list(train), tok)  # the tracker's prompts, to find its completions
+    test_prompts = [c.fmt.prompt_text(e, tok) for e in test]
+
+    def after_checkpoint(sampler, info, cells):
+        t_ck = time.time()
+        # train side of ATC: each example's agreement confidence and its sampled accuracy
+        for ex, prompt, cell in zip(train, train_prompts, cells):
+            comps = sampler.completions.get(prompt, [])
+            if comps and cell["skip_reason"] is None:
+                conf_rows.append(
+                    {
+                        "checkpoint": int(info.index),
+                        "split": "train",
+                        "example_id": ex.id,
+                        "confidence": _confidence(grader, comps),
+                        "accuracy": cell["n_correct"] / cell["n_samples"],
+                    }
+                )
+        outs = sampler.inner.generate(test_prompts, c.evaluation.samples, eparams)
+        test_acc = grade_completions(test, outs, grader).accuracy
+        if not reuse_eval:
+            outs = sampler.inner.generate(test_prompts, k, dataclasses.replace(params, seed=params.seed + 7919))
+        for ex, comps in zip(test, outs):
+            conf_rows.append(
+                {
+                    "checkpoint": int(info.index),
+                    "split": "test",
+                    "example_id": ex.id,
+                    "confidence": _confidence(grader, comps),
+                    "accuracy": np.nan,
+                }
+            )
+        echo(
+            f"  {name} checkpoint {info.index}: test acc {test_acc:.3f}, "
+            f"train loss {(info.metrics or {}).get('train_loss', float('nan')):.4f}"
+        )
+        return {"test_accuracy": float(test_acc), "seconds": time.time() - t_ck}
+
+    return after_checkpoint
 
 
 def sweep_from_recipe(recipe: Any, progress: bool = True, echo: Callable[[str], None] = print) -> SweepResult:
@@ -303,7 +345,6 @@ def sweep_from_recipe(recipe: Any, progress: bool = True, echo: Callable[[str], 
     from curator.data.grading import get_grader
     from curator.data.loaders import load_examples
     from curator.models import load_model
-    from curator.sampling.base import SamplingParams
 
     sw = recipe.sweep
     if sw is None:
@@ -337,14 +378,7 @@ def sweep_from_recipe(recipe: Any, progress: bool = True, echo: Callable[[str], 
         learning_rates=sw.learning_rates,
         epochs=sw.epochs,
     )  # before the model loads
-    dyn, ev, m = recipe.dynamics, recipe.evaluation, recipe.model
-    params = SamplingParams(
-        temperature=dyn.temperature,
-        top_p=dyn.top_p,
-        max_new_tokens=dyn.max_new_tokens,
-        stop=recipe.format.stop,
-        seed=recipe.seed,
-    )
+    m = recipe.model
     base = load_model(m.name, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
     out = recipe.run_dir
     from curator import distributed
@@ -353,28 +387,14 @@ def sweep_from_recipe(recipe: Any, progress: bool = True, echo: Callable[[str], 
         out.mkdir(parents=True, exist_ok=True)
         # curator's own name, as `curate run` uses: output_dir may be the folder of the user's recipe.yaml
         atomic_write_text(out / RESOLVED_RECIPE, recipe.to_yaml())
-    return run_sweep(
-        base,
-        train,
-        test,
+    config = SweepConfig(
         fmt=recipe.format,
         grader=grader,
-        train_settings=recipe.training,
-        learning_rates=sw.learning_rates,
-        epochs=sw.epochs,
-        out_dir=out,
+        training=recipe.training,
+        grid=sw,
+        dynamics=recipe.dynamics,
+        evaluation=recipe.evaluation,
         lora=m.lora,
-        k=dyn.samples,
-        params=params,
-        p=dyn.p,
-        eval_samples=ev.samples,
-        eval_temperature=ev.temperature,
-        eval_max_new_tokens=ev.max_new_tokens,
-        backend=dyn.backend,
-        vllm=dyn.vllm,
-        sample_batch_size=dyn.batch_size,
-        lazy=dyn.lazy,
         seed=recipe.seed,
-        progress=progress,
-        echo=echo,
     )
+    return run_sweep(base, train, test, config, out_dir=out, progress=progress, echo=echo)

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+from curator.cli.premem import DYNAMICS_FLAGS, DYNAMICS_OPTIONS, settings_options
+from curator.dynamics.settings import DynamicsSettings
+
 
 @click.command()
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path())
@@ -22,25 +25,19 @@ import click
     help="Base model for peft adapter checkpoints (default: the one the adapter "
     "records); for full checkpoints saved without a tokenizer, where the tokenizer comes from.",
 )
-@click.option("--backend", default="hf", show_default=True, help="Sampler backend: hf or vllm.")
-@click.option("--samples", "k", type=int, default=5, show_default=True, help="Samples per example per checkpoint (k).")
-@click.option(
-    "--p", "p", type=float, default=1.105, show_default=True, help="Memorization threshold on target perplexity."
-)
-@click.option("--temperature", type=float, default=0.8, show_default=True)
-@click.option("--top-p", type=float, default=0.95, show_default=True)
-@click.option("--max-new-tokens", type=int, default=256, show_default=True)
+@settings_options(DynamicsSettings, ("backend", *DYNAMICS_OPTIONS))
 @click.option("--full", is_flag=True, help="Sample every example at every checkpoint (complete train-accuracy curves).")
 @click.option(
     "--chat/--no-chat", default=False, show_default=True, help="Wrap prompts in the tokenizer's chat template."
 )
 @click.option("--grader", default="auto", show_default=True, help="Answer grader: gsm8k, math, numeric, auto.")
+@settings_options(DynamicsSettings, ("batch_size",), DYNAMICS_FLAGS)
 @click.option(
-    "--sample-batch-size",
-    type=int,
-    default=32,
-    show_default=True,
-    help="Prompts per sampler batch (keep it equal to the training-time callback's to reproduce its ledger).",
+    "--step",
+    type=click.IntRange(min=0),
+    default=None,
+    help="The training step of a single model directory (0: the untrained model; a plain model "
+    "directory without trainer state is step 0 anyway).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on capable CUDA, else fp32).")
@@ -53,7 +50,7 @@ def measure(
     n,
     base,
     backend,
-    k,
+    samples,
     p,
     temperature,
     top_p,
@@ -62,6 +59,7 @@ def measure(
     chat,
     grader,
     sample_batch_size,
+    step,
     seed,
     dtype,
     device,
@@ -72,9 +70,11 @@ def measure(
 
     CHECKPOINTS are checkpoint directories or run directories holding checkpoint-* subdirectories,
     as transformers' Trainer, TRL or `curate premem --save-model` write them: full models, or peft
-    adapters applied to --base. The ledger is what `curate premem --ledger`, `curate predict` and
+    adapters applied to --base. A plain model directory (e.g. the base model) is step 0, the first
+    point of every curve. The ledger is what `curate premem --ledger`, `curate predict` and
     the strategies read.
     """
+    from curator import distributed
     from curator.cli.ledger import render_summary
     from curator.cli.premem import load_training_data
     from curator.data.format import PromptFormat
@@ -83,6 +83,7 @@ def measure(
     from curator.measure import find_checkpoints, measure_checkpoints
     from curator.sampling.base import SamplingParams
 
+    k = samples
     problems = check_premem_settings(1, k, p)
     fmt = PromptFormat(chat=chat)
     try:
@@ -93,12 +94,13 @@ def measure(
         problems += e.problems
     if problems:
         raise ConfigError(problems)
-    ckpts = find_checkpoints(checkpoints)  # a directory without checkpoints fails before data loads
+    ckpts = find_checkpoints(checkpoints, step=step)  # a directory without checkpoints fails before data loads
     examples = load_training_data(data, n)
-    click.echo(
-        f"{len(examples)} examples from {data}; {len(ckpts)} checkpoints "
-        f"(steps {', '.join(str(c.step) for c in ckpts)}); k={k}, p={p:g}, {'full' if full else 'lazy'} tracking"
-    )
+    if distributed.is_main_process():  # once, not per process, under accelerate launch
+        click.echo(
+            f"{len(examples)} examples from {data}; {len(ckpts)} checkpoints "
+            f"(steps {', '.join(str(c.step) for c in ckpts)}); k={k}, p={p:g}, {'full' if full else 'lazy'} tracking"
+        )
     ledger = measure_checkpoints(
         checkpoints,
         examples,
@@ -115,6 +117,9 @@ def measure(
         device=device,
         out=out,
         progress=not quiet,
+        step=step,
     )
+    if not distributed.is_main_process():  # every rank has the ledger; one prints
+        return
     click.echo(render_summary(ledger))
     click.echo(f"ledger: {Path(out)}")

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import click
+
+from curator.dynamics.settings import DynamicsSettings
 
 
 def load_training_data(source: str, n: int | None):
@@ -21,6 +27,41 @@ def load_training_data(source: str, n: int | None):
     if n is None and source.partition("?")[0].partition(":")[0] == "synthetic" and "n=" not in source:
         n = 64
     return load_examples(source, limit=n)
+
+
+def settings_options(
+    cls: type, names: Sequence[str], flags: dict[str, tuple[str, str]] | None = None, **defaults: Any
+) -> Callable[[Callable], Callable]:
+    """click options for the ``names`` fields of the settings dataclass ``cls``, in that order:
+    flag ``--field-name`` and parameter ``field_name`` (or ``flags[name] = (flag, parameter)``),
+    the field's default (or ``defaults[name]``) and its ``help``; a bool field is a flag. So
+    every such option reads as its settings field does (as curator.training.launch does for
+    `TrainSettings`)."""
+    hints = typing.get_type_hints(cls)
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+
+    def decorate(command: Callable) -> Callable:
+        for name in reversed(names):
+            f = by_name[name]
+            flag, dest = (flags or {}).get(name, ("--" + name.replace("_", "-"), name))
+            default = defaults.get(name, f.default)
+            help_text = f.metadata.get("help", "")
+            tp = hints[name]
+            if tp is bool:
+                command = click.option(flag, dest, is_flag=True, default=default, help=help_text)(command)
+            else:
+                kind = tp if tp in (int, float, str) else str
+                command = click.option(
+                    flag, dest, type=kind, default=default, show_default=default is not None, help=help_text
+                )(command)
+        return command
+
+    return decorate
+
+
+# the options of `curate premem` and `curate measure` that are `DynamicsSettings` fields
+DYNAMICS_OPTIONS = ("samples", "p", "temperature", "top_p", "max_new_tokens")
+DYNAMICS_FLAGS = {"batch_size": ("--sample-batch-size", "sample_batch_size")}
 
 
 @click.command()
@@ -49,19 +90,9 @@ def load_training_data(source: str, n: int | None):
     show_default=True,
     help="'epoch' or a number of optimizer steps between checkpoints.",
 )
-@click.option("--samples", "k", type=int, default=5, show_default=True, help="Samples per example per checkpoint (k).")
-@click.option("--p", "p", type=float, default=None, help="Memorization threshold on target perplexity (default 1.105).")
-@click.option("--temperature", type=float, default=0.8, show_default=True)
-@click.option("--top-p", type=float, default=0.95, show_default=True)
-@click.option("--max-new-tokens", type=int, default=256, show_default=True)
+@settings_options(DynamicsSettings, DYNAMICS_OPTIONS, p=None)
 @click.option("--full", is_flag=True, help="Sample every example at every checkpoint (complete train-accuracy curves).")
-@click.option(
-    "--defer",
-    is_flag=True,
-    help="Deferred lazy tracking: sample earlier checkpoints at the end, only for "
-    "examples memorized there (same final PreMemAcc, fewer samples; keeps a CPU copy of the trained "
-    "weights per checkpoint).",
-)
+@settings_options(DynamicsSettings, ("defer",))
 @click.option("--lora/--no-lora", default=False, show_default=True, help="Train LoRA adapters instead of all weights.")
 @click.option(
     "--chat/--no-chat", default=False, show_default=True, help="Wrap prompts in the tokenizer's chat template."
@@ -70,7 +101,7 @@ def load_training_data(source: str, n: int | None):
 @click.option(
     "--allow-bad-references", is_flag=True, help="Track even if some reference solutions do not grade correct."
 )
-@click.option("--sample-batch-size", type=int, default=32, show_default=True, help="Prompts per sampler batch.")
+@settings_options(DynamicsSettings, ("batch_size",), DYNAMICS_FLAGS)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/premem", show_default=True)
 @click.option(
@@ -89,7 +120,7 @@ def premem(
     lr,
     batch_size,
     checkpoint_every,
-    k,
+    samples,
     p,
     temperature,
     top_p,
@@ -122,47 +153,38 @@ def premem(
     if not model or not data:
         raise ConfigError("give --model and --data to train with tracking, or --ledger FILE to summarise a ledger")
 
-    from curator.data.format import PromptFormat
+    from curator import distributed
     from curator.data.grading import get_grader
-    from curator.dynamics.tracker import check_premem_settings, track_premem, validate_premem
-    from curator.sampling.base import SamplingParams
-    from curator.training.settings import TrainSettings
+    from curator.dynamics.tracker import validate_premem
+    from curator.engine import track_premem
+    from curator.models import load_model
+    from curator.sampling.providers import make_provider
 
-    p = 1.105 if p is None else p
-    problems = check_premem_settings(1, k, p)
-    if full and defer:
-        problems.append("--full and --defer contradict each other (--defer is a lazy mode); drop one")
-    ce = int(checkpoint_every) if str(checkpoint_every).isdigit() else checkpoint_every
     if lr is None:
         lr = 1e-3 if (lora or model == "tiny-random") else 1e-5
-    try:
-        settings = TrainSettings(epochs=epochs, learning_rate=lr, batch_size=batch_size, checkpoint_every=ce, seed=seed)
-    except ConfigError as e:
-        problems += e.problems
-        settings = None
-    fmt = PromptFormat(chat=chat)
-    try:
-        params = SamplingParams(
-            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, stop=fmt.stop, seed=seed
-        )
-    except ConfigError as e:
-        problems += e.problems
-    if problems:
-        raise ConfigError(problems)
+    settings, measure, fmt = _premem_settings(
+        dict(epochs=epochs, learning_rate=lr, batch_size=batch_size, checkpoint_every=checkpoint_every, seed=seed),
+        dict(samples=samples, p=p, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed),
+        full=full,
+        defer=defer,
+        chat=chat,
+    )
     g = get_grader(grader)
     examples = load_training_data(data, n)
     n_ckpt = validate_premem(
-        examples, g, fmt=fmt, train_settings=settings, k=k, p=p, allow_bad_references=allow_bad_references
+        examples,
+        g,
+        fmt=fmt,
+        train_settings=settings,
+        k=measure.k,
+        p=measure.p,
+        allow_bad_references=allow_bad_references,
     )
     if os.environ.get("RANK", "0") == "0":  # once, not per process, under accelerate launch
         click.echo(
-            f"{len(examples)} examples from {data}; {epochs} epochs, {n_ckpt} checkpoints; k={k}, "
-            f"p={p:g}, {'full' if full else 'deferred lazy' if defer else 'lazy'} tracking"
+            f"{len(examples)} examples from {data}; {epochs} epochs, {n_ckpt} checkpoints; k={measure.k}, "
+            f"p={measure.p:g}, {'full' if full else 'deferred lazy' if defer else 'lazy'} tracking"
         )
-
-    from curator import distributed
-    from curator.models import load_model
-
     loaded = load_model(model)
     lora_settings = None
     if lora:
@@ -175,17 +197,12 @@ def premem(
         fmt=fmt,
         grader=g,
         train_settings=settings,
-        k=k,
-        params=params,
-        p=p,
-        lazy=not full,
-        defer=defer,
-        out_dir=out_dir,
-        progress=not quiet,
-        allow_bad_references=allow_bad_references,
-        sample_batch_size=sample_batch_size,
+        measure=measure,
+        provider=make_provider("hf", loaded, batch_size=sample_batch_size),
         lora=lora_settings,
-        seed=seed,
+        out_dir=out_dir,
+        allow_bad_references=allow_bad_references,
+        progress=not quiet,
     )
     if not distributed.is_main_process():  # every rank has the ledger; one prints and saves
         return
@@ -200,3 +217,36 @@ def premem(
             f"model: {where}  (robustness: curate robustness --model {where}{base} --ledger "
             f"{Path(out_dir) / 'ledger.parquet'} --data '{data}')"
         )
+
+
+def _premem_settings(train: dict[str, Any], sampling: dict[str, Any], *, full: bool, defer: bool, chat: bool):
+    """(TrainSettings, MeasureSettings, PromptFormat) from `curate premem`'s options, with every
+    problem reported at once (ConfigError) before anything loads."""
+    from curator.data.format import PromptFormat
+    from curator.dynamics.settings import MeasureSettings
+    from curator.dynamics.tracker import check_premem_settings
+    from curator.errors import ConfigError
+    from curator.sampling.base import SamplingParams
+    from curator.training.settings import TrainSettings
+
+    k, p = sampling.pop("samples"), sampling.pop("p")
+    p = 1.105 if p is None else p
+    problems = check_premem_settings(1, k, p)
+    if full and defer:
+        problems.append("--full and --defer contradict each other (--defer is a lazy mode); drop one")
+    ce = train["checkpoint_every"]
+    train["checkpoint_every"] = int(ce) if str(ce).isdigit() else ce
+    settings = None
+    try:
+        settings = TrainSettings(**train)
+    except ConfigError as e:
+        problems += e.problems
+    fmt = PromptFormat(chat=chat)
+    params = None
+    try:
+        params = SamplingParams(**sampling, stop=fmt.stop)
+    except ConfigError as e:
+        problems += e.problems
+    if problems:
+        raise ConfigError(problems)
+    return settings, MeasureSettings(k=k, params=params, p=p, lazy=not full, defer=defer), fmt

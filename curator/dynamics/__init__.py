@@ -1,43 +1,55 @@
-"""Learning dynamics: the ledger, PreMemAcc and related metrics, and the per-checkpoint tracker."""
+"""Learning dynamics: the ledger, PreMemAcc and related metrics, and the per-checkpoint tracker.
 
-from curator.dynamics.ledger import LEDGER_COLUMNS, SKIP_REASONS, Ledger, read_ledger
-from curator.dynamics.metrics import (
-    accuracy,
-    accuracy_bounds,
-    cartography,
-    dataset_premem,
-    first_correct_epoch,
-    forgetting_events,
-    fraction_memorized,
-    masked_acc,
-    memorization_epoch,
-    premem_acc,
-    premem_bounds,
-    summary,
-    train_accuracy,
-)
-from curator.dynamics.tracker import DynamicsTracker, check_references, track_premem, validate_premem
+Names are loaded on first use, so that importing one light module of this package (e.g.
+`curator.dynamics.settings`, which every recipe load needs) does not import pandas.
+"""
 
-__all__ = [
-    "LEDGER_COLUMNS",
-    "SKIP_REASONS",
-    "Ledger",
-    "read_ledger",
-    "accuracy",
-    "accuracy_bounds",
-    "cartography",
-    "dataset_premem",
-    "first_correct_epoch",
-    "forgetting_events",
-    "fraction_memorized",
-    "masked_acc",
-    "memorization_epoch",
-    "premem_acc",
-    "premem_bounds",
-    "summary",
-    "train_accuracy",
-    "DynamicsTracker",
-    "check_references",
-    "track_premem",
-    "validate_premem",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "LEDGER_COLUMNS": "curator.dynamics.ledger",
+    "SKIP_REASONS": "curator.dynamics.ledger",
+    "Ledger": "curator.dynamics.ledger",
+    "read_ledger": "curator.dynamics.ledger",
+    **{
+        name: "curator.dynamics.metrics"
+        for name in (
+            "accuracy",
+            "accuracy_bounds",
+            "cartography",
+            "dataset_premem",
+            "first_correct_epoch",
+            "forgetting_events",
+            "fraction_memorized",
+            "masked_acc",
+            "memorization_epoch",
+            "premem_acc",
+            "premem_bounds",
+            "summary",
+            "train_accuracy",
+        )
+    },
+    "DynamicsTracker": "curator.dynamics.tracker",
+    "check_references": "curator.dynamics.tracker",
+    "validate_premem": "curator.dynamics.tracker",
+    "DynamicsSettings": "curator.dynamics.settings",
+    "EvalSettings": "curator.dynamics.settings",
+    "MeasureSettings": "curator.dynamics.settings",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'curator.dynamics' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

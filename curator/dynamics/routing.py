@@ -44,6 +44,7 @@ import pandas as pd
 from curator.console import progress as progress_bar
 from curator.errors import DataError, RoutingError
 from curator.models.moe import LAYOUTS, supported_layouts  # LAYOUTS: the registry of supported layouts
+from curator.sampling.sharded import gather_rows, measuring
 
 if TYPE_CHECKING:  # pragma: no cover
     from curator.dynamics.ledger import Ledger
@@ -674,12 +675,18 @@ class RoutingMonitor:
         router_modules(model)
 
     def __call__(self, model: Any, info: Any) -> None:
-        if not getattr(info, "is_main_process", True):
-            return
-        self.record(model, int(getattr(info, "index", len(self.checkpoints) + 1)))
+        # every rank of a launch calls this and routes its share (curator.sampling.sharded's rule,
+        # as for a checkpoint's ledger), so every rank ends with the one-process columns
+        self.record(model, int(getattr(info, "index", len(self.checkpoints) + 1)), info)
 
-    def record(self, model: Any, checkpoint: int) -> None:
-        w = sample_routing(model, self.sequences, self.batch_size, self.progress)
+    def record(self, model: Any, checkpoint: int, info: Any = None) -> None:
+        """Route every example through ``model`` (eval mode, its own forward) as ``checkpoint``."""
+
+        def route(idx: list[int]) -> np.ndarray:
+            return sample_routing(model, [self.sequences[i] for i in idx], self.batch_size, self.progress)
+
+        with measuring(model):
+            w = gather_rows(len(self.sequences), route, info)
         emb = router_embeddings(model)
         self.checkpoints.append(checkpoint)
         self.weights.append(w)

@@ -40,9 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -140,7 +138,7 @@ class DynamicsTracker:
         self.progress = progress
         self.prompts, self.targets = fmt.pairs(self.examples, tokenizer)
         # running max of MaskedAcc, in correct counts out of k
-        self.running_max = np.zeros(len(self.examples), dtype=np.int64)
+        self.running_max: np.ndarray = np.zeros(len(self.examples), dtype=np.int64)
         self.rows: list[dict[str, Any]] = []
         self.samples_drawn = 0
         self.generate_calls = 0
@@ -182,8 +180,8 @@ class DynamicsTracker:
         final = self.is_final(index)
         if self.defer and not final:
             # sample nothing now; keep what the final checkpoint needs to sample this state later
-            correct = np.zeros(len(self.examples), dtype=np.int64)
-            drawn = np.zeros(len(self.examples), dtype=np.int64)
+            correct: np.ndarray = np.zeros(len(self.examples), dtype=np.int64)
+            drawn: np.ndarray = np.zeros(len(self.examples), dtype=np.int64)
             reasons: list[str | None] = ["memorized" if m else "deferred" for m in memorized]
             self._memorized_at[index] = memorized
             if not memorized.all():
@@ -250,7 +248,7 @@ class DynamicsTracker:
         if len(lps) != len(self.examples):
             raise RuntimeError(f"sampler returned {len(lps)} log-prob arrays for {len(self.examples)} targets")
         nll = np.empty(len(lps))
-        ntok = np.empty(len(lps), dtype=np.int64)
+        ntok: np.ndarray = np.empty(len(lps), dtype=np.int64)
         for i, lp in enumerate(lps):
             lp = np.asarray(lp, dtype=np.float64)
             if lp.size == 0:
@@ -335,8 +333,8 @@ class DynamicsTracker:
     ):
         """Draw samples by the lazy rules; examples outside ``active`` are left "deferred"."""
         n = len(self.examples)
-        correct = np.zeros(n, dtype=np.int64)
-        drawn = np.zeros(n, dtype=np.int64)
+        correct: np.ndarray = np.zeros(n, dtype=np.int64)
+        drawn: np.ndarray = np.zeros(n, dtype=np.int64)
         reasons: list[str | None] = [None] * n
         todo = np.ones(n, dtype=bool) if active is None else active
         for i in np.flatnonzero(~todo):
@@ -352,7 +350,7 @@ class DynamicsTracker:
         while True:
             want: dict[int, int] = {}
             for i in np.flatnonzero(todo):
-                d, why = self._next_draw(i, int(correct[i]), int(drawn[i]), bool(memorized[i]), final)
+                d, why = self._next_draw(int(i), int(correct[i]), int(drawn[i]), bool(memorized[i]), final)
                 if d > 0:
                     want[int(i)] = d
                 else:
@@ -368,7 +366,7 @@ class DynamicsTracker:
                 params = dataclasses.replace(self.params, seed=_derive_seed(self.params.seed, index, batch))
                 batch += 1
                 counts = [want[i] for i in idx]
-                n_arg = counts if counts_ok else counts[0]
+                n_arg: Any = counts if counts_ok else counts[0]  # a count per prompt where accepted
                 outs = sampler.generate([self.prompts[i] for i in idx], n_arg, params)
                 self.generate_calls += 1
                 if len(outs) != len(idx) or any(len(o) != d for o, d in zip(outs, counts)):
@@ -376,10 +374,10 @@ class DynamicsTracker:
                         f"sampler.generate returned the wrong shape for {len(idx)} prompts "
                         f"(asked for {counts[:5]}{'...' if len(counts) > 5 else ''} samples)"
                     )
-                for i, completions in zip(idx, outs):
-                    ans = self.examples[i].answer
-                    correct[i] += sum(bool(self.grader.is_correct(t, ans)) for t in completions)
-                    drawn[i] += len(completions)
+                for j, completions in zip(idx, outs):
+                    ans = self.examples[j].answer
+                    correct[j] += sum(bool(self.grader.is_correct(t, ans)) for t in completions)
+                    drawn[j] += len(completions)
                 self.samples_drawn += sum(counts)
                 if bar is not None:
                     bar.update(sum(counts))
@@ -487,7 +485,7 @@ def validate_premem(
     allow_bad_references: bool = False,
     num_processes: int = 1,
 ) -> int:
-    """Every check `track_premem` makes before a model loads; returns the checkpoint count."""
+    """Every check `curator.engine.track_premem` makes before a model loads; returns the checkpoint count."""
     problems = check_premem_settings(len(examples), k, p)
     n_ckpt = None
     if examples:
@@ -498,81 +496,5 @@ def validate_premem(
     if problems:
         raise ConfigError(problems)
     check_references(examples, grader, fmt, allow_bad_references)
+    assert n_ckpt is not None  # set whenever there are examples, and no examples is a problem above
     return int(n_ckpt)
-
-
-def track_premem(
-    loaded_model: Any,
-    examples: Sequence[Example],
-    *,
-    fmt: PromptFormat,
-    grader: Any,
-    train_settings: Any,
-    k: int = 5,
-    params: SamplingParams | None = None,
-    p: float = 1.105,
-    lazy: bool = True,
-    defer: bool = False,
-    out_dir: str | os.PathLike | None = None,
-    progress: bool = True,
-    allow_bad_references: bool = False,
-    sampler_factory: Callable[[Any, Any], Sampler] | None = None,
-    sample_batch_size: int = 32,
-    lora: Any = None,
-    provider: Any = None,
-    seed: int | None = None,
-) -> Ledger:
-    """Finetune ``loaded_model.model`` in place on ``examples``, tracking dynamics at every checkpoint.
-
-    One round of the round engine (`curator.engine.train_and_track`). Writes ``ledger.parquet``
-    and ``summary.csv`` to ``out_dir`` (if given; on the main process only) and returns the ledger.
-    ``lazy`` / ``defer`` choose the tracking mode (see `DynamicsTracker`). With ``lora`` (a
-    `LoraSettings`) adapters are added first and ``loaded_model.model`` becomes the peft model.
-    The sampler comes from ``provider`` (a `SamplerProvider`), else from
-    ``sampler_factory(model, tokenizer)``, else an `HFSampler`. Under ``accelerate launch`` every
-    process trains and measures its share of the examples; every process returns the same ledger.
-
-    Raises:
-        ConfigError / DataError: before any training, for every bad setting or reference answer.
-    """
-    validate_premem(
-        examples, grader, fmt=fmt, train_settings=train_settings, k=k, p=p, allow_bad_references=allow_bad_references
-    )
-    from curator import distributed
-    from curator.engine import train_and_track
-    from curator.sampling.providers import FactoryProvider, HFProvider
-
-    tokenizer = loaded_model.tokenizer
-    if provider is None:
-        provider = (
-            FactoryProvider(sampler_factory, tokenizer)
-            if sampler_factory is not None
-            else HFProvider(tokenizer, batch_size=sample_batch_size)
-        )
-    result = train_and_track(
-        loaded_model,
-        list(examples),
-        fmt=fmt,
-        grader=grader,
-        training=train_settings,
-        provider=provider,
-        k=k,
-        params=params or SamplingParams(stop=fmt.stop),
-        p=p,
-        lazy=lazy,
-        defer=defer,
-        lora=lora,
-        in_place=True,
-        seed=seed,
-        progress=progress,
-    )
-    loaded_model.model = result.model
-    ledger = result.ledger
-    if out_dir is not None and distributed.is_main_process():
-        from curator.dynamics.metrics import summary
-        from curator.io import atomic_write_text
-
-        out = Path(out_dir)
-        ledger.to_parquet(out / "ledger.parquet")
-        atomic_write_text(out / "summary.csv", summary(ledger).to_csv())
-    return ledger

@@ -6,16 +6,17 @@ use, lazy by default — writes the ledger so far (Parquet, atomically) and repo
 PreMemAcc, train accuracy and fraction memorized through the trainer's own ``log`` (so MLflow,
 W&B and every other ``report_to`` backend receive them at the trainer's global step).
 
-Every process measures (the tracker decides how the work is split across ranks); only the main
-process writes the ledger. Models whose parameters are sharded across processes (FSDP,
-DeepSpeed ZeRO-3) cannot be sampled in place: there the callback measures each checkpoint from
-the directory the trainer just saved (``source="checkpoint"``, chosen automatically), exactly as
-`curate measure` would.
+The measurement is curator's `CheckpointMeasurer`: under DDP every process samples and scores
+its share of the examples (every copy of a prompt on one rank, per-sample seeds unchanged) and
+receives the others', so every process holds the one-process ledger; only the main process
+writes it. Models whose parameters are sharded across processes (FSDP, DeepSpeed ZeRO-3) cannot
+be sampled in place: there the callback measures each checkpoint from the directory the trainer
+just saved (``source="checkpoint"``, chosen automatically; every process loads it whole and
+samples its share), exactly as `curate measure` would.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -28,6 +29,9 @@ from transformers import TrainerCallback
 from curator.data.example import Example
 from curator.data.format import PromptFormat
 from curator.errors import ConfigError
+from curator.sampling.sharded import without_autocast
+
+__all__ = ["REPORTED", "PreMemCallback", "planned_checkpoints", "without_autocast"]
 
 log = logging.getLogger(__name__)
 
@@ -55,31 +59,6 @@ def planned_checkpoints(args: Any, state: Any, on: str) -> int | None:
         every = int(state.save_steps or args.save_steps)
         return state.max_steps // every + (1 if state.max_steps % every else 0)
     return None
-
-
-@contextlib.contextmanager
-def without_autocast(model: Any):
-    """Run ``model`` with its own forward while inside the block.
-
-    Under mixed precision (bf16/fp16) accelerate replaces ``model.forward`` with an autocast
-    wrapper for training and keeps the plain one in ``_original_forward``. Measuring through the
-    wrapper would score the weights at autocast precision, so the ledger would differ from the
-    one `curate measure` computes from the very same saved weights; the plain forward is the
-    model itself (bf16 weights still run in bf16).
-    """
-    plain = model.__dict__.get("_original_forward")
-    if plain is None:
-        yield model
-        return
-    wrapped = model.__dict__.get("forward")
-    model.forward = plain
-    try:
-        yield model
-    finally:
-        if wrapped is not None:
-            model.forward = wrapped
-        else:
-            del model.forward
 
 
 def _sharded(args: Any) -> bool:
@@ -165,7 +144,7 @@ class PreMemCallback(TrainerCallback):
         self.batch_size, self.source, self.sampler_factory = batch_size, source, sampler_factory
         self.progress = progress
         self.trainer: Any = None
-        self.tracker: Any = None
+        self.measurer: Any = None  # the CheckpointMeasurer of the current train() call
         self.ledger: Any = None  # the latest ledger (all checkpoints so far)
         self.measure_seconds = 0.0
         self._index = 0
@@ -180,11 +159,16 @@ class PreMemCallback(TrainerCallback):
         return self
 
     # -- trainer events ---------------------------------------------------------------------------
-    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
-        from curator.dynamics.tracker import DynamicsTracker
-        from curator.sampling.base import SamplingParams
+    @property
+    def tracker(self) -> Any:
+        """The `DynamicsTracker` measuring this run (None before train begins, or when disabled)."""
+        return None if self.measurer is None else self.measurer.tracker
 
-        self.tracker = None
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        from curator.dynamics.settings import MeasureSettings
+        from curator.measurement import CheckpointMeasurer
+
+        self.measurer = None
         if state.global_step > 0:
             # the tracker's running maxima of the earlier checkpoints are gone with the old process
             self._disabled = (
@@ -209,21 +193,25 @@ class PreMemCallback(TrainerCallback):
         self._index, self._disabled = 0, None  # a callback object may serve several train() calls
         if self.source == "auto":
             self.source = "checkpoint" if _sharded(args) and self.on == "save" else "live"
-        self.tracker = DynamicsTracker(
+        settings = MeasureSettings(k=self.k, params=self.params, p=self.p, lazy=self.lazy, defer=self.defer)
+        self.measurer = CheckpointMeasurer(
             self.examples,
             self.fmt,
             self.grader,
-            k=self.k,
-            params=self.params or SamplingParams(stop=self.fmt.stop),
-            p=self.p,
-            lazy=self.lazy,
-            defer=self.defer,
-            n_checkpoints=n,
+            settings,
+            self._provider(tok),
+            n,
             tokenizer=tok,
             progress=not args.disable_tqdm if self.progress is None else self.progress,
         )
         self.n_checkpoints = n
         self._tokenizer = tok
+        self._params_sharded = _sharded(args)
+
+    def _provider(self, tokenizer: Any) -> Any:
+        from curator.sampling.providers import make_provider
+
+        return make_provider("hf", None, tokenizer=tokenizer, batch_size=self.batch_size, factory=self.sampler_factory)
 
     def on_save(self, args, state, control, model=None, **kwargs):
         if self.on == "save":
@@ -234,7 +222,7 @@ class PreMemCallback(TrainerCallback):
             self._measure(args, state, model)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self._disabled or self.tracker is None:
+        if self._disabled or self.measurer is None:
             return
         if self._index != self.n_checkpoints:
             log.warning(
@@ -248,43 +236,33 @@ class PreMemCallback(TrainerCallback):
     def _measure(self, args, state, model) -> None:
         import time
 
-        from curator.measure import CheckpointInfo, checkpoint_metrics
+        from curator.measure import checkpoint_metrics
+        from curator.training.sft import CheckpointInfo
 
-        if self._disabled or self.tracker is None:
+        if self._disabled or self.measurer is None:
             return
         t0 = time.perf_counter()
         self._index += 1
+        if self.source == "checkpoint":
+            loaded = self._load_saved(args, state, model)
+            model_for = loaded.model
+            self.measurer.provider = self._provider(loaded.tokenizer)
+        else:
+            model_for = model
+            if self._tokenizer is None:
+                raise ConfigError("PreMemCallback needs the tokenizer: give the trainer processing_class=tokenizer")
         info = CheckpointInfo(
             self._index,
             int(state.global_step),
             float(state.epoch or 0.0),
             checkpoint_metrics(state.log_history, int(state.global_step)),
+            # the live model of an FSDP / ZeRO-3 run: each forward pass gathers the parameters, so
+            # every process runs every one (a loaded checkpoint is whole on every process)
+            params_sharded=self.source == "live" and self._params_sharded,
         )
-        if self.source == "checkpoint":
-            loaded = self._load_saved(args, state, model)
-            model_for, tok = loaded.model, loaded.tokenizer
-        else:
-            model_for, tok = model, self._tokenizer
-            if tok is None:
-                raise ConfigError("PreMemCallback needs the tokenizer: give the trainer processing_class=tokenizer")
-
-        def factory(m):
-            if self.sampler_factory is not None:
-                return self.sampler_factory(m, tok)
-            from curator.sampling.hf import HFSampler
-
-            return HFSampler(m, tok, batch_size=self.batch_size)
-
-        was_training = model_for.training
-        model_for.eval()
-        try:
-            with without_autocast(model_for):
-                self.tracker.measure(factory(model_for), info, model=model_for, sampler_factory=factory)
-        finally:
-            model_for.train(was_training)
-        self.ledger = self.tracker.ledger(source="PreMemCallback", output_dir=str(args.output_dir))
-        if state.is_world_process_zero:
-            self.ledger.to_parquet(self.ledger_path(args))
+        self.measurer.measure(model_for, info)
+        self.ledger = self.measurer.ledger(source="PreMemCallback", output_dir=str(args.output_dir))
+        self.measurer.write_ledger(self.ledger_path(args), self.ledger)
         self.measure_seconds += time.perf_counter() - t0
         self._report(state, self._metrics())
 

@@ -13,8 +13,9 @@ is depends on the backend:
 
 `sampler(model)` is the one call the round engine makes, at every checkpoint and again for every
 earlier state deferred tracking loads back, so it must always reflect the weights *now*.
-Under ``accelerate launch`` with several processes, the engine wraps what it returns in a
-`ShardedSampler` (curator.sampling.sharded), so each rank samples its share.
+Under ``accelerate launch`` with several processes, the `CheckpointMeasurer` (curator.measurement)
+wraps what it returns in a `ShardedSampler` (curator.sampling.sharded), so each rank samples its
+share.
 """
 
 from __future__ import annotations
@@ -77,19 +78,33 @@ class FactoryProvider:
 
 
 def make_provider(
-    backend: str, base: Any, *, batch_size: int = 32, vllm: Any = None, lora: bool = False
+    backend: str,
+    base: Any,
+    *,
+    batch_size: int = 32,
+    vllm: Any = None,
+    lora: bool = False,
+    factory: Callable[[Any, Any], Sampler] | None = None,
+    tokenizer: Any = None,
 ) -> SamplerProvider:
-    """The provider for a recipe's ``dynamics.backend``.
+    """The provider for a recipe's ``dynamics.backend``: the one way every caller builds samplers.
 
     Args:
-        backend: "hf" or "vllm".
-        base: the base `LoadedModel` (vLLM's engine is built from these weights, once).
+        backend: "hf", "vllm" or a registered third-party backend.
+        base: the base `LoadedModel` (vLLM's engine is built from these weights, once); may be
+            None for "hf" or with ``factory`` when ``tokenizer`` is given.
         batch_size: prompts per batch of the hf sampler.
         vllm: `VLLMSettings` (engine memory share, tensor parallelism ...), for "vllm".
         lora: whether the trained models are LoRA-wrapped (vLLM then serves adapters).
+        factory: ``factory(model, tokenizer) -> Sampler`` overriding ``backend`` (called at every
+            checkpoint).
+        tokenizer: default ``base.tokenizer``.
     """
+    tokenizer = tokenizer if tokenizer is not None else base.tokenizer
+    if factory is not None:
+        return FactoryProvider(factory, tokenizer)
     if backend == "hf":
-        return HFProvider(base.tokenizer, batch_size=batch_size)
+        return HFProvider(tokenizer, batch_size=batch_size)
     if backend == "vllm":
         from curator.sampling.vllm import VLLMProvider, VLLMSettings
 
@@ -98,9 +113,9 @@ def make_provider(
 
     cls = samplers.get(backend)  # a third-party backend: built per checkpoint from the live model
 
-    def factory(model: Any, tokenizer: Any) -> Sampler:
+    def from_live(model: Any, tokenizer: Any) -> Sampler:
         import dataclasses
 
         return cls.from_loaded(dataclasses.replace(base, model=model), batch_size=batch_size)
 
-    return FactoryProvider(factory, base.tokenizer)
+    return FactoryProvider(from_live, tokenizer)
