@@ -30,13 +30,19 @@ from pathlib import Path
 from typing import Any
 
 from curator import distributed
+from curator import training as training_lib  # finetune looked up when called, so a test can replace it
 from curator.data.example import Example
 from curator.data.format import PromptFormat
 from curator.dynamics.ledger import Ledger
+from curator.dynamics.metrics import summary
 from curator.dynamics.settings import MeasureSettings, TestEval, eval_sampling
-from curator.errors import ConfigError
+from curator.dynamics.tracker import check_deferred_memory, validate_premem
+from curator.errors import ConfigError, DataError
+from curator.io import atomic_write_text
 from curator.measurement import CheckpointMeasurer, RecordingSampler
+from curator.models import apply_lora
 from curator.sampling.base import Sampler, SamplingParams
+from curator.sampling.providers import HFProvider
 from curator.sampling.sharded import sharded
 
 # names other modules import from the engine: the test-time sampling rule, the recording sampler
@@ -92,8 +98,6 @@ def fresh_model(
     torch.manual_seed(seed)  # LoRA's random init
     model = base.model if in_place else copy.deepcopy(base.model)
     if lora is not None and not hasattr(model, "peft_config"):
-        from curator.models import apply_lora
-
         model = apply_lora(model, lora)
     if init_state is not None:
         # only the trainable weights are carried over, so the check is on those: each one present,
@@ -102,8 +106,6 @@ def fresh_model(
         unknown = sorted(set(init_state) - {n for n, _ in model.named_parameters()})
         missing = sorted(trainable - set(init_state))
         if unknown or missing:
-            from curator.errors import DataError
-
             raise DataError(
                 f"saved trainable weights do not fit this model: {len(missing)} missing "
                 f"(e.g. {missing[:2]}), {len(unknown)} unknown (e.g. {unknown[:2]}); was the run "
@@ -221,7 +223,6 @@ def _check_round(measure: MeasureSettings) -> None:
 
 def _round_model(base: Any, start: ModelStart, training: Any, defer: bool, n_ckpt: int) -> Any:
     """The model the round trains (and, for deferred tracking, the check that its copies fit)."""
-    from curator.dynamics.tracker import check_deferred_memory
 
     seed = training.seed if start.seed is None else start.seed
     model = fresh_model(base, lora=start.lora, init_state=start.init_state, in_place=start.in_place, seed=seed)
@@ -255,7 +256,6 @@ def _train_measuring(
     progress: bool,
 ) -> tuple[list[dict[str, Any]], Any, float]:
     """`finetune` with the measurer at every checkpoint: (checkpoint records, TrainResult, seconds)."""
-    from curator.training import finetune
 
     records: list[dict[str, Any]] = []
 
@@ -264,7 +264,9 @@ def _train_measuring(
         records.append({**checkpoint_record(info), **measured.extra})
 
     t0 = time.time()
-    result = finetune(model, tokenizer, list(examples), fmt, training, on_checkpoint=on_checkpoint, progress=progress)
+    result = training_lib.finetune(
+        model, tokenizer, list(examples), fmt, training, on_checkpoint=on_checkpoint, progress=progress
+    )
     return records, result, time.time() - t0
 
 
@@ -295,9 +297,6 @@ def track_premem(
     Raises:
         ConfigError / DataError: before any training, for every bad setting or reference answer.
     """
-    from curator.dynamics.tracker import validate_premem
-    from curator.io import atomic_write_text
-    from curator.sampling.providers import HFProvider
 
     measure = measure or MeasureSettings(params=SamplingParams(stop=fmt.stop))
     validate_premem(
@@ -323,8 +322,6 @@ def track_premem(
     loaded_model.model = result.model
     ledger = result.ledger
     if out_dir is not None and distributed.is_main_process():
-        from curator.dynamics.metrics import summary
-
         out = Path(out_dir)
         ledger.to_parquet(out / "ledger.parquet")
         atomic_write_text(out / "summary.csv", summary(ledger).to_csv())

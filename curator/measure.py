@@ -24,11 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from curator import distributed
+from curator.console import progress as progress_bar
 from curator.data.example import Example
 from curator.data.format import PromptFormat
+from curator.data.grading import get_grader
 from curator.dynamics.settings import MeasureSettings
-from curator.errors import ConfigError, CuratorError, DataError
+from curator.dynamics.tracker import check_premem_settings
+from curator.errors import ConfigError, CuratorError, DataError, require
 from curator.measurement import CheckpointMeasurer
+from curator.models import load_model
+from curator.models.loading import LoadedModel, resolve_dtype
+from curator.sampling import make_sampler
 from curator.training.sft import CheckpointInfo
 
 __all__ = [
@@ -198,8 +204,6 @@ class CheckpointLoader:
 
     def _base_model(self, ckpt: Checkpoint):
         if self._base is None:
-            from curator.models import load_model
-
             spec = self.base_spec
             if spec is None:
                 cfg = json.loads((ckpt.path / "adapter_config.json").read_text())
@@ -239,9 +243,6 @@ class CheckpointLoader:
 
     def _load(self, ckpt: Checkpoint):
         if not ckpt.adapter:
-            from curator.models import load_model
-            from curator.models.loading import LoadedModel
-
             if not _has_tokenizer(ckpt.path) and not self.base_spec:
                 raise ConfigError(
                     f"{ckpt.path}: the checkpoint holds no tokenizer (the trainer was not given "
@@ -250,8 +251,6 @@ class CheckpointLoader:
             if not _has_tokenizer(ckpt.path):
                 # Trainer saves the tokenizer only when it was given one; take the base model's
                 from transformers import AutoModelForCausalLM
-
-                from curator.models.loading import resolve_dtype
 
                 tok = self._base_model(ckpt).tokenizer
                 dev = self._base_model(ckpt).device
@@ -262,8 +261,6 @@ class CheckpointLoader:
 
     def _load_adapter(self, ckpt: Checkpoint):
         import dataclasses
-
-        from curator.errors import require
 
         require("peft", "train", "Measuring peft adapter checkpoints")
         from peft import PeftModel, set_peft_model_state_dict
@@ -364,8 +361,6 @@ def measure_checkpoints(
         DataError / ConfigError: no checkpoints, unreadable checkpoints, bad settings, adapters that
             do not fit the base model — all before anything is written.
     """
-    from curator.data.grading import get_grader
-    from curator.dynamics.tracker import check_premem_settings
 
     problems = check_premem_settings(len(examples), k, p)
     if problems:  # before any checkpoint loads
@@ -400,8 +395,6 @@ def _measure_each(
     measurer: CheckpointMeasurer | None = None
     bar = None
     if progress and distributed.is_main_process():
-        from curator.console import progress as progress_bar
-
         bar = progress_bar(total=len(ckpts), desc="measure", unit="checkpoint")
     try:
         for index, ckpt in enumerate(ckpts, 1):
@@ -447,8 +440,6 @@ class _LoadedProvider:
 
 
 def _backend_sampler(backend: str, batch_size: int) -> Callable[[Any], Any]:
-    from curator.sampling import make_sampler
-
     def factory(loaded: Any) -> Any:
         kw = {"batch_size": batch_size} if backend == "hf" else {}
         return make_sampler(backend, loaded, **kw)

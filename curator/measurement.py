@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from curator import distributed
 from curator.data.example import Example
 from curator.data.format import PromptFormat
 from curator.dynamics.ledger import Ledger
 from curator.dynamics.settings import MeasureSettings, TestEval
 from curator.dynamics.tracker import DynamicsTracker
+from curator.evaluation import evaluate_accuracy
 from curator.sampling.base import Sampler, SamplingParams
 from curator.sampling.sharded import measuring, sharded
 
@@ -136,7 +138,6 @@ class CheckpointMeasurer:
 
     def test_accuracy(self, model: Any, test: TestEval) -> float:
         """Accuracy on the test set, sampled the way checkpoints are (split across ranks)."""
-        from curator.evaluation import evaluate_accuracy
 
         if not test.examples:
             return float("nan")
@@ -155,7 +156,6 @@ class CheckpointMeasurer:
     def write_ledger(self, path: str | os.PathLike, ledger: Ledger | None = None) -> bool:
         """Write ``ledger`` (default: `ledger()`) to ``path`` on the main process only; returns
         whether this process wrote."""
-        from curator import distributed
 
         if not distributed.is_main_process():
             return False

@@ -29,10 +29,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from curator import distributed
+from curator.analysis.predict import agreement_confidence, load_run, predict, write_report
+from curator.data.grading import get_grader
+from curator.data.loaders import load_examples
 from curator.dynamics.settings import DynamicsSettings, EvalSettings
+from curator.dynamics.tracker import check_references
+from curator.engine import ModelStart, RoundExtras, eval_sampling, train_and_track
 from curator.errors import ConfigError, CuratorError
 from curator.evaluation import grade_completions
 from curator.io import atomic_write_text
+from curator.models import load_model
+from curator.rounds import RESOLVED_RECIPE
+from curator.sampling.providers import make_provider
 
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:
@@ -72,7 +81,6 @@ def validate_sweep(
 ) -> None:
     """Every check that can fail before a model loads: the grid, each configuration's settings and
     checkpoint schedule, the test set, and that the training references grade as correct."""
-    from curator.dynamics.tracker import check_references
 
     problems = check_grid(learning_rates, epochs)
     if not test:
@@ -92,8 +100,6 @@ def validate_sweep(
 
 
 def _confidence(grader: Any, completions: Sequence[str]) -> float:
-    from curator.analysis.predict import agreement_confidence
-
     return agreement_confidence([grader.extract(c) for c in completions])
 
 
@@ -156,9 +162,6 @@ def run_sweep(
         sampler_factory: ``(model, tokenizer) -> Sampler``; default: the ``dynamics.backend``'s
             provider (`make_provider`; with vLLM one engine for the whole sweep).
     """
-    from curator import distributed
-    from curator.analysis.predict import load_run, predict, write_report
-    from curator.sampling.providers import make_provider
 
     c, dyn = config, config.dynamics
     validate_sweep(
@@ -209,7 +212,6 @@ def run_sweep(
 
 def _sampling(c: SweepConfig) -> tuple[Any, Any]:
     """(dynamics sampling parameters, test-time sampling parameters) of a sweep."""
-    from curator.engine import eval_sampling
 
     params = c.dynamics.sampling(c.fmt.stop, c.seed)
     ev = c.evaluation
@@ -229,8 +231,6 @@ def _run_config(
     echo: Callable[[str], None],
 ) -> float:
     """Train and measure one configuration; the main process writes its run directory."""
-    from curator import distributed
-    from curator.engine import ModelStart, RoundExtras, train_and_track
 
     name, dyn, ev = rd.name, c.dynamics, c.evaluation
     settings = dataclasses.replace(c.training, learning_rate=lr, epochs=n_ep, seed=c.seed)
@@ -342,9 +342,6 @@ def sweep_from_recipe(recipe: Any, progress: bool = True, echo: Callable[[str], 
     The training set is ``data.pool`` (limited by ``data.pool_size``), the test set ``data.test``;
     the grid is ``sweep.learning_rates`` x ``sweep.epochs``; the run directory is the recipe's.
     """
-    from curator.data.grading import get_grader
-    from curator.data.loaders import load_examples
-    from curator.models import load_model
 
     sw = recipe.sweep
     if sw is None:
@@ -360,8 +357,7 @@ def sweep_from_recipe(recipe: Any, progress: bool = True, echo: Callable[[str], 
         )
     if problems:
         raise ConfigError(problems)
-    from curator.rounds import RESOLVED_RECIPE
-    from curator.run import check_launch
+    from curator.run import check_launch  # lazy: pulls in yaml
 
     check_launch(recipe)
     grader = get_grader(d.grader)
@@ -381,7 +377,6 @@ def sweep_from_recipe(recipe: Any, progress: bool = True, echo: Callable[[str], 
     m = recipe.model
     base = load_model(m.name, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
     out = recipe.run_dir
-    from curator import distributed
 
     if distributed.is_main_process():
         out.mkdir(parents=True, exist_ok=True)

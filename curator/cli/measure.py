@@ -6,8 +6,13 @@ from pathlib import Path
 
 import click
 
-from curator.cli.premem import DYNAMICS_FLAGS, DYNAMICS_OPTIONS, settings_options
+from curator import distributed
+from curator.cli.ledger import render_summary
+from curator.cli.premem import DYNAMICS_FLAGS, DYNAMICS_OPTIONS, load_training_data, settings_options
+from curator.data.format import PromptFormat
 from curator.dynamics.settings import DynamicsSettings
+from curator.errors import ConfigError
+from curator.sampling.base import SamplingParams
 
 
 @click.command()
@@ -74,14 +79,8 @@ def measure(
     point of every curve. The ledger is what `curate premem --ledger`, `curate predict` and
     the strategies read.
     """
-    from curator import distributed
-    from curator.cli.ledger import render_summary
-    from curator.cli.premem import load_training_data
-    from curator.data.format import PromptFormat
-    from curator.dynamics.tracker import check_premem_settings
-    from curator.errors import ConfigError
-    from curator.measure import find_checkpoints, measure_checkpoints
-    from curator.sampling.base import SamplingParams
+    from curator.dynamics.tracker import check_premem_settings  # lazy: pulls in pandas
+    from curator.measure import find_checkpoints, measure_checkpoints  # lazy: pulls in pandas
 
     k = samples
     problems = check_premem_settings(1, k, p)

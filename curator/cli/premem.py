@@ -11,7 +11,18 @@ from typing import Any
 
 import click
 
-from curator.dynamics.settings import DynamicsSettings
+from curator import distributed
+from curator.cli.ledger import render_summary
+from curator.data.format import PromptFormat
+from curator.data.grading import get_grader
+from curator.data.loaders import load_examples
+from curator.dynamics.settings import DynamicsSettings, MeasureSettings
+from curator.errors import ConfigError
+from curator.models import LoraSettings, load_model
+from curator.models import save_model as save
+from curator.sampling.base import SamplingParams
+from curator.sampling.providers import make_provider
+from curator.training.settings import TrainSettings
 
 
 def load_training_data(source: str, n: int | None):
@@ -19,8 +30,6 @@ def load_training_data(source: str, n: int | None):
 
     A ``synthetic`` source without its own ``n=`` makes 64 problems unless ``n`` is given.
     """
-    from curator.data.loaders import load_examples
-    from curator.errors import ConfigError
 
     if n is not None and n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
@@ -142,23 +151,17 @@ def premem(
     With --ledger FILE, print the summary of an existing ledger (optionally at another --p).
     Every setting, the data and its reference answers are checked before any model loads.
     """
-    from curator.cli.ledger import render_summary
-    from curator.errors import ConfigError
 
     if ledger_file:
-        from curator.dynamics.ledger import read_ledger
+        from curator.dynamics.ledger import read_ledger  # lazy: pulls in pandas
 
         click.echo(render_summary(read_ledger(ledger_file), p))
         return
     if not model or not data:
         raise ConfigError("give --model and --data to train with tracking, or --ledger FILE to summarise a ledger")
 
-    from curator import distributed
-    from curator.data.grading import get_grader
-    from curator.dynamics.tracker import validate_premem
-    from curator.engine import track_premem
-    from curator.models import load_model
-    from curator.sampling.providers import make_provider
+    from curator.dynamics.tracker import validate_premem  # lazy: pulls in pandas
+    from curator.engine import track_premem  # lazy: pulls in pandas
 
     if lr is None:
         lr = 1e-3 if (lora or model == "tiny-random") else 1e-5
@@ -188,8 +191,6 @@ def premem(
     loaded = load_model(model)
     lora_settings = None
     if lora:
-        from curator.models import LoraSettings
-
         lora_settings = LoraSettings()
     ledger = track_premem(
         loaded,
@@ -209,8 +210,6 @@ def premem(
     click.echo(render_summary(ledger))
     click.echo(f"ledger: {Path(out_dir) / 'ledger.parquet'}  summary: {Path(out_dir) / 'summary.csv'}")
     if save_model:
-        from curator.models import save_model as save
-
         where = save(loaded, Path(out_dir) / "model")
         base = f" --base {model}" if lora else ""
         click.echo(
@@ -222,12 +221,7 @@ def premem(
 def _premem_settings(train: dict[str, Any], sampling: dict[str, Any], *, full: bool, defer: bool, chat: bool):
     """(TrainSettings, MeasureSettings, PromptFormat) from `curate premem`'s options, with every
     problem reported at once (ConfigError) before anything loads."""
-    from curator.data.format import PromptFormat
-    from curator.dynamics.settings import MeasureSettings
-    from curator.dynamics.tracker import check_premem_settings
-    from curator.errors import ConfigError
-    from curator.sampling.base import SamplingParams
-    from curator.training.settings import TrainSettings
+    from curator.dynamics.tracker import check_premem_settings  # lazy: pulls in pandas
 
     k, p = sampling.pop("samples"), sampling.pop("p")
     p = 1.105 if p is None else p

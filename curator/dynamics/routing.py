@@ -42,6 +42,8 @@ import numpy as np
 import pandas as pd
 
 from curator.console import progress as progress_bar
+from curator.data.format import PromptFormat, encode_pair
+from curator.dynamics.ledger import Ledger
 from curator.errors import DataError, RoutingError
 from curator.models.moe import LAYOUTS, supported_layouts  # LAYOUTS: the registry of supported layouts
 from curator.sampling.sharded import gather_rows, measuring
@@ -655,8 +657,6 @@ class RoutingMonitor:
         max_length: int = 512,
         progress: bool = False,
     ):
-        from curator.data.format import PromptFormat, encode_pair
-
         self.cutoff = check_cutoff(cutoff)
         self.ids = [e.id for e in examples]
         fmt = fmt or PromptFormat()
@@ -702,8 +702,6 @@ class RoutingMonitor:
 
     def attach(self, ledger: Ledger) -> Ledger:
         """The ledger with the routing columns added (matched on example id and checkpoint)."""
-        from curator.dynamics.ledger import Ledger
-
         cols = self.columns()
         long = pd.DataFrame(
             {

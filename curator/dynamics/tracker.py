@@ -342,7 +342,7 @@ class DynamicsTracker:
         counts_ok = bool(getattr(sampler, "accepts_counts", False))
         bar = None
         if self.progress:
-            from curator.console import progress as progress_bar
+            from curator.console import progress as progress_bar  # lazy: pulls in tqdm
 
             what = f"checkpoint {index}" + (" (deferred)" if self.replaying is not None else "")
             bar = progress_bar(total=int(todo.sum()) * self.k, desc=f"sampling @ {what}", unit="sample", leave=False)

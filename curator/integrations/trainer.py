@@ -28,8 +28,17 @@ from transformers import TrainerCallback
 
 from curator.data.example import Example
 from curator.data.format import PromptFormat
+from curator.data.grading import get_grader
+from curator.data.loaders import load_examples
+from curator.dynamics.metrics import summary
+from curator.dynamics.settings import MeasureSettings
+from curator.dynamics.tracker import check_premem_settings
 from curator.errors import ConfigError
+from curator.measure import CheckpointLoader, checkpoint_metrics, read_checkpoint
+from curator.measurement import CheckpointMeasurer
+from curator.sampling.providers import make_provider
 from curator.sampling.sharded import without_autocast
+from curator.training.sft import CheckpointInfo
 
 __all__ = ["REPORTED", "PreMemCallback", "planned_checkpoints", "without_autocast"]
 
@@ -118,12 +127,7 @@ class PreMemCallback(TrainerCallback):
         sampler_factory: Callable[[Any, Any], Any] | None = None,
         progress: bool | None = None,
     ):
-        from curator.data.grading import get_grader
-        from curator.dynamics.tracker import check_premem_settings
-
         if isinstance(examples, (str, os.PathLike)):
-            from curator.data.loaders import load_examples
-
             examples = load_examples(examples)
         problems = check_premem_settings(len(examples), k, p)
         if on not in ("save", "epoch"):
@@ -165,9 +169,6 @@ class PreMemCallback(TrainerCallback):
         return None if self.measurer is None else self.measurer.tracker
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
-        from curator.dynamics.settings import MeasureSettings
-        from curator.measurement import CheckpointMeasurer
-
         self.measurer = None
         if state.global_step > 0:
             # the tracker's running maxima of the earlier checkpoints are gone with the old process
@@ -209,8 +210,6 @@ class PreMemCallback(TrainerCallback):
         self._params_sharded = _sharded(args)
 
     def _provider(self, tokenizer: Any) -> Any:
-        from curator.sampling.providers import make_provider
-
         return make_provider("hf", None, tokenizer=tokenizer, batch_size=self.batch_size, factory=self.sampler_factory)
 
     def on_save(self, args, state, control, model=None, **kwargs):
@@ -235,9 +234,6 @@ class PreMemCallback(TrainerCallback):
     # -- measuring --------------------------------------------------------------------------------
     def _measure(self, args, state, model) -> None:
         import time
-
-        from curator.measure import checkpoint_metrics
-        from curator.training.sft import CheckpointInfo
 
         if self._disabled or self.measurer is None:
             return
@@ -272,8 +268,6 @@ class PreMemCallback(TrainerCallback):
     def _load_saved(self, args, state, model):
         from accelerate import PartialState
 
-        from curator.measure import CheckpointLoader, read_checkpoint
-
         # every process must see the complete directory before any loads it
         PartialState().wait_for_everyone()
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -285,8 +279,6 @@ class PreMemCallback(TrainerCallback):
         return self._loader.load(read_checkpoint(path))
 
     def _metrics(self) -> dict[str, float]:
-        from curator.dynamics.metrics import summary
-
         last = summary(self.ledger).iloc[-1]
         values = {
             "premem_acc": last["premem_acc"],

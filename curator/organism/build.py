@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from curator.console import progress as progress_bar
+from curator.data.format import PromptFormat, encode_pair
 from curator.data.synthetic import SKILLS, SyntheticTask
 from curator.errors import ConfigError, did_you_mean
-from curator.io import atomic_path
+from curator.io import atomic_path, atomic_write_json
+from curator.organism.corpus import build_tokenizer, pretraining_corpus, skill_counts, task_texts, vocabulary
+from curator.paths import cache_dir
 
 ALIAS = "organism"
 # bump when the build code changes what a given setting produces (the cache key includes it)
@@ -104,8 +107,6 @@ def check_config(cfg: OrganismConfig) -> None:
     if not cfg.learning_rate > 0:
         problems.append(f"learning_rate must be > 0, got {cfg.learning_rate}")
     if not problems and sum(cfg.coverage.values()) > 0:
-        from curator.organism.corpus import skill_counts
-
         thin = {
             s: c
             for s, c in skill_counts(cfg.coverage, cfg.corpus_size).items()
@@ -227,9 +228,6 @@ def build(
     import torch
     from transformers import LlamaForCausalLM
 
-    from curator.data.format import PromptFormat, encode_pair
-    from curator.organism.corpus import build_tokenizer, pretraining_corpus, task_texts, vocabulary
-
     check_config(cfg)
     t = timings if timings is not None else {}
     t0 = time.perf_counter()
@@ -282,7 +280,6 @@ def build(
     model.generation_config.bos_token_id = tok.bos_token_id
     model.eval().save_pretrained(out)
     tok.save_pretrained(out)
-    from curator.io import atomic_write_json
 
     atomic_write_json(
         out / "organism.json",
@@ -346,7 +343,6 @@ def organism_dir(spec: str = ALIAS, progress: bool = True, echo: Callable[[str],
 
     With the cache off (``CURATOR_CACHE=off``) it is built into a fresh temporary directory.
     """
-    from curator.paths import cache_dir
 
     cfg = parse_spec(spec)
     root = cache_dir()

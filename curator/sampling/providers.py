@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
+from curator.sampling import samplers
 from curator.sampling.base import Sampler
 
 
@@ -51,7 +52,7 @@ class HFProvider:
 
     def sampler(self, model: Any) -> Sampler:
         if self._model is not model:
-            from curator.sampling.hf import HFSampler
+            from curator.sampling.hf import HFSampler  # lazy: pulls in tqdm
 
             self._sampler = HFSampler(
                 model, self.tokenizer, batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens
@@ -106,10 +107,9 @@ def make_provider(
     if backend == "hf":
         return HFProvider(tokenizer, batch_size=batch_size)
     if backend == "vllm":
-        from curator.sampling.vllm import VLLMProvider, VLLMSettings
+        from curator.sampling.vllm import VLLMProvider, VLLMSettings  # lazy: pulls in tqdm
 
         return VLLMProvider(base, vllm or VLLMSettings(), lora=lora)
-    from curator.sampling import samplers
 
     cls = samplers.get(backend)  # a third-party backend: built per checkpoint from the live model
 

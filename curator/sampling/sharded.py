@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from curator import distributed
 from curator.sampling.base import SamplingParams
 
 
@@ -73,7 +74,6 @@ def split_here(info: Any = None) -> tuple[int, int]:
     process group itself, never from ``info``'s defaults: a checkpoint measured outside `finetune`
     (a Trainer callback, `curate measure`) carries no launch layout of its own.
     """
-    from curator import distributed
 
     world = distributed.world_size()
     if world <= 1 or bool(getattr(info, "params_sharded", False)):
@@ -83,7 +83,6 @@ def split_here(info: Any = None) -> tuple[int, int]:
 
 def sharded(sampler: Any, info: Any = None) -> Any:
     """``sampler`` split across the launch's ranks when there are several (else itself)."""
-    from curator import distributed
 
     rank, world = split_here(info)
     if world <= 1:
@@ -101,7 +100,6 @@ def gather_rows(n: int, compute: Callable[[list[int]], Any], info: Any = None) -
 
     ``compute`` returns an array with one row per index; it is not called for an empty share.
     """
-    from curator import distributed
 
     rank, world = split_here(info)
     if world <= 1:
