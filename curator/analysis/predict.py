@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from curator import readback
 from curator.errors import CuratorError, DataError
 
 #: metric column -> human label (the order is the default display order)
@@ -284,6 +285,11 @@ def check_run(run: Run) -> list[str]:
     for col in ("example_id", "checkpoint", "perplexity"):
         if col not in df.columns:
             raise DataError(f"{who}: the ledger lacks column {col!r} (see docs/LEDGER.md)")
+    # values read from a user's table: a string or a percentage must not be fitted as an accuracy
+    readback.check_accuracy_column(tab["test_accuracy"], f"{who}: the checkpoint table's test_accuracy")
+    readback.check_numeric_columns(tab, ["checkpoint", "step", *METRICS], f"{who}: the checkpoint table")
+    if (tab["checkpoint"].isna() | (tab["checkpoint"] != tab["checkpoint"].round())).any():
+        raise DataError(f"{who}: the checkpoint table's 'checkpoint' column must hold whole numbers (1, 2, ...)")
     if tab["checkpoint"].duplicated().any():
         dup = sorted(tab.loc[tab["checkpoint"].duplicated(), "checkpoint"].unique().tolist())
         raise DataError(f"{who}: checkpoint(s) {dup} appear more than once in the checkpoint table")
@@ -758,15 +764,24 @@ def write_report(report: PredictionReport, out_dir: str | Path) -> dict[str, Pat
 
 
 def _read_checkpoint_table(path: Path) -> pd.DataFrame:
+    """checkpoints.csv or checkpoints.json (a list of records, ``{"checkpoints": [...]}``, or a
+    mapping checkpoint -> record); the values are checked by `check_run`."""
+    from curator.io import read_json
+
     if path.suffix == ".csv":
-        return pd.read_csv(path)
-    data = json.loads(path.read_text())
+        try:
+            return pd.read_csv(path)
+        except (ValueError, UnicodeDecodeError) as e:  # pandas' ParserError and EmptyDataError are ValueErrors
+            raise DataError(f"{path} is not a readable CSV table ({' '.join(str(e).split())[:120]})") from None
+    data = read_json(path)
     if isinstance(data, Mapping):
         data = data.get("checkpoints", data)
     if isinstance(data, Mapping):  # {"1": {...}, "2": {...}} keyed by checkpoint
+        if not all(str(k).isdigit() and isinstance(v, Mapping) for k, v in data.items()):
+            raise DataError(f"{path}: a mapping of checkpoints needs keys 1, 2, ... and a record (object) each")
         data = [dict(v, checkpoint=int(k)) for k, v in data.items()]
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a list of per-checkpoint records")
+    if not isinstance(data, list) or not all(isinstance(x, Mapping) for x in data):
+        raise DataError(f"{path}: expected a list of per-checkpoint records (JSON objects)")
     return pd.DataFrame(data)
 
 
@@ -776,13 +791,20 @@ def _read_ledger_dropping_nan(path: Path) -> tuple[Any, str | None]:
 
     from curator.dynamics.ledger import METADATA_KEY, Ledger
 
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for non-Parquet input
+        raise DataError(f"{path} is not a readable Parquet file ({' '.join(str(e).split())[:120]})") from None
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
     df = table.to_pandas()
     if "perplexity" not in df.columns and "target_nll" in df.columns:
         df["perplexity"] = np.exp(df["target_nll"].astype(float))
     run, note = drop_nan_examples(Run(path.parent.name, df, pd.DataFrame()))
-    return Ledger(run.df, json.loads(raw) if raw else {}), note
+    try:
+        meta = readback.check_ledger_meta(json.loads(raw), path) if raw else {}
+    except ValueError:
+        raise DataError(f"{path}: metadata key 'curator.ledger' is not valid JSON") from None
+    return Ledger(run.df, meta), note
 
 
 def load_run(path: str | Path, name: str | None = None, drop_nan: bool = False) -> Run:
@@ -803,10 +825,11 @@ def load_run(path: str | Path, name: str | None = None, drop_nan: bool = False) 
     if tab_path is None:
         raise DataError(f"{d}: no checkpoints.csv or checkpoints.json with the test accuracy per checkpoint")
     from curator.dynamics.ledger import read_ledger
+    from curator.io import read_json
 
     conf_path = d / "confidences.parquet"
     meta_path = d / "run.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = dict(readback.mapping(read_json(meta_path), str(meta_path))) if meta_path.exists() else {}
     if drop_nan:
         ledger, note = _read_ledger_dropping_nan(led_path)
         if note:
