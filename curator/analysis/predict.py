@@ -639,6 +639,8 @@ def predict(
     """
     if p <= 1:
         raise CuratorError(f"p must be > 1 (a perplexity threshold), got {p}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
+        raise CuratorError(f"n_boot must be a whole number >= 0 (0: no intervals), got {n_boot!r}")
     exclusions: list[str] = []
     checked = []
     for run in runs:

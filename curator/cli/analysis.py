@@ -8,6 +8,16 @@ import click
 
 from curator.errors import CuratorError
 
+# bootstrap resamples: below 100 the 2.5/97.5 percentiles are not a 95% interval; above the cap the
+# resample index (n_boot x points) no longer fits in memory
+MIN_BOOT, MAX_BOOT = 100, 100_000
+
+
+def _n_boot(v: int) -> int:
+    if v != 0 and not MIN_BOOT <= v <= MAX_BOOT:
+        raise click.BadParameter(f"{v} is out of range; give 0 (no intervals) or {MIN_BOOT} to {MAX_BOOT}")
+    return v
+
 
 def _floats(text: str | None, what: str) -> list[float] | None:
     if text is None:
@@ -47,7 +57,14 @@ def _floats(text: str | None, what: str) -> list[float] | None:
     help="Where report.md, the plots and the tables go.",
 )
 @click.option("--drop-nan", is_flag=True, help="Drop examples with NaN perplexities (reported) instead of failing.")
-@click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples for the intervals.")
+@click.option(
+    "--n-boot",
+    type=int,
+    default=1000,
+    show_default=True,
+    callback=lambda ctx, param, v: _n_boot(v),
+    help=f"Bootstrap resamples for the 95% intervals: 0 (no intervals) or {MIN_BOOT}-{MAX_BOOT}.",
+)
 def predict(run_dirs, sweep_dir, mlflow_experiment, tracking_uri, p, p_grid, out_dir, drop_nan, n_boot):
     """Fit test accuracy against PreMemAcc and the comparison metrics across RUN_DIRS.
 
@@ -99,13 +116,26 @@ def predict(run_dirs, sweep_dir, mlflow_experiment, tracking_uri, p, p_grid, out
     multiple=True,
     help="Forced response prefix (repeatable). Default: 'First' and 'We know that'.",
 )
-@click.option("--samples", "k", type=int, default=4, show_default=True, help="Samples per query and condition.")
+@click.option(
+    "--samples",
+    "k",
+    type=click.IntRange(1, 1000),
+    default=4,
+    show_default=True,
+    help="Samples per query and condition.",
+)
 @click.option("--p", "p", type=float, default=None, help="Memorization threshold (default: the ledger's).")
 @click.option("--grader", default=None, help="Answer grader (default: the ledger's, else auto).")
-@click.option("--temperature", type=float, default=None, help="Sampling temperature (default: the ledger's).")
-@click.option("--max-new-tokens", type=int, default=None, help="Longest completion (default: the ledger's).")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Prompts per sampling batch.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--temperature", type=click.FloatRange(min=0), default=None, help="Sampling temperature (default: the ledger's)."
+)
+@click.option(
+    "--max-new-tokens", type=click.IntRange(min=1), default=None, help="Longest completion (default: the ledger's)."
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Prompts per sampling batch."
+)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="robustness", show_default=True)
 def robustness(
     model_spec,
@@ -136,7 +166,10 @@ def robustness(
 
     led = read_ledger(ledger_path)
     fmt_meta = led.meta.get("format")
-    fmt = PromptFormat(**{**fmt_meta, "stop": tuple(fmt_meta.get("stop", ()))}) if fmt_meta else PromptFormat()
+    # read_ledger checked the metadata's types (curator/readback.py); keys of other versions are left out
+    known = {f.name for f in dataclasses.fields(PromptFormat)}
+    fmt_kw = {key: v for key, v in (fmt_meta or {}).items() if key in known}
+    fmt = PromptFormat(**{**fmt_kw, "stop": tuple(fmt_kw.get("stop", ()))}) if fmt_meta else PromptFormat()
     samp = dict(led.meta.get("sampling") or {})
     samp = {key: v for key, v in samp.items() if key in {f.name for f in dataclasses.fields(SamplingParams)}}
     samp["stop"] = tuple(samp.get("stop", fmt.stop))
