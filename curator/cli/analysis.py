@@ -6,17 +6,12 @@ from pathlib import Path
 
 import click
 
+from curator.cli.options import SEED, in_range
 from curator.errors import CuratorError
 
 # bootstrap resamples: below 100 the 2.5/97.5 percentiles are not a 95% interval; above the cap the
 # resample index (n_boot x points) no longer fits in memory
 MIN_BOOT, MAX_BOOT = 100, 100_000
-
-
-def _n_boot(v: int) -> int:
-    if v != 0 and not MIN_BOOT <= v <= MAX_BOOT:
-        raise click.BadParameter(f"{v} is out of range; give 0 (no intervals) or {MIN_BOOT} to {MAX_BOOT}")
-    return v
 
 
 def _floats(text: str | None, what: str) -> list[float] | None:
@@ -62,7 +57,7 @@ def _floats(text: str | None, what: str) -> list[float] | None:
     type=int,
     default=1000,
     show_default=True,
-    callback=lambda ctx, param, v: _n_boot(v),
+    callback=in_range(MIN_BOOT, MAX_BOOT, "fewer resamples make no 95% interval", zero_ok=True),
     help=f"Bootstrap resamples for the 95% intervals: 0 (no intervals) or {MIN_BOOT}-{MAX_BOOT}.",
 )
 def predict(run_dirs, sweep_dir, mlflow_experiment, tracking_uri, p, p_grid, out_dir, drop_nan, n_boot):
@@ -119,7 +114,8 @@ def predict(run_dirs, sweep_dir, mlflow_experiment, tracking_uri, p, p_grid, out
 @click.option(
     "--samples",
     "k",
-    type=click.IntRange(1, 1000),
+    type=int,
+    callback=in_range(1, 1000),
     default=4,
     show_default=True,
     help="Samples per query and condition.",
@@ -127,15 +123,19 @@ def predict(run_dirs, sweep_dir, mlflow_experiment, tracking_uri, p, p_grid, out
 @click.option("--p", "p", type=float, default=None, help="Memorization threshold (default: the ledger's).")
 @click.option("--grader", default=None, help="Answer grader (default: the ledger's, else auto).")
 @click.option(
-    "--temperature", type=click.FloatRange(min=0), default=None, help="Sampling temperature (default: the ledger's)."
+    "--temperature",
+    type=float,
+    callback=in_range(0),
+    default=None,
+    help="Sampling temperature (default: the ledger's).",
 )
 @click.option(
-    "--max-new-tokens", type=click.IntRange(min=1), default=None, help="Longest completion (default: the ledger's)."
+    "--max-new-tokens", type=int, callback=in_range(1), default=None, help="Longest completion (default: the ledger's)."
 )
 @click.option(
-    "--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Prompts per sampling batch."
+    "--batch-size", type=int, callback=in_range(1), default=32, show_default=True, help="Prompts per sampling batch."
 )
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, callback=SEED)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="robustness", show_default=True)
 def robustness(
     model_spec,

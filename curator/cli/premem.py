@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from curator.cli.options import SEED
+
 
 def load_training_data(source: str, n: int | None):
     """Examples for `curate premem`: the first ``n`` of any `load_examples` source.
@@ -71,7 +73,7 @@ def load_training_data(source: str, n: int | None):
     "--allow-bad-references", is_flag=True, help="Track even if some reference solutions do not grade correct."
 )
 @click.option("--sample-batch-size", type=int, default=32, show_default=True, help="Prompts per sampler batch.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, callback=SEED)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/premem", show_default=True)
 @click.option(
     "--save-model",
