@@ -607,3 +607,80 @@ def test_os_errors_on_the_users_paths_are_one_line(err, words):
 
     line = user_error_line(err)
     assert line is not None and "\n" not in line and all(w in line for w in words), line
+
+
+# ---- MLflow (issue 22 item 3): one store and one experiment per multi-seed run, read back with
+# MLflow's own client at the URI the README's `mlflow ui --backend-store-uri` command names
+
+SEEDS_RECIPE = {
+    "name": "adv-seeds",
+    "seeds": [3, 4],
+    "model": {"name": "tiny-random", "lora": None},
+    "data": {
+        "pool": "synthetic:easy?n=30&seed=1",
+        "test": "synthetic:easy?n=6&seed=2",
+        "seed_size": 4,
+        "grader": "gsm8k",
+    },
+    "training": {"epochs": 1, "learning_rate": 0.003, "batch_size": 4, "max_length": 512},
+    "dynamics": {"samples": 2, "max_new_tokens": 8, "batch_size": 16},
+    "evaluation": {"max_new_tokens": 8},
+    "loop": {"rounds": 2, "budget": 4},
+    "strategies": [{"name": "iid"}],
+}
+
+
+def _store_contents(uri: str, experiment: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exps = [e for e in client.search_experiments() if e.name != "Default"]
+    exp = client.get_experiment_by_name(experiment)
+    runs = sorted(client.search_runs([exp.experiment_id]), key=lambda r: r.info.run_name)
+    return exps, exp, runs
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_multi_seed_run_is_one_mlflow_experiment_the_readme_command_opens(tmp_path):
+    from curator.recipes import recipe_from_dict
+    from curator.seeds import run_seeds
+    from curator.tracking.compare import compare_mlflow
+
+    r = recipe_from_dict({**SEEDS_RECIPE, "output_dir": str(tmp_path / "run")})
+    out = run_seeds(r, progress=False, echo=lambda *_: None)
+    # the README's command: mlflow ui --backend-store-uri sqlite:///$PWD/runs/<name>/mlflow.db
+    uri = "sqlite:///" + str(tmp_path / "run" / "mlflow.db")
+    assert out.tracking_uri == uri
+    assert not list(tmp_path.glob("run/seed-*/mlflow.db"))  # no per-seed stores any more
+    exps, exp, runs = _store_contents(uri, "adv-seeds")
+    assert [e.name for e in exps] == ["adv-seeds"]
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on model training
+    assert [(x.info.run_name, x.data.tags["seed"], x.data.tags["strategy_label"]) for x in runs] == [
+        ("iid seed 3", "3", "iid"),
+        ("iid seed 4", "4", "iid"),
+    ]
+    for x in runs:  # each round's training set is the run's dataset input: 4 examples, then 4 + 4
+        inputs = sorted(x.inputs.dataset_inputs, key=lambda d: d.dataset.name)
+        assert [d.dataset.name for d in inputs] == ["iid round 0", "iid round 1"]
+        assert [json.loads(d.dataset.profile)["num_rows"] for d in inputs] == [4, 8]
+        assert all(t.key == "mlflow.data.context" and t.value == "training" for d in inputs for t in d.tags)
+        seed_ids = json.loads((tmp_path / "run" / f"seed-{x.data.tags['seed']}" / "seed_ids.json").read_text())
+        assert inputs[0].dataset.digest == hashlib.sha1("\n".join(seed_ids).encode()).hexdigest()[:12]
+    # `curate compare` reads the one experiment back: strategy x seed
+    assert "mean over 2 seeds" in compare_mlflow(uri, "adv-seeds", out_dir=tmp_path / "cmp").table
+    # resume: nothing is duplicated (runs, inputs)
+    run_seeds(r, progress=False, echo=lambda *_: None)
+    _, _, again = _store_contents(uri, "adv-seeds")
+    assert [x.info.run_id for x in again] == [x.info.run_id for x in runs]
+    assert [len(x.inputs.dataset_inputs) for x in again] == [2, 2]
+    # a store lost (or a run made when each seed had its own store): made anew from the round files
+    from curator.tracking.mlflow_store import _release
+
+    (tmp_path / "run" / "mlflow.db").unlink()
+    _release(uri)  # MLflow caches one sqlite engine per URI in a process; a later `curate run` is a new one
+    run_seeds(r, progress=False, echo=lambda *_: None)
+    _, exp2, rebuilt = _store_contents(uri, "adv-seeds")
+    assert [x.info.run_name for x in rebuilt] == ["iid seed 3", "iid seed 4"]
+    assert exp2.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert [len(x.data.metrics) > 0 and len(x.inputs.dataset_inputs) for x in rebuilt] == [2, 2]
