@@ -183,6 +183,10 @@ def prepare_workspace(recipe: Recipe, progress: bool = True, store_dir: str | os
             f"{shared}; lower data.seed_size, use a larger pool, or a test set disjoint from it"
         )
     _check_same_recipe(run_dir, recipe)
+    ids_file = run_dir / "seed_ids.json"
+    # a resumed run keeps the seed set it started with, even if the code's RNG changed (checked now,
+    # before anything is written)
+    kept_ids = _read_seed_ids(ids_file, recipe, pool) if ids_file.exists() or ids_file.is_symlink() else None
     # under `accelerate launch` every rank has read the run directory before the main one writes;
     # the main process alone holds the lock, checks the store and writes
     distributed.barrier("checking the run directory")
@@ -196,10 +200,8 @@ def prepare_workspace(recipe: Recipe, progress: bool = True, store_dir: str | os
         _check_same_pool(run_dir, pool, d.pool)
         for note in check_reachable(uri, rebuild_for=own_store if recipe.tracking.uri is None else None):
             print(f"note: {note}", flush=True)
-    ids_file = run_dir / "seed_ids.json"
-    if ids_file.exists():
-        # a resumed run keeps the seed set it started with, even if the code's RNG changed
-        seed_ids = _read_seed_ids(ids_file, recipe, pool)
+    if kept_ids is not None:
+        seed_ids = kept_ids
     else:
         rng = np.random.default_rng([recipe.seed, 0x5EED])
         idx = np.sort(rng.choice(len(eligible), size=d.seed_size, replace=False))
@@ -270,13 +272,24 @@ def _lock_run_dir(run_dir: Path):
     return f
 
 
+_STATE_FILES = ("lock", "pool.sha1")
+
+
 def _state_dir(run_dir: Path) -> Path:
+    """``<run_dir>/.curator``, made if missing; refused (before anything is written) when it or a
+    state file in it is a symlink or not what it should be."""
     state = run_dir / STATE_DIR
     if state.is_symlink() or (state.exists() and not state.is_dir()):
         raise CuratorError(
             f"{state} is not a directory (a symlink or a file); it holds curator's lock and state and "
             "must be a plain directory: remove it, or set another output_dir"
         )
+    for name in _STATE_FILES:
+        if (state / name).is_symlink():
+            raise CuratorError(
+                f"{state / name} is a symlink; curator's state files must be regular files (a run would "
+                "write through the link): remove it, or set another output_dir"
+            )
     state.mkdir(exist_ok=True)
     return state
 

@@ -95,11 +95,21 @@ def _run_dir_with(d: Path, corrupt: str) -> str:
     rd.mkdir(parents=True)
     (rd.parent / "run.json").write_text("{}")
     (rd / "DONE").write_text("")
+    metrics = {"n_train": 4, "test_accuracy": 0.5, "round": 0}
+    changed = {
+        "string-accuracy": {**metrics, "test_accuracy": "0.5"},
+        "accuracy-7": {**metrics, "test_accuracy": 7},
+        "no-n_train": {"test_accuracy": 0.5, "round": 0},
+    }
     (rd / "metrics.json").write_text(
-        '{"n_train": 4, "test_accuracy": 0.5'
-        if corrupt == "metrics"
-        else json.dumps({"n_train": 4, "test_accuracy": 0.5, "round": 0})
+        '{"n_train": 4, "test_accuracy": 0.5' if corrupt == "metrics" else json.dumps(changed.get(corrupt, metrics))
     )
+    if corrupt == "empty-ledger":
+        (rd / "ledger.parquet").write_bytes(b"")
+    if corrupt == "checkpoints":
+        (rd / "checkpoints.json").write_text('{"oops": true}')
+    if corrupt == "recipe-scalar":
+        (d / "run" / "curator-run.yaml").write_text("just text\n")
     return str(d / "run")
 
 
@@ -284,7 +294,249 @@ CASES = [
     ("compare-missing-dir", lambda d: ["compare", str(d / "nothing")], ["nothing"]),
     ("compare-corrupt-metrics", lambda d: ["compare", _run_dir_with(d, "metrics")], ["metrics.json"]),
     ("compare-bad-scheme", lambda d: ["compare", "--tracking-uri", "foo://x", "--experiment", "e"], ["foo"]),
+    # ---- issue 22: values read back from files are inputs (curator/readback.py)
+    # raw tracebacks on today's main
+    (
+        "set-on-scalar-recipe",
+        lambda d: ["validate", _write(d, "five.yaml", "5\n"), "--set", "a=1"],
+        ["five.yaml", "mapping"],
+    ),
+    ("name-empty", lambda d: ["validate", _recipe(d, name="")], ["name", "empty", "MLflow experiment"]),
+    (
+        "experiment-empty-run",
+        lambda d: ["run", _recipe(d, tracking={"experiment": " "})],
+        ["tracking.experiment", "empty"],
+    ),
+    (
+        "predict-string-accuracy",
+        lambda d: ["predict", _predict_dir(d, acc=("high", "0.5"))],
+        ["test_accuracy", "'high'", "not a number"],
+    ),
+    (
+        "predict-checkpoints-json-malformed",
+        lambda d: ["predict", _predict_dir(d, table=("checkpoints.json", '[{"checkpoint": 1,'))],
+        ["checkpoints.json", "not valid JSON"],
+    ),
+    (
+        "predict-checkpoints-json-bad-keys",
+        lambda d: ["predict", _predict_dir(d, table=("checkpoints.json", '{"first": 0.5}'))],
+        ["checkpoints.json", "keys 1, 2"],
+    ),
+    (
+        "predict-checkpoints-csv-garbage",
+        lambda d: ["predict", _predict_dir(d, table=("checkpoints.csv", b"\x00\x00"))],
+        ["checkpoints.csv"],
+    ),
+    ("predict-n-boot-huge", lambda d: ["predict", _predict_dir(d), "--n-boot", str(10**12)], ["--n-boot", "100,000"]),
+    (
+        "ledger-import-string-counts",
+        lambda d: [
+            "ledger",
+            "import",
+            _write(d, "s.npz", _npz(n_correct=np.array([["x", "1"], ["0", "1"]]))),
+            str(d / "o.parquet"),
+        ],
+        ["n_correct", "'x'", "not a number"],
+    ),
+    (
+        "ledger-import-string-checkpoint",
+        lambda d: [
+            "ledger",
+            "import",
+            _write(d, "c.csv", "example_id,checkpoint,n_correct,n_samples,perplexity\na,one,1,4,1.5\n"),
+            str(d / "o.parquet"),
+        ],
+        ["checkpoint", "'one'"],
+    ),
+    (
+        "compare-string-accuracy",
+        lambda d: ["compare", _run_dir_with(d, "string-accuracy")],
+        ["metrics.json", "test_accuracy", "'0.5'"],
+    ),
+    (
+        "compare-metrics-missing-key",
+        lambda d: ["compare", _run_dir_with(d, "no-n_train")],
+        ["metrics.json", "n_train", "round folder"],
+    ),
+    (
+        "compare-recipe-not-mapping",
+        lambda d: ["compare", _run_dir_with(d, "recipe-scalar")],
+        ["curator-run.yaml", "mapping"],
+    ),
+    ("premem-seed-negative", lambda d: ["premem", "--seed", "-1"], ["--seed", "-1"]),
+    (
+        "robustness-format-wrong-type",
+        lambda d: _robustness(d, '{"p": 1.2, "format": "gsm8k"}'),
+        ["format", "JSON object"],
+    ),
+    (
+        "robustness-temperature-wrong-type",
+        lambda d: _robustness(d, '{"p": 1.2, "sampling": {"temperature": "hot"}}'),
+        ["sampling.temperature", "'hot'"],
+    ),
+    (
+        "ledger-show-lazy-not-bool",
+        lambda d: ["ledger", "show", _bad_meta_ledger(d, '{"lazy": "yes"}')],
+        ["lazy", "true or false"],
+    ),
+    # silent wrong results on today's main
+    ("predict-n-boot-negative", lambda d: ["predict", _predict_dir(d), "--n-boot", "-5"], ["--n-boot", "-5"]),
+    (
+        "predict-accuracy-percent",
+        lambda d: ["predict", _predict_dir(d, acc=("70", "80"))],
+        ["test_accuracy", "[0, 1]", "100"],
+    ),
+    (
+        "compare-accuracy-above-1",
+        lambda d: ["compare", _run_dir_with(d, "accuracy-7")],
+        ["metrics.json", "test_accuracy", "[0, 1]"],
+    ),
+    (
+        "compare-zero-byte-ledger",
+        lambda d: ["compare", _run_dir_with(d, "empty-ledger")],
+        ["ledger.parquet", "0 bytes", "round folder"],
+    ),
+    (
+        "compare-garbage-checkpoints",
+        lambda d: ["compare", _run_dir_with(d, "checkpoints")],
+        ["checkpoints.json", "list"],
+    ),
+    (
+        "run-resume-without-resolved-recipe",
+        lambda d: (_started_run(d, seed_ids="[]"), (d / "run" / "curator-run.yaml").unlink(), ["run", _recipe(d)])[2],
+        ["curator-run.yaml", "missing"],
+    ),
+    (
+        "run-resume-seed-ids-damaged",
+        lambda d: (_started_run(d, seed_ids='{"a": 1}'), ["run", _recipe(d)])[1],
+        ["seed_ids.json", "list of example ids"],
+    ),
+    (
+        "run-resume-seed-ids-unknown",
+        lambda d: (_started_run(d, seed_ids='["not-in-pool"]'), ["run", _recipe(d)])[1],
+        ["seed_ids.json", "not-in-pool"],
+    ),
+    (
+        "export-unknown-suffix",
+        lambda d: ["export", str(d / "run"), "--out", str(d / "e.csv")],
+        ["e.csv", "'.csv'", "jsonl"],
+    ),
+    # data loss on today's main: export replacing the run's own ledger
+    (
+        "export-into-the-run-dir",
+        lambda d: [
+            "export",
+            _run_dir_with(d, "ok"),
+            "--out",
+            str(d / "run" / "iid" / "round-00" / "ledger.parquet"),
+            "--overwrite",
+        ],
+        ["inside the run directory"],
+    ),
+    (
+        "export-onto-the-run-dir",
+        lambda d: ["export", _run_dir_with(d, "ok"), "--out", str(d / "run"), "--overwrite"],
+        ["inside the run directory"],
+    ),
+    # security: state files are never followed through a symlink
+    ("lock-is-a-symlink", lambda d: (_planted_state(d, "lock"), ["run", _recipe(d)])[1], [".curator/lock", "symlink"]),
+    (
+        "state-dir-is-a-symlink",
+        lambda d: (_planted_state(d, "dir"), ["run", _recipe(d)])[1],
+        [".curator", "not a directory"],
+    ),
+    (
+        "pool-fingerprint-is-a-symlink",
+        lambda d: (_planted_state(d, "pool"), ["run", _recipe(d)])[1],
+        ["pool.sha1", "symlink"],
+    ),
+    # wrong exits on today's main
+    (
+        "synth-too-many",
+        lambda d: ["data", "synth", "--n", str(10**12), "--out", str(d / "x.jsonl")],
+        ["--n", "1,000,000"],
+    ),
+    (
+        "plugin-sys-exit",
+        lambda d: (
+            _plugin(d, "adv_plug_exit", "import sys\nsys.exit(3)\n"),
+            ["validate", _recipe(d, strategies=[{"name": "adv_plug_exit:S"}])],
+        )[1],
+        ["adv_plug_exit.py", "sys.exit(3)", "raise an exception"],
+    ),
+    (
+        "plugin-sys-exit-run",
+        lambda d: (
+            _plugin(d, "adv_plug_exit2", "import sys\nsys.exit(0)\n"),
+            ["run", _recipe(d, strategies=[{"name": "adv_plug_exit2:S"}])],
+        )[1],
+        ["adv_plug_exit2.py", "sys.exit(0)"],
+    ),
+    # validate misses on today's main: `validate` refuses what `run` refuses
+    ("device-invalid", lambda d: ["validate", _recipe(d, model__device="gpu")], ["model.device", "'gpu'"]),
+    (
+        "test-set-is-the-pool",
+        lambda d: ["validate", _recipe(d, data__test=GOOD["data"]["pool"])],
+        ["data.test", "data.pool"],
+    ),
+    (
+        "organism-unknown-setting",
+        lambda d: ["validate", _recipe(d, model__name="organism?layerz=2")],
+        ["model.name", "layerz"],
+    ),
+    (
+        "organism-missing-file",
+        lambda d: ["validate", _recipe(d, model__name="organism:nothere.yaml")],
+        ["model.name", "nothere.yaml"],
+    ),
 ]
+
+
+def _predict_dir(d: Path, acc=("0.25", "0.5"), table=None) -> str:
+    """A `curate predict` run directory: a good ledger (checkpoints 1, 2) and a checkpoint table."""
+    rd = d / "prun"
+    rd.mkdir(exist_ok=True)
+    _good_ledger(rd, "ledger.parquet")
+    name, body = table or ("checkpoints.csv", "checkpoint,test_accuracy\n" + f"1,{acc[0]}\n2,{acc[1]}\n")
+    _write(rd, name, body)
+    return str(rd)
+
+
+def _robustness(d: Path, meta: str) -> list[str]:
+    return [
+        "robustness",
+        "--model",
+        "tiny-random",
+        "--ledger",
+        _bad_meta_ledger(d, meta),
+        "--data",
+        "synthetic:easy?n=2",
+    ]
+
+
+def _started_run(d: Path, seed_ids: str) -> None:
+    """A run directory as `curate run` left it after starting (its resolved recipe, its seed set)."""
+    from curator.recipes import recipe_from_dict
+
+    run = d / "run"
+    run.mkdir()
+    r = recipe_from_dict({**json.loads(json.dumps(GOOD)), "output_dir": str(run)})
+    (run / "curator-run.yaml").write_text(r.to_yaml())
+    (run / "seed_ids.json").write_text(seed_ids)
+
+
+def _planted_state(d: Path, what: str) -> None:
+    """A run directory whose state is planted as symlinks pointing at a file of the user's."""
+    victim = d / "victim.txt"
+    victim.write_text("the user's file\n")
+    state = d / "run" / ".curator"
+    if what == "dir":
+        (d / "run").mkdir()
+        (d / "elsewhere").mkdir()
+        state.symlink_to(d / "elsewhere")
+        return
+    state.mkdir(parents=True)
+    (state / ("lock" if what == "lock" else "pool.sha1")).symlink_to(victim)
 
 
 def _npz(**arrays) -> bytes:

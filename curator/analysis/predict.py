@@ -772,9 +772,16 @@ def _read_checkpoint_table(path: Path) -> pd.DataFrame:
 
     if path.suffix == ".csv":
         try:
-            return pd.read_csv(path)
+            tab = pd.read_csv(path)
         except (ValueError, UnicodeDecodeError) as e:  # pandas' ParserError and EmptyDataError are ValueErrors
             raise DataError(f"{path} is not a readable CSV table ({' '.join(str(e).split())[:120]})") from None
+        missing = [c for c in ("checkpoint", "test_accuracy") if c not in tab.columns]
+        if missing:
+            raise DataError(
+                f"{path} has no column(s) {missing} (its header reads {list(tab.columns)[:5]}); it needs "
+                "one row per checkpoint with 'checkpoint' and 'test_accuracy'"
+            )
+        return tab
     data = read_json(path)
     if isinstance(data, Mapping):
         data = data.get("checkpoints", data)
