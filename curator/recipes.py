@@ -455,7 +455,7 @@ def _model_and_naming_problems(recipe: Recipe) -> list[str]:
         and (d.test_size is None or (d.pool_size is not None and d.test_size >= d.pool_size))
     ):
         problems.append(
-            f"data.test is the same data as data.pool ({d.pool!r}): every pool example is a test example, "
+            f"data.test is the same data as data.pool ({d.pool!r}): every pool example is also in data.test, "
             "so no seed set can be drawn; use a held-out test set (another split, file or seed)"
         )
     if not recipe.experiment.strip():

@@ -186,6 +186,8 @@ def prepare_workspace(recipe: Recipe, progress: bool = True, store_dir: str | os
     ids_file = run_dir / "seed_ids.json"
     # a resumed run keeps the seed set it started with, even if the code's RNG changed (checked now,
     # before anything is written)
+    if (run_dir / STATE_DIR).is_dir():
+        _check_same_pool(run_dir, pool, d.pool, record=False)  # a changed pool explains unknown seed ids
     kept_ids = _read_seed_ids(ids_file, recipe, pool) if ids_file.exists() or ids_file.is_symlink() else None
     # under `accelerate launch` every rank has read the run directory before the main one writes;
     # the main process alone holds the lock, checks the store and writes
@@ -353,7 +355,7 @@ def remove_stray_temporaries(run_dir: Path) -> list[Path]:
     return removed
 
 
-def _check_same_pool(run_dir: Path, pool: list[Example], source: str) -> None:
+def _check_same_pool(run_dir: Path, pool: list[Example], source: str, record: bool = True) -> None:
     """Refuse to resume on a pool whose examples changed since the run started (same recipe, other
     file contents): finished rounds name examples by id, and their selections came from the old pool."""
     digest = hashlib.sha1()
@@ -368,7 +370,7 @@ def _check_same_pool(run_dir: Path, pool: list[Example], source: str) -> None:
                 f"data.pool {source!r} changed since this run started (its examples differ from the "
                 f"ones the finished rounds used); restore it, or set another output_dir"
             )
-    else:  # a new run, or one made before pools were fingerprinted: check from now on
+    elif record:  # a new run, or one made before pools were fingerprinted: check from now on
         atomic_write_text(path, fp + "\n")
 
 
