@@ -936,3 +936,65 @@ def test_multi_seed_run_is_one_mlflow_experiment_the_readme_command_opens(tmp_pa
     assert [x.info.run_name for x in rebuilt] == ["iid seed 3", "iid seed 4"]
     assert exp2.tags["mlflow.experimentKind"] == "custom_model_development"
     assert [len(x.data.metrics) > 0 and len(x.inputs.dataset_inputs) for x in rebuilt] == [2, 2]
+
+
+# ---- a resumed run: stray temporaries are removed, a damaged finished round is refused by name
+
+
+def test_resume_removes_stray_temporaries_and_refuses_a_damaged_round(tmp_path, monkeypatch):
+    from curator.errors import CuratorError
+    from curator.recipes import StrategySpec
+    from curator.run import prepare_workspace
+    from loops.active import ActiveLoop
+
+    monkeypatch.chdir(tmp_path)
+    d = json.loads(json.dumps(GOOD))
+    d["output_dir"] = str(tmp_path / "run")
+    rd = tmp_path / "run" / "iid" / "round-00"
+    rd.mkdir(parents=True)
+    # what kills left behind: a half-made store, a parquet write and an atomic json write cut short
+    stray = [
+        tmp_path / "run" / ".mlflow.db.tmp-4242-0badc0de",
+        rd / ".ledger.parquet.tmp4242",
+        rd / ".metrics.json.x1y2z3.tmp",
+    ]
+    for p in stray:
+        p.write_bytes(b"\0" * 1000)
+    (rd / "notes.tmp").write_text("a user's file: not curator's pattern")
+    ws = prepare_workspace(recipe_from_dict_(d), progress=False)
+    try:
+        assert [p.exists() for p in stray] == [False, False, False]
+        assert (rd / "notes.tmp").exists()
+
+        def plant(**files):
+            shutil.rmtree(rd, ignore_errors=True)
+            rd.mkdir()
+            base = {
+                "metrics.json": json.dumps({"round": 0, "n_train": 4, "test_accuracy": 0.5}),
+                "next_train_ids.json": json.dumps(ws.seed_ids),
+                "DONE": "",
+            }
+            for name, body in {**base, **files}.items():
+                (rd / name).write_bytes(body if isinstance(body, bytes) else body.encode())
+
+        damage = [
+            ({"ledger.parquet": b""}, "ledger.parquet is empty (0 bytes"),
+            ({"ledger.parquet": b"PAR1 not parquet"}, "ledger.parquet is not a readable Parquet file"),
+            ({"metrics.json": '{"round": 0}'}, "metrics.json has no 'n_train'"),
+            ({"metrics.json": '{"n_train": "four"}'}, "metrics.json: n_train is 'four'"),
+            (
+                {"metrics.json": '{"n_train": 4, "test_accuracy": 1.5}'},
+                "test_accuracy is 1.5; expected a number in [0, 1]",
+            ),
+            ({"next_train_ids.json": '{"a": 1}'}, "next_train_ids.json must hold a JSON list of example ids"),
+            ({"next_train_ids.json": '["x", "x"]'}, "next_train_ids.json names 1 example id(s) twice"),
+            ({"checkpoints.json": '[{"checkpoint": "one"}]'}, "checkpoints.json: record 0 checkpoint is 'one'"),
+        ]
+        for files, words in damage:
+            plant(**files)
+            with pytest.raises(CuratorError) as e:
+                ActiveLoop(ws, StrategySpec(name="iid")).setup()
+            msg = str(e.value)
+            assert words in msg and str(rd) in msg and "redoes that round" in msg and "\n" not in msg, msg
+    finally:
+        ws.release()
