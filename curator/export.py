@@ -205,9 +205,12 @@ def export_selection(
         raise ConfigError("give an output path, --push-to-hub REPO, or both")
     out_path = Path(out) if out is not None else None
     if out_path is not None:
-        format = format or {".jsonl": "jsonl", ".parquet": "parquet"}.get(out_path.suffix.lower(), "disk")
+        format = format or _format_from_suffix(out_path)
         if format not in FORMATS:
             raise ConfigError(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}")
+        if resolved_recipe_file(Path(run_dir)) is not None or any(Path(run_dir).glob("*/round-*")):
+            # curator's files are there (a run, or what is left of one); elsewhere the read below says what is wrong
+            _refuse_inside_run(out_path, Path(run_dir))
         if out_path.exists() and not overwrite:
             raise ConfigError(f"{out_path} already exists; choose another path or pass --overwrite")
     examples, columns, recipe, label, r = selected_training_set(run_dir, strategy, round, only_new=only_new)
@@ -219,6 +222,32 @@ def export_selection(
     if push_to_hub is not None:
         push_dataset(ds, push_to_hub, private=private)
     return ExportResult(out_path, len(examples), label, r, push_to_hub)
+
+
+_SUFFIXES = {".jsonl": "jsonl", ".parquet": "parquet", "": "disk"}
+
+
+def _format_from_suffix(out: Path) -> str:
+    """The format ``out`` names: .jsonl, .parquet, or no suffix (a save_to_disk directory). Any other
+    suffix is refused: ``e.csv`` must not silently become a directory named e.csv."""
+    suffix = out.suffix.lower()
+    if suffix not in _SUFFIXES:
+        raise ConfigError(
+            f"--out {out}: unknown output suffix {out.suffix!r}; write FILE.jsonl, FILE.parquet or a "
+            "directory without a suffix (save_to_disk), or choose the format with --format jsonl|parquet|disk"
+        )
+    return _SUFFIXES[suffix]
+
+
+def _refuse_inside_run(out: Path, run_dir: Path) -> None:
+    """Export never writes into the run directory it reads: with --overwrite it would replace the
+    run's own files (its ledger, its round state)."""
+    target, run = out.resolve(), run_dir.resolve()
+    if target == run or run in target.parents:
+        raise ConfigError(
+            f"--out {out} is inside the run directory {run_dir}, whose files export reads; "
+            "write the dataset somewhere else"
+        )
 
 
 def write_dataset(ds: Any, out: Path, format: str | None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -311,6 +312,8 @@ def load_recipe(path: str | os.PathLike | None = None, overrides: list[str] | tu
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"malformed YAML{where}: {getattr(e, 'problem', e)}", source=str(p)) from None
+    if not isinstance(data, dict):  # refused before --set, which would index into a scalar
+        return recipe_from_dict(data, source=str(p))
     return recipe_from_dict(apply_overrides(data, overrides), source=str(p))
 
 
@@ -335,6 +338,7 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     except Exception as e:  # a grader plugin whose constructor fails
         problems.append(f"data.grader: {recipe.data.grader!r} could not be built ({describe_exception(e)})")
     problems += _data_source_problems(recipe)
+    problems += _model_and_naming_problems(recipe)
     if recipe.tracking.uri is not None:
         problem = uri_problem(recipe.tracking.uri)
         if problem:
@@ -354,6 +358,44 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     if recipe.dynamics.backend == "vllm":
         notes.append("dynamics.backend=vllm: needs the 'vllm' extra and a GPU at run time")
     return notes
+
+
+# torch.device's device types (checked by form here: validate imports no torch); ":N" picks one
+_DEVICE = re.compile(r"(cpu|cuda|mps|xpu|xla|hpu|npu|mtia|meta)(:\d+)?")
+
+
+def _model_and_naming_problems(recipe: Recipe) -> list[str]:
+    """What `run` refuses about the model, the test set and the MLflow names, found without a model."""
+    problems = []
+    m = recipe.model
+    if m.device is not None and not _DEVICE.fullmatch(str(m.device)):
+        problems.append(f"model.device: {m.device!r} is not a device; use 'cpu', 'cuda', 'cuda:N', 'mps' or null")
+    if m.name == "organism" or m.name.startswith(("organism?", "organism:")):
+        from curator.organism.build import parse_spec  # the organism's settings have one parser
+
+        try:
+            parse_spec(m.name)
+        except CuratorError as e:
+            problems.append(f"model.name: {e}")
+    d = recipe.data
+    # a hub dataset's split and config pick different data; a synthetic spec or a file has none
+    from curator.data.loaders import is_synthetic_source
+
+    local = d.pool is not None and (is_synthetic_source(d.pool) or Path(d.pool).exists())
+    same = d.test == d.pool and (local or (d.test_config, d.test_split) == (d.pool_config, d.pool_split))
+    if (
+        d.test is not None
+        and same
+        and (d.test_size is None or (d.pool_size is not None and d.test_size >= d.pool_size))
+    ):
+        problems.append(
+            f"data.test is the same data as data.pool ({d.pool!r}): every pool example is also in data.test, "
+            "so no seed set can be drawn; use a held-out test set (another split, file or seed)"
+        )
+    if not recipe.experiment.strip():
+        key = "tracking.experiment" if recipe.tracking.experiment is not None else "name"
+        problems.append(f"{key} is empty; it names the MLflow experiment: give a name")
+    return problems
 
 
 def _data_source_problems(recipe: Recipe) -> list[str]:

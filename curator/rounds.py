@@ -38,6 +38,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from curator import readback
 from curator.data.example import read_examples_jsonl, write_examples_jsonl
 from curator.io import atomic_path, atomic_write_json, atomic_write_text, read_json
 
@@ -116,10 +117,22 @@ class RoundStore:
         return sorted(int(s) for s in found if s.isdigit() and self.is_done(int(s)))
 
     def metrics(self, r: int) -> dict[str, Any]:
-        return read_json(self.path(r, METRICS))
+        """A finished round's metrics, checked (curator/readback.py), after a cheap check of the
+        round's ledger and checkpoint records: a damaged file is refused with its name, never trusted."""
+        metrics = readback.read_checked(self.path(r, METRICS), readback.check_metrics)
+        self.check_round_files(r)
+        return metrics
+
+    def check_round_files(self, r: int) -> None:
+        """The round's ledger (when there: rounds planted by other tools may have none) is a readable,
+        non-empty Parquet file and its checkpoints.json a list of numeric records."""
+        if self.path(r, LEDGER).exists():
+            readback.check_parquet_file(self.path(r, LEDGER), readback.REDO_ROUND.format(folder=self.round_dir(r)))
+        if self.path(r, CHECKPOINTS).exists():
+            readback.read_checked(self.path(r, CHECKPOINTS), readback.check_checkpoint_records)
 
     def next_train_ids(self, r: int) -> list[str]:
-        return read_json(self.path(r, NEXT_TRAIN_IDS))
+        return readback.read_checked(self.path(r, NEXT_TRAIN_IDS), readback.check_id_list)
 
     def new_examples(self, r: int) -> list:
         """Examples a generator made in round ``r`` (none when it made none)."""

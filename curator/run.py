@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from curator import distributed
+from curator import distributed, readback
 from curator.data.example import Example
 from curator.data.grading import get_grader
 from curator.data.loaders import load_examples, synthetic_task_from_source
@@ -29,7 +29,7 @@ from curator.io import atomic_write_text, read_json
 from curator.loop import check_loop_instance, get_loop
 from curator.models import load_model
 from curator.recipes import Recipe, recipe_from_dict, validate_recipe
-from curator.rounds import LEGACY_RECIPE, RESOLVED_RECIPE, SEED_IDS, STATE_DIR
+from curator.rounds import LEGACY_RECIPE, RESOLVED_RECIPE, STATE_DIR
 from curator.sampling.providers import make_provider
 from curator.sampling.vllm import check_vllm_ready
 from curator.tracking.compare import compare_run_dir
@@ -145,8 +145,12 @@ def check_launch(recipe: Recipe) -> None:
     distributed.check_same_on_every_rank(recipe.to_dict(), "recipe")
 
 
-def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
-    """Validate, load data, pick the seed set, check the tracking store. No model is loaded."""
+def prepare_workspace(recipe: Recipe, progress: bool = True, store_dir: str | os.PathLike | None = None) -> Workspace:
+    """Validate, load data, pick the seed set, check the tracking store. No model is loaded.
+
+    ``store_dir``: the directory whose ``mlflow.db`` is curator's own store when the recipe names
+    no tracking.uri (default: the run directory; a multi-seed run passes its top directory, so
+    that one store and one experiment hold every seed)."""
     from curator.dynamics.tracker import check_references  # lazy: pulls in pandas
 
     validate_recipe(recipe)
@@ -175,21 +179,27 @@ def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
             f"{shared}; lower data.seed_size, use a larger pool, or a test set disjoint from it"
         )
     _check_same_recipe(run_dir, recipe)
+    ids_file = run_dir / "seed_ids.json"
+    # a resumed run keeps the seed set it started with, even if the code's RNG changed (checked now,
+    # before anything is written)
+    if (run_dir / STATE_DIR).is_dir():
+        _check_same_pool(run_dir, pool, d.pool, record=False)  # a changed pool explains unknown seed ids
+    kept_ids = _read_seed_ids(ids_file, recipe, pool) if ids_file.exists() or ids_file.is_symlink() else None
     # under `accelerate launch` every rank has read the run directory before the main one writes;
     # the main process alone holds the lock, checks the store and writes
     distributed.barrier("checking the run directory")
     lock = None
-    uri = recipe.tracking.uri or default_tracking_uri(run_dir)
+    own_store = Path(store_dir).resolve() if store_dir is not None else run_dir
+    uri = recipe.tracking.uri or default_tracking_uri(own_store)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = _lock_run_dir(run_dir)
+        remove_stray_temporaries(run_dir)  # the lock is held: no live writer owns them
         _check_same_pool(run_dir, pool, d.pool)
-        for note in check_reachable(uri, rebuild_for=run_dir if recipe.tracking.uri is None else None):
+        for note in check_reachable(uri, rebuild_for=own_store if recipe.tracking.uri is None else None):
             print(f"note: {note}", flush=True)
-    ids_file = run_dir / SEED_IDS
-    if ids_file.exists():
-        # a resumed run keeps the seed set it started with, even if the code's RNG changed
-        seed_ids = read_json(ids_file)
+    if kept_ids is not None:
+        seed_ids = kept_ids
     else:
         rng = np.random.default_rng([recipe.seed, 0x5EED])
         idx = np.sort(rng.choice(len(eligible), size=d.seed_size, replace=False))
@@ -217,15 +227,17 @@ def prepare_workspace(recipe: Recipe, progress: bool = True) -> Workspace:
 def _lock_run_dir(run_dir: Path):
     """Hold an exclusive lock on the run directory for the life of this process (two runs in one
     directory would redo each other's work and log every metric twice). The OS releases it when
-    the process ends, killed or not, so a crash never leaves a stale lock."""
+    the process ends, killed or not, so a crash never leaves a stale lock.
+
+    The lock is opened without following symlinks and must be a regular file: a planted
+    ``.curator/lock -> ~/.bashrc`` would otherwise be truncated."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock
         return None
-    state = run_dir / STATE_DIR
-    state.mkdir(exist_ok=True)
+    state = _state_dir(run_dir)
     path = state / "lock"
-    f = open(path, "a+")
+    f = _open_state_file(path)
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -243,7 +255,88 @@ def _lock_run_dir(run_dir: Path):
     return f
 
 
-def _check_same_pool(run_dir: Path, pool: list[Example], source: str) -> None:
+_STATE_FILES = ("lock", "pool.sha1")
+
+
+def _state_dir(run_dir: Path) -> Path:
+    """``<run_dir>/.curator``, made if missing; refused (before anything is written) when it or a
+    state file in it is a symlink or not what it should be."""
+    state = run_dir / STATE_DIR
+    if state.is_symlink() or (state.exists() and not state.is_dir()):
+        raise CuratorError(
+            f"{state} is not a directory (a symlink or a file); it holds curator's lock and state and "
+            "must be a plain directory: remove it, or set another output_dir"
+        )
+    for name in _STATE_FILES:
+        if (state / name).is_symlink():
+            raise CuratorError(
+                f"{state / name} is a symlink; curator's state files must be regular files (a run would "
+                "write through the link): remove it, or set another output_dir"
+            )
+    state.mkdir(exist_ok=True)
+    return state
+
+
+def _open_state_file(path: Path):
+    """Open (creating) a state file for reading and writing, never through a symlink."""
+    import stat
+
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError:
+        if path.is_symlink():
+            raise CuratorError(
+                f"{path} is a symlink; curator's state files must be regular files (a link would let a "
+                "run write through it): remove it, or set another output_dir"
+            ) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CuratorError(f"{path} is not a regular file; remove it, or set another output_dir")
+    return os.fdopen(fd, "r+")
+
+
+def _read_state_text(path: Path) -> str:
+    """A state file's text, never read through a symlink (O_NOFOLLOW)."""
+    if path.is_symlink():
+        raise CuratorError(
+            f"{path} is a symlink; curator's state files must be regular files: remove it, or set another output_dir"
+        )
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def _read_seed_ids(path: Path, recipe: Recipe, pool: list[Example]) -> list[str]:
+    """The seed set a run started with, checked: a list of distinct pool ids of data.seed_size."""
+    fix = f"restore it, or set another output_dir (the finished rounds of {path.parent} started from it)"
+    if path.is_symlink():
+        raise DataError(f"{path} is a symlink; curator's state files must be regular files; {fix}")
+    ids = readback.check_id_list(read_json(path), path, fix=fix)
+    known = {e.id for e in pool}
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise DataError(f"{path} names {len(unknown)} example(s) not in data.pool (e.g. {unknown[0]!r}); {fix}")
+    return ids
+
+
+# temporary files of curator's atomic writes (a name starting with '.', '.tmp' in it): one left
+# behind was cut short by a kill; the lock is held when they are removed, so none is live
+_TEMPORARY_GLOBS = (".*.tmp*", f"{STATE_DIR}/.*.tmp*", "*/round-*/.*.tmp*", "seed-*/.*.tmp*")
+
+
+def remove_stray_temporaries(run_dir: Path) -> list[Path]:
+    """Remove what killed writes left in ``run_dir`` (``.mlflow.db.tmp-*``, ``.ledger.parquet.tmp*``,
+    ``.metrics.json.*.tmp`` ...). Call only while holding the run directory's lock. Returns them."""
+    removed = []
+    for pattern in _TEMPORARY_GLOBS:
+        for p in run_dir.glob(pattern):
+            if p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def _check_same_pool(run_dir: Path, pool: list[Example], source: str, record: bool = True) -> None:
     """Refuse to resume on a pool whose examples changed since the run started (same recipe, other
     file contents): finished rounds name examples by id, and their selections came from the old pool."""
     digest = hashlib.sha1()
@@ -251,14 +344,14 @@ def _check_same_pool(run_dir: Path, pool: list[Example], source: str) -> None:
         digest.update(json.dumps([e.id, e.question, e.solution, e.answer]).encode())
     fp = digest.hexdigest()
     path = run_dir / STATE_DIR / "pool.sha1"
-    if path.exists():
-        old = path.read_text().strip()
+    if path.exists() or path.is_symlink():
+        old = _read_state_text(path).strip()
         if old != fp:
             raise DataError(
                 f"data.pool {source!r} changed since this run started (its examples differ from the "
                 f"ones the finished rounds used); restore it, or set another output_dir"
             )
-    else:  # a new run, or one made before pools were fingerprinted: check from now on
+    elif record:  # a new run, or one made before pools were fingerprinted: check from now on
         atomic_write_text(path, fp + "\n")
 
 
@@ -269,14 +362,20 @@ _RESUMABLE_CHANGES = {"loop.rounds", "strategies", "tracking", "output_dir", "na
 
 def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
     """Refuse to resume a run directory with settings that would change its finished rounds."""
-    import yaml
 
     old_file = run_dir / RESOLVED_RECIPE
+    started = (run_dir / "seed_ids.json").exists()
     if not old_file.exists():
         old_file = run_dir / LEGACY_RECIPE  # a run made before curator-run.yaml
-        if not (old_file.exists() and (run_dir / SEED_IDS).exists()):
+        if not (old_file.exists() and started):
+            if started:  # a run is here, but the record of its settings is gone: nothing to check against
+                raise ConfigError(
+                    f"{run_dir} holds a started run (seed_ids.json) but its {RESOLVED_RECIPE} is missing, "
+                    "so changed settings cannot be told from the ones its finished rounds used; restore "
+                    f"{RESOLVED_RECIPE}, or set output_dir to a new directory"
+                )
             return  # no run here yet (a recipe.yaml alone is the user's, not a run's)
-    raw = yaml.safe_load(old_file.read_text()) or {}
+    raw = readback.read_recipe_mapping(old_file)
     try:  # through the dataclasses, so settings added since the run was made read as their defaults
         old = flatten(recipe_from_dict(raw).to_dict())
     except ConfigError:
@@ -296,9 +395,12 @@ def _check_same_recipe(run_dir: Path, recipe: Recipe) -> None:
         )
 
 
-def run_recipe(recipe: Recipe, progress: bool = True, echo=print) -> RunSummary:
-    """Run (or resume) every strategy of the recipe, then compare them."""
-    ws = prepare_workspace(recipe, progress=progress)
+def run_recipe(
+    recipe: Recipe, progress: bool = True, echo=print, store_dir: str | os.PathLike | None = None
+) -> RunSummary:
+    """Run (or resume) every strategy of the recipe, then compare them (``store_dir``: see
+    `prepare_workspace`)."""
+    ws = prepare_workspace(recipe, progress=progress, store_dir=store_dir)
     try:
         return _run_loops(ws, recipe, echo)
     finally:

@@ -324,6 +324,8 @@ class ActiveLoop:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n_train"
         }
         self.mlflow.log_metrics(numeric, step=step)
+        # self.train_ids is still this round's training set S_r (both callers advance it afterwards)
+        self.mlflow.log_training_set(f"{self.spec.run_name} round {r}", self.train_ids, str(self.round_dir(r)))
         for path in self.store.artifacts(r):
             self.mlflow.log_artifact(path, f"rounds/{path.parent.name}")
         if r == 0:

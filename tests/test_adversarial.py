@@ -95,11 +95,21 @@ def _run_dir_with(d: Path, corrupt: str) -> str:
     rd.mkdir(parents=True)
     (rd.parent / "run.json").write_text("{}")
     (rd / "DONE").write_text("")
+    metrics = {"n_train": 4, "test_accuracy": 0.5, "round": 0}
+    changed = {
+        "string-accuracy": {**metrics, "test_accuracy": "0.5"},
+        "accuracy-7": {**metrics, "test_accuracy": 7},
+        "no-n_train": {"test_accuracy": 0.5, "round": 0},
+    }
     (rd / "metrics.json").write_text(
-        '{"n_train": 4, "test_accuracy": 0.5'
-        if corrupt == "metrics"
-        else json.dumps({"n_train": 4, "test_accuracy": 0.5, "round": 0})
+        '{"n_train": 4, "test_accuracy": 0.5' if corrupt == "metrics" else json.dumps(changed.get(corrupt, metrics))
     )
+    if corrupt == "empty-ledger":
+        (rd / "ledger.parquet").write_bytes(b"")
+    if corrupt == "checkpoints":
+        (rd / "checkpoints.json").write_text('{"oops": true}')
+    if corrupt == "recipe-scalar":
+        (d / "run" / "curator-run.yaml").write_text("just text\n")
     return str(d / "run")
 
 
@@ -284,7 +294,249 @@ CASES = [
     ("compare-missing-dir", lambda d: ["compare", str(d / "nothing")], ["nothing"]),
     ("compare-corrupt-metrics", lambda d: ["compare", _run_dir_with(d, "metrics")], ["metrics.json"]),
     ("compare-bad-scheme", lambda d: ["compare", "--tracking-uri", "foo://x", "--experiment", "e"], ["foo"]),
+    # ---- issue 22: values read back from files are inputs (curator/readback.py)
+    # raw tracebacks on today's main
+    (
+        "set-on-scalar-recipe",
+        lambda d: ["validate", _write(d, "five.yaml", "5\n"), "--set", "a=1"],
+        ["five.yaml", "mapping"],
+    ),
+    ("name-empty", lambda d: ["validate", _recipe(d, name="")], ["name", "empty", "MLflow experiment"]),
+    (
+        "experiment-empty-run",
+        lambda d: ["run", _recipe(d, tracking={"experiment": " "})],
+        ["tracking.experiment", "empty"],
+    ),
+    (
+        "predict-string-accuracy",
+        lambda d: ["predict", _predict_dir(d, acc=("high", "0.5"))],
+        ["test_accuracy", "'high'", "not a number"],
+    ),
+    (
+        "predict-checkpoints-json-malformed",
+        lambda d: ["predict", _predict_dir(d, table=("checkpoints.json", '[{"checkpoint": 1,'))],
+        ["checkpoints.json", "not valid JSON"],
+    ),
+    (
+        "predict-checkpoints-json-bad-keys",
+        lambda d: ["predict", _predict_dir(d, table=("checkpoints.json", '{"first": 0.5}'))],
+        ["checkpoints.json", "keys 1, 2"],
+    ),
+    (
+        "predict-checkpoints-csv-garbage",
+        lambda d: ["predict", _predict_dir(d, table=("checkpoints.csv", b"\x00\x00"))],
+        ["checkpoints.csv"],
+    ),
+    ("predict-n-boot-huge", lambda d: ["predict", _predict_dir(d), "--n-boot", str(10**12)], ["--n-boot", "100,000"]),
+    (
+        "ledger-import-string-counts",
+        lambda d: [
+            "ledger",
+            "import",
+            _write(d, "s.npz", _npz(n_correct=np.array([["x", "1"], ["0", "1"]]))),
+            str(d / "o.parquet"),
+        ],
+        ["n_correct", "'x'", "not a number"],
+    ),
+    (
+        "ledger-import-string-checkpoint",
+        lambda d: [
+            "ledger",
+            "import",
+            _write(d, "c.csv", "example_id,checkpoint,n_correct,n_samples,perplexity\na,one,1,4,1.5\n"),
+            str(d / "o.parquet"),
+        ],
+        ["checkpoint", "'one'"],
+    ),
+    (
+        "compare-string-accuracy",
+        lambda d: ["compare", _run_dir_with(d, "string-accuracy")],
+        ["metrics.json", "test_accuracy", "'0.5'"],
+    ),
+    (
+        "compare-metrics-missing-key",
+        lambda d: ["compare", _run_dir_with(d, "no-n_train")],
+        ["metrics.json", "n_train", "round folder"],
+    ),
+    (
+        "compare-recipe-not-mapping",
+        lambda d: ["compare", _run_dir_with(d, "recipe-scalar")],
+        ["curator-run.yaml", "mapping"],
+    ),
+    ("premem-seed-negative", lambda d: ["premem", "--seed", "-1"], ["--seed", "-1"]),
+    (
+        "robustness-format-wrong-type",
+        lambda d: _robustness(d, '{"p": 1.2, "format": "gsm8k"}'),
+        ["format", "JSON object"],
+    ),
+    (
+        "robustness-temperature-wrong-type",
+        lambda d: _robustness(d, '{"p": 1.2, "sampling": {"temperature": "hot"}}'),
+        ["sampling.temperature", "'hot'"],
+    ),
+    (
+        "ledger-show-lazy-not-bool",
+        lambda d: ["ledger", "show", _bad_meta_ledger(d, '{"lazy": "yes"}')],
+        ["lazy", "true or false"],
+    ),
+    # silent wrong results on today's main
+    ("predict-n-boot-negative", lambda d: ["predict", _predict_dir(d), "--n-boot", "-5"], ["--n-boot", "-5"]),
+    (
+        "predict-accuracy-percent",
+        lambda d: ["predict", _predict_dir(d, acc=("70", "80"))],
+        ["test_accuracy", "[0, 1]", "100"],
+    ),
+    (
+        "compare-accuracy-above-1",
+        lambda d: ["compare", _run_dir_with(d, "accuracy-7")],
+        ["metrics.json", "test_accuracy", "[0, 1]"],
+    ),
+    (
+        "compare-zero-byte-ledger",
+        lambda d: ["compare", _run_dir_with(d, "empty-ledger")],
+        ["ledger.parquet", "0 bytes", "round folder"],
+    ),
+    (
+        "compare-garbage-checkpoints",
+        lambda d: ["compare", _run_dir_with(d, "checkpoints")],
+        ["checkpoints.json", "list"],
+    ),
+    (
+        "run-resume-without-resolved-recipe",
+        lambda d: (_started_run(d, seed_ids="[]"), (d / "run" / "curator-run.yaml").unlink(), ["run", _recipe(d)])[2],
+        ["curator-run.yaml", "missing"],
+    ),
+    (
+        "run-resume-seed-ids-damaged",
+        lambda d: (_started_run(d, seed_ids='{"a": 1}'), ["run", _recipe(d)])[1],
+        ["seed_ids.json", "list of example ids"],
+    ),
+    (
+        "run-resume-seed-ids-unknown",
+        lambda d: (_started_run(d, seed_ids='["not-in-pool"]'), ["run", _recipe(d)])[1],
+        ["seed_ids.json", "not-in-pool"],
+    ),
+    (
+        "export-unknown-suffix",
+        lambda d: ["export", str(d / "run"), "--out", str(d / "e.csv")],
+        ["e.csv", "'.csv'", "jsonl"],
+    ),
+    # data loss on today's main: export replacing the run's own ledger
+    (
+        "export-into-the-run-dir",
+        lambda d: [
+            "export",
+            _run_dir_with(d, "ok"),
+            "--out",
+            str(d / "run" / "iid" / "round-00" / "ledger.parquet"),
+            "--overwrite",
+        ],
+        ["inside the run directory"],
+    ),
+    (
+        "export-onto-the-run-dir",
+        lambda d: ["export", _run_dir_with(d, "ok"), "--out", str(d / "run"), "--overwrite"],
+        ["inside the run directory"],
+    ),
+    # security: state files are never followed through a symlink
+    ("lock-is-a-symlink", lambda d: (_planted_state(d, "lock"), ["run", _recipe(d)])[1], [".curator/lock", "symlink"]),
+    (
+        "state-dir-is-a-symlink",
+        lambda d: (_planted_state(d, "dir"), ["run", _recipe(d)])[1],
+        [".curator", "not a directory"],
+    ),
+    (
+        "pool-fingerprint-is-a-symlink",
+        lambda d: (_planted_state(d, "pool"), ["run", _recipe(d)])[1],
+        ["pool.sha1", "symlink"],
+    ),
+    # wrong exits on today's main
+    (
+        "synth-too-many",
+        lambda d: ["data", "synth", "--n", str(10**12), "--out", str(d / "x.jsonl")],
+        ["--n", "1,000,000"],
+    ),
+    (
+        "plugin-sys-exit",
+        lambda d: (
+            _plugin(d, "adv_plug_exit", "import sys\nsys.exit(3)\n"),
+            ["validate", _recipe(d, strategies=[{"name": "adv_plug_exit:S"}])],
+        )[1],
+        ["adv_plug_exit.py", "sys.exit(3)", "raise an exception"],
+    ),
+    (
+        "plugin-sys-exit-run",
+        lambda d: (
+            _plugin(d, "adv_plug_exit2", "import sys\nsys.exit(0)\n"),
+            ["run", _recipe(d, strategies=[{"name": "adv_plug_exit2:S"}])],
+        )[1],
+        ["adv_plug_exit2.py", "sys.exit(0)"],
+    ),
+    # validate misses on today's main: `validate` refuses what `run` refuses
+    ("device-invalid", lambda d: ["validate", _recipe(d, model__device="gpu")], ["model.device", "'gpu'"]),
+    (
+        "test-set-is-the-pool",
+        lambda d: ["validate", _recipe(d, data__test=GOOD["data"]["pool"])],
+        ["data.test", "data.pool"],
+    ),
+    (
+        "organism-unknown-setting",
+        lambda d: ["validate", _recipe(d, model__name="organism?layerz=2")],
+        ["model.name", "layerz"],
+    ),
+    (
+        "organism-missing-file",
+        lambda d: ["validate", _recipe(d, model__name="organism:nothere.yaml")],
+        ["model.name", "nothere.yaml"],
+    ),
 ]
+
+
+def _predict_dir(d: Path, acc=("0.25", "0.5"), table=None) -> str:
+    """A `curate predict` run directory: a good ledger (checkpoints 1, 2) and a checkpoint table."""
+    rd = d / "prun"
+    rd.mkdir(exist_ok=True)
+    _good_ledger(rd, "ledger.parquet")
+    name, body = table or ("checkpoints.csv", "checkpoint,test_accuracy\n" + f"1,{acc[0]}\n2,{acc[1]}\n")
+    _write(rd, name, body)
+    return str(rd)
+
+
+def _robustness(d: Path, meta: str) -> list[str]:
+    return [
+        "robustness",
+        "--model",
+        "tiny-random",
+        "--ledger",
+        _bad_meta_ledger(d, meta),
+        "--data",
+        "synthetic:easy?n=2",
+    ]
+
+
+def _started_run(d: Path, seed_ids: str) -> None:
+    """A run directory as `curate run` left it after starting (its resolved recipe, its seed set)."""
+    from curator.recipes import recipe_from_dict
+
+    run = d / "run"
+    run.mkdir()
+    r = recipe_from_dict({**json.loads(json.dumps(GOOD)), "output_dir": str(run)})
+    (run / "curator-run.yaml").write_text(r.to_yaml())
+    (run / "seed_ids.json").write_text(seed_ids)
+
+
+def _planted_state(d: Path, what: str) -> None:
+    """A run directory whose state is planted as symlinks pointing at a file of the user's."""
+    victim = d / "victim.txt"
+    victim.write_text("the user's file\n")
+    state = d / "run" / ".curator"
+    if what == "dir":
+        (d / "run").mkdir()
+        (d / "elsewhere").mkdir()
+        state.symlink_to(d / "elsewhere")
+        return
+    state.mkdir(parents=True)
+    (state / ("lock" if what == "lock" else "pool.sha1")).symlink_to(victim)
 
 
 def _npz(**arrays) -> bytes:
@@ -607,3 +859,142 @@ def test_os_errors_on_the_users_paths_are_one_line(err, words):
 
     line = user_error_line(err)
     assert line is not None and "\n" not in line and all(w in line for w in words), line
+
+
+# ---- MLflow (issue 22 item 3): one store and one experiment per multi-seed run, read back with
+# MLflow's own client at the URI the README's `mlflow ui --backend-store-uri` command names
+
+SEEDS_RECIPE = {
+    "name": "adv-seeds",
+    "seeds": [3, 4],
+    "model": {"name": "tiny-random", "lora": None},
+    "data": {
+        "pool": "synthetic:easy?n=30&seed=1",
+        "test": "synthetic:easy?n=6&seed=2",
+        "seed_size": 4,
+        "grader": "gsm8k",
+    },
+    "training": {"epochs": 1, "learning_rate": 0.003, "batch_size": 4, "max_length": 512},
+    "dynamics": {"samples": 2, "max_new_tokens": 8, "batch_size": 16},
+    "evaluation": {"max_new_tokens": 8},
+    "loop": {"rounds": 2, "budget": 4},
+    "strategies": [{"name": "iid"}],
+}
+
+
+def _store_contents(uri: str, experiment: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exps = [e for e in client.search_experiments() if e.name != "Default"]
+    exp = client.get_experiment_by_name(experiment)
+    runs = sorted(client.search_runs([exp.experiment_id]), key=lambda r: r.info.run_name)
+    return exps, exp, runs
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_multi_seed_run_is_one_mlflow_experiment_the_readme_command_opens(tmp_path):
+    from curator.recipes import recipe_from_dict
+    from curator.seeds import run_seeds
+    from curator.tracking.compare import compare_mlflow
+
+    r = recipe_from_dict({**SEEDS_RECIPE, "output_dir": str(tmp_path / "run")})
+    out = run_seeds(r, progress=False, echo=lambda *_: None)
+    # the README's command: mlflow ui --backend-store-uri sqlite:///$PWD/runs/<name>/mlflow.db
+    uri = "sqlite:///" + str(tmp_path / "run" / "mlflow.db")
+    assert out.tracking_uri == uri
+    assert not list(tmp_path.glob("run/seed-*/mlflow.db"))  # no per-seed stores any more
+    exps, exp, runs = _store_contents(uri, "adv-seeds")
+    assert [e.name for e in exps] == ["adv-seeds"]
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on model training
+    assert [(x.info.run_name, x.data.tags["seed"], x.data.tags["strategy_label"]) for x in runs] == [
+        ("iid seed 3", "3", "iid"),
+        ("iid seed 4", "4", "iid"),
+    ]
+    for x in runs:  # each round's training set is the run's dataset input: 4 examples, then 4 + 4
+        inputs = sorted(x.inputs.dataset_inputs, key=lambda d: d.dataset.name)
+        assert [d.dataset.name for d in inputs] == ["iid round 0", "iid round 1"]
+        assert [json.loads(d.dataset.profile)["num_rows"] for d in inputs] == [4, 8]
+        assert all(t.key == "mlflow.data.context" and t.value == "training" for d in inputs for t in d.tags)
+        seed_ids = json.loads((tmp_path / "run" / f"seed-{x.data.tags['seed']}" / "seed_ids.json").read_text())
+        assert inputs[0].dataset.digest == hashlib.sha1("\n".join(seed_ids).encode()).hexdigest()[:12]
+    # `curate compare` reads the one experiment back: strategy x seed
+    assert "mean over 2 seeds" in compare_mlflow(uri, "adv-seeds", out_dir=tmp_path / "cmp").table
+    # resume: nothing is duplicated (runs, inputs)
+    run_seeds(r, progress=False, echo=lambda *_: None)
+    _, _, again = _store_contents(uri, "adv-seeds")
+    assert [x.info.run_id for x in again] == [x.info.run_id for x in runs]
+    assert [len(x.inputs.dataset_inputs) for x in again] == [2, 2]
+    # a store lost (or a run made when each seed had its own store): made anew from the round files
+    from curator.tracking.mlflow_store import _release
+
+    (tmp_path / "run" / "mlflow.db").unlink()
+    _release(uri)  # MLflow caches one sqlite engine per URI in a process; a later `curate run` is a new one
+    run_seeds(r, progress=False, echo=lambda *_: None)
+    _, exp2, rebuilt = _store_contents(uri, "adv-seeds")
+    assert [x.info.run_name for x in rebuilt] == ["iid seed 3", "iid seed 4"]
+    assert exp2.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert [len(x.data.metrics) > 0 and len(x.inputs.dataset_inputs) for x in rebuilt] == [2, 2]
+
+
+# ---- a resumed run: stray temporaries are removed, a damaged finished round is refused by name
+
+
+def test_resume_removes_stray_temporaries_and_refuses_a_damaged_round(tmp_path, monkeypatch):
+    from curator.errors import CuratorError
+    from curator.recipes import StrategySpec
+    from curator.run import prepare_workspace
+    from loops.active import ActiveLoop
+
+    monkeypatch.chdir(tmp_path)
+    d = json.loads(json.dumps(GOOD))
+    d["output_dir"] = str(tmp_path / "run")
+    rd = tmp_path / "run" / "iid" / "round-00"
+    rd.mkdir(parents=True)
+    # what kills left behind: a half-made store, a parquet write and an atomic json write cut short
+    stray = [
+        tmp_path / "run" / ".mlflow.db.tmp-4242-0badc0de",
+        rd / ".ledger.parquet.tmp4242",
+        rd / ".metrics.json.x1y2z3.tmp",
+    ]
+    for p in stray:
+        p.write_bytes(b"\0" * 1000)
+    (rd / "notes.tmp").write_text("a user's file: not curator's pattern")
+    ws = prepare_workspace(recipe_from_dict_(d), progress=False)
+    try:
+        assert [p.exists() for p in stray] == [False, False, False]
+        assert (rd / "notes.tmp").exists()
+
+        def plant(**files):
+            shutil.rmtree(rd, ignore_errors=True)
+            rd.mkdir()
+            base = {
+                "metrics.json": json.dumps({"round": 0, "n_train": 4, "test_accuracy": 0.5}),
+                "next_train_ids.json": json.dumps(ws.seed_ids),
+                "DONE": "",
+            }
+            for name, body in {**base, **files}.items():
+                (rd / name).write_bytes(body if isinstance(body, bytes) else body.encode())
+
+        damage = [
+            ({"ledger.parquet": b""}, "ledger.parquet is empty (0 bytes"),
+            ({"ledger.parquet": b"PAR1 not parquet"}, "ledger.parquet is not a readable Parquet file"),
+            ({"metrics.json": '{"round": 0}'}, "metrics.json has no 'n_train'"),
+            ({"metrics.json": '{"n_train": "four"}'}, "metrics.json: n_train is 'four'"),
+            (
+                {"metrics.json": '{"n_train": 4, "test_accuracy": 1.5}'},
+                "test_accuracy is 1.5; expected a number in [0, 1]",
+            ),
+            ({"next_train_ids.json": '{"a": 1}'}, "next_train_ids.json must hold a JSON list of example ids"),
+            ({"next_train_ids.json": '["x", "x"]'}, "next_train_ids.json names 1 example id(s) twice"),
+            ({"checkpoints.json": '[{"checkpoint": "one"}]'}, "checkpoints.json: record 0 checkpoint is 'one'"),
+        ]
+        for files, words in damage:
+            plant(**files)
+            with pytest.raises(CuratorError) as e:
+                ActiveLoop(ws, StrategySpec(name="iid")).setup()
+            msg = str(e.value)
+            assert words in msg and str(rd) in msg and "redoes that round" in msg and "\n" not in msg, msg
+    finally:
+        ws.release()

@@ -199,6 +199,11 @@ w = next(sharded.parameters())
 out["local_numel"], out["full_numel"] = w.to_local().numel(), w.numel()
 if dist.get_rank() == 0:
     json.dump(out, open(sys.argv[1], "w"))
+# both ranks reach here before either tears the group down: without the barrier, a rank that is
+# ahead (rank 0, on a loaded machine) destroys its gloo pairs while the other still has its last
+# collective's pair threads live, and that rank dies in C++ ("terminate called without an active
+# exception", exit -6); the barrier is the last collective, so no work is in flight at teardown
+dist.barrier()
 dist.destroy_process_group()
 """
 

@@ -64,6 +64,24 @@ def _one_of(arrays: Mapping[str, Any], a: str, b: str, where: str) -> str:
     return a if has_a else b
 
 
+def _numbers(arrays: Mapping[str, Any], key: str, where: str) -> np.ndarray:
+    """``arrays[key]`` as floats; text where numbers belong is named, not a numpy traceback."""
+    try:
+        return np.asarray(arrays[key], dtype=float)
+    except (TypeError, ValueError):
+        flat = np.asarray(arrays[key], dtype=object).reshape(-1)
+        bad = next((v for v in flat if not _is_float(v)), flat[0] if flat.size else None)
+        raise DataError(f"{where}: {key} holds {bad!r}, not a number") from None
+
+
+def _is_float(v: Any) -> bool:
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _drop_examples(ids: np.ndarray, arrays: dict[str, np.ndarray], keep: np.ndarray, N: int) -> None:
     for key, arr in list(arrays.items()):
         if isinstance(arr, np.ndarray) and arr.ndim >= 1 and arr.shape[0] == N and key not in ("steps", "epochs"):
@@ -119,7 +137,7 @@ def import_arrays(
 
     acc_key = _one_of(arrays, "n_correct", "acc", where)
     ppl_key = _one_of(arrays, "perplexity", "target_nll", where)
-    main = np.asarray(arrays[acc_key], dtype=float)
+    main = _numbers(arrays, acc_key, where)
     if main.ndim != 2 or main.shape[0] != N:
         raise DataError(
             f"{where}: {acc_key} has shape {list(main.shape)}, expected [{N}, checkpoints] "
@@ -147,7 +165,7 @@ def import_arrays(
         raise DataError(f"{where}: k (samples per cell) must be a whole number, got {k!r}")
     k = int(k) if k is not None else None
     if "n_samples" in arrays:
-        n_samples = np.asarray(arrays["n_samples"], dtype=float)
+        n_samples = _numbers(arrays, "n_samples", where)
         if (~np.isfinite(n_samples)).any() or (n_samples != np.round(n_samples)).any():
             raise DataError(f"{where}: n_samples must hold whole numbers (no NaN)")
     elif k is not None:
@@ -176,7 +194,7 @@ def import_arrays(
         if np.isnan(n_correct).any() or (np.abs(n_correct - np.round(n_correct)) > 1e-9).any():
             raise DataError(f"{where}: n_correct must hold whole numbers (no NaN)")
 
-    ppl = np.asarray(arrays[ppl_key], dtype=float)
+    ppl = _numbers(arrays, ppl_key, where)
     bad = ~np.isfinite(ppl)
     dropped: list[str] = []
     if bad.any():
@@ -275,7 +293,11 @@ def import_long(
     df["example_id"] = df["example_id"].astype(str)
     if df["checkpoint"].isna().any():
         raise DataError(f"{where}: {int(df['checkpoint'].isna().sum())} row(s) have no checkpoint")
-    df["checkpoint"] = df["checkpoint"].astype(int)
+    ck = pd.to_numeric(df["checkpoint"], errors="coerce")
+    if ck.isna().any() or (ck != ck.round()).any():
+        bad = df["checkpoint"][ck.isna() | (ck != ck.round())].iloc[0]
+        raise DataError(f"{where}: checkpoint {bad!r} is not a whole number; number checkpoints 1..M")
+    df["checkpoint"] = ck.astype(int)
     dup = df.duplicated(["example_id", "checkpoint"])
     if dup.any():
         first = df.loc[dup, ["example_id", "checkpoint"]].iloc[0].tolist()

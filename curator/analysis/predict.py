@@ -32,9 +32,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from curator import readback
 from curator.dynamics import metrics, routing
 from curator.dynamics.ledger import METADATA_KEY, Ledger, read_ledger
 from curator.errors import CuratorError, DataError, require
+from curator.io import read_json
 
 #: metric column -> human label (the order is the default display order)
 METRICS: dict[str, str] = {
@@ -286,6 +288,11 @@ def check_run(run: Run) -> list[str]:
     for col in ("example_id", "checkpoint", "perplexity"):
         if col not in df.columns:
             raise DataError(f"{who}: the ledger lacks column {col!r} (see docs/LEDGER.md)")
+    # values read from a user's table: a string or a percentage must not be fitted as an accuracy
+    readback.check_accuracy_column(tab["test_accuracy"], f"{who}: the checkpoint table's test_accuracy")
+    readback.check_numeric_columns(tab, ["checkpoint", "step", *METRICS], f"{who}: the checkpoint table")
+    if (tab["checkpoint"].isna() | (tab["checkpoint"] != tab["checkpoint"].round())).any():
+        raise DataError(f"{who}: the checkpoint table's 'checkpoint' column must hold whole numbers (1, 2, ...)")
     if tab["checkpoint"].duplicated().any():
         dup = sorted(tab.loc[tab["checkpoint"].duplicated(), "checkpoint"].unique().tolist())
         raise DataError(f"{who}: checkpoint(s) {dup} appear more than once in the checkpoint table")
@@ -629,6 +636,8 @@ def predict(
     """
     if p <= 1:
         raise CuratorError(f"p must be > 1 (a perplexity threshold), got {p}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
+        raise CuratorError(f"n_boot must be a whole number >= 0 (0: no intervals), got {n_boot!r}")
     exclusions: list[str] = []
     checked = []
     for run in runs:
@@ -754,15 +763,30 @@ def write_report(report: PredictionReport, out_dir: str | Path) -> dict[str, Pat
 
 
 def _read_checkpoint_table(path: Path) -> pd.DataFrame:
+    """checkpoints.csv or checkpoints.json (a list of records, ``{"checkpoints": [...]}``, or a
+    mapping checkpoint -> record); the values are checked by `check_run`."""
+
     if path.suffix == ".csv":
-        return pd.read_csv(path)
-    data = json.loads(path.read_text())
+        try:
+            tab = pd.read_csv(path)
+        except (ValueError, UnicodeDecodeError) as e:  # pandas' ParserError and EmptyDataError are ValueErrors
+            raise DataError(f"{path} is not a readable CSV table ({' '.join(str(e).split())[:120]})") from None
+        missing = [c for c in ("checkpoint", "test_accuracy") if c not in tab.columns]
+        if missing:
+            raise DataError(
+                f"{path} has no column(s) {missing} (its header reads {list(tab.columns)[:5]}); it needs "
+                "one row per checkpoint with 'checkpoint' and 'test_accuracy'"
+            )
+        return tab
+    data = read_json(path)
     if isinstance(data, Mapping):
         data = data.get("checkpoints", data)
     if isinstance(data, Mapping):  # {"1": {...}, "2": {...}} keyed by checkpoint
+        if not all(str(k).isdigit() and isinstance(v, Mapping) for k, v in data.items()):
+            raise DataError(f"{path}: a mapping of checkpoints needs keys 1, 2, ... and a record (object) each")
         data = [dict(v, checkpoint=int(k)) for k, v in data.items()]
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a list of per-checkpoint records")
+    if not isinstance(data, list) or not all(isinstance(x, Mapping) for x in data):
+        raise DataError(f"{path}: expected a list of per-checkpoint records (JSON objects)")
     return pd.DataFrame(data)
 
 
@@ -770,13 +794,20 @@ def _read_ledger_dropping_nan(path: Path) -> tuple[Any, str | None]:
     """Read a ledger file, dropping examples with NaN perplexities (which `read_ledger` refuses)."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for non-Parquet input
+        raise DataError(f"{path} is not a readable Parquet file ({' '.join(str(e).split())[:120]})") from None
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
     df = table.to_pandas()
     if "perplexity" not in df.columns and "target_nll" in df.columns:
         df["perplexity"] = np.exp(df["target_nll"].astype(float))
     run, note = drop_nan_examples(Run(path.parent.name, df, pd.DataFrame()))
-    return Ledger(run.df, json.loads(raw) if raw else {}), note
+    try:
+        meta = readback.check_ledger_meta(json.loads(raw), path) if raw else {}
+    except ValueError:
+        raise DataError(f"{path}: metadata key 'curator.ledger' is not valid JSON") from None
+    return Ledger(run.df, meta), note
 
 
 def load_run(path: str | Path, name: str | None = None, drop_nan: bool = False) -> Run:
@@ -799,7 +830,7 @@ def load_run(path: str | Path, name: str | None = None, drop_nan: bool = False) 
 
     conf_path = d / "confidences.parquet"
     meta_path = d / "run.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = dict(readback.mapping(read_json(meta_path), str(meta_path))) if meta_path.exists() else {}
     if drop_nan:
         ledger, note = _read_ledger_dropping_nan(led_path)
         if note:

@@ -6,12 +6,17 @@ from pathlib import Path
 
 import click
 
+from curator.cli.options import SEED, in_range
 from curator.data.format import PromptFormat
 from curator.data.grading import get_grader
 from curator.data.loaders import load_examples
 from curator.distributed import is_main_process
 from curator.errors import CuratorError
 from curator.models import load_model
+
+# bootstrap resamples: below 100 the 2.5/97.5 percentiles are not a 95% interval; above the cap the
+# resample index (n_boot x points) no longer fits in memory
+MIN_BOOT, MAX_BOOT = 100, 100_000
 
 
 def _floats(text: str | None, what: str) -> list[float] | None:
@@ -52,7 +57,14 @@ def _floats(text: str | None, what: str) -> list[float] | None:
     help="Where report.md, the plots and the tables go.",
 )
 @click.option("--drop-nan", is_flag=True, help="Drop examples with NaN perplexities (reported) instead of failing.")
-@click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples for the intervals.")
+@click.option(
+    "--n-boot",
+    type=int,
+    default=1000,
+    show_default=True,
+    callback=in_range(MIN_BOOT, MAX_BOOT, "fewer resamples make no 95% interval", zero_ok=True),
+    help=f"Bootstrap resamples for the 95% intervals: 0 (no intervals) or {MIN_BOOT}-{MAX_BOOT}.",
+)
 def predict(run_dirs, sweep_dir, mlflow_experiment, tracking_uri, p, p_grid, out_dir, drop_nan, n_boot):
     """Fit test accuracy against PreMemAcc and the comparison metrics across RUN_DIRS.
 
@@ -105,13 +117,31 @@ def predict(run_dirs, sweep_dir, mlflow_experiment, tracking_uri, p, p_grid, out
     multiple=True,
     help="Forced response prefix (repeatable). Default: 'First' and 'We know that'.",
 )
-@click.option("--samples", "k", type=int, default=4, show_default=True, help="Samples per query and condition.")
+@click.option(
+    "--samples",
+    "k",
+    type=int,
+    callback=in_range(1, 1000),
+    default=4,
+    show_default=True,
+    help="Samples per query and condition.",
+)
 @click.option("--p", "p", type=float, default=None, help="Memorization threshold (default: the ledger's).")
 @click.option("--grader", default=None, help="Answer grader (default: the ledger's, else auto).")
-@click.option("--temperature", type=float, default=None, help="Sampling temperature (default: the ledger's).")
-@click.option("--max-new-tokens", type=int, default=None, help="Longest completion (default: the ledger's).")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Prompts per sampling batch.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--temperature",
+    type=float,
+    callback=in_range(0),
+    default=None,
+    help="Sampling temperature (default: the ledger's).",
+)
+@click.option(
+    "--max-new-tokens", type=int, callback=in_range(1), default=None, help="Longest completion (default: the ledger's)."
+)
+@click.option(
+    "--batch-size", type=int, callback=in_range(1), default=32, show_default=True, help="Prompts per sampling batch."
+)
+@click.option("--seed", type=int, default=0, show_default=True, callback=SEED)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="robustness", show_default=True)
 def robustness(
     model_spec,
@@ -139,7 +169,10 @@ def robustness(
 
     led = read_ledger(ledger_path)
     fmt_meta = led.meta.get("format")
-    fmt = PromptFormat(**{**fmt_meta, "stop": tuple(fmt_meta.get("stop", ()))}) if fmt_meta else PromptFormat()
+    # read_ledger checked the metadata's types (curator/readback.py); keys of other versions are left out
+    known = {f.name for f in dataclasses.fields(PromptFormat)}
+    fmt_kw = {key: v for key, v in (fmt_meta or {}).items() if key in known}
+    fmt = PromptFormat(**{**fmt_kw, "stop": tuple(fmt_kw.get("stop", ()))}) if fmt_meta else PromptFormat()
     samp = dict(led.meta.get("sampling") or {})
     samp = {key: v for key, v in samp.items() if key in {f.name for f in dataclasses.fields(SamplingParams)}}
     samp["stop"] = tuple(samp.get("stop", fmt.stop))

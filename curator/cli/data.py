@@ -6,6 +6,7 @@ import time
 
 import click
 
+from curator.cli.options import SEED, in_range
 from curator.data.grading import get_grader, grade_references
 from curator.data.loaders import load_examples, save_examples
 from curator.data.synthetic import synthetic_task
@@ -81,15 +82,27 @@ def _parse_steps(text: str | None) -> dict:
     return {"min_steps": lo_i, "max_steps": hi_i}
 
 
+# everything is built in memory before the file is written (one atomic write): at ~1 KB a problem
+# and thousands of problems a second, a million is a few minutes and ~1 GB; larger is refused
+MAX_SYNTH = 1_000_000
+
+
 @data.command("synth")
-@click.option("--n", "n", required=True, type=click.IntRange(min=1), help="How many problems.")
+@click.option(
+    "--n",
+    "n",
+    required=True,
+    type=int,
+    callback=in_range(1, MAX_SYNTH, "all problems are built in memory before the one write"),
+    help=f"How many problems (at most {MAX_SYNTH:,}).",
+)
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Output .jsonl file.")
 @click.option("--preset", default="easy", show_default=True, help="easy, medium or hard.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, callback=SEED)
 @click.option("--steps", default=None, metavar="N|MIN-MAX", help="Arithmetic steps per problem.")
-@click.option("--max-operand", default=None, type=int, help="Largest number drawn (magnitude).")
-@click.option("--distractors", default=None, type=int, help="Irrelevant sentences per question.")
-@click.option("--traces", "n_traces", default=None, type=int, help="Solution traces per problem.")
+@click.option("--max-operand", default=None, type=int, callback=in_range(1), help="Largest number drawn (magnitude).")
+@click.option("--distractors", default=None, type=int, callback=in_range(0), help="Irrelevant sentences per question.")
+@click.option("--traces", "n_traces", default=None, type=int, callback=in_range(1), help="Solution traces per problem.")
 @click.option("--skills", default=None, help="Comma-separated skills (default: all).")
 def synth(n, out, preset, seed, steps, max_operand, distractors, n_traces, skills):
     """Write a synthetic GSM8K-format dataset (id, question, solution, answer, meta) as JSON lines."""

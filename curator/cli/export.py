@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from curator.cli.options import in_range
 from curator.export import export_selection
 
 
@@ -16,7 +17,14 @@ from curator.export import export_selection
     help="Output: FILE.jsonl, FILE.parquet, or a directory (Dataset.save_to_disk).",
 )
 @click.option("--strategy", default=None, help="Which strategy's run (its label); needed when the run has several.")
-@click.option("--round", "round_", type=int, default=None, help="Which round's selection (default: the last finished).")
+@click.option(
+    "--round",
+    "round_",
+    type=int,
+    default=None,
+    callback=in_range(0),
+    help="Which round's selection (default: the last finished).",
+)
 @click.option(
     "--format",
     "format_",

@@ -98,6 +98,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         _interrupted(args)
+    except SystemExit as e:
+        # no curator command exits from inside itself (main alone does, below): a SystemExit that
+        # reaches here came from a plugin or library calling sys.exit, which would end the command
+        # with that code and no word of why
+        if debug:
+            raise
+        click.echo(f"error: {_exit_origin(e)}", err=True)
+        sys.exit(2)
     except Exception as e:
         # one place for every command and plugin: user errors become one line and exit code 2
         from curator.errors import user_error_line  # lazy: `curate --help` imports click alone
@@ -107,6 +115,23 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {line}", err=True)
         sys.exit(2)
+
+
+def _exit_origin(e: SystemExit) -> str:
+    """One line saying who called sys.exit (the innermost frame that is not Python's own)."""
+    import traceback
+
+    frames = [
+        f
+        for f in traceback.extract_tb(e.__traceback__)
+        if "sys.exit" in (f.line or "") or "SystemExit" in (f.line or "")
+    ]
+    where = f"{frames[-1].filename}:{frames[-1].lineno} ({frames[-1].name})" if frames else "code curator called"
+    return (
+        f"{where} called sys.exit({e.code!r}) in the middle of the command; plugin code (a strategy, "
+        "grader or loop) must raise an exception instead of exiting the process (rerun with --debug "
+        "for the traceback)"
+    )
 
 
 def _interrupted(args: list[str]) -> None:

@@ -13,6 +13,7 @@ import click
 
 from curator import distributed
 from curator.cli.ledger import render_summary
+from curator.cli.options import SEED
 from curator.data.format import PromptFormat
 from curator.data.grading import get_grader
 from curator.data.loaders import load_examples
@@ -111,7 +112,7 @@ DYNAMICS_FLAGS = {"batch_size": ("--sample-batch-size", "sample_batch_size")}
     "--allow-bad-references", is_flag=True, help="Track even if some reference solutions do not grade correct."
 )
 @settings_options(DynamicsSettings, ("batch_size",), DYNAMICS_FLAGS)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, callback=SEED)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/premem", show_default=True)
 @click.option(
     "--save-model",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from curator.cli.options import SEED, in_range
+
 
 @click.command()
 @click.option(
@@ -14,9 +16,13 @@ import click
     show_default=True,
     help="Run directory: ledger.parquet, checkpoints.csv, routing.csv, routing.png, report.md.",
 )
-@click.option("--n-train", type=int, default=64, show_default=True, help="Synthetic training problems.")
-@click.option("--n-test", type=int, default=64, show_default=True, help="Held-out synthetic test problems.")
-@click.option("--epochs", type=int, default=100, show_default=True)
+@click.option(
+    "--n-train", type=int, callback=in_range(1), default=64, show_default=True, help="Synthetic training problems."
+)
+@click.option(
+    "--n-test", type=int, callback=in_range(1), default=64, show_default=True, help="Held-out synthetic test problems."
+)
+@click.option("--epochs", type=int, callback=in_range(1), default=100, show_default=True)
 @click.option(
     "--checkpoint-every", type=int, default=40, show_default=True, help="Optimizer steps between checkpoints."
 )
@@ -36,7 +42,7 @@ import click
 )
 @click.option("--delta", type=float, default=0.1, show_default=True, help="... and within this of its final loss.")
 @click.option("--all-samples", is_flag=True, help="Metrics over all samples, not only the memorized ones.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, callback=SEED)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def routing(out_dir, n_train, n_test, epochs, checkpoint_every, cutoff, epsilon, delta, all_samples, seed, quiet):
     """Train a small MoE from scratch on synthetic problems; track pathway distance and consistency.

@@ -63,8 +63,9 @@ def run(recipe, overrides, quiet, seeds):
         res = run_seeds(r, progress=not quiet, echo=echo)
         echo(
             f"\n{res.compare_table}\ncurves: {res.curves_png}\n"
-            f"done: {len(res.seeds)} seeds in {res.seconds:.0f}s; per-seed runs and MLflow "
-            f"stores under {res.run_dir}/seed-<n>/"
+            f"done: {len(res.seeds)} seeds in {res.seconds:.0f}s; per-seed runs under {res.run_dir}/seed-<n>/\n"
+            f"MLflow: mlflow ui --backend-store-uri {res.tracking_uri}  (experiment {r.experiment!r}, "
+            "one run per strategy and seed)"
         )
         return
     summary = run_recipe(r, progress=not quiet, echo=echo)

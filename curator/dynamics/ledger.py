@@ -19,6 +19,7 @@ import pandas as pd
 
 from curator.errors import DataError
 from curator.io import atomic_path
+from curator.readback import check_ledger_meta
 
 SCHEMA_VERSION = 1
 METADATA_KEY = b"curator.ledger"
@@ -240,15 +241,7 @@ def read_ledger(path: str | os.PathLike) -> Ledger:
             meta = json.loads(md[METADATA_KEY])
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: metadata key 'curator.ledger' is not valid JSON ({e})") from e
-        if not isinstance(meta, dict):
-            raise DataError(f"{path}: metadata 'curator.ledger' must be a JSON object, got {type(meta).__name__}")
-        for key, ok in (
-            ("p", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 1),
-            ("k", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-        ):
-            if meta.get(key) is not None and not ok(meta[key]):
-                want = "a number > 1" if key == "p" else "an integer >= 1"
-                raise DataError(f"{path}: metadata {key}={meta[key]!r} is not valid ({want}); see docs/LEDGER.md")
+        meta = check_ledger_meta(meta, path)  # types and ranges of the settings later commands reuse
     try:
         return Ledger(table.to_pandas(), meta)
     except DataError as e:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from curator.console import is_verbose
 from curator.errors import CuratorError, closest, require
 from curator.io import atomic_path
 from curator.models.tiny import tiny_model, tiny_tokenizer
@@ -140,6 +141,29 @@ def _check_device(device: str | None) -> str:
     return device
 
 
+def _without_weight_bar(load: Any) -> Any:
+    """Run ``load`` with transformers' "Loading weights" progress bar off (unless --verbose): it is
+    the library's, printed once per model load (three times in the demo, --quiet or not), and
+    curator's own console says what is being loaded."""
+    import functools
+
+    @functools.wraps(load)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from transformers.utils import logging as hf_logging
+
+        was_on = hf_logging.is_progress_bar_enabled()
+        if was_on and not is_verbose():
+            hf_logging.disable_progress_bar()
+        try:
+            return load(*args, **kwargs)
+        finally:
+            if was_on:
+                hf_logging.enable_progress_bar()
+
+    return wrapper
+
+
+@_without_weight_bar
 def load_model(
     spec: str | os.PathLike,
     *,

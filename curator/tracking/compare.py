@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from curator import readback
 from curator.errors import CuratorError
 from curator.io import atomic_write_text
 from curator.rounds import COMPARE_TABLE, CURVES, RoundStore, resolved_recipe_file, seed_dirs, strategy_dirs
@@ -179,9 +180,8 @@ def curves_from_run_dir(run_dir: str | Path) -> list[Curve]:
     seed = 0
     recipe_file = resolved_recipe_file(run_dir)
     if recipe_file is not None:
-        import yaml
-
-        seed = int((yaml.safe_load(recipe_file.read_text()) or {}).get("seed", 0))
+        raw = readback.read_recipe_mapping(recipe_file)
+        seed = int(readback.number(raw.get("seed", 0), f"{recipe_file}: seed", lo=0, integer=True))
     curves = []
     for sdir in strategy_dirs(run_dir):
         store = RoundStore(sdir)
@@ -222,7 +222,7 @@ def curves_from_mlflow(uri: str, experiment: str) -> list[Curve]:
         curves.append(
             Curve(
                 label,
-                int(run.data.tags.get("seed", 0)),
+                _seed_tag(run),
                 np.array(steps, float),
                 np.array([by_step[s] for s in steps], float),
             )
@@ -230,6 +230,18 @@ def curves_from_mlflow(uri: str, experiment: str) -> list[Curve]:
     if not curves:
         raise CuratorError(f"no runs with metric {METRIC!r} in MLflow experiment {experiment!r}")
     return curves
+
+
+def _seed_tag(run) -> int:
+    """A run's ``seed`` tag (a tag is text anyone can edit in the UI): a whole number, else an error."""
+    raw = run.data.tags.get("seed", "0")
+    try:
+        return int(raw)
+    except ValueError:
+        raise CuratorError(
+            f"MLflow run {run.info.run_id} ({run.info.run_name}): tag seed={raw!r} is not a whole number; "
+            "fix the tag in the MLflow UI or delete the run"
+        ) from None
 
 
 def _fmt_reach(r: Reach | None, n: float) -> str:

@@ -170,21 +170,45 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+# MLflow 3's UI opens an experiment on the view its kind names; without the tag it guesses, and
+# opens curator's experiments on the GenAI traces overview ("No data"). The values are MLflow's
+# own (mlflow/server/js: GENAI_DEVELOPMENT = "genai_development", CUSTOM_MODEL_DEVELOPMENT =
+# "custom_model_development"): ours is model training.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+# set on the experiment of a multi-seed run: its runs are strategy x seed, named "<label> seed <n>"
+SEEDS_TAG = "curator.seeds"
+
+
+def ensure_experiment(
+    client, name: str, artifact_root: str | os.PathLike | None = None, tags: Mapping[str, str] | None = None
+):
+    """The experiment ``name`` (made if missing, with its artifacts under ``artifact_root``), tagged
+    as a model-training experiment plus ``tags``; tags it lacks are added (an experiment made by an
+    older curator). Returns the experiment."""
+    tags = {EXPERIMENT_KIND_TAG: MODEL_TRAINING, **(tags or {})}
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        loc = Path(artifact_root).resolve().as_uri() if artifact_root is not None else None
+        client.create_experiment(name, artifact_location=loc, tags=tags)
+        return client.get_experiment_by_name(name)
+    for key, value in tags.items():
+        if exp.tags.get(key) != value:
+            client.set_experiment_tag(exp.experiment_id, key, value)
+    return client.get_experiment(exp.experiment_id)
+
+
 class MlflowRun:
     """One MLflow run (one strategy of one recipe) that can be reopened after a crash."""
 
     def __init__(self, uri: str, experiment: str, artifact_root: str | os.PathLike | None = None):
         self.uri = uri
         self.client = _client(uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            loc = None
-            if artifact_root is not None:
-                loc = Path(artifact_root).resolve().as_uri()
-            exp_id = self.client.create_experiment(experiment, artifact_location=loc)
-        else:
-            exp_id = exp.experiment_id
-        self.experiment_id = exp_id
+        exp = ensure_experiment(self.client, experiment, artifact_root)
+        self.experiment_id = exp.experiment_id
+        # runs of a multi-seed experiment carry their seed in the name, so the runs table reads
+        # "iid seed 0", "iid seed 1" ... (the seed is also a tag: group by it in the UI)
+        self.multi_seed = SEEDS_TAG in exp.tags
         self.run_id: str | None = None
         self.created = False  # open() made a new run: every finished round must be logged into it
 
@@ -209,6 +233,8 @@ class MlflowRun:
                 self.client.update_run(run_id, status="RUNNING")
             return run_id
         self.created = True
+        if self.multi_seed and "seed" in tags:
+            run_name = f"{run_name} seed {tags['seed']}"
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**tags, "mlflow.runName": run_name})
         self.run_id = run.info.run_id
         self._log_params(params)
@@ -263,6 +289,26 @@ class MlflowRun:
             return False
         self.client.log_batch(self.run_id, metrics=batch)
         return True
+
+    def log_training_set(self, name: str, ids: list[str], source: str) -> None:
+        """Log a round's training set as the run's MLflow dataset input (the runs table's Dataset
+        column): named for the round, its digest a hash of the ids in order. MLflow keeps one input
+        per (dataset, run), so logging it again on resume adds nothing."""
+        import hashlib
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        digest = hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12]
+        ds = Dataset(
+            name=name,
+            digest=digest,
+            source_type="local",
+            source=json.dumps({"uri": source}),
+            schema=json.dumps({"mlflow_colspec": [{"name": "example_id", "type": "string"}]}),
+            profile=json.dumps({"num_rows": len(ids)}),
+        )
+        self.client.log_inputs(self.run_id, [DatasetInput(ds, tags=[InputTag("mlflow.data.context", "training")])])
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
