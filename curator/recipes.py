@@ -9,6 +9,7 @@ precedence is CLI > YAML > defaults.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -101,7 +102,12 @@ class DataSettings:
 @dataclass(frozen=True)
 class LoopSettings:
     rounds: int = _help("training rounds; selections happen between them (rounds - 1 times)", default=3)
-    budget: int | list[int] = _help("examples added per round: one number, or one per selection", default=32)
+    budget: int | str | list[int | str] = _help(
+        "examples added per selection: a number, or a multiple of the seed set's size ('2x': twice "
+        "data.seed_size, as Kang et al.'s budgets of 0.5-10x the training set); one value or one "
+        "per selection",
+        default=32,
+    )
     continue_training: bool = _help(
         "keep training the last round's model instead of restarting from the base model each round", default=False
     )
@@ -112,8 +118,10 @@ class LoopSettings:
         if self.rounds < 1:
             problems.append(f"loop.rounds must be >= 1, got {self.rounds}")
         budgets = self.budget if isinstance(self.budget, list) else [self.budget]
-        if any(b < 1 for b in budgets):
-            problems.append(f"loop.budget must be >= 1 per round, got {self.budget}")
+        for b in budgets:
+            problem = _budget_problem(b)
+            if problem:
+                problems.append(f"loop.budget: {problem}")
         if isinstance(self.budget, list) and len(self.budget) < self.rounds - 1:
             problems.append(
                 f"loop.budget lists {len(self.budget)} budget(s) but {self.rounds} rounds need "
@@ -122,8 +130,32 @@ class LoopSettings:
         if problems:
             raise ConfigError(problems)
 
-    def budget_for(self, selection_index: int) -> int:
-        return self.budget[selection_index] if isinstance(self.budget, list) else self.budget
+    def budget_for(self, selection_index: int, seed_size: int | None = None) -> int:
+        """Examples to add at selection ``selection_index``; ``seed_size`` resolves an 'Nx' budget."""
+        b = self.budget[selection_index] if isinstance(self.budget, list) else self.budget
+        if isinstance(b, int):
+            return b
+        if seed_size is None:
+            raise ConfigError(f"loop.budget {b!r} is a multiple of the seed set's size; pass seed_size")
+        # rounded down as Kang et al.'s int(n * copies) (the epsilon absorbs 0.29 * 100 = 28.99..),
+        # and at least one example: 0.5x of a seed set of 1 still grows the set
+        return max(1, math.floor(_budget_multiple(b) * seed_size + 1e-9))
+
+
+def _budget_multiple(b: str) -> float:
+    return float(b.strip().lower().removesuffix("x"))
+
+
+def _budget_problem(b: int | str) -> str | None:
+    """Why one budget entry is not usable, or None."""
+    if isinstance(b, int):
+        return None if b >= 1 else f"must be >= 1 per round, got {b}"
+    text = b.strip().lower()
+    try:
+        ok = text.endswith("x") and 0 < _budget_multiple(text) < math.inf
+    except ValueError:
+        ok = False
+    return None if ok else f"{b!r} is neither a number nor a multiple of the seed set's size like '2x' or '0.5x'"
 
 
 @dataclass(frozen=True)

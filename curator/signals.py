@@ -10,6 +10,7 @@ computed vs served from cache.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -183,16 +184,24 @@ class Signals:
             table.put([e.id for e in todo], _l2_normalise(vecs))
         return table.get_array(ids)
 
-    def losses(self, examples: Sequence[Example]) -> np.ndarray:
-        """[n] float64 mean per-token NLL of each example's target under the current model."""
-        table = self.cache.table("losses", self.model_key())
+    def losses(self, examples: Sequence[Example], given_question: bool = True) -> np.ndarray:
+        """[n] float64 mean per-token NLL of each example's target under the current model.
+
+        ``given_question=False`` scores the same target tokens after the prompt template with the
+        question left empty (``"\nAnswer:"`` for the default template): the "direct answer score"
+        s(A) of instruction-following difficulty (Li et al. 2023), whose reference code likewise
+        keeps the template's response marker and drops only the instruction.
+        """
+        key = self.model_key() if given_question else self.model_key() + "|no-question"
+        table = self.cache.table("losses", key)
         ids = [e.id for e in examples]
         todo = _unique(examples, table.missing(ids))
         self._count("losses", len(ids), len(todo))
         if todo:
             if self.sampler is None:
                 raise CuratorError("losses need a sampler (target_logprobs); build Signals with sampler=...")
-            prompts, targets = self.fmt.pairs(todo, self.tokenizer)
+            scored = todo if given_question else [dataclasses.replace(e, question="") for e in todo]
+            prompts, targets = self.fmt.pairs(scored, self.tokenizer)
             lps = self.sampler.target_logprobs(prompts, targets)
             # an empty target has no loss; NaN lets the strategy decide (never silently 0)
             nll = np.array([-float(np.mean(lp)) if len(lp) else np.nan for lp in lps])
@@ -287,8 +296,8 @@ class RestrictedSignals:
     def embeddings(self, examples: Sequence[Example]) -> np.ndarray:
         return self._check("embeddings").embeddings(examples)
 
-    def losses(self, examples: Sequence[Example]) -> np.ndarray:
-        return self._check("losses").losses(examples)
+    def losses(self, examples: Sequence[Example], given_question: bool = True) -> np.ndarray:
+        return self._check("losses").losses(examples, given_question)
 
     def answers(self, examples: Sequence[Example], n: int | None = None) -> list[list[str | None]]:
         return self._check("answers").answers(examples, n)

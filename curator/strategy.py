@@ -44,6 +44,9 @@ BUILTINS = {
     "learnability": "strategies.learnability:Learnability",
     "s2l": "strategies.s2l:SmallToLarge",
     "routing-outliers": "strategies.routing:RoutingOutliers",
+    "ifd": "strategies.ifd:InstructionFollowingDifficulty",
+    "long-solution": "strategies.long_solution:LongestSolution",
+    "random-variants": "strategies.random_variants:RandomVariants",
 }
 for _name, _target in BUILTINS.items():
     strategies.register(_name, _target)

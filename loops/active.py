@@ -62,6 +62,9 @@ class ActiveLoop:
         # under `accelerate launch` every rank trains, measures and selects alike; one writes
         self.main = is_main_process()
         self._model_state: dict | None = None  # trainable weights carried over (continue_training)
+        hold_out = getattr(ws.source, "hold_out", None)
+        if hold_out is not None:  # a generator must never make a test question
+            hold_out(ws.test)
 
     # ---- durable state -------------------------------------------------------------------
     def round_dir(self, r: int) -> Path:
@@ -225,7 +228,7 @@ class ActiveLoop:
         new_ids: list[str] = []
         new_examples: list[Example] = []
         if r < rec.loop.rounds - 1:
-            budget = rec.loop.budget_for(r)
+            budget = rec.loop.budget_for(r, seed_size=len(self.ws.seed_ids))  # '2x' = twice the seed set
             # never offer a training or test example as a candidate (a generator can remake them)
             excluded = set(self.train_ids) | self.ws.test_ids
             pool = [e for e in self.ws.source.candidates() if e.id not in excluded]

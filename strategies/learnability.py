@@ -4,6 +4,8 @@ Score p(1 - p), where p is the fraction of n sampled answers that are correct: t
 filter of online RL for reasoning (DAPO's dynamic sampling drops p = 0 and p = 1 prompts; LILO and
 AdaRFT prefer p near 1/2). Problems the model always or never solves teach it least; p(1 - p) is
 also the variance of one sample's reward, which is what a policy gradient learns from.
+
+Generator mode: variants of the training examples with p nearest 1/2 (strategies/variants.py).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from curator.data.grading import get_grader
-from curator.strategy import SelectionContext, Strategy, check_param
+from curator.strategy import SelectionContext, check_param
+from strategies.variants import VariantsOfChosen
 
 
 def pass_rate(answers: list[str | None], reference: str, grader) -> float:
@@ -21,7 +24,7 @@ def pass_rate(answers: list[str | None], reference: str, grader) -> float:
     return sum(a is not None and bool(grader.equivalent(a, reference)) for a in answers) / len(answers)
 
 
-class Learnability(Strategy):
+class Learnability(VariantsOfChosen):
     """p(1 - p) of the sampled accuracy p: candidates solved about half the time first."""
 
     name = "learnability"

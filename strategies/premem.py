@@ -1,14 +1,16 @@
 """`premem-threshold`: the PreMemAcc curation rule (Kang et al., arXiv 2411.07681, §5).
 
 Training examples whose PreMemAcc (final checkpoint, perplexity threshold p from the context) is
-below ``threshold`` (t in the paper) are the ones the model memorised before it could solve them;
-they define the target distribution. New examples come from near them — from a fixed pool, the
-candidates nearest to them (exact inner product over L2-normalised embeddings), taken round-robin
-over the targets so that every target gets its share instead of a few dense ones absorbing the
-budget; from a generative source, new examples similar to each target, spread evenly.
+at or below ``threshold`` (t; the authors' code keeps PreMemAcc <= 0.75) are the ones the model
+memorised before it could solve them; they define the target distribution. New examples come from
+near them — from a fixed pool, the candidates nearest to them (exact inner product over
+L2-normalised embeddings), taken round-robin over the targets so that every target gets its share
+instead of a few dense ones absorbing the budget; from a generative source, variants of the
+targets drawn as Kang et al.'s loop does (strategies/variants.py: spread evenly, and a uniformly
+random k of them when there are more targets than the budget k).
 
-Fallback: when no training example is below the threshold, the ``fallback_fraction`` of training
-examples with the lowest PreMemAcc are the targets instead, and the selection note says so.
+Fallback: when no training example is at or below the threshold, the ``fallback_fraction`` of
+training examples with the lowest PreMemAcc are the targets instead, and the selection note says so.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from curator.data.example import Example
 from curator.errors import StrategyError
 from curator.strategy import SelectionContext, Strategy, check_param
+from strategies.variants import draw_variants
 
 
 def final_premem(ctx: SelectionContext) -> dict[str, float]:
@@ -37,7 +40,7 @@ def final_premem(ctx: SelectionContext) -> dict[str, float]:
 
 
 def premem_targets(ctx: SelectionContext, t: float, fallback_fraction: float) -> tuple[list[Example], dict[str, float]]:
-    """Training examples with PreMemAcc < t, lowest first (ties in rng order); see module doc."""
+    """Training examples with PreMemAcc <= t, lowest first (ties in rng order); see module doc."""
     pm = final_premem(ctx)
     train = [e for e in ctx.train if e.id in pm]
     if not train:
@@ -52,12 +55,12 @@ def premem_targets(ctx: SelectionContext, t: float, fallback_fraction: float) ->
         )
     vals = np.array([pm[e.id] for e in train])
     order = np.lexsort((ctx.rng.permutation(len(train)), vals))
-    below = [train[i] for i in order if vals[i] < t]
+    below = [train[i] for i in order if vals[i] <= t]
     if below:
         return below, pm
     n = max(1, math.ceil(fallback_fraction * len(train)))
     ctx.note(
-        f"no training example has PreMemAcc < threshold={t}; targeting the {n} with the lowest "
+        f"no training example has PreMemAcc < threshold={t} or at it; targeting the {n} with the lowest "
         f"PreMemAcc instead (fallback_fraction={fallback_fraction}, max {vals.min():.3f})"
     )
     return [train[i] for i in order[:n]], pm
@@ -160,7 +163,8 @@ class PreMemThreshold(Strategy):
     name = "premem-threshold"
     needs = frozenset({"ledger", "embeddings"})
     description = (
-        "the paper's rule: draw new examples near training examples with PreMemAcc < threshold (round-robin over them)"
+        "the paper's rule: new examples near (pool) or variants of (generator) the training examples "
+        "with PreMemAcc <= threshold, spread over them"
     )
 
     def __init__(self, threshold: float = 0.75, fallback_fraction: float = 0.1):
@@ -191,10 +195,7 @@ class PreMemThreshold(Strategy):
     def select(self, ctx: SelectionContext, k: int) -> list[str]:
         targets, pm = self.targets(ctx)
         if ctx.generative:
-            ctx.record_scores(ctx.ids, np.full(len(ctx.pool), np.nan))  # drawn anew, not from the pool
-            new, parent_of = generate_round_robin(ctx, targets, k)
-            # score = how far below the threshold the parent is (higher = take first)
-            ctx.record_scores([e.id for e in new], [1.0 - pm[parent_of[e.id]] for e in new])
-            return [e.id for e in new[:k]]
+            # score = 1 - the parent's PreMemAcc (lower PreMemAcc = take first)
+            return draw_variants(ctx, targets, k, {t.id: 1.0 - pm[t.id] for t in targets})
         ids = ctx.ids
         return [ids[i] for i in self.region(ctx, targets, k)]

@@ -9,13 +9,21 @@ example at each checkpoint of this round's run (the model being curated is its o
 Pool candidates have no trajectory yet, so each inherits the cluster of its nearest training
 example in embedding space; the budget is then spread evenly over the clusters, drawing uniformly
 within each. With no ledger (nothing trained yet) it falls back to uniform sampling and says so.
+
+Generator mode (strategies/variants.py): the training examples themselves are clustered and the
+parents are 3/4 of them (``VariantsOfChosen.parents``) drawn by the same balanced rule; the new examples are
+their variants.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from curator.strategy import SelectionContext, Strategy, check_param
+from curator.data.example import Example
+from curator.strategy import SelectionContext, check_param
+from strategies.variants import VariantsOfChosen
 
 
 def kmeans(X: np.ndarray, c: int, rng: np.random.Generator, iters: int = 50) -> np.ndarray:
@@ -58,32 +66,40 @@ def balanced_sample(groups: list[np.ndarray], k: int, rng: np.random.Generator) 
     return picks
 
 
-class SmallToLarge(Strategy):
+class SmallToLarge(VariantsOfChosen):
     """Even draws over k-means clusters of loss trajectories (ledger), pool assigned by embedding."""
 
     name = "s2l"
     needs = frozenset({"ledger", "embeddings"})
     description = (
         "SmallToLarge: k-means over training examples' loss trajectories, pool joins its "
-        "nearest trained example's cluster, budget spread evenly over clusters"
+        "nearest trained example's cluster, budget spread evenly over clusters; generator mode: "
+        "variants of 3/4 of the training set drawn evenly over the clusters"
     )
 
     def __init__(self, clusters: int = 8):
         check_param(self.name, "clusters", clusters, isinstance(clusters, int) and clusters >= 1, "an integer >= 1")
         self.clusters = clusters
 
-    def select(self, ctx: SelectionContext, k: int) -> list[str]:
-        ids = ctx.ids
-        assert ctx.signals is not None  # the loop gives a strategy the signals its `needs` declares
+    def _train_clusters(self, ctx: SelectionContext) -> tuple[list[Example], np.ndarray] | None:
+        """Training examples with a trajectory and their cluster labels; None before any ledger."""
         if ctx.ledger is None or not ctx.train:
+            return None
+        traj = ctx.ledger.pivot("target_nll")
+        train = [e for e in ctx.train if e.id in traj.index]
+        T = traj.loc[[e.id for e in train]].to_numpy(np.float64)
+        T = np.where(np.isnan(T), np.nanmean(T), T)
+        return train, kmeans(T, self.clusters, ctx.rng)
+
+    def choose(self, ctx: SelectionContext, k: int) -> list[str]:
+        ids = ctx.ids
+        clustered = self._train_clusters(ctx)
+        if clustered is None:
             ctx.note("s2l: no ledger yet (nothing trained); sampling uniformly")
             picks = list(ctx.rng.permutation(len(ids))[:k])
         else:
-            traj = ctx.ledger.pivot("target_nll")
-            train = [e for e in ctx.train if e.id in traj.index]
-            T = traj.loc[[e.id for e in train]].to_numpy(np.float64)
-            T = np.where(np.isnan(T), np.nanmean(T), T)
-            labels = kmeans(T, self.clusters, ctx.rng)
+            train, labels = clustered
+            assert ctx.signals is not None  # the loop gives a strategy the signals its `needs` declares
             X = ctx.signals.embeddings(ctx.pool)
             E = ctx.signals.embeddings(train)
             nearest = np.argmax(X @ E.T, axis=1)  # unit rows: inner product = cosine similarity
@@ -94,3 +110,19 @@ class SmallToLarge(Strategy):
         scores[picks] = np.arange(len(picks), 0, -1)  # pick order: the first pick scores highest
         ctx.record_scores(ids, scores)
         return [ids[i] for i in picks]
+
+    def choose_parents(self, ctx: SelectionContext) -> tuple[list[Example], dict[str, float]]:
+        # training examples have trajectories of their own: S2L's balanced draw runs on them
+        # directly, no embedding step
+        m = math.ceil(self.parents * len(ctx.train))
+        clustered = self._train_clusters(ctx)
+        if clustered is None:
+            ctx.note("s2l: no ledger yet (nothing trained); parents drawn uniformly")
+            train = list(ctx.train)
+            picks = [int(i) for i in ctx.rng.permutation(len(train))[:m]]
+        else:
+            train, labels = clustered
+            groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+            picks = balanced_sample(groups, min(m, len(train)), ctx.rng)
+        order = {train[i].id: float(len(picks) - r) for r, i in enumerate(picks)}
+        return [train[i] for i in picks], order

@@ -1,4 +1,7 @@
-"""`uncertainty`: disagreement among sampled answers (entropy of the extracted final answers)."""
+"""`uncertainty`: disagreement among sampled answers (entropy of the extracted final answers).
+
+Generator mode: variants of the training examples with the most disagreement (strategies/variants.py).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from curator.strategy import SelectionContext, Strategy, check_param
+from curator.strategy import SelectionContext, check_param
+from strategies.variants import VariantsOfChosen
 
 
 def answer_entropy(answers: Sequence[str | None]) -> float:
@@ -20,7 +24,7 @@ def answer_entropy(answers: Sequence[str | None]) -> float:
     return float(-sum(c / n * math.log(c / n) for c in counts.values()))
 
 
-class AnswerEntropy(Strategy):
+class AnswerEntropy(VariantsOfChosen):
     """Entropy of the final answers over n sampled completions per candidate."""
 
     name = "uncertainty"

@@ -399,6 +399,10 @@ def test_every_builtin_runs_on_real_signals_and_a_generator_source():
         if name.startswith("premem"):
             # generated anew, similar to the one low-PreMemAcc example
             assert all(x.meta.get("parent_id") == train[1].id for x in sel.examples), name
+        elif name in ("loss", "uncertainty"):
+            # generator mode: variants of the top-scored 3/4 of the training set (strategies/variants.py)
+            assert not set(sel.ids) & {p.id for p in pool}, name
+            assert all(x.meta.get("parent_id") in {t.id for t in train} for x in sel.examples), name
         else:
             assert set(sel.ids) <= {p.id for p in pool}, name
     # the pool was embedded once (embedding-diversity); premem-diverse embedded only new examples
