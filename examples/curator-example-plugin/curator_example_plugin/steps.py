@@ -20,8 +20,13 @@ class MostSteps(Strategy):
     description = "candidates with the most reasoning steps in their reference solution first"
 
     def __init__(self, max_steps: int = 0):
-        check_param(self.name, "max_steps", max_steps, isinstance(max_steps, int) and max_steps >= 0,
-                    "an integer >= 0 (0 = no cap)")
+        check_param(
+            self.name,
+            "max_steps",
+            max_steps,
+            isinstance(max_steps, int) and max_steps >= 0,
+            "an integer >= 0 (0 = no cap)",
+        )
         self.max_steps = max_steps
 
     def score(self, ctx: SelectionContext) -> np.ndarray:
