@@ -8,8 +8,7 @@ a name is first used::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from curator.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -53,13 +52,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'curator' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

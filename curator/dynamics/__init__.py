@@ -6,8 +6,7 @@ Names are loaded on first use, so that importing one light module of this packag
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from curator.lazy import lazy_exports
 
 _EXPORTS = {
     "LEDGER_COLUMNS": "curator.dynamics.ledger",
@@ -43,13 +42,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'curator.dynamics' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
