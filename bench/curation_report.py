@@ -15,14 +15,9 @@ seed (a cache) but counts for every strategy: each row is the compute of the run
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
-
-
-def _strategy_dirs(seed_dir: Path) -> list[Path]:
-    return sorted(p for p in seed_dir.iterdir() if (p / "run.json").exists())
 
 
 def collect(run_dir: Path, pool_spec: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -30,21 +25,20 @@ def collect(run_dir: Path, pool_spec: str | None = None) -> tuple[pd.DataFrame, 
     import yaml
 
     from curator.data.loaders import load_examples
-    from curator.rounds import RoundStore
-    from curator.tracking.compare import seed_dirs
+    from curator.drivers.organism_report import selected_skills
+    from curator.rounds import LEDGER, RoundStore, resolved_recipe_file, seed_dirs, strategy_dirs
 
     seeds = seed_dirs(run_dir) or [run_dir]
-    recipe = yaml.safe_load((seeds[0] / "curator-run.yaml").read_text())
+    recipe_file = resolved_recipe_file(seeds[0])
+    if recipe_file is None:
+        raise SystemExit(f"{seeds[0]}: not a `curate run` directory")
+    recipe = yaml.safe_load(recipe_file.read_text())
     epochs = int(recipe["training"]["epochs"])
     pool = load_examples(pool_spec or recipe["data"]["pool"])
-    skill_of = {e.id: (e.meta or {}).get("skill", "?") for e in pool}
-    skills: dict[str, dict[str, int]] = {}
     compute: dict[str, dict[str, float]] = {}
     for d in seeds:
-        seed_ids = set(json.loads((d / "seed_ids.json").read_text()))
-        for sdir in _strategy_dirs(d):
+        for sdir in strategy_dirs(d):
             store = RoundStore(sdir)
-            done = [r for r in range(100) if store.is_done(r)]
             c = compute.setdefault(
                 sdir.name,
                 {
@@ -56,28 +50,15 @@ def collect(run_dir: Path, pool_spec: str | None = None) -> tuple[pd.DataFrame, 
                 },
             )
             c["seeds"] += 1
-            for r in done:
-                for e in store.new_examples(r):
-                    skill_of[e.id] = (e.meta or {}).get("skill", "?")
-                led = pd.read_parquet(store.round_dir(r) / "ledger.parquet")
+            for r in store.finished():
+                led = pd.read_parquet(store.round_dir(r) / LEDGER)
                 per_example = led.groupby("example_id")["target_tokens"].max()
                 c["target_tokens_trained"] += int(epochs * per_example.sum())
                 c["dynamics_completions"] += int(led["n_samples"].sum())
                 m = store.metrics(r)
                 c["train_seconds"] += float(m.get("train_seconds", 0.0))
                 c["select_seconds"] += float(m.get("select_seconds", 0.0))
-            if len(done) < 2:
-                continue
-            # the last finished round trained on everything selected before it
-            trained = set(store.next_train_ids(done[-2]))
-            counts = skills.setdefault(sdir.name, {})
-            for i in trained - seed_ids:
-                counts[skill_of.get(i, "?")] = counts.get(skill_of.get(i, "?"), 0) + 1
-    table = pd.DataFrame(skills).T.fillna(0)
-    n = table.sum(axis=1)
-    table = table.div(n, axis=0).round(3)
-    table["n"] = n.astype(int)
-    return table.sort_index(), pd.DataFrame(compute).T.sort_index()
+    return selected_skills(run_dir, pool), pd.DataFrame(compute).T.sort_index()
 
 
 def markdown(df: pd.DataFrame, digits: int = 3) -> str:

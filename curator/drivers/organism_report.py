@@ -55,7 +55,8 @@ def selected_skills(run_dir: Any, pool: Any) -> Any:
 
     Args:
         run_dir: a `curate run` output directory.
-        pool: the pool's Examples (their ``meta["skill"]`` is read).
+        pool: the pool's Examples (their ``meta["skill"]`` is read; examples a generator made are
+            read from each round's ``new_examples``).
 
     Returns:
         A DataFrame: one row per strategy, one column per skill (shares summing to 1), plus ``n``.
@@ -72,6 +73,8 @@ def selected_skills(run_dir: Any, pool: Any) -> Any:
             # the last finished round trained on what the round before it chose: everything
             # selected so far that has also been trained on
             trained = set(store.next_train_ids(done[-2]))
+            for r in done:  # generator mode: made examples carry their own skill
+                skill_of.update((e.id, (e.meta or {}).get("skill", "?")) for e in store.new_examples(r))
             c = counts.setdefault(sdir.name, {})
             for i in trained - seed_ids:
                 c[skill_of.get(i, "?")] = c.get(skill_of.get(i, "?"), 0) + 1
