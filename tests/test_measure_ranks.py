@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from launching import launch_cmd
 
 N_EXAMPLES = 8
 K = 2
@@ -106,28 +105,7 @@ def _launch(n: int, tmp: Path, mode: str, args: list[str]) -> subprocess.Complet
     if not script.exists():
         script.write_text(SCRIPT)
         (tmp / "evenlen.py").write_text(GRADER)
-    if n == 1:
-        cmd = [sys.executable, str(script)]
-    else:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [
-            os.path.join(os.path.dirname(sys.executable), "accelerate"),
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            str(n),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(port),
-            str(script),
-        ]
+    cmd = launch_cmd(n, [str(script)])
     path = os.pathsep.join([str(tmp), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", CURATOR_QUIET="1", PYTHONPATH=path)
     proc = subprocess.run(

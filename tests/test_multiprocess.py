@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from launching import launch_cmd
 
 RECIPE = {
     "name": "mp",
@@ -49,29 +50,7 @@ def _env():
 
 
 def _launch(n: int, args: list[str]) -> list[str]:
-    if n == 1:
-        return [sys.executable, "-m", "curator.cli.main", *args]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return [
-        os.path.join(os.path.dirname(sys.executable), "accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(n),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(port),
-        "-m",
-        "curator.cli.main",
-        *args,
-    ]
+    return launch_cmd(n, ["-m", "curator.cli.main", *args])
 
 
 def _run(tmp_path: Path, n: int, batch_size: int) -> Path:
