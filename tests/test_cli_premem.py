@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from launching import launch_cmd
 
 from curator.cli.main import cli
 from curator.dynamics.ledger import Ledger, read_ledger
@@ -217,9 +218,7 @@ def test_premem_under_two_process_accelerate_launch(tmp_path):
     final PreMemAcc as lazy tracking of the same (seeded) run."""
     import json
     import os
-    import socket
     import subprocess
-    import sys
 
     from curator.dynamics.metrics import premem_acc
 
@@ -235,49 +234,36 @@ def test_premem_under_two_process_accelerate_launch(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", CURATOR_QUIET="1")
     ledgers = {}
     for mode in ("lazy", "defer"):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         out = tmp_path / mode
-        cmd = [
-            os.path.join(os.path.dirname(sys.executable), "accelerate"),
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(port),
-            "-m",
-            "curator.cli.main",
-            "premem",
-            "--model",
-            "tiny-random",
-            "--data",
-            str(data),
-            "--epochs",
-            "6",
-            "--lr",
-            "3e-3",
-            "--batch-size",
-            "1",
-            "--samples",
-            "3",
-            "--temperature",
-            "0",
-            "--max-new-tokens",
-            "24",
-            "--p",
-            "1.3",
-            "--out",
-            str(out),
-            "--quiet",
-        ]
+        cmd = launch_cmd(
+            2,
+            [
+                "-m",
+                "curator.cli.main",
+                "premem",
+                "--model",
+                "tiny-random",
+                "--data",
+                str(data),
+                "--epochs",
+                "6",
+                "--lr",
+                "3e-3",
+                "--batch-size",
+                "1",
+                "--samples",
+                "3",
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "24",
+                "--p",
+                "1.3",
+                "--out",
+                str(out),
+                "--quiet",
+            ],
+        )
         proc = subprocess.run(
             cmd + (["--defer"] if mode == "defer" else []),
             env=env,

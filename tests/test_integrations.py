@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from launching import launch_cmd
 
 from curator.data.format import PromptFormat
 from curator.data.loaders import load_examples
@@ -446,33 +447,18 @@ json.dump({"world": trainer.args.world_size, "ledger": cb.ledger.df.to_json(), "
 @pytest.mark.slow
 def test_two_process_ddp_run_measures_on_every_rank_and_only_the_main_one_writes(tmp_path):
     import os
-    import socket
     import subprocess
-    import sys
 
     script = tmp_path / "ddp_callback.py"
     script.write_text(DDP_SCRIPT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [
-        os.path.join(os.path.dirname(sys.executable), "accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(port),
-        str(script),
-        str(tmp_path / "out"),
-    ]
+    cmd = launch_cmd(
+        2,
+        [
+            str(script),
+            str(tmp_path / "out"),
+        ],
+    )
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = [json.loads((tmp_path / "out" / f"report-{r}.json").read_text()) for r in (0, 1)]

@@ -3,12 +3,12 @@
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
+from launching import launch_cmd
 
 from curator.data.example import Example
 from curator.data.format import PromptFormat, encode_pair
@@ -420,12 +420,6 @@ def test_no_trainable_parameters_is_an_error():
 # -- several processes ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_accelerate_launch_on_cpu(tmp_path):
     """2 processes, gloo: both ranks train, checkpoints are written, and the run equals one
@@ -451,29 +445,19 @@ def test_two_process_accelerate_launch_on_cpu(tmp_path):
         "--no-progress",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [
-        os.path.join(os.path.dirname(sys.executable), "accelerate"),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        "-m",
-        "curator.training.launch",
-        *common,
-        "--grad-accum",
-        "2",
-        "--save-checkpoints",
-        "--output-dir",
-        str(out),
-    ]
+    cmd = launch_cmd(
+        2,
+        [
+            "-m",
+            "curator.training.launch",
+            *common,
+            "--grad-accum",
+            "2",
+            "--save-checkpoints",
+            "--output-dir",
+            str(out),
+        ],
+    )
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in (0, 1)]
