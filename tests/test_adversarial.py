@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from launching import tiny_recipe
 
 from curator.cli.main import main
 
@@ -864,22 +865,7 @@ def test_os_errors_on_the_users_paths_are_one_line(err, words):
 # ---- MLflow (issue 22 item 3): one store and one experiment per multi-seed run, read back with
 # MLflow's own client at the URI the README's `mlflow ui --backend-store-uri` command names
 
-SEEDS_RECIPE = {
-    "name": "adv-seeds",
-    "seeds": [3, 4],
-    "model": {"name": "tiny-random", "lora": None},
-    "data": {
-        "pool": "synthetic:easy?n=30&seed=1",
-        "test": "synthetic:easy?n=6&seed=2",
-        "seed_size": 4,
-        "grader": "gsm8k",
-    },
-    "training": {"epochs": 1, "learning_rate": 0.003, "batch_size": 4, "max_length": 512},
-    "dynamics": {"samples": 2, "max_new_tokens": 8, "batch_size": 16},
-    "evaluation": {"max_new_tokens": 8},
-    "loop": {"rounds": 2, "budget": 4},
-    "strategies": [{"name": "iid"}],
-}
+SEEDS_RECIPE = tiny_recipe(name="adv-seeds", seeds=[3, 4])
 
 
 def _store_contents(uri: str, experiment: str):

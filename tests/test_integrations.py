@@ -174,7 +174,7 @@ def _adapter_run(tmp_path, examples, one_thread):
     for i in (1, 2):
         with torch.no_grad():  # stand-in for training: move the adapter weights
             g = torch.Generator().manual_seed(i)
-            for n, p in model.named_parameters():
+            for _name, p in model.named_parameters():
                 if p.requires_grad:
                     p.add_(0.05 * torch.randn(p.shape, generator=g))
         path = tmp_path / "lora" / f"checkpoint-{10 * i}"

@@ -19,24 +19,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from launching import launch_cmd
+from launching import launch_cmd, tiny_recipe
 
-RECIPE = {
-    "name": "mp",
-    "seed": 3,
-    "model": {"name": "tiny-random", "lora": None},
-    "data": {
-        "pool": "synthetic:easy?n=30&seed=1",
-        "test": "synthetic:easy?n=6&seed=2",
-        "seed_size": 6,
-        "grader": "gsm8k",
-    },
-    "training": {"epochs": 2, "learning_rate": 0.003, "batch_size": 2, "max_length": 512},
-    "dynamics": {"samples": 2, "max_new_tokens": 10, "batch_size": 16},
-    "evaluation": {"max_new_tokens": 10},
-    "loop": {"rounds": 2, "budget": 4},
-    "strategies": [{"name": "loss"}],
-}
+RECIPE = tiny_recipe(
+    name="mp",
+    seed=3,
+    data={"seed_size": 6},
+    training={"epochs": 2, "batch_size": 2},
+    dynamics={"max_new_tokens": 10},
+    evaluation={"max_new_tokens": 10},
+    strategies=[{"name": "loss"}],
+)
 
 
 def _env():

@@ -170,7 +170,10 @@ def test_tiny_top_p_is_greedy(tiny):
 
 def test_choose_inverse_cdf_with_top_p():
     logits = torch.log(torch.tensor([[0.2, 0.5, 0.3]]))
-    pick = lambda u, top_p: int(_choose(logits, torch.tensor([u], dtype=torch.float64), 1.0, top_p))
+
+    def pick(u, top_p):
+        return int(_choose(logits, torch.tensor([u], dtype=torch.float64), 1.0, top_p))
+
     # top_p 0.7 keeps {1: 0.5, 2: 0.3} -> renormalised CDF 0.625, 1.0
     assert pick(0.0, 0.7) == 1 and pick(0.62, 0.7) == 1 and pick(0.63, 0.7) == 2 and pick(0.999, 0.7) == 2
     # top_p 1 keeps all, CDF in vocabulary order: 0.2, 0.7, 1.0
