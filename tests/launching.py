@@ -1,14 +1,15 @@
-"""What the tests launch: the command for N CPU processes (gloo) and the tiny recipe the end-to-end
-tests run."""
+"""What the tests share: the command for N CPU processes (gloo), the tiny recipe the end-to-end
+tests run, and transformers' own greedy decoding (the reference curator's samplers must match)."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
+from curator.data.format import encode_prompt
 from curator.distributed import launch_cmd
 
-__all__ = ["launch_cmd", "tiny_recipe"]
+__all__ = ["greedy_ids", "launch_cmd", "tiny_recipe"]
 
 # the smallest recipe a run finishes in seconds on a CPU: tiny model, easy synthetic data, two
 # rounds; each test changes what it is about with `tiny_recipe(section={...})`
@@ -38,3 +39,18 @@ def tiny_recipe(**changes: Any) -> dict[str, Any]:
         else:
             recipe[key] = value
     return recipe
+
+
+def greedy_ids(loaded: Any, prompt: str, k: int = 12) -> list[int]:
+    """The `k` token ids ``loaded.model.generate`` decodes greedily after `prompt`."""
+    import torch  # only the tests that decode pay for it
+
+    ids = torch.tensor([encode_prompt(loaded.tokenizer, prompt)])
+    out = loaded.model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=k,
+        pad_token_id=loaded.tokenizer.pad_token_id,
+    )
+    return out[0, ids.shape[1] :].tolist()

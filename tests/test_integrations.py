@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from evenlen import EvenLength
 from launching import launch_cmd
 
 from curator.data.format import PromptFormat
@@ -19,22 +20,6 @@ from curator.sampling.base import SamplingParams
 DATA = "synthetic:easy?n=8&seed=0"
 PARAMS = SamplingParams(max_new_tokens=12, seed=5)  # the paper's T=0.8 / top_p=0.95
 K = 3
-
-
-class EvenLength:
-    """A planted grader: a completion is "correct" when its length is even. The tiny model never
-    solves a problem; this gives nonzero counts whose equality checks the samples themselves."""
-
-    name = "even-length"
-
-    def extract(self, completion):
-        return completion
-
-    def equivalent(self, pred, ref):
-        return len(pred) % 2 == 0
-
-    def is_correct(self, completion, ref_answer):
-        return len(completion) % 2 == 0
 
 
 @pytest.fixture

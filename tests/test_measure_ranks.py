@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -85,26 +86,12 @@ else:
 save()
 """.replace("@N@", str(N_EXAMPLES)).replace("@K@", str(K))
 
-GRADER = """
-class EvenLength:
-    name = "even-length"
-
-    def extract(self, completion):
-        return completion
-
-    def equivalent(self, pred, ref):
-        return len(pred) % 2 == 0
-
-    def is_correct(self, completion, ref_answer):
-        return len(completion) % 2 == 0
-"""
-
 
 def _launch(n: int, tmp: Path, mode: str, args: list[str]) -> subprocess.CompletedProcess:
     script = tmp / "measure_ranks.py"
     if not script.exists():
         script.write_text(SCRIPT)
-        (tmp / "evenlen.py").write_text(GRADER)
+        shutil.copy(Path(__file__).with_name("evenlen.py"), tmp)
     cmd = launch_cmd(n, [str(script)])
     path = os.pathsep.join([str(tmp), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", CURATOR_QUIET="1", PYTHONPATH=path)

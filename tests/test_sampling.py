@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from launching import greedy_ids
 
 from curator.data.format import encode_pair, encode_prompt
 from curator.errors import ConfigError, CuratorError, MissingExtraError
@@ -38,15 +39,7 @@ def sampler(tiny, **kw) -> HFSampler:
 
 
 def hf_greedy(tiny, prompt: str, k: int) -> str:
-    ids = torch.tensor([encode_prompt(tiny.tokenizer, prompt)])
-    out = tiny.model.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        do_sample=False,
-        max_new_tokens=k,
-        pad_token_id=tiny.tokenizer.pad_token_id,
-    )
-    return tiny.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    return tiny.tokenizer.decode(greedy_ids(tiny, prompt, k), skip_special_tokens=True)
 
 
 def test_is_a_sampler(tiny):
