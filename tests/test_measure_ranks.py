@@ -60,6 +60,7 @@ HFSampler.generate, HFSampler.target_logprobs, Ledger.to_parquet = generate, tar
 if mode == "callback":
     from trl import SFTConfig, SFTTrainer
     from curator.data.loaders import load_examples
+    from curator.dynamics.settings import MeasureSettings
     from curator.export import trl_dataset
     from curator.integrations import PreMemCallback
     from curator.models import load_model
@@ -73,8 +74,8 @@ if mode == "callback":
                     save_strategy="epoch", save_only_model=True, logging_steps=1, report_to=[], use_cpu=True,
                     seed=0, max_length=256, disable_tqdm=True, bf16=False)
     trainer = SFTTrainer(model=lm.model, args=cfg, train_dataset=trl_dataset(examples), processing_class=lm.tokenizer)
-    PreMemCallback(examples, grader=EvenLength(), k=@K@, params=SamplingParams(max_new_tokens=8, seed=5),
-                   p=50.0, lazy=False, progress=False).attach(trainer)
+    measure = MeasureSettings(k=@K@, params=SamplingParams(max_new_tokens=8, seed=5), p=50.0, lazy=False)
+    PreMemCallback(examples, grader=EvenLength(), measure=measure, progress=False).attach(trainer)
     trainer.train()
 else:
     from curator.cli.main import main
