@@ -878,6 +878,25 @@ def _store_contents(uri: str, experiment: str):
     return exps, exp, runs
 
 
+def test_the_readme_mlflow_command_names_the_store_the_demo_writes(tmp_path, monkeypatch):
+    """The README's `mlflow ui --backend-store-uri ...` command, as written, is the one store the
+    multi-seed demo writes (`curate run demo` from the checkout: every seed logs there, into one
+    experiment named after the recipe); the test below reads such a store back with MLflow's client."""
+    import re
+
+    from curator.recipes import load_recipe
+    from curator.tracking.mlflow_store import default_tracking_uri
+
+    root = Path(__file__).resolve().parents[1]
+    commands = re.findall(r"^mlflow ui --backend-store-uri (\S+)$", (root / "README.md").read_text(), flags=re.M)
+    assert len(commands) == 1, commands
+    demo = load_recipe(root / "recipes" / "demo.yaml")
+    assert demo.seeds and len(demo.seeds) > 1 and demo.tracking.uri is None  # multi-seed, the default store
+    monkeypatch.chdir(tmp_path)  # $PWD: where `curate run demo` runs
+    assert commands[0].replace("$PWD", str(tmp_path)) == default_tracking_uri(demo.run_dir.resolve())
+    assert demo.experiment == "demo"
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_multi_seed_run_is_one_mlflow_experiment_the_readme_command_opens(tmp_path):
