@@ -365,6 +365,7 @@ CASES = [
         ["curator-run.yaml", "mapping"],
     ),
     ("premem-seed-negative", lambda d: ["premem", "--seed", "-1"], ["--seed", "-1"]),
+    ("measure-seed-negative", lambda d: ["measure", str(d), "--data", "synthetic", "--seed", "-1"], ["--seed", "-1"]),
     (
         "robustness-format-wrong-type",
         lambda d: _robustness(d, '{"p": 1.2, "format": "gsm8k"}'),

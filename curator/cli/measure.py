@@ -8,6 +8,7 @@ import click
 
 from curator import distributed
 from curator.cli.ledger import render_summary
+from curator.cli.options import SEED
 from curator.cli.premem import DYNAMICS_FLAGS, DYNAMICS_OPTIONS, load_training_data, settings_options
 from curator.data.format import PromptFormat
 from curator.dynamics.settings import DynamicsSettings, MeasureSettings
@@ -44,7 +45,7 @@ from curator.sampling.base import SamplingParams
     help="The training step of a single model directory (0: the untrained model; a plain model "
     "directory without trainer state is step 0 anyway).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--seed", type=int, default=0, show_default=True, callback=SEED, help="Sampling seed.")
 @click.option("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on capable CUDA, else fp32).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available).")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default="runs/measure/ledger.parquet", show_default=True)
