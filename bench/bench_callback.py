@@ -47,6 +47,7 @@ def main() -> None:
     from trl import SFTConfig, SFTTrainer
 
     from curator.data.loaders import load_examples
+    from curator.dynamics.settings import MeasureSettings
     from curator.export import trl_dataset
     from curator.integrations import PreMemCallback
     from curator.measure import measure_checkpoints
@@ -77,7 +78,9 @@ def main() -> None:
         )
         trainer = SFTTrainer(model=lm.model, args=cfg, train_dataset=ds, processing_class=lm.tokenizer)
         cb = (
-            PreMemCallback(examples, k=args.k, params=params, progress=False).attach(trainer) if with_callback else None
+            PreMemCallback(examples, measure=MeasureSettings(k=args.k, params=params), progress=False).attach(trainer)
+            if with_callback
+            else None
         )
         t0 = time.perf_counter()
         trainer.train()
@@ -96,7 +99,9 @@ def main() -> None:
                 times[with_cb], c = train(out, with_cb)
                 cb = c or cb
             t0 = time.perf_counter()
-            ledger = measure_checkpoints([root / f"r{rep}-plain"], examples, k=args.k, params=params, progress=False)
+            ledger = measure_checkpoints(
+                [root / f"r{rep}-plain"], examples, measure=MeasureSettings(k=args.k, params=params), progress=False
+            )
             t_measure = time.perf_counter() - t0
             pd.testing.assert_frame_equal(ledger.df, cb.ledger.df)
             rows.append(

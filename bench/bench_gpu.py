@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from curator.distributed import launch_cmd
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -64,12 +66,7 @@ def loop_recipe(out: Path, smoke: bool) -> dict:
 
 def sampler_section(smoke: bool) -> None:
     import torch
-    from bench_sampler import (
-        NOMINAL_HBM,
-        build_prompts,
-        decode_bytes,
-        measured_bandwidth,
-    )
+    from bench_sampler import build_prompts, decode_bytes, describe_device
 
     from curator.models import load_model
     from curator.sampling import HFSampler, SamplingParams
@@ -81,13 +78,7 @@ def sampler_section(smoke: bool) -> None:
         name = "cpu"
     else:
         lm = load_model("smollm2-135m-instruct", device="cuda", dtype="bfloat16")
-        name = torch.cuda.get_device_name()
-        nominal = next((v for k, v in NOMINAL_HBM.items() if k in name), None)
-        bw = measured_bandwidth()
-        print(
-            f"device: {name}; copy bandwidth {bw / 1e12:.2f} TB/s"
-            + (f", nominal HBM {nominal / 1e12:.2f} TB/s" if nominal else "")
-        )
+        name, nominal, bw = describe_device()
     prompts = build_prompts(16 if smoke else 256)
     n, max_new, batch = (2, 16, 32) if smoke else (4, 128, 512)
     # no stop string: every row decodes max_new tokens, so the row count (and the bound) is exact
@@ -125,32 +116,9 @@ def run_loop(recipe: dict, processes: int, devices: int) -> tuple[float, list[di
     path.write_text(yaml.safe_dump(recipe))
     env = dict(os.environ, CURATOR_QUIET="1", TOKENIZERS_PARALLELISM="false")
     args = ["-m", "curator.cli.main", "run", str(path), "--quiet"]
-    if processes == 1:
-        cmd = [sys.executable, *args]
-    else:
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        cmd = [
-            os.path.join(os.path.dirname(sys.executable), "accelerate"),
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            str(processes),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(port),
-            *args,
-        ]
-        if devices == 0:
-            env["OMP_NUM_THREADS"] = "1"
+    cmd = launch_cmd(processes, args)
+    if processes > 1 and devices == 0:
+        env["OMP_NUM_THREADS"] = "1"
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     sec = time.perf_counter() - t0

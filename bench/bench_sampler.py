@@ -155,6 +155,21 @@ def measured_bandwidth() -> float:
     return 2 * x.numel() * reps / (time.perf_counter() - t0)
 
 
+def describe_device() -> tuple[str, float | None, float]:
+    """The GPU's name, its nominal HBM bandwidth (None when not in `NOMINAL_HBM`) and its measured
+    copy bandwidth, printed as one line."""
+    import torch
+
+    name = torch.cuda.get_device_name()
+    nominal = next((v for k, v in NOMINAL_HBM.items() if k in name), None)
+    bw = measured_bandwidth()
+    print(
+        f"device: {name}; copy bandwidth {bw / 1e12:.2f} TB/s"
+        + (f", nominal HBM {nominal / 1e12:.2f} TB/s" if nominal else "")
+    )
+    return name, nominal, bw
+
+
 def decode_bytes(model, rows: int, mean_context: float) -> tuple[int, float]:
     """Bytes one decode step must read: every weight once (the input embedding only for the rows'
     tokens) and, per row, its KV cache."""
@@ -177,13 +192,7 @@ def gpu_report(args) -> None:
 
     if not torch.cuda.is_available():
         raise SystemExit("--gpu needs a CUDA device; none is available here")
-    name = torch.cuda.get_device_name()
-    nominal = next((v for k, v in NOMINAL_HBM.items() if k in name), None)
-    bw = measured_bandwidth()
-    print(
-        f"device: {name}; copy bandwidth {bw / 1e12:.2f} TB/s"
-        + (f", nominal HBM {nominal / 1e12:.2f} TB/s" if nominal else "")
-    )
+    name, nominal, bw = describe_device()
     smol = load_model("smollm2-135m-instruct", device="cuda", dtype="bfloat16")
     prompts = build_prompts(args.prompts, args.seed)
     for label, model in (("smollm2-135m", smol.model), ("llama-1b-random", None)):

@@ -185,7 +185,8 @@ def main() -> None:
         f"select {a.k:,} of {a.n:,} candidates, dim {a.dim}, train {a.train:,}; {faiss.omp_get_max_threads()} threads"
     )
     print(
-        f"{'strategy':22s} {'wall s':>8s} {'cpu s':>7s} {'peak RSS GiB':>13s} {'numpy s':>9s} {'ratio':>7s}  numpy baseline"
+        f"{'strategy':22s} {'wall s':>8s} {'cpu s':>7s} {'peak RSS GiB':>13s} {'numpy s':>9s} {'ratio':>7s}"
+        "  numpy baseline"
     )
     for name in a.strategies.split(","):
         argv = [sys.executable, __file__, "--one", name] + [

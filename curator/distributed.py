@@ -14,6 +14,8 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -167,3 +169,31 @@ def check_same_on_every_rank(obj: Any, what: str) -> None:
             f"the processes of this launch disagree on the {what} (ranks {odd} differ from "
             "rank 0); launch every rank with the same command, recipe file and --set values"
         )
+
+
+def launch_cmd(n: int, target: list[str]) -> list[str]:
+    """The command line that runs ``target`` (``[script.py, ...]`` or ``["-m", module, ...]``) in
+    ``n`` processes under ``accelerate launch`` on this machine (the tests' gloo runs, the GPU
+    bench); ``n == 1`` runs it in this interpreter without a launcher."""
+    if n == 1:
+        return [sys.executable, *target]
+    with socket.socket() as s:  # a free port for the rendezvous, so parallel launches never collide
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    return [
+        launcher,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(n),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        *target,
+    ]

@@ -34,7 +34,7 @@ from curator.errors import ConfigError, CuratorError, DataError, require
 from curator.measurement import CheckpointMeasurer
 from curator.models import load_model
 from curator.models.loading import LoadedModel, resolve_dtype
-from curator.sampling import make_sampler
+from curator.sampling.providers import make_provider
 from curator.training.sft import CheckpointInfo
 
 __all__ = [
@@ -319,37 +319,36 @@ def _has_tokenizer(path: Path) -> bool:
 
 
 def measure_checkpoints(
-    paths: Sequence[str | os.PathLike],
+    checkpoints: Sequence[str | os.PathLike | Checkpoint],
     examples: Sequence[Example],
     *,
-    base: str | None = None,
+    measure: MeasureSettings | None = None,
     fmt: PromptFormat | None = None,
     grader: Any = "auto",
-    k: int = 5,
-    params: Any = None,
-    p: float = 1.105,
-    lazy: bool = True,
-    backend: str = "hf",
+    loader: CheckpointLoader | None = None,
+    backend: str | Callable[[Any], Any] = "hf",
     batch_size: int = 32,
-    dtype: Any = None,
-    device: str | None = None,
     out: str | os.PathLike | None = None,
     progress: bool = True,
-    sampler_factory: Callable[[Any], Any] | None = None,
-    step: int | None = None,
 ):
     """The dynamics ledger of ``examples`` over saved checkpoints (see the module docstring).
 
     Args:
-        paths: checkpoint directories and/or run directories with ``checkpoint-*`` subdirectories.
-        base: the base model for peft adapter checkpoints (default: the one the adapter records);
-            for full checkpoints saved without a tokenizer, where to take the tokenizer from.
-        backend: ``hf`` or ``vllm`` (any registered sampler backend).
+        checkpoints: checkpoint directories and/or run directories with ``checkpoint-*``
+            subdirectories, or `Checkpoint`s (`find_checkpoints`; ``step=`` there gives a plain
+            model directory its step).
+        measure: the tracker's `MeasureSettings` (samples per cell, sampling, threshold, lazy);
+            default ``MeasureSettings()``.
+        loader: how checkpoints load (`CheckpointLoader`: the base model of peft adapters, or the
+            tokenizer's source for full checkpoints saved without one; dtype; device). Under a
+            launch with several processes on a GPU machine, a loader naming no device puts each
+            rank on its own GPU.
+        backend: ``hf`` or ``vllm`` (any registered sampler backend; one sampler provider serves
+            every checkpoint, so vLLM builds one engine and loads each checkpoint's weights into
+            it), or ``f(loaded_model) -> Sampler``.
         batch_size: prompts per sampler batch (``hf``); keep it equal to the training-time
             measurement's to reproduce its ledger bit for bit.
         out: write the ledger there (Parquet, atomically; the main process of a launch only).
-        sampler_factory: ``f(loaded_model) -> Sampler``, overriding ``backend``.
-        step: the step of a single model directory (0: the untrained model).
 
     Under ``accelerate launch`` every process loads each checkpoint and samples its share of the
     examples (`CheckpointMeasurer`); every process returns the one-process ledger.
@@ -361,30 +360,39 @@ def measure_checkpoints(
         DataError / ConfigError: no checkpoints, unreadable checkpoints, bad settings, adapters that
             do not fit the base model — all before anything is written.
     """
-
-    problems = check_premem_settings(len(examples), k, p)
+    settings = measure or MeasureSettings()
+    problems = check_premem_settings(len(examples), settings.k, settings.p)
     if problems:  # before any checkpoint loads
         raise ConfigError(problems)
     fmt = fmt or PromptFormat()
     grader = get_grader(grader) if isinstance(grader, str) else grader
-    ckpts = find_checkpoints(paths, step=step)
+    ckpts = _as_checkpoints(checkpoints)
     distributed.init_launch()  # under accelerate launch: the process group the ranks share work over
-    loader = CheckpointLoader(base, dtype=dtype, device=_launch_device(device))
-    provider = _LoadedProvider(sampler_factory or _backend_sampler(backend, batch_size))
-    settings = MeasureSettings(k=k, params=params, p=p, lazy=lazy)
-    measurer = _measure_each(ckpts, loader, provider, list(examples), fmt, grader, settings, progress)
+    loader = loader or CheckpointLoader()
+    loader.device = _launch_device(loader.device)
+    measurer = _measure_each(
+        ckpts, loader, _ProviderChoice(backend, batch_size), list(examples), fmt, grader, settings, progress
+    )
     ledger = measurer.ledger(
-        source="curate measure", checkpoints=[str(c.path) for c in ckpts], model=str(base or ckpts[-1].path)
+        source="curate measure", checkpoints=[str(c.path) for c in ckpts], model=str(loader.base_spec or ckpts[-1].path)
     )
     if out is not None:
         measurer.write_ledger(out, ledger)
     return ledger
 
 
+def _as_checkpoints(checkpoints: Sequence[str | os.PathLike | Checkpoint]) -> list[Checkpoint]:
+    records = [c for c in checkpoints if isinstance(c, Checkpoint)]
+    paths = [c for c in checkpoints if not isinstance(c, Checkpoint)]
+    if records and paths:
+        raise ConfigError("give checkpoint paths or Checkpoint records (find_checkpoints), not a mix")
+    return sorted(records, key=lambda c: c.step) if records else find_checkpoints(paths)
+
+
 def _measure_each(
     ckpts: list[Checkpoint],
     loader: CheckpointLoader,
-    provider: _LoadedProvider,
+    choice: _ProviderChoice,
     examples: list[Example],
     fmt: PromptFormat,
     grader: Any,
@@ -398,14 +406,14 @@ def _measure_each(
         bar = progress_bar(total=len(ckpts), desc="measure", unit="checkpoint")
     try:
         for index, ckpt in enumerate(ckpts, 1):
-            loaded = provider.loaded = loader.load(ckpt)
-            if measurer is None:  # the tokenizer is needed for chat-template prompts
+            loaded = choice.loaded = loader.load(ckpt)
+            if measurer is None:  # the first checkpoint: its tokenizer (chat-template prompts), its weights (vLLM)
                 measurer = CheckpointMeasurer(
                     examples,
                     fmt,
                     grader,
                     settings,
-                    provider,
+                    choice.provider(loaded, lora=ckpt.adapter),
                     len(ckpts),
                     tokenizer=loaded.tokenizer,
                     progress=progress and distributed.is_main_process(),
@@ -417,34 +425,35 @@ def _measure_each(
     finally:
         if bar is not None:
             bar.close()
+        if measurer is not None:
+            measurer.provider.close()
     assert measurer is not None  # find_checkpoints refuses a directory without checkpoints
     return measurer
 
 
-class _LoadedProvider:
-    """The sampler provider of `measure_checkpoints`: ``factory(loaded)`` over the checkpoint
+class _ProviderChoice:
+    """The sampler provider of `measure_checkpoints`, built from the first checkpoint loaded: a
+    backend's (`make_provider`, the engine's own), or ``factory(loaded)`` over the checkpoint
     loaded last (a `LoadedModel` whose model is the one being measured)."""
 
-    def __init__(self, factory: Callable[[Any], Any]):
-        self.factory = factory
+    def __init__(self, backend: str | Callable[[Any], Any], batch_size: int):
+        self.backend, self.batch_size = backend, batch_size
         self.loaded: Any = None
+
+    def provider(self, first: LoadedModel, *, lora: bool) -> Any:
+        if isinstance(self.backend, str):
+            return make_provider(self.backend, first, batch_size=self.batch_size, lora=lora)
+        return self
 
     def sampler(self, model: Any) -> Any:
         import dataclasses
 
+        assert callable(self.backend)  # `provider` hands out self only for a factory
         loaded = self.loaded if self.loaded.model is model else dataclasses.replace(self.loaded, model=model)
-        return self.factory(loaded)
+        return self.backend(loaded)
 
     def close(self) -> None:
         self.loaded = None
-
-
-def _backend_sampler(backend: str, batch_size: int) -> Callable[[Any], Any]:
-    def factory(loaded: Any) -> Any:
-        kw = {"batch_size": batch_size} if backend == "hf" else {}
-        return make_sampler(backend, loaded, **kw)
-
-    return factory
 
 
 def _launch_device(device: str | None) -> str | None:

@@ -47,6 +47,12 @@ def seed_recipe(recipe: Recipe, seed: int) -> Recipe:
     )
 
 
+def store_uri(recipe: Recipe) -> str:
+    """The one MLflow store every seed of ``recipe`` logs to: ``tracking.uri``, else the sqlite file
+    at the top of its run directory (the store the README's ``mlflow ui`` command opens)."""
+    return recipe.tracking.uri or default_tracking_uri(recipe.run_dir.resolve())
+
+
 def _prepare_shared_store(recipe: Recipe, run_dir: Path, seeds: list[int]):
     """Lock the top directory, clear what killed writes left there, and make the shared store and
     its experiment (artifacts under ``<run_dir>/mlartifacts``, tagged as multi-seed) before any seed
@@ -61,7 +67,7 @@ def _prepare_shared_store(recipe: Recipe, run_dir: Path, seeds: list[int]):
     lock = _lock_run_dir(run_dir)
     try:
         remove_stray_temporaries(run_dir)
-        uri = recipe.tracking.uri or default_tracking_uri(run_dir)
+        uri = store_uri(recipe)
         for note in check_reachable(uri, rebuild_for=run_dir if recipe.tracking.uri is None else None):
             print(f"note: {note}", flush=True)
         tags = {SEEDS_TAG: ",".join(str(s) for s in seeds)}
@@ -88,9 +94,7 @@ def run_seeds(
         # curator's own name, as `curate run` uses: output_dir may be the folder of the user's recipe.yaml
         atomic_write_text(run_dir / RESOLVED_RECIPE, dataclasses.replace(recipe, seeds=seeds).to_yaml())
         t0 = time.time()
-        out = SeedsSummary(
-            run_dir=run_dir, seeds=seeds, tracking_uri=recipe.tracking.uri or default_tracking_uri(run_dir)
-        )
+        out = SeedsSummary(run_dir=run_dir, seeds=seeds, tracking_uri=store_uri(recipe))
         for i, s in enumerate(seeds):
             echo(f"seed {s} ({i + 1}/{len(seeds)}) -> {run_dir / SEED_DIR.format(seed=s)}")
             out.per_seed[s] = run_recipe(seed_recipe(recipe, s), progress=progress, echo=echo, store_dir=run_dir)

@@ -192,8 +192,6 @@ class ActiveLoop:
     def run_round(self, r: int) -> None:
         if self.done or r < self.next_round:
             return
-        from curator.dynamics.metrics import summary as ledger_summary  # lazy: pulls in pandas
-
         rec = self.recipe
         t0 = time.time()
         if self.main:
@@ -208,9 +206,20 @@ class ActiveLoop:
         ledger = entry["ledger"]
         if self.main:
             self.store.write_ledger(r, ledger)
-        summ = ledger_summary(ledger, rec.dynamics.p)
-        last = summ.iloc[-1]
-        metrics: dict[str, Any] = {
+        metrics = self._round_metrics(r, train, entry, ledger)
+        new_ids: list[str] = []
+        new_examples: list[Example] = []
+        if r < rec.loop.rounds - 1:
+            new_ids, new_examples = self._select_next(r, train, entry, ledger, metrics)
+        metrics["round_seconds"] = time.time() - t0
+        self._finish_round(r, entry, metrics, self.train_ids + new_ids, new_examples)
+
+    def _round_metrics(self, r: int, train: list[Example], entry: dict, ledger: Any) -> dict[str, Any]:
+        """The round's metrics.json values known once its model is trained and measured."""
+        from curator.dynamics.metrics import summary as ledger_summary  # lazy: pulls in pandas
+
+        last = ledger_summary(ledger, self.recipe.dynamics.p).iloc[-1]
+        return {
             "round": r,
             "n_train": len(train),
             "test_accuracy": entry["test_accuracy"],
@@ -225,58 +234,65 @@ class ActiveLoop:
             else float("nan"),
             "train_seconds": entry["train_seconds"],
         }
-        new_ids: list[str] = []
-        new_examples: list[Example] = []
-        if r < rec.loop.rounds - 1:
-            budget = rec.loop.budget_for(r, seed_size=len(self.ws.seed_ids))  # '2x' = twice the seed set
-            # never offer a training or test example as a candidate (a generator can remake them)
-            excluded = set(self.train_ids) | self.ws.test_ids
-            pool = [e for e in self.ws.source.candidates() if e.id not in excluded]
-            for e in pool:
-                self.examples.setdefault(e.id, e)
-            if not pool:
-                metrics["stopped_reason"] = "the pool is exhausted"
-            else:
-                ctx = SelectionContext(
-                    pool=pool,
-                    train=train,
-                    ledger=ledger,
-                    signals=self._signals(entry),
-                    rng=np.random.default_rng([rec.seed, r, 0xC0FFEE]),
-                    round=r,
-                    p=rec.dynamics.p,
-                    source=self.ws.source,
-                )
-                t_sel = time.time()
-                try:
-                    sel = run_selection(self.strategy, ctx, budget)
-                except CuratorError:
-                    raise
-                except Exception as e:  # a plugin's bug: name the strategy, keep the round undone
-                    raise StrategyError(
-                        f"strategy {self.spec.name!r} failed in round {r}: {type(e).__name__}: {e}"
-                    ) from e
-                fault_point(f"round{r}:selected")
-                metrics["select_seconds"] = time.time() - t_sel
-                by_id = {e.id: e for e in ctx.pool}
-                # examples a generator made are not in the fixed pool: keep them for resuming
-                fixed = self.ws.pool_ids
-                new_examples = [by_id[i] for i in sel.ids if i not in fixed]
-                for i in sel.ids:
-                    self.examples[i] = by_id[i]
-                new_ids = list(sel.ids)
-                check_same_on_every_rank(new_ids, f"selection of round {r} ({self.spec.run_name})")
-                if self.main:
-                    self._write_selection(r, ctx, sel)
-                if sel.note:
-                    metrics["selection_note"] = sel.note
-                if len(sel.ids) < budget:
-                    # run_selection refused a strategy's shortfall, so the pool ran out: the next
-                    # round still trains on this final selection, and stops when nothing is left
-                    ran_out = f"the pool ran out: round {r} could add only {len(sel.ids)} of {budget} examples"
-                    metrics["selection_note"] = "; ".join(x for x in (sel.note, ran_out) if x)
-        metrics["round_seconds"] = time.time() - t0
-        next_ids = self.train_ids + new_ids
+
+    def _select_next(
+        self, r: int, train: list[Example], entry: dict, ledger: Any, metrics: dict[str, Any]
+    ) -> tuple[list[str], list[Example]]:
+        """The strategy's choice of round r + 1's new examples (their ids, and those a generator
+        made); notes on the selection go into ``metrics``."""
+        rec = self.recipe
+        budget = rec.loop.budget_for(r, seed_size=len(self.ws.seed_ids))  # '2x' = twice the seed set
+        # never offer a training or test example as a candidate (a generator can remake them)
+        excluded = set(self.train_ids) | self.ws.test_ids
+        pool = [e for e in self.ws.source.candidates() if e.id not in excluded]
+        for e in pool:
+            self.examples.setdefault(e.id, e)
+        if not pool:
+            metrics["stopped_reason"] = "the pool is exhausted"
+            return [], []
+        ctx = SelectionContext(
+            pool=pool,
+            train=train,
+            ledger=ledger,
+            signals=self._signals(entry),
+            rng=np.random.default_rng([rec.seed, r, 0xC0FFEE]),
+            round=r,
+            p=rec.dynamics.p,
+            source=self.ws.source,
+        )
+        t_sel = time.time()
+        try:
+            sel = run_selection(self.strategy, ctx, budget)
+        except CuratorError:
+            raise
+        except Exception as e:  # a plugin's bug: name the strategy, keep the round undone
+            raise StrategyError(f"strategy {self.spec.name!r} failed in round {r}: {type(e).__name__}: {e}") from e
+        fault_point(f"round{r}:selected")
+        metrics["select_seconds"] = time.time() - t_sel
+        by_id = {e.id: e for e in ctx.pool}
+        # examples a generator made are not in the fixed pool: keep them for resuming
+        fixed = self.ws.pool_ids
+        new_examples = [by_id[i] for i in sel.ids if i not in fixed]
+        for i in sel.ids:
+            self.examples[i] = by_id[i]
+        new_ids = list(sel.ids)
+        check_same_on_every_rank(new_ids, f"selection of round {r} ({self.spec.run_name})")
+        if self.main:
+            self._write_selection(r, ctx, sel)
+        if sel.note:
+            metrics["selection_note"] = sel.note
+        if len(sel.ids) < budget:
+            # run_selection refused a strategy's shortfall, so the pool ran out: the next
+            # round still trains on this final selection, and stops when nothing is left
+            ran_out = f"the pool ran out: round {r} could add only {len(sel.ids)} of {budget} examples"
+            metrics["selection_note"] = "; ".join(x for x in (sel.note, ran_out) if x)
+        return new_ids, new_examples
+
+    def _finish_round(
+        self, r: int, entry: dict, metrics: dict[str, Any], next_ids: list[str], new_examples: list[Example]
+    ) -> None:
+        """Write the round's files (DONE last), log it, and move the loop on to round r + 1."""
+        rec = self.recipe
         if self.main:
             self.store.write_round_outputs(r, next_ids, entry["checkpoints"], new_examples)
         if rec.loop.continue_training and r < rec.loop.rounds - 1:

@@ -1,34 +1,56 @@
-"""How the tests start a command under `accelerate launch` with N CPU processes (gloo)."""
+"""What the tests share: the command for N CPU processes (gloo), the tiny recipe the end-to-end
+tests run, and transformers' own greedy decoding (the reference curator's samplers must match)."""
 
 from __future__ import annotations
 
-import os
-import socket
-import sys
+import copy
+from typing import Any
+
+from curator.data.format import encode_prompt
+from curator.distributed import launch_cmd
+
+__all__ = ["greedy_ids", "launch_cmd", "tiny_recipe"]
+
+# the smallest recipe a run finishes in seconds on a CPU: tiny model, easy synthetic data, two
+# rounds; each test changes what it is about with `tiny_recipe(section={...})`
+TINY: dict[str, Any] = {
+    "model": {"name": "tiny-random", "lora": None},
+    "data": {
+        "pool": "synthetic:easy?n=30&seed=1",
+        "test": "synthetic:easy?n=6&seed=2",
+        "seed_size": 4,
+        "grader": "gsm8k",
+    },
+    "training": {"epochs": 1, "learning_rate": 0.003, "batch_size": 4, "max_length": 512},
+    "dynamics": {"samples": 2, "max_new_tokens": 8, "batch_size": 16},
+    "evaluation": {"max_new_tokens": 8},
+    "loop": {"rounds": 2, "budget": 4},
+    "strategies": [{"name": "iid"}],
+}
 
 
-def launch_cmd(n: int, target: list[str]) -> list[str]:
-    """The command line that runs ``target`` (``[script.py, ...]`` or ``["-m", module, ...]``) in
-    ``n`` processes; ``n == 1`` runs it in this interpreter without a launcher."""
-    if n == 1:
-        return [sys.executable, *target]
-    with socket.socket() as s:  # a free port for the rendezvous, so parallel tests never collide
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    return [
-        launcher,
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(n),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(port),
-        *target,
-    ]
+def tiny_recipe(**changes: Any) -> dict[str, Any]:
+    """A fresh copy of `TINY` with `changes`: a dict merges into the section of that name (its
+    keys replace the section's), anything else replaces the top-level key."""
+    recipe = copy.deepcopy(TINY)
+    for key, value in copy.deepcopy(changes).items():
+        if isinstance(value, dict) and isinstance(recipe.get(key), dict):
+            recipe[key].update(value)
+        else:
+            recipe[key] = value
+    return recipe
+
+
+def greedy_ids(loaded: Any, prompt: str, k: int = 12) -> list[int]:
+    """The `k` token ids ``loaded.model.generate`` decodes greedily after `prompt`."""
+    import torch  # only the tests that decode pay for it
+
+    ids = torch.tensor([encode_prompt(loaded.tokenizer, prompt)])
+    out = loaded.model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=k,
+        pad_token_id=loaded.tokenizer.pad_token_id,
+    )
+    return out[0, ids.shape[1] :].tolist()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from launching import tiny_recipe
 
 from curator.cli.main import main
 
@@ -309,7 +310,7 @@ CASES = [
     ),
     (
         "predict-string-accuracy",
-        lambda d: ["predict", _predict_dir(d, acc=("high", "0.5"))],
+        lambda d: ["predict", _predict_dir(d, acc=("high", "0.5", "0.75"))],
         ["test_accuracy", "'high'", "not a number"],
     ),
     (
@@ -364,6 +365,7 @@ CASES = [
         ["curator-run.yaml", "mapping"],
     ),
     ("premem-seed-negative", lambda d: ["premem", "--seed", "-1"], ["--seed", "-1"]),
+    ("measure-seed-negative", lambda d: ["measure", str(d), "--data", "synthetic", "--seed", "-1"], ["--seed", "-1"]),
     (
         "robustness-format-wrong-type",
         lambda d: _robustness(d, '{"p": 1.2, "format": "gsm8k"}'),
@@ -383,7 +385,7 @@ CASES = [
     ("predict-n-boot-negative", lambda d: ["predict", _predict_dir(d), "--n-boot", "-5"], ["--n-boot", "-5"]),
     (
         "predict-accuracy-percent",
-        lambda d: ["predict", _predict_dir(d, acc=("70", "80"))],
+        lambda d: ["predict", _predict_dir(d, acc=("70", "80", "90"))],
         ["test_accuracy", "[0, 1]", "100"],
     ),
     (
@@ -492,12 +494,22 @@ CASES = [
 ]
 
 
-def _predict_dir(d: Path, acc=("0.25", "0.5"), table=None) -> str:
-    """A `curate predict` run directory: a good ledger (checkpoints 1, 2) and a checkpoint table."""
+def _predict_dir(d: Path, acc=("0.25", "0.5", "0.75"), table=None) -> str:
+    """A `curate predict` run directory: a good ledger (checkpoints 1-3: enough points for a fit, so
+    that what the case breaks is the only thing wrong) and a checkpoint table."""
+    from curator.dynamics.ledger import Ledger
+
     rd = d / "prun"
     rd.mkdir(exist_ok=True)
-    _good_ledger(rd, "ledger.parquet")
-    name, body = table or ("checkpoints.csv", "checkpoint,test_accuracy\n" + f"1,{acc[0]}\n2,{acc[1]}\n")
+    Ledger.from_arrays(
+        ["a", "b"],
+        np.array([[1, 2, 4], [0, 1, 3]]),
+        k=4,
+        perplexity=np.array([[1.5, 1.2, 1.05], [2.0, 1.4, 1.1]]),
+        p=1.105,
+    ).to_parquet(rd / "ledger.parquet")
+    rows = "".join(f"{i},{a}\n" for i, a in enumerate(acc, 1))
+    name, body = table or ("checkpoints.csv", "checkpoint,test_accuracy\n" + rows)
     _write(rd, name, body)
     return str(rd)
 
@@ -864,22 +876,7 @@ def test_os_errors_on_the_users_paths_are_one_line(err, words):
 # ---- MLflow (issue 22 item 3): one store and one experiment per multi-seed run, read back with
 # MLflow's own client at the URI the README's `mlflow ui --backend-store-uri` command names
 
-SEEDS_RECIPE = {
-    "name": "adv-seeds",
-    "seeds": [3, 4],
-    "model": {"name": "tiny-random", "lora": None},
-    "data": {
-        "pool": "synthetic:easy?n=30&seed=1",
-        "test": "synthetic:easy?n=6&seed=2",
-        "seed_size": 4,
-        "grader": "gsm8k",
-    },
-    "training": {"epochs": 1, "learning_rate": 0.003, "batch_size": 4, "max_length": 512},
-    "dynamics": {"samples": 2, "max_new_tokens": 8, "batch_size": 16},
-    "evaluation": {"max_new_tokens": 8},
-    "loop": {"rounds": 2, "budget": 4},
-    "strategies": [{"name": "iid"}],
-}
+SEEDS_RECIPE = tiny_recipe(name="adv-seeds", seeds=[3, 4])
 
 
 def _store_contents(uri: str, experiment: str):
@@ -892,18 +889,38 @@ def _store_contents(uri: str, experiment: str):
     return exps, exp, runs
 
 
+def test_the_readme_mlflow_command_names_the_store_the_demo_writes(tmp_path, monkeypatch):
+    """The README's `mlflow ui --backend-store-uri ...` command, as written, is the one store the
+    multi-seed demo writes (`curate run demo` from the checkout: every seed logs there, into one
+    experiment named after the recipe); the test below checks that `run_seeds` logs every seed to
+    `store_uri` and reads the store back with MLflow's client."""
+    import re
+
+    from curator.recipes import load_recipe
+    from curator.seeds import store_uri
+
+    root = Path(__file__).resolve().parents[1]
+    commands = re.findall(r"^mlflow ui --backend-store-uri (\S+)$", (root / "README.md").read_text(), flags=re.M)
+    assert len(commands) == 1, commands
+    demo = load_recipe(root / "recipes" / "demo.yaml")
+    assert demo.seeds and len(demo.seeds) > 1 and demo.tracking.uri is None  # multi-seed, the default store
+    monkeypatch.chdir(tmp_path)  # $PWD: where `curate run demo` runs
+    assert commands[0].replace("$PWD", str(tmp_path)) == store_uri(demo)
+    assert demo.experiment == "demo"
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_multi_seed_run_is_one_mlflow_experiment_the_readme_command_opens(tmp_path):
     from curator.recipes import recipe_from_dict
-    from curator.seeds import run_seeds
+    from curator.seeds import run_seeds, store_uri
     from curator.tracking.compare import compare_mlflow
 
     r = recipe_from_dict({**SEEDS_RECIPE, "output_dir": str(tmp_path / "run")})
     out = run_seeds(r, progress=False, echo=lambda *_: None)
     # the README's command: mlflow ui --backend-store-uri sqlite:///$PWD/runs/<name>/mlflow.db
     uri = "sqlite:///" + str(tmp_path / "run" / "mlflow.db")
-    assert out.tracking_uri == uri
+    assert out.tracking_uri == uri == store_uri(r)
     assert not list(tmp_path.glob("run/seed-*/mlflow.db"))  # no per-seed stores any more
     exps, exp, runs = _store_contents(uri, "adv-seeds")
     assert [e.name for e in exps] == ["adv-seeds"]

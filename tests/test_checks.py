@@ -330,3 +330,105 @@ def test_the_layering_checks_find_planted_breaks(tmp_path):
     ]
     # base's local import has no comment; upper's and peer's say why (same line / line above)
     assert problems["local"] == ["curator/base.py:5 curator.base imports curator.upper inside a function"]
+
+
+# ---------------------------------------------------------------------------------- function sizes
+# No public function takes more than MAX_PARAMS parameters (self / cls not counted; pass a settings
+# object whole instead), and no function body (docstring not counted) runs past MAX_BODY lines
+# (split it into named phases). click commands are exempt from the parameter count: click hands
+# every option to the command as one parameter. What stays over has a reason here, one line each.
+
+MAX_PARAMS = 10
+MAX_BODY = 80
+SIZE_ALLOWED = {
+    "curator/dynamics/ledger.py:Ledger.from_arrays": "one keyword per optional ledger column (its arrays)",
+    "curator/dynamics/tracker.py:DynamicsTracker.__init__": (
+        "the tracker's unit tests set each mode alone; every caller above it passes MeasureSettings whole"
+    ),
+    "curator/engine.py:train_and_track": "11, each a settings object or collaborator (the round's inputs)",
+    "curator/engine.py:track_premem": "11, each a settings object or collaborator (train_and_track's, plus out_dir)",
+    "curator/models/moe.py:tiny_moe": "the sizes of a test model (layers, widths, experts), as transformers' configs",
+    "curator/sampling/vllm.py:VLLMSampler.__init__": "vLLM's own LLM(...) keywords, passed through",
+    "curator/signals.py:Signals.__init__": "each signal's collaborator (model, sampler, encoder, cache), all optional",
+    "curator/dynamics/ledger.py:_validate": "one check per ledger column, in column order; each a few lines",
+    "curator/tracking/compare.py:compare_curves": "one figure: per-panel drawing steps that share axes state",
+}
+
+
+def _body_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    body = fn.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]  # the docstring
+    return fn.end_lineno - body[0].lineno + 1 if body and fn.end_lineno else 0
+
+
+def _is_click_command(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    for d in fn.decorator_list:
+        target = d.func if isinstance(d, ast.Call) else d
+        name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+        if name in ("command", "group"):
+            return True
+    return False
+
+
+def _size_problems(root: Path) -> list[str]:
+    """Every function over the limits under ``root``'s packages, as ``file:Qual.name: why``."""
+    problems = []
+
+    def visit(node: ast.AST, path: Path, prefix: str, public: bool, method: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                visit(child, path, f"{prefix}{child.name}.", public and not child.name.startswith("_"), True)
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                where = f"{path.relative_to(root)}:{prefix}{child.name}"
+                a = child.args
+                params = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg) if x]
+                if method and params[:1] in (["self"], ["cls"]):
+                    params = params[1:]
+                is_public = public and (not child.name.startswith("_") or child.name == "__init__")
+                if is_public and len(params) > MAX_PARAMS and not _is_click_command(child):
+                    problems.append(f"{where}: {len(params)} parameters (> {MAX_PARAMS}; pass settings whole)")
+                if _body_lines(child) > MAX_BODY:
+                    problems.append(f"{where}: a {_body_lines(child)}-line body (> {MAX_BODY}; split into phases)")
+
+    for pkg in PACKAGES:
+        for path in sorted((root / pkg).rglob("*.py")):
+            visit(ast.parse(path.read_text(encoding="utf-8")), path, "", True, False)
+    return problems
+
+
+def test_functions_are_small_or_say_why():
+    problems = _size_problems(ROOT)
+    over = [p for p in problems if p.split(": ")[0] not in SIZE_ALLOWED]
+    assert not over, "functions over the size limits (split them, or add a reason to SIZE_ALLOWED):\n  " + "\n  ".join(
+        over
+    )
+    stale = sorted(set(SIZE_ALLOWED) - {p.split(": ")[0] for p in problems})
+    assert not stale, "SIZE_ALLOWED entries that are within the limits now (remove them):\n  " + "\n  ".join(stale)
+
+
+def test_the_size_check_finds_planted_breaks(tmp_path):
+    """A planted tree: each limit is reported once, where it is broken, and nothing else is."""
+    many = ", ".join(f"a{i}" for i in range(11))
+    long_body = "".join(f"    x{i} = {i}\n" for i in range(81))  # 81 lines: reported
+    short_body = "".join(f"    x{i} = {i}\n" for i in range(80))  # 80 lines: fine
+    files = {
+        "curator/__init__.py": "",
+        "curator/wide.py": (
+            f"def wide({many}):\n    pass\n\n\n"  # 11 parameters: reported
+            f"def _private({many}):\n    pass\n\n\n"  # private: its parameters are its module's business
+            "class Tool:\n"
+            f"    def __init__(self, {', '.join(f'a{i}' for i in range(10))}):\n        pass\n"  # 10 + self: fine
+        ),
+        "curator/cli.py": f"import click\n\n\n@click.command()\ndef cmd({many}):\n    pass\n",
+        "curator/long.py": f'def long():\n    """Doc."""\n{long_body}\n\ndef short():\n    """Doc."""\n{short_body}',
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    for pkg in PLUGINS:
+        (tmp_path / pkg).mkdir()
+    assert _size_problems(tmp_path) == [
+        "curator/long.py:long: a 81-line body (> 80; split into phases)",
+        "curator/wide.py:wide: 11 parameters (> 10; pass settings whole)",
+    ]

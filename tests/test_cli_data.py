@@ -20,25 +20,8 @@ def run(argv, capsys):
 
 def test_synth_writes_jsonl(tmp_path, capsys):
     out = tmp_path / "sub" / "syn.jsonl"
-    code, stdout, _ = run(
-        [
-            "data",
-            "synth",
-            "--n",
-            "25",
-            "--out",
-            str(out),
-            "--preset",
-            "medium",
-            "--seed",
-            "3",
-            "--steps",
-            "3-4",
-            "--traces",
-            "2",
-        ],
-        capsys,
-    )
+    synth = ["data", "synth", "--n", "25", "--preset", "medium", "--seed", "3", "--steps", "3-4", "--traces", "2"]
+    code, stdout, _ = run(synth + ["--out", str(out)], capsys)
     assert code == 0 and f"wrote 25 examples to {out}" in stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 25
@@ -48,25 +31,7 @@ def test_synth_writes_jsonl(tmp_path, capsys):
         assert len(r["meta"]["traces"]) == 2 and 3 <= r["meta"]["steps"] <= 4
     # same arguments, same file
     again = tmp_path / "again.jsonl"
-    run(
-        [
-            "data",
-            "synth",
-            "--n",
-            "25",
-            "--out",
-            str(again),
-            "--preset",
-            "medium",
-            "--seed",
-            "3",
-            "--steps",
-            "3-4",
-            "--traces",
-            "2",
-        ],
-        capsys,
-    )
+    run(synth + ["--out", str(again)], capsys)
     assert again.read_text() == out.read_text()
 
 

@@ -1,5 +1,7 @@
 """`curate premem` and `curate ledger`: summaries, errors before any model loads, end to end."""
 
+import json
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -23,6 +25,47 @@ def write_ledger(tmp_path):
         p=1.105,
     )
     return led.to_parquet(tmp_path / "ledger.parquet")
+
+
+def write_sums(tmp_path):
+    """Six one-step sums a tiny model memorizes in a few epochs, as a jsonl file."""
+    data = tmp_path / "train.jsonl"
+    rows = [(1, 2), (3, 4), (2, 2), (5, 1), (6, 3), (7, 1)]
+    data.write_text(
+        "".join(
+            json.dumps({"question": f"{a}+{b}?", "solution": f"{a}+{b}={a + b}\n#### {a + b}", "answer": str(a + b)})
+            + "\n"
+            for a, b in rows
+        )
+    )
+    return data
+
+
+def premem_args(data, out, batch_size):
+    """`curate premem` on `data` for 6 epochs, 3 greedy samples per example, p = 1.3."""
+    return [
+        "premem",
+        "--model",
+        "tiny-random",
+        "--data",
+        str(data),
+        "--epochs",
+        "6",
+        "--lr",
+        "3e-3",
+        "--batch-size",
+        str(batch_size),
+        "--samples",
+        "3",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "24",
+        "--p",
+        "1.3",
+        "--out",
+        str(out),
+    ]
 
 
 def test_summary_from_ledger(tmp_path):
@@ -104,45 +147,9 @@ def test_exit_code_2(tmp_path):
 
 @pytest.mark.slow
 def test_premem_end_to_end_tiny_model(tmp_path):
-    import json
-
-    data = tmp_path / "train.jsonl"
-    with data.open("w") as f:
-        for a, b in [(1, 2), (3, 4), (2, 2), (5, 1), (6, 3), (7, 1)]:
-            f.write(
-                json.dumps(
-                    {"question": f"{a}+{b}?", "solution": f"{a}+{b}={a + b}\n#### {a + b}", "answer": str(a + b)}
-                )
-                + "\n"
-            )
+    data = write_sums(tmp_path)
     out = tmp_path / "run"
-    r = invoke(
-        [
-            "premem",
-            "--model",
-            "tiny-random",
-            "--data",
-            str(data),
-            "--epochs",
-            "6",
-            "--lr",
-            "3e-3",
-            "--batch-size",
-            "2",
-            "--samples",
-            "3",
-            "--temperature",
-            "0",
-            "--max-new-tokens",
-            "24",
-            "--p",
-            "1.3",
-            "--out",
-            str(out),
-            "--save-model",
-            "--quiet",
-        ]
-    )
+    r = invoke(premem_args(data, out, 2) + ["--save-model", "--quiet"])
     assert r.exit_code == 0, (r.output, r.exception)
     led = read_ledger(out / "ledger.parquet")
     assert led.checkpoints == [1, 2, 3, 4, 5, 6] and len(led.example_ids) == 6
@@ -172,33 +179,7 @@ def test_premem_end_to_end_tiny_model(tmp_path):
     assert abs(nll[0] - final[content_id("1+2?", "1+2=3\n#### 3")]) < 1e-4
 
     # --defer: the same training (seeded), the same final PreMemAcc per example, fewer samples
-    r = invoke(
-        [
-            "premem",
-            "--model",
-            "tiny-random",
-            "--data",
-            str(data),
-            "--epochs",
-            "6",
-            "--lr",
-            "3e-3",
-            "--batch-size",
-            "2",
-            "--samples",
-            "3",
-            "--temperature",
-            "0",
-            "--max-new-tokens",
-            "24",
-            "--p",
-            "1.3",
-            "--out",
-            str(tmp_path / "deferred"),
-            "--defer",
-            "--quiet",
-        ]
-    )
+    r = invoke(premem_args(data, tmp_path / "deferred", 2) + ["--defer", "--quiet"])
     assert r.exit_code == 0, (r.output, r.exception)
     assert "deferred lazy tracking" in r.output.splitlines()[0]
     assert any(ln.startswith("6 examples, 6 checkpoints, p=1.3, k=3, deferred lazy") for ln in r.output.splitlines())
@@ -216,54 +197,17 @@ def test_premem_under_two_process_accelerate_launch(tmp_path):
     trains and measures its share, rank 0 writes the ledger, which equals one process's; deferred
     tracking loads earlier weights into every rank's model and restores them, and gives the same
     final PreMemAcc as lazy tracking of the same (seeded) run."""
-    import json
     import os
     import subprocess
 
     from curator.dynamics.metrics import premem_acc
 
-    data = tmp_path / "train.jsonl"
-    with data.open("w") as f:
-        for a, b in [(1, 2), (3, 4), (2, 2), (5, 1), (6, 3), (7, 1)]:
-            f.write(
-                json.dumps(
-                    {"question": f"{a}+{b}?", "solution": f"{a}+{b}={a + b}\n#### {a + b}", "answer": str(a + b)}
-                )
-                + "\n"
-            )
+    data = write_sums(tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", CURATOR_QUIET="1")
     ledgers = {}
     for mode in ("lazy", "defer"):
         out = tmp_path / mode
-        cmd = launch_cmd(
-            2,
-            [
-                "-m",
-                "curator.cli.main",
-                "premem",
-                "--model",
-                "tiny-random",
-                "--data",
-                str(data),
-                "--epochs",
-                "6",
-                "--lr",
-                "3e-3",
-                "--batch-size",
-                "1",
-                "--samples",
-                "3",
-                "--temperature",
-                "0",
-                "--max-new-tokens",
-                "24",
-                "--p",
-                "1.3",
-                "--out",
-                str(out),
-                "--quiet",
-            ],
-        )
+        cmd = launch_cmd(2, ["-m", "curator.cli.main", *premem_args(data, out, 1), "--quiet"])
         proc = subprocess.run(
             cmd + (["--defer"] if mode == "defer" else []),
             env=env,
@@ -278,32 +222,7 @@ def test_premem_under_two_process_accelerate_launch(tmp_path):
     lazy, defer = ledgers["lazy"], ledgers["defer"]
     # every rank measured its share: the ledger equals one process with the same global batch (2)
     one = tmp_path / "one"
-    r = invoke(
-        [
-            "premem",
-            "--model",
-            "tiny-random",
-            "--data",
-            str(data),
-            "--epochs",
-            "6",
-            "--lr",
-            "3e-3",
-            "--batch-size",
-            "2",
-            "--samples",
-            "3",
-            "--temperature",
-            "0",
-            "--max-new-tokens",
-            "24",
-            "--p",
-            "1.3",
-            "--out",
-            str(one),
-            "--quiet",
-        ]
-    )
+    r = invoke(premem_args(data, one, 2) + ["--quiet"])
     assert r.exit_code == 0, (r.output, r.exception)
     single = read_ledger(one / "ledger.parquet")
     assert single.df["n_correct"].tolist() == lazy.df["n_correct"].tolist()

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from launching import tiny_recipe
 
 from curator.tracking.compare import (
     Curve,
@@ -143,23 +144,12 @@ def test_run_seeds_runs_each_seed_in_its_own_dir_and_resumes(tmp_path):
     from curator.seeds import run_seeds, seed_recipe
 
     r = recipe_from_dict(
-        {
-            "name": "tiny-seeds",
-            "seeds": [3, 4],
-            "output_dir": str(tmp_path / "run"),
-            "model": {"name": "tiny-random", "lora": None},
-            "data": {
-                "pool": "synthetic:easy?n=30&seed=1",
-                "test": "synthetic:easy?n=6&seed=2",
-                "seed_size": 4,
-                "grader": "gsm8k",
-            },
-            "training": {"epochs": 1, "learning_rate": 0.003, "batch_size": 4, "max_length": 512},
-            "dynamics": {"samples": 2, "max_new_tokens": 8, "batch_size": 16},
-            "evaluation": {"max_new_tokens": 8},
-            "loop": {"rounds": 2, "budget": 4},
-            "strategies": [{"name": "iid"}, {"name": "learnability", "params": {"n": 2}}],
-        }
+        tiny_recipe(
+            name="tiny-seeds",
+            seeds=[3, 4],
+            output_dir=str(tmp_path / "run"),
+            strategies=[{"name": "iid"}, {"name": "learnability", "params": {"n": 2}}],
+        )
     )
     s = seed_recipe(r, 4)
     assert (s.seed, s.seeds, s.output_dir) == (4, None, str(tmp_path / "run" / "seed-4"))

@@ -7,23 +7,22 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from launching import tiny_recipe
 
 from curator.errors import ConfigError, CuratorError, DataError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 POOL = "synthetic:easy?n=12&seed=1"
-TINY = {
-    "name": "tiny-export",
-    "seed": 3,
-    "model": {"name": "tiny-random", "lora": None},
-    "data": {"pool": POOL, "test": "synthetic:easy?n=2&seed=2", "seed_size": 4, "grader": "gsm8k"},
-    "evaluation": {"max_new_tokens": 4},
-    "training": {"epochs": 1, "learning_rate": 0.003, "batch_size": 4, "max_length": 512},
-    "dynamics": {"samples": 2, "max_new_tokens": 4, "batch_size": 16},
-    "loop": {"rounds": 2, "budget": 2},
-    "strategies": [{"name": "loss"}],
-}
+TINY = tiny_recipe(
+    name="tiny-export",
+    seed=3,
+    data={"pool": POOL, "test": "synthetic:easy?n=2&seed=2"},
+    evaluation={"max_new_tokens": 4},
+    dynamics={"max_new_tokens": 4},
+    loop={"budget": 2},
+    strategies=[{"name": "loss"}],
+)
 # round 0's planted ledger over the seed set (k=2, one checkpoint, p=1.105): correct counts and
 # perplexities; the last example is memorized, so its PreMemAcc is 0 although it answers right
 CORRECT = [2, 1, 0, 2]

@@ -8,33 +8,19 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from evenlen import EvenLength
 from launching import launch_cmd
 
 from curator.data.format import PromptFormat
 from curator.data.loaders import load_examples
+from curator.dynamics.settings import MeasureSettings
 from curator.errors import ConfigError, CuratorError, DataError
-from curator.measure import checkpoint_metrics, find_checkpoints, measure_checkpoints
+from curator.measure import CheckpointLoader, checkpoint_metrics, find_checkpoints, measure_checkpoints
 from curator.sampling.base import SamplingParams
 
 DATA = "synthetic:easy?n=8&seed=0"
 PARAMS = SamplingParams(max_new_tokens=12, seed=5)  # the paper's T=0.8 / top_p=0.95
 K = 3
-
-
-class EvenLength:
-    """A planted grader: a completion is "correct" when its length is even. The tiny model never
-    solves a problem; this gives nonzero counts whose equality checks the samples themselves."""
-
-    name = "even-length"
-
-    def extract(self, completion):
-        return completion
-
-    def equivalent(self, pred, ref):
-        return len(pred) % 2 == 0
-
-    def is_correct(self, completion, ref_answer):
-        return len(completion) % 2 == 0
 
 
 @pytest.fixture
@@ -102,7 +88,7 @@ def test_bad_callback_settings_are_reported_at_once(examples):
     from curator.integrations import PreMemCallback
 
     with pytest.raises(ConfigError) as e:
-        PreMemCallback(examples, k=0, on="step", source="checkpoint")
+        PreMemCallback(examples, measure=MeasureSettings(k=0), on="step", source="checkpoint")
     assert "k" in str(e.value) and "on must be" in str(e.value) and "3 problems" in str(e.value)
 
 
@@ -174,7 +160,7 @@ def _adapter_run(tmp_path, examples, one_thread):
     for i in (1, 2):
         with torch.no_grad():  # stand-in for training: move the adapter weights
             g = torch.Generator().manual_seed(i)
-            for n, p in model.named_parameters():
+            for _name, p in model.named_parameters():
                 if p.requires_grad:
                     p.add_(0.05 * torch.randn(p.shape, generator=g))
         path = tmp_path / "lora" / f"checkpoint-{10 * i}"
@@ -191,11 +177,9 @@ def test_adapter_checkpoints_measure_like_the_live_peft_model(tmp_path, examples
     measured = measure_checkpoints(
         [tmp_path / "lora"],
         examples,
-        base="tiny-random",
+        measure=MeasureSettings(k=K, params=PARAMS, p=60.0),
         grader=EvenLength(),
-        k=K,
-        params=PARAMS,
-        p=60.0,
+        loader=CheckpointLoader("tiny-random"),
         progress=False,
     )
     pd.testing.assert_frame_equal(live.df, measured.df)
@@ -211,7 +195,13 @@ def test_adapters_for_another_base_model_are_a_one_line_error(tmp_path, examples
     tiny_model(0, hidden=32, tokenizer=tok).save_pretrained(other)  # same architecture, other width
     tok.save_pretrained(other)
     with pytest.raises(CuratorError) as e:
-        measure_checkpoints([tmp_path / "lora"], examples, base=str(other), k=K, params=PARAMS, progress=False)
+        measure_checkpoints(
+            [tmp_path / "lora"],
+            examples,
+            measure=MeasureSettings(k=K, params=PARAMS),
+            loader=CheckpointLoader(str(other)),
+            progress=False,
+        )
     msg = str(e.value)
     assert "\n" not in msg and "checkpoint-10" in msg and "pass --base" in msg
 
@@ -253,7 +243,7 @@ def test_trl_callback_ledger_equals_curate_measure_and_curators_own_finetune(
     from curator.cli.main import main
     from curator.dynamics.ledger import read_ledger
     from curator.dynamics.metrics import dataset_premem
-    from curator.engine import MeasureSettings, track_premem
+    from curator.engine import track_premem
     from curator.export import trl_dataset
     from curator.integrations import PreMemCallback
     from curator.models import load_model
@@ -261,6 +251,7 @@ def test_trl_callback_ledger_equals_curate_measure_and_curators_own_finetune(
 
     p = 50.0  # between the tiny model's perplexities after one and two epochs: both branches of lazy tracking
     grader = EvenLength()
+    measure = MeasureSettings(k=K, params=PARAMS, p=p)
     # curator's own path first: a Trainer leaves accelerate's process-wide state (its bf16 mixed
     # precision) behind, which a later curator finetune in the same process would pick up
     settings = TrainSettings(
@@ -272,11 +263,11 @@ def test_trl_callback_ledger_equals_curate_measure_and_curators_own_finetune(
         fmt=PromptFormat(),
         grader=grader,
         train_settings=settings,
-        measure=MeasureSettings(k=K, params=PARAMS, p=p),
+        measure=measure,
         progress=False,
         allow_bad_references=True,
     )
-    d = measure_checkpoints([tmp_path / "own"], examples, grader=grader, k=K, params=PARAMS, p=p, progress=False)
+    d = measure_checkpoints([tmp_path / "own"], examples, grader=grader, measure=measure, progress=False)
     pd.testing.assert_frame_equal(c.df, d.df)
     assert {"train_loss", "dist_from_init"} <= set(c.df.columns)
 
@@ -287,7 +278,7 @@ def test_trl_callback_ledger_equals_curate_measure_and_curators_own_finetune(
         train_dataset=trl_dataset(examples),
         processing_class=lm.tokenizer,
     )
-    cb = PreMemCallback(examples, grader=grader, k=K, params=PARAMS, p=p, progress=False).attach(trainer)
+    cb = PreMemCallback(examples, grader=grader, measure=measure, progress=False).attach(trainer)
     trainer.train()
     # TRL trains in bf16 autocast here; the callback measured the weights themselves (without_autocast)
     assert trainer.accelerator.mixed_precision == "bf16"
@@ -305,7 +296,7 @@ def test_trl_callback_ledger_equals_curate_measure_and_curators_own_finetune(
     # lazy tracking cut memorized examples short at the final checkpoint: train accuracy is only bounded
     assert ("train_accuracy" in logged[-1]) == (final["n_samples"] == K).all()
 
-    b = measure_checkpoints([tmp_path / "trl"], examples, grader=grader, k=K, params=PARAMS, p=p, progress=False)
+    b = measure_checkpoints([tmp_path / "trl"], examples, grader=grader, measure=measure, progress=False)
     pd.testing.assert_frame_equal(a.df, b.df)
     assert {"train_loss", "grad_norm", "learning_rate"} <= set(a.df.columns)
 
@@ -345,7 +336,13 @@ def test_unattached_callback_still_records_and_a_resumed_run_is_not_measured(
     from curator.models import load_model
 
     lm = load_model("tiny-random")
-    cb = PreMemCallback(examples[:4], k=1, params=PARAMS, on="epoch", out=tmp_path / "l.parquet", progress=False)
+    cb = PreMemCallback(
+        examples[:4],
+        measure=MeasureSettings(k=1, params=PARAMS),
+        on="epoch",
+        out=tmp_path / "l.parquet",
+        progress=False,
+    )
     trainer = SFTTrainer(
         model=lm.model,
         args=_sft_config(tmp_path / "o", num_train_epochs=1, save_strategy="no"),
@@ -359,11 +356,11 @@ def test_unattached_callback_still_records_and_a_resumed_run_is_not_measured(
     assert [h["step"] for h in trainer.state.log_history if "premem_acc" in h] == [1]
     assert (tmp_path / "l.parquet").exists()
 
-    never_saves = PreMemCallback(examples[:4], k=1, params=PARAMS, progress=False)
+    never_saves = PreMemCallback(examples[:4], measure=MeasureSettings(k=1, params=PARAMS), progress=False)
     with pytest.raises(ConfigError, match="never saves.*save_strategy='epoch'"):
         never_saves.on_train_begin(trainer.args, SimpleNamespace(global_step=0), None)
 
-    resumed = PreMemCallback(examples[:4], k=1, params=PARAMS, progress=False)
+    resumed = PreMemCallback(examples[:4], measure=MeasureSettings(k=1, params=PARAMS), progress=False)
     state = SimpleNamespace(global_step=7)
     resumed.on_train_begin(SimpleNamespace(output_dir="o"), state, None)
     assert resumed.tracker is None and "curate measure o" in resumed._disabled
@@ -388,7 +385,7 @@ def test_checkpoint_source_measures_the_saved_directory_like_the_live_model(
         train_dataset=trl_dataset(examples[:4]),
         processing_class=lm.tokenizer,
     )
-    kw = dict(grader=EvenLength(), k=2, params=PARAMS, p=50.0, progress=False)
+    kw = dict(grader=EvenLength(), measure=MeasureSettings(k=2, params=PARAMS, p=50.0), progress=False)
     live = PreMemCallback(examples[:4], out=tmp_path / "live.parquet", source="live", **kw).attach(trainer)
     saved = PreMemCallback(examples[:4], out=tmp_path / "saved.parquet", source="checkpoint", **kw).attach(trainer)
     trainer.train()
@@ -401,7 +398,7 @@ def test_a_full_checkpoint_without_tokenizer_needs_base(tmp_path, examples):
     with pytest.raises(ConfigError, match=r"checkpoint-3: the checkpoint holds no tokenizer.*pass --base"):
         measure_checkpoints([tmp_path / "run"], examples, progress=False)
     with pytest.raises(ConfigError, match="samples per example"):
-        measure_checkpoints([tmp_path / "run"], examples, k=0, progress=False)
+        measure_checkpoints([tmp_path / "run"], examples, measure=MeasureSettings(k=0), progress=False)
 
 
 def test_importing_the_integrations_package_stays_light():
@@ -423,6 +420,7 @@ import torch
 torch.set_num_threads(1)
 from trl import SFTConfig, SFTTrainer
 from curator.data.loaders import load_examples
+from curator.dynamics.settings import MeasureSettings
 from curator.export import trl_dataset
 from curator.integrations import PreMemCallback
 from curator.models import load_model
@@ -435,7 +433,8 @@ args = SFTConfig(output_dir=out, num_train_epochs=2, per_device_train_batch_size
                  save_strategy="epoch", save_only_model=True, logging_steps=1, report_to=[], use_cpu=True,
                  seed=0, max_length=256, disable_tqdm=True, bf16=False)
 trainer = SFTTrainer(model=lm.model, args=args, train_dataset=trl_dataset(examples), processing_class=lm.tokenizer)
-cb = PreMemCallback(examples, k=2, params=SamplingParams(max_new_tokens=8, seed=5), p=50.0, progress=False,
+measure = MeasureSettings(k=2, params=SamplingParams(max_new_tokens=8, seed=5), p=50.0)
+cb = PreMemCallback(examples, measure=measure, progress=False,
                     out=os.path.join(out, f"ledger-rank{rank}.parquet")).attach(trainer)
 trainer.train()
 logged = [h for h in trainer.state.log_history if "fraction_memorized" in h]

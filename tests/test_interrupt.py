@@ -24,26 +24,18 @@ from pathlib import Path
 
 import pytest
 import yaml
+from launching import tiny_recipe
 
 from curator.recipes import recipe_from_dict
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-BASE = {
-    "seed": 5,
-    "model": {"name": "tiny-random", "lora": None},
-    "data": {
-        "pool": "synthetic:easy?n=10&seed=1",
-        "test": "synthetic:easy?n=4&seed=2",
-        "seed_size": 4,
-        "grader": "gsm8k",
-    },
-    "training": {"epochs": 2, "learning_rate": 0.003, "batch_size": 4, "max_length": 512},
-    "dynamics": {"samples": 2, "max_new_tokens": 8, "batch_size": 16},
-    "evaluation": {"max_new_tokens": 8},
-    "loop": {"rounds": 3, "budget": 3},
-    "strategies": [{"name": "iid"}],
-}
+BASE = tiny_recipe(
+    seed=5,
+    data={"pool": "synthetic:easy?n=10&seed=1", "test": "synthetic:easy?n=4&seed=2"},
+    training={"epochs": 2},
+    loop={"rounds": 3, "budget": 3},
+)
 
 VARIANTS = {
     # pool 10 = seed 4 + 3 + 3: in round 2 both strategies hold the whole pool, in their own order

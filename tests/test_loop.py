@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from launching import tiny_recipe
 
 from curator.errors import StrategyError
 from curator.recipes import recipe_from_dict
@@ -16,22 +17,15 @@ from curator.strategy import Strategy
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
-TINY = {
-    "name": "tiny-loop",
-    "seed": 3,
-    "model": {"name": "tiny-random", "lora": None},
-    "data": {
-        "pool": "synthetic:easy?n=40&seed=1",
-        "test": "synthetic:easy?n=6&seed=2",
-        "seed_size": 6,
-        "grader": "gsm8k",
-    },
-    "training": {"epochs": 2, "learning_rate": 0.003, "batch_size": 4, "max_length": 512},
-    "dynamics": {"samples": 2, "max_new_tokens": 12, "batch_size": 16},
-    "evaluation": {"max_new_tokens": 12},
-    "loop": {"rounds": 2, "budget": 4},
-    "strategies": [{"name": "iid"}, {"name": "loss"}],
-}
+TINY = tiny_recipe(
+    name="tiny-loop",
+    seed=3,
+    data={"pool": "synthetic:easy?n=40&seed=1", "seed_size": 6},
+    training={"epochs": 2},
+    dynamics={"max_new_tokens": 12},
+    evaluation={"max_new_tokens": 12},
+    strategies=[{"name": "iid"}, {"name": "loss"}],
+)
 
 
 def _recipe(tmp_path, **over):

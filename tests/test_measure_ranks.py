@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -59,6 +60,7 @@ HFSampler.generate, HFSampler.target_logprobs, Ledger.to_parquet = generate, tar
 if mode == "callback":
     from trl import SFTConfig, SFTTrainer
     from curator.data.loaders import load_examples
+    from curator.dynamics.settings import MeasureSettings
     from curator.export import trl_dataset
     from curator.integrations import PreMemCallback
     from curator.models import load_model
@@ -72,8 +74,8 @@ if mode == "callback":
                     save_strategy="epoch", save_only_model=True, logging_steps=1, report_to=[], use_cpu=True,
                     seed=0, max_length=256, disable_tqdm=True, bf16=False)
     trainer = SFTTrainer(model=lm.model, args=cfg, train_dataset=trl_dataset(examples), processing_class=lm.tokenizer)
-    PreMemCallback(examples, grader=EvenLength(), k=@K@, params=SamplingParams(max_new_tokens=8, seed=5),
-                   p=50.0, lazy=False, progress=False).attach(trainer)
+    measure = MeasureSettings(k=@K@, params=SamplingParams(max_new_tokens=8, seed=5), p=50.0, lazy=False)
+    PreMemCallback(examples, grader=EvenLength(), measure=measure, progress=False).attach(trainer)
     trainer.train()
 else:
     from curator.cli.main import main
@@ -85,26 +87,12 @@ else:
 save()
 """.replace("@N@", str(N_EXAMPLES)).replace("@K@", str(K))
 
-GRADER = """
-class EvenLength:
-    name = "even-length"
-
-    def extract(self, completion):
-        return completion
-
-    def equivalent(self, pred, ref):
-        return len(pred) % 2 == 0
-
-    def is_correct(self, completion, ref_answer):
-        return len(completion) % 2 == 0
-"""
-
 
 def _launch(n: int, tmp: Path, mode: str, args: list[str]) -> subprocess.CompletedProcess:
     script = tmp / "measure_ranks.py"
     if not script.exists():
         script.write_text(SCRIPT)
-        (tmp / "evenlen.py").write_text(GRADER)
+        shutil.copy(Path(__file__).with_name("evenlen.py"), tmp)
     cmd = launch_cmd(n, [str(script)])
     path = os.pathsep.join([str(tmp), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", CURATOR_QUIET="1", PYTHONPATH=path)

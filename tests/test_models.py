@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+from launching import greedy_ids
 
 from curator.data.format import encode_prompt
 from curator.errors import ConfigError, CuratorError, MissingExtraError
@@ -13,18 +14,6 @@ from curator.models import LoadedModel, LoraSettings, apply_lora, load_model, ma
 from curator.models.tiny import tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _greedy(loaded: LoadedModel, prompt: str, k: int = 12) -> list[int]:
-    ids = torch.tensor([encode_prompt(loaded.tokenizer, prompt)])
-    out = loaded.model.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        do_sample=False,
-        max_new_tokens=k,
-        pad_token_id=loaded.tokenizer.pad_token_id,
-    )
-    return out[0, ids.shape[1] :].tolist()
 
 
 def test_tiny_loads_fast_deterministic_and_generates():
@@ -37,8 +26,8 @@ def test_tiny_loads_fast_deterministic_and_generates():
     assert a.spec == "tiny-random"
     for pa, pb in zip(a.model.parameters(), b.model.parameters()):
         assert torch.equal(pa, pb)
-    toks = _greedy(a, "Tom has 3 apples.\nAnswer:")
-    assert len(toks) >= 1 and toks == _greedy(b, "Tom has 3 apples.\nAnswer:")
+    toks = greedy_ids(a, "Tom has 3 apples.\nAnswer:")
+    assert len(toks) >= 1 and toks == greedy_ids(b, "Tom has 3 apples.\nAnswer:")
     # a different seed is a different model
     other = tiny_model(1)
     assert not torch.equal(other.model.embed_tokens.weight, a.model.model.embed_tokens.weight)
@@ -162,7 +151,7 @@ def test_save_and_reload_dir_roundtrip(tmp_path):
     assert b.spec == str(tmp_path / "m")
     for (na, pa), (nb, pb) in zip(a.model.named_parameters(), b.model.named_parameters()):
         assert na == nb and torch.equal(pa, pb)
-    assert _greedy(a, "2+2\nAnswer:") == _greedy(b, "2+2\nAnswer:")
+    assert greedy_ids(a, "2+2\nAnswer:") == greedy_ids(b, "2+2\nAnswer:")
     assert b.tokenizer("xy\n")["input_ids"] == a.tokenizer("xy\n")["input_ids"]
 
 
@@ -193,7 +182,7 @@ def test_lora_settings_validation():
 
 def test_apply_lora_trains_only_adapters_and_starts_as_identity():
     loaded = load_model("tiny-random")
-    before = _greedy(loaded, "abc\nAnswer:")
+    before = greedy_ids(loaded, "abc\nAnswer:")
     ids = torch.tensor([encode_prompt(loaded.tokenizer, "abc\nAnswer:")])
     ref = loaded.model(ids).logits
     peft_model = apply_lora(loaded.model, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj")))
@@ -202,7 +191,7 @@ def test_apply_lora_trains_only_adapters_and_starts_as_identity():
     assert len(trainable) == 8 and all("lora_" in n for n in trainable)
     # LoRA B starts at zero: the wrapped model computes exactly what the base did
     assert torch.allclose(peft_model(input_ids=ids).logits, ref, atol=1e-6)
-    assert _greedy(LoadedModel(peft_model, loaded.tokenizer, "x", "cpu", torch.float32), "abc\nAnswer:") == before
+    assert greedy_ids(LoadedModel(peft_model, loaded.tokenizer, "x", "cpu", torch.float32), "abc\nAnswer:") == before
 
 
 def test_apply_lora_all_linear_and_bad_targets():
@@ -225,7 +214,7 @@ def test_smollm2_loads_and_generates_through_load_model(tmp_path, monkeypatch):
     first = load_model("smollm2-135m-instruct")
     assert getattr(first.model, "hf_quantizer", None) is None  # materialised
     prompt = "Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer:"
-    greedy = _greedy(first, prompt, 16)
+    greedy = greedy_ids(first, prompt, 16)
     assert len(first.tokenizer.decode(greedy, skip_special_tokens=True).strip()) > 0
     t0 = time.perf_counter()
     cached = load_model("smollm2-135m-instruct")
@@ -233,7 +222,7 @@ def test_smollm2_loads_and_generates_through_load_model(tmp_path, monkeypatch):
     assert cached.tokenizer(prompt)["input_ids"] == first.tokenizer(prompt)["input_ids"]
     for pa, pb in zip(first.model.parameters(), cached.model.parameters()):
         assert torch.equal(pa, pb)
-    assert _greedy(cached, prompt, 16) == greedy
+    assert greedy_ids(cached, prompt, 16) == greedy
     # a GGUF-loaded model saves like any other and reloads identically
     save_model(first, tmp_path / "saved")
-    assert _greedy(load_model(tmp_path / "saved"), prompt, 16) == greedy
+    assert greedy_ids(load_model(tmp_path / "saved"), prompt, 16) == greedy

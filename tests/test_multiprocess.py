@@ -19,24 +19,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from launching import launch_cmd
+from launching import launch_cmd, tiny_recipe
 
-RECIPE = {
-    "name": "mp",
-    "seed": 3,
-    "model": {"name": "tiny-random", "lora": None},
-    "data": {
-        "pool": "synthetic:easy?n=30&seed=1",
-        "test": "synthetic:easy?n=6&seed=2",
-        "seed_size": 6,
-        "grader": "gsm8k",
-    },
-    "training": {"epochs": 2, "learning_rate": 0.003, "batch_size": 2, "max_length": 512},
-    "dynamics": {"samples": 2, "max_new_tokens": 10, "batch_size": 16},
-    "evaluation": {"max_new_tokens": 10},
-    "loop": {"rounds": 2, "budget": 4},
-    "strategies": [{"name": "loss"}],
-}
+RECIPE = tiny_recipe(
+    name="mp",
+    seed=3,
+    data={"seed_size": 6},
+    training={"epochs": 2, "batch_size": 2},
+    dynamics={"max_new_tokens": 10},
+    evaluation={"max_new_tokens": 10},
+    strategies=[{"name": "loss"}],
+)
 
 
 def _env():
@@ -142,7 +135,7 @@ def test_a_failed_collective_is_one_line(monkeypatch):
 
 
 FSDP_WORKER = """
-import copy, json, sys
+import copy, gc, json, sys
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
@@ -178,10 +171,14 @@ w = next(sharded.parameters())
 out["local_numel"], out["full_numel"] = w.to_local().numel(), w.numel()
 if dist.get_rank() == 0:
     json.dump(out, open(sys.argv[1], "w"))
-# both ranks reach here before either tears the group down: without the barrier, a rank that is
-# ahead (rank 0, on a loaded machine) destroys its gloo pairs while the other still has its last
-# collective's pair threads live, and that rank dies in C++ ("terminate called without an active
-# exception", exit -6); the barrier is the last collective, so no work is in flight at teardown
+# teardown in a fixed order while the interpreter is whole: first every object that holds the
+# process group or gloo work on it (the FSDP modules and their parameters, the optimizers, the
+# statistics' reduce hooks), then the group, after a last barrier so neither rank has a
+# collective in flight. Left to interpreter finalization, gloo's C++ state can be destroyed after
+# Python's own (a SIGABRT, "terminate called without an active exception", exit -6: the failure
+# this test had on loaded machines; pytorch/pytorch#179291 describes the mechanism)
+del stats, models, opts, sharded, full, w, reduce
+gc.collect()
 dist.barrier()
 dist.destroy_process_group()
 """

@@ -370,8 +370,8 @@ def test_run_sweep_writes_runs_and_resumes(tmp_path):
     from curator.data.example import Example
     from curator.data.format import PromptFormat
     from curator.data.grading import get_grader
-    from curator.models.tiny import tiny_model, tiny_tokenizer
     from curator.dynamics.settings import DynamicsSettings, EvalSettings
+    from curator.models.tiny import tiny_model, tiny_tokenizer
     from curator.recipes import SweepSettings
     from curator.training.settings import TrainSettings
 

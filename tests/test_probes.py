@@ -188,11 +188,11 @@ def test_probe_logger_rows_and_table_roundtrip(tiny, tmp_path):
     prompts, targets, keys = ps.pairs(PromptFormat())
     lp, mx = score_targets(tiny.model, tiny.tokenizer, prompts, targets)
     got = df.set_index(["family", "probe_id"])
-    for (fam, pid), l, m in zip(keys, lp, mx):
-        assert got.loc[(fam, pid), "logprob_sum"] == pytest.approx(l.sum(), abs=1e-4)
-        assert got.loc[(fam, pid), "logprob_mean"] == pytest.approx(l.mean(), abs=1e-5)
+    for (fam, pid), lps, m in zip(keys, lp, mx):
+        assert got.loc[(fam, pid), "logprob_sum"] == pytest.approx(lps.sum(), abs=1e-4)
+        assert got.loc[(fam, pid), "logprob_mean"] == pytest.approx(lps.mean(), abs=1e-5)
         assert got.loc[(fam, pid), "argmax_logprob_sum"] == pytest.approx(m.sum(), abs=1e-4)
-        assert got.loc[(fam, pid), "n_tokens"] == len(l)
+        assert got.loc[(fam, pid), "n_tokens"] == len(lps)
     write_probe_table(df, tmp_path / "p.parquet")
     back = read_probe_table(tmp_path / "p.parquet")
     assert back.equals(df)

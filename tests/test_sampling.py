@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from launching import greedy_ids
 
 from curator.data.format import encode_pair, encode_prompt
 from curator.errors import ConfigError, CuratorError, MissingExtraError
@@ -38,15 +39,7 @@ def sampler(tiny, **kw) -> HFSampler:
 
 
 def hf_greedy(tiny, prompt: str, k: int) -> str:
-    ids = torch.tensor([encode_prompt(tiny.tokenizer, prompt)])
-    out = tiny.model.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        do_sample=False,
-        max_new_tokens=k,
-        pad_token_id=tiny.tokenizer.pad_token_id,
-    )
-    return tiny.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    return tiny.tokenizer.decode(greedy_ids(tiny, prompt, k), skip_special_tokens=True)
 
 
 def test_is_a_sampler(tiny):
@@ -170,7 +163,10 @@ def test_tiny_top_p_is_greedy(tiny):
 
 def test_choose_inverse_cdf_with_top_p():
     logits = torch.log(torch.tensor([[0.2, 0.5, 0.3]]))
-    pick = lambda u, top_p: int(_choose(logits, torch.tensor([u], dtype=torch.float64), 1.0, top_p))
+
+    def pick(u, top_p):
+        return int(_choose(logits, torch.tensor([u], dtype=torch.float64), 1.0, top_p))
+
     # top_p 0.7 keeps {1: 0.5, 2: 0.3} -> renormalised CDF 0.625, 1.0
     assert pick(0.0, 0.7) == 1 and pick(0.62, 0.7) == 1 and pick(0.63, 0.7) == 2 and pick(0.999, 0.7) == 2
     # top_p 1 keeps all, CDF in vocabulary order: 0.2, 0.7, 1.0

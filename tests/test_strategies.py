@@ -232,13 +232,13 @@ def test_scan_targets_equals_brute_force_across_chunks():
     X[100] = X[7]  # an exact tie: the lower row comes first
     T = rng.normal(size=(7, 16)).astype(np.float32)
     T[0] = X[7]
-    best, I = scan_targets(X, T, 20, chunk=512)
+    best, idx = scan_targets(X, T, 20, chunk=512)
     S = T @ X.T
     np.testing.assert_allclose(best, S.max(0), rtol=1e-5)
     for t in range(7):
         want = np.lexsort((np.arange(5000), -S[t]))[:20]
-        assert I[t].tolist() == want.tolist()
-    assert I[0, :2].tolist() == [7, 100]
+        assert idx[t].tolist() == want.tolist()
+    assert idx[0, :2].tolist() == [7, 100]
     _, small = scan_targets(X[:3], T, 5)  # fewer rows than q
     assert small.shape == (7, 3)
 

@@ -123,7 +123,10 @@ def test_similar_keeps_skill_and_structure_changes_numbers():
             assert kid.meta["parent_id"] == parent.id
             assert kid.question != parent.question and kid.id != parent.id
             assert all(GSM8KGrader().is_correct(t, kid.answer) for t in kid.meta["traces"])
-        numbers = lambda q: re.findall(r"\d+", q)
+
+        def numbers(q):
+            return re.findall(r"\d+", q)
+
         assert any(numbers(k.question) != numbers(parent.question) for k in kids)
         assert task.similar(parent, 4, seed=1) == kids  # deterministic
 

@@ -172,7 +172,7 @@ def test_epoch_checkpoints_and_loss_decreases():
         toks = step_tokens(s, data(12), tok, epoch=k)
         window = res.step_losses[3 * k : 3 * k + 3]
         assert info.metrics["train_loss"] == pytest.approx(
-            sum(l * n for l, n in zip(window, toks)) / sum(toks), rel=1e-9
+            sum(loss * n for loss, n in zip(window, toks)) / sum(toks), rel=1e-9
         )
     assert res.final_metrics == infos[-1].metrics
     assert not model.training  # the caller's mode is restored
@@ -298,8 +298,8 @@ def test_grad_accumulation_gives_the_global_token_mean():
         res = finetune(model, tok, data(8), None, fast(batch_size=bs, grad_accum=ga, max_grad_norm=0.0), progress=False)
         out.append((params_of(model), res.step_losses))
     (p0, l0) = out[0]
-    for p, l in out[1:]:
-        assert l == pytest.approx(l0, rel=1e-5)
+    for p, losses in out[1:]:
+        assert losses == pytest.approx(l0, rel=1e-5)
         # Adam divides by sqrt(v): where a gradient is near zero, float32 summation-order noise
         # between micro-batch splits moves a weight by ~1% of lr (2.7e-5 at lr 3e-3 seen on one BLAS)
         assert all(torch.allclose(p0[k], p[k], atol=1e-4) for k in p0)
@@ -313,7 +313,7 @@ def test_every_n_steps_checkpoints_and_tail_metrics():
     assert len(res.step_losses) == 10
     # the last two steps form the tail window; linear decay ends at lr 0
     toks = step_tokens(s, data(10), tok, epoch=1)[3:]
-    tail = sum(l * n for l, n in zip(res.step_losses[8:], toks)) / sum(toks)
+    tail = sum(loss * n for loss, n in zip(res.step_losses[8:], toks)) / sum(toks)
     assert res.final_metrics["train_loss"] == pytest.approx(tail, rel=1e-9)
     assert res.final_metrics["learning_rate"] == 0.0
     assert res.final_metrics["dist_from_init"] > res.checkpoints[-1].metrics["dist_from_init"]

@@ -350,3 +350,42 @@ def test_from_loaded_serves_a_lora_model_as_base_plus_adapter(base, fake_vllm):
     want = HFSampler(peft.eval(), base.tokenizer).target_logprobs(prompts, targets)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("use_lora", [False, True], ids=["full", "lora"])
+def test_measure_checkpoints_serves_every_checkpoint_from_one_engine(tmp_path, fake_vllm, use_lora):
+    """`curate measure --backend vllm`: one engine for the whole run (built from the first
+    checkpoint), each checkpoint measured on exactly its own weights (full: loaded into the engine;
+    LoRA: its adapter served), and the ledger hf gives."""
+    import torch
+
+    from curator.dynamics.settings import MeasureSettings
+    from curator.measure import CheckpointLoader, measure_checkpoints
+    from curator.models import LoraSettings, apply_lora, load_model
+
+    lm = load_model("tiny-random")
+    model = apply_lora(lm.model, LoraSettings(r=4, alpha=8, dropout=0.0)) if use_lora else lm.model
+    saved = []
+    for i in (1, 2):  # stand-in for training: move the trainable weights, save a checkpoint
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(i)
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(0.05 * torch.randn(p.shape, generator=g))
+        model.save_pretrained(tmp_path / f"checkpoint-{i}")
+        lm.tokenizer.save_pretrained(tmp_path / f"checkpoint-{i}")
+        saved.append(weights_hash(model))
+
+    def measure(backend):
+        loader = CheckpointLoader("tiny-random" if use_lora else None)
+        settings = MeasureSettings(k=2, params=GREEDY, p=1.5, lazy=False)
+        return measure_checkpoints([tmp_path], TRAIN, measure=settings, loader=loader, backend=backend, progress=False)
+
+    led = measure("vllm")
+    assert len(fake_vllm.built) == 1  # never an engine per checkpoint
+    engine = fake_vllm.built[0]
+    assert list(dict.fromkeys(h for _, h in engine.requests)) == saved
+    assert engine.weight_loads == (0 if use_lora else 2)
+    ref = measure("hf")
+    assert led.df["n_correct"].tolist() == ref.df["n_correct"].tolist()
+    np.testing.assert_allclose(led.df["target_nll"], ref.df["target_nll"], rtol=0, atol=1e-4)

@@ -111,21 +111,58 @@ def import_arrays(
         DataError: missing or conflicting keys, shape mismatches, duplicate ids, acc * k not a
             whole number, NaN perplexities (unless ``drop_nan``).
     """
-    where = str(source) if isinstance(source, (str, Path)) else "arrays"
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.exists():
-            raise DataError(f"{path}: file not found")
-        arrays = _load_npz(path)
-    else:
-        arrays = {key: np.asarray(v) for key, v in source.items()}
+    where, arrays = _read_arrays(source)
+    ids = _example_ids(arrays, where)
+    acc_key = _one_of(arrays, "n_correct", "acc", where)
+    ppl_key = _one_of(arrays, "perplexity", "target_nll", where)
+    main = _numbers(arrays, acc_key, where)
+    N, M = _check_shapes(arrays, acc_key, main, ids.size, where)
+    k, n_samples = _sample_counts(arrays, k, (N, M), where)
+    n_correct = _correct_counts(acc_key, main, n_samples, ids, where)
+    ppl = _numbers(arrays, ppl_key, where)
+    extra = {key: np.asarray(v) for key, v in arrays.items() if key not in _KNOWN or key == "target_tokens"}
+    bad = ~np.isfinite(ppl)
+    if bad.any():
+        rows = _rows_to_drop(bad, ids, ppl_key, drop_nan, where)
+        meta["import_dropped"] = ids[rows].tolist()
+        work = {"ids": ids, "n_correct": n_correct, "n_samples": n_samples, "ppl": ppl, **extra}
+        _drop_examples(ids, work, ~bad.any(axis=1), N)
+        ids, n_correct, n_samples, ppl = work.pop("ids"), work.pop("n_correct"), work.pop("n_samples"), work.pop("ppl")
+        extra, N = work, ids.size
+    return Ledger.from_arrays(
+        ids.tolist(),
+        n_correct.astype(np.int64),
+        n_samples.astype(np.int64),
+        k=k,
+        target_nll=ppl if ppl_key == "target_nll" else None,
+        perplexity=ppl if ppl_key == "perplexity" else None,
+        target_tokens=extra.get("target_tokens"),
+        steps=arrays.get("steps"),
+        epochs=arrays.get("epochs"),
+        p=p,
+        signals=_signals(extra, (N, M), where) or None,
+        **meta,
+    )
+
+
+def _read_arrays(source: str | Path | Mapping[str, Any]) -> tuple[str, dict[str, np.ndarray]]:
+    """Where the arrays come from (for messages), and the arrays."""
+    if not isinstance(source, (str, Path)):
+        return "arrays", {key: np.asarray(v) for key, v in source.items()}
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    return str(source), _load_npz(path)
+
+
+def _example_ids(arrays: dict[str, np.ndarray], where: str) -> np.ndarray:
+    """The rows' example ids: present, 1-D, not empty, all different."""
     if "example_ids" not in arrays:
         raise DataError(f"{where}: missing 'example_ids' (one id per row); keys present: {sorted(arrays)}")
     ids = np.asarray(arrays["example_ids"]).astype(str)
     if ids.ndim != 1:
         raise DataError(f"{where}: example_ids must be 1-D, got shape {list(ids.shape)}")
-    N = ids.size
-    if N == 0:
+    if ids.size == 0:
         raise DataError(f"{where}: example_ids is empty")
     uniq, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
@@ -134,10 +171,11 @@ def import_arrays(
             f"{where}: {dup.size} duplicate example id(s), e.g. {dup[:3].tolist()}; "
             "every row must be a different example"
         )
+    return ids
 
-    acc_key = _one_of(arrays, "n_correct", "acc", where)
-    ppl_key = _one_of(arrays, "perplexity", "target_nll", where)
-    main = _numbers(arrays, acc_key, where)
+
+def _check_shapes(arrays: dict[str, np.ndarray], acc_key: str, main: np.ndarray, N: int, where: str) -> tuple[int, int]:
+    """(examples, checkpoints), once every per-cell and per-checkpoint array has its shape."""
     if main.ndim != 2 or main.shape[0] != N:
         raise DataError(
             f"{where}: {acc_key} has shape {list(main.shape)}, expected [{N}, checkpoints] "
@@ -158,7 +196,13 @@ def import_arrays(
     for key in ("steps", "epochs"):
         if key in arrays and arrays[key].shape != (M,):
             raise DataError(f"{where}: {key} has shape {list(arrays[key].shape)}, expected [{M}] (one per checkpoint)")
+    return N, M
 
+
+def _sample_counts(
+    arrays: dict[str, np.ndarray], k: Any, shape: tuple[int, int], where: str
+) -> tuple[int | None, np.ndarray]:
+    """k (the argument, else the input's ``k``) and the samples per cell (the input's, else k)."""
     if k is None and "k" in arrays:
         k = np.asarray(arrays["k"]).reshape(-1)[0]
     if k is not None and (isinstance(k, (bool, np.bool_)) or not np.isfinite(float(k)) or float(k) != int(k)):
@@ -168,83 +212,64 @@ def import_arrays(
         n_samples = _numbers(arrays, "n_samples", where)
         if (~np.isfinite(n_samples)).any() or (n_samples != np.round(n_samples)).any():
             raise DataError(f"{where}: n_samples must hold whole numbers (no NaN)")
-    elif k is not None:
-        if k < 1:
-            raise DataError(f"{where}: k must be >= 1, got {k}")
-        n_samples = np.full((N, M), float(k))
-    else:
+        return k, n_samples
+    if k is None:
         raise DataError(f"{where}: give 'n_samples' [N, M] or the samples per cell k (k=... or a 'k' key)")
-    if acc_key == "acc":
-        if np.isnan(main).any():
-            raise DataError(f"{where}: acc has {int(np.isnan(main).sum())} NaN entries")
-        if (main < 0).any() or (main > 1).any():
-            raise DataError(f"{where}: acc must lie in [0, 1] (a fraction of samples correct)")
-        n_correct = main * n_samples
-        frac = np.abs(n_correct - np.round(n_correct))
-        if (frac > 1e-6).any():
-            i, j = np.argwhere(frac > 1e-6)[0]
-            raise DataError(
-                f"{where}: acc * n_samples is not a whole number at example {str(ids[i])!r}, "
-                f"checkpoint {j + 1} (acc={main[i, j]}, samples={n_samples[i, j]:g}); "
-                "is k right?"
-            )
-        n_correct = np.round(n_correct)
-    else:
-        n_correct = main
-        if np.isnan(n_correct).any() or (np.abs(n_correct - np.round(n_correct)) > 1e-9).any():
+    if k < 1:
+        raise DataError(f"{where}: k must be >= 1, got {k}")
+    return k, np.full(shape, float(k))
+
+
+def _correct_counts(acc_key: str, main: np.ndarray, n_samples: np.ndarray, ids: np.ndarray, where: str) -> np.ndarray:
+    """Correct samples per cell: ``n_correct`` as given, or ``acc * n_samples`` (whole numbers)."""
+    if acc_key != "acc":
+        if np.isnan(main).any() or (np.abs(main - np.round(main)) > 1e-9).any():
             raise DataError(f"{where}: n_correct must hold whole numbers (no NaN)")
+        return main
+    if np.isnan(main).any():
+        raise DataError(f"{where}: acc has {int(np.isnan(main).sum())} NaN entries")
+    if (main < 0).any() or (main > 1).any():
+        raise DataError(f"{where}: acc must lie in [0, 1] (a fraction of samples correct)")
+    n_correct = main * n_samples
+    frac = np.abs(n_correct - np.round(n_correct))
+    if (frac > 1e-6).any():
+        i, j = np.argwhere(frac > 1e-6)[0]
+        raise DataError(
+            f"{where}: acc * n_samples is not a whole number at example {str(ids[i])!r}, "
+            f"checkpoint {j + 1} (acc={main[i, j]}, samples={n_samples[i, j]:g}); "
+            "is k right?"
+        )
+    return np.round(n_correct)
 
-    ppl = _numbers(arrays, ppl_key, where)
-    bad = ~np.isfinite(ppl)
-    dropped: list[str] = []
-    if bad.any():
-        rows = np.flatnonzero(bad.any(axis=1))
-        if not drop_nan:
-            first = [f"({ids[i]}, checkpoint {int(np.flatnonzero(bad[i])[0]) + 1})" for i in rows[:3]]
-            raise DataError(
-                f"{where}: {ppl_key} has {int(bad.sum())} NaN/inf entries in {rows.size} "
-                f"example(s), e.g. {', '.join(first)}; re-measure them, or import with "
-                "drop_nan=True (--drop-nan) to leave those examples out"
-            )
-        if rows.size == N:
-            raise DataError(f"{where}: every example has a NaN {ppl_key}; nothing to import")
-        dropped = ids[rows].tolist()
-        keep = ~bad.any(axis=1)
-        work = {"ids": ids, "n_correct": n_correct, "n_samples": n_samples, "ppl": ppl}
-        work.update({key: np.asarray(v) for key, v in arrays.items() if key not in _KNOWN or key == "target_tokens"})
-        _drop_examples(ids, work, keep, N)
-        ids, n_correct, n_samples, ppl = work.pop("ids"), work.pop("n_correct"), work.pop("n_samples"), work.pop("ppl")
-        extra = work
-        N = ids.size
-    else:
-        extra = {key: np.asarray(v) for key, v in arrays.items() if key not in _KNOWN or key == "target_tokens"}
 
+def _rows_to_drop(bad: np.ndarray, ids: np.ndarray, ppl_key: str, drop_nan: bool, where: str) -> np.ndarray:
+    """The examples with a NaN/inf perplexity somewhere: refused, unless ``drop_nan`` leaves some."""
+    rows = np.flatnonzero(bad.any(axis=1))
+    if not drop_nan:
+        first = [f"({ids[i]}, checkpoint {int(np.flatnonzero(bad[i])[0]) + 1})" for i in rows[:3]]
+        raise DataError(
+            f"{where}: {ppl_key} has {int(bad.sum())} NaN/inf entries in {rows.size} "
+            f"example(s), e.g. {', '.join(first)}; re-measure them, or import with "
+            "drop_nan=True (--drop-nan) to leave those examples out"
+        )
+    if rows.size == ids.size:
+        raise DataError(f"{where}: every example has a NaN {ppl_key}; nothing to import")
+    return rows
+
+
+def _signals(extra: dict[str, np.ndarray], shape: tuple[int, int], where: str) -> dict[str, np.ndarray]:
+    """The input's other arrays, each an [examples, checkpoints] signal column."""
     signals = {}
     for key, arr in extra.items():
         if key == "target_tokens":
             continue
-        if arr.shape != (N, M):
+        if arr.shape != shape:
             raise DataError(
                 f"{where}: unknown key {key!r} with shape {list(arr.shape)}; extra arrays must "
                 f"be [examples, checkpoints] signals (known keys: {sorted(_KNOWN)})"
             )
         signals[key] = arr
-    if dropped:
-        meta["import_dropped"] = dropped
-    return Ledger.from_arrays(
-        ids.tolist(),
-        n_correct.astype(np.int64),
-        n_samples.astype(np.int64),
-        k=k,
-        target_nll=ppl if ppl_key == "target_nll" else None,
-        perplexity=ppl if ppl_key == "perplexity" else None,
-        target_tokens=extra.get("target_tokens"),
-        steps=arrays.get("steps"),
-        epochs=arrays.get("epochs"),
-        p=p,
-        signals=signals or None,
-        **meta,
-    )
+    return signals
 
 
 def _read_long(path: Path) -> pd.DataFrame:

@@ -8,9 +8,10 @@ import click
 
 from curator import distributed
 from curator.cli.ledger import render_summary
+from curator.cli.options import SEED
 from curator.cli.premem import DYNAMICS_FLAGS, DYNAMICS_OPTIONS, load_training_data, settings_options
 from curator.data.format import PromptFormat
-from curator.dynamics.settings import DynamicsSettings
+from curator.dynamics.settings import DynamicsSettings, MeasureSettings
 from curator.errors import ConfigError
 from curator.sampling.base import SamplingParams
 
@@ -44,7 +45,7 @@ from curator.sampling.base import SamplingParams
     help="The training step of a single model directory (0: the untrained model; a plain model "
     "directory without trainer state is step 0 anyway).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--seed", type=int, default=0, show_default=True, callback=SEED, help="Sampling seed.")
 @click.option("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on capable CUDA, else fp32).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when available).")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default="runs/measure/ledger.parquet", show_default=True)
@@ -80,7 +81,7 @@ def measure(
     the strategies read.
     """
     from curator.dynamics.tracker import check_premem_settings  # lazy: pulls in pandas
-    from curator.measure import find_checkpoints, measure_checkpoints  # lazy: pulls in pandas
+    from curator.measure import CheckpointLoader, find_checkpoints, measure_checkpoints  # lazy: pulls in pandas
 
     k = samples
     problems = check_premem_settings(1, k, p)
@@ -101,22 +102,16 @@ def measure(
             f"(steps {', '.join(str(c.step) for c in ckpts)}); k={k}, p={p:g}, {'full' if full else 'lazy'} tracking"
         )
     ledger = measure_checkpoints(
-        checkpoints,
+        ckpts,
         examples,
-        base=base,
+        measure=MeasureSettings(k=k, params=params, p=p, lazy=not full),
         fmt=fmt,
         grader=grader,
-        k=k,
-        params=params,
-        p=p,
-        lazy=not full,
+        loader=CheckpointLoader(base, dtype=dtype, device=device),
         backend=backend,
         batch_size=sample_batch_size,
-        dtype=dtype,
-        device=device,
         out=out,
         progress=not quiet,
-        step=step,
     )
     if not distributed.is_main_process():  # every rank has the ledger; one prints
         return

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from curator.dynamics.tracker import check_premem_settings
 from curator.errors import ConfigError
 from curator.measure import CheckpointLoader, checkpoint_metrics, read_checkpoint
 from curator.measurement import CheckpointMeasurer
-from curator.sampling.providers import make_provider
+from curator.sampling.providers import HFProvider, SamplerProvider
 from curator.sampling.sharded import without_autocast
 from curator.training.sft import CheckpointInfo
 
@@ -90,17 +90,19 @@ class PreMemCallback(TrainerCallback):
         fmt: how examples become (prompt, target) text — the same text the trainer trains on
             (`curator.export.trl_dataset(examples, fmt)` builds such a dataset).
         grader: answer grader (name or object).
-        k, params, p, lazy, defer: the tracker's settings (samples per cell, sampling, threshold,
-            lazy / deferred tracking).
+        measure: the tracker's `MeasureSettings` (samples per cell ``k``, sampling ``params``,
+            threshold ``p``, ``lazy`` / ``defer`` tracking); default ``MeasureSettings()``.
         on: ``"save"`` (measure each checkpoint the trainer saves) or ``"epoch"``.
         n_checkpoints: the number of measurements the run will make; lazy tracking needs it to
             make the last one exact. Default: computed from the training arguments at train begin.
         out: where the ledger goes (default ``<output_dir>/ledger.parquet``); rewritten after
             each measurement.
-        batch_size: prompts per sampler batch (hf).
         source: ``"live"`` (the model in memory), ``"checkpoint"`` (the directory just saved; needs
             ``on="save"``) or ``"auto"`` (checkpoint for FSDP / ZeRO-3, else live).
-        sampler_factory: ``f(model, tokenizer) -> Sampler`` replacing the hf sampler.
+        provider: the `SamplerProvider` that hands out samplers (curator.sampling.providers);
+            default: an `HFProvider` over the trainer's tokenizer, 32 prompts per batch
+            (``HFProvider(tok, batch_size=16)`` for another batch size, ``FactoryProvider(f, tok)``
+            for a sampler of your own).
         progress: sampling progress bars (default: unless the trainer's ``disable_tqdm``).
 
     Report through the trainer's own logging by attaching it: ``PreMemCallback(...).attach(trainer)``
@@ -112,40 +114,35 @@ class PreMemCallback(TrainerCallback):
         self,
         examples: Sequence[Example] | str | os.PathLike,
         *,
+        measure: MeasureSettings | None = None,
         fmt: PromptFormat | None = None,
         grader: Any = "auto",
-        k: int = 5,
-        params: Any = None,
-        p: float = 1.105,
-        lazy: bool = True,
-        defer: bool = False,
         on: str = "save",
         n_checkpoints: int | None = None,
         out: str | os.PathLike | None = None,
-        batch_size: int = 32,
         source: str = "auto",
-        sampler_factory: Callable[[Any, Any], Any] | None = None,
+        provider: SamplerProvider | None = None,
         progress: bool | None = None,
     ):
         if isinstance(examples, (str, os.PathLike)):
             examples = load_examples(examples)
-        problems = check_premem_settings(len(examples), k, p)
+        self.measure_settings = measure or MeasureSettings()
+        problems = check_premem_settings(len(examples), self.measure_settings.k, self.measure_settings.p)
         if on not in ("save", "epoch"):
             problems.append(f"on must be 'save' or 'epoch', got {on!r}")
         if source not in ("auto", "live", "checkpoint"):
             problems.append(f"source must be 'auto', 'live' or 'checkpoint', got {source!r}")
         if source == "checkpoint" and on != "save":
             problems.append("source='checkpoint' reads the directories the trainer saves, so it needs on='save'")
-        if defer and source == "checkpoint":
+        if self.measure_settings.defer and source == "checkpoint":
             problems.append("defer=True re-samples earlier weights of the live model; use source='live'")
         if problems:
             raise ConfigError(problems)
         self.examples = list(examples)
         self.fmt = fmt or PromptFormat()
         self.grader = get_grader(grader) if isinstance(grader, str) else grader
-        self.k, self.params, self.p, self.lazy, self.defer = k, params, p, lazy, defer
         self.on, self.n_checkpoints, self.out = on, n_checkpoints, out
-        self.batch_size, self.source, self.sampler_factory = batch_size, source, sampler_factory
+        self.source, self.provider = source, provider
         self.progress = progress
         self.trainer: Any = None
         self.measurer: Any = None  # the CheckpointMeasurer of the current train() call
@@ -186,7 +183,7 @@ class PreMemCallback(TrainerCallback):
                 "set save_strategy='epoch' or 'steps', or use on='epoch'"
             )
         n = self.n_checkpoints or planned_checkpoints(args, state, self.on)
-        if n is None and self.lazy:
+        if n is None and self.measure_settings.lazy:
             raise ConfigError(
                 f"PreMemCallback cannot tell how many checkpoints save_strategy="
                 f"{_strategy(args.save_strategy)!r} will make; pass n_checkpoints=, or lazy=False"
@@ -194,12 +191,11 @@ class PreMemCallback(TrainerCallback):
         self._index, self._disabled = 0, None  # a callback object may serve several train() calls
         if self.source == "auto":
             self.source = "checkpoint" if _sharded(args) and self.on == "save" else "live"
-        settings = MeasureSettings(k=self.k, params=self.params, p=self.p, lazy=self.lazy, defer=self.defer)
         self.measurer = CheckpointMeasurer(
             self.examples,
             self.fmt,
             self.grader,
-            settings,
+            self.measure_settings,
             self._provider(tok),
             n,
             tokenizer=tok,
@@ -209,8 +205,8 @@ class PreMemCallback(TrainerCallback):
         self._tokenizer = tok
         self._params_sharded = _sharded(args)
 
-    def _provider(self, tokenizer: Any) -> Any:
-        return make_provider("hf", None, tokenizer=tokenizer, batch_size=self.batch_size, factory=self.sampler_factory)
+    def _provider(self, tokenizer: Any) -> SamplerProvider:
+        return self.provider if self.provider is not None else HFProvider(tokenizer)
 
     def on_save(self, args, state, control, model=None, **kwargs):
         if self.on == "save":

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from curator.errors import RoutingError
-from curator.models.tiny import tiny_tokenizer
+from curator.models.tiny import decoder_fields, seeded_model, tiny_tokenizer
 from curator.registry import Registry
 
 
@@ -81,39 +81,6 @@ def supported_layouts() -> str:
     return ", ".join(f"{t} ({layout.causal_lm})" for t, layout in LAYOUTS.items())
 
 
-def _config(
-    layout: str,
-    vocab: int,
-    tokenizer: Any,
-    *,
-    layers: int,
-    hidden: int,
-    heads: int,
-    kv_heads: int,
-    experts: int,
-    top_k: int,
-    expert_hidden: int,
-    init_std: float,
-) -> Any:
-    common = dict(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=4096,
-        initializer_range=init_std,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        num_experts_per_tok=top_k,
-    )
-    if layout not in LAYOUTS:
-        raise RoutingError(f"no tiny MoE builder for layout {layout!r}; supported layouts: {supported_layouts()}")
-    return LAYOUTS[layout].config(experts, expert_hidden, hidden, heads, **common)
-
-
 def tiny_moe(
     layout: str = "mixtral",
     seed: int = 0,
@@ -130,29 +97,16 @@ def tiny_moe(
 ) -> Any:
     """A random-init MoE causal LM of the given layout sized for the tiny tokenizer; same seed ->
     same weights (a private RNG stream: the caller's torch RNG does not move)."""
-    import torch
     from transformers import AutoModelForCausalLM
 
+    if layout not in LAYOUTS:
+        raise RoutingError(f"no tiny MoE builder for layout {layout!r}; supported layouts: {supported_layouts()}")
     tokenizer = tokenizer or tiny_tokenizer()
-    config = _config(
-        layout,
-        len(tokenizer),
-        tokenizer,
-        layers=layers,
-        hidden=hidden,
-        heads=heads,
-        kv_heads=kv_heads,
-        experts=experts,
-        top_k=top_k,
-        expert_hidden=expert_hidden or 2 * hidden,
-        init_std=init_std,
+    common = decoder_fields(tokenizer, layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, init_std=init_std)
+    config = LAYOUTS[layout].config(
+        experts, expert_hidden or 2 * hidden, hidden, heads, num_experts_per_tok=top_k, **common
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config)
-    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        setattr(model.generation_config, key, getattr(tokenizer, key))
-    return model.eval()
+    return seeded_model(lambda: AutoModelForCausalLM.from_config(config), seed, tokenizer)
 
 
 def small_moe(seed: int = 0, tokenizer: Any = None) -> Any:

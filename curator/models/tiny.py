@@ -8,6 +8,7 @@ milliseconds. It generates gibberish, but exercises exactly the code paths a rea
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 from typing import Any
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -47,6 +48,37 @@ def tiny_tokenizer() -> Any:
     return fast
 
 
+def decoder_fields(tokenizer: Any, *, layers: int, hidden: int, heads: int, kv_heads: int, init_std: float) -> dict:
+    """The config fields every tiny decoder shares (Llama here, each MoE layout in
+    `curator.models.moe`): sizes, untied embeddings, and the tokenizer's special ids."""
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=4096,
+        initializer_range=init_std,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def seeded_model(build: Callable[[], Any], seed: int, tokenizer: Any) -> Any:
+    """``build()`` under a private RNG stream seeded with `seed` (building the model must not move
+    the caller's global torch RNG), generating with the tokenizer's special ids, in eval mode."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build()
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, getattr(tokenizer, key))
+    return model.eval()
+
+
 def tiny_model(
     seed: int = 0,
     *,
@@ -62,29 +94,9 @@ def tiny_model(
     ``init_std`` is larger than Llama's 0.02 so that next-token distributions are peaked rather
     than near-uniform: greedy decoding then has clear winners and is stable under batching noise.
     """
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = tokenizer or tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=4096,
-        initializer_range=init_std,
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    # a private RNG stream: building the model must not move the caller's global torch RNG
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    return model.eval()
+    fields = decoder_fields(tokenizer, layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, init_std=init_std)
+    config = LlamaConfig(intermediate_size=2 * hidden, **fields)
+    return seeded_model(lambda: LlamaForCausalLM(config), seed, tokenizer)
