@@ -22,7 +22,7 @@ import numpy as np
 from curator.data.example import Example
 from curator.errors import StrategyError
 from curator.strategy import SelectionContext, Strategy, check_param
-from strategies.variants import draw_variants
+from strategies.variants import draw_variants, variants_round_robin
 
 
 def final_premem(ctx: SelectionContext) -> dict[str, float]:
@@ -140,21 +140,7 @@ def generate_round_robin(
     Returns the new examples in round-robin order over their parents, and new id -> parent id.
     """
     targets = targets[:total]  # more targets than budget: the lowest-PreMemAcc ones, one each
-    n_per = math.ceil(total / len(targets))
-    new = ctx.generate_similar(targets, n_per)
-    groups: dict[str, list[Example]] = {t.id: [] for t in targets}
-    parent_of: dict[str, str] = {}
-    for pos, e in enumerate(new):
-        parent = e.meta.get("parent") or e.meta.get("parent_id")
-        if parent not in groups:
-            # a source that does not name parents returns n_per per target, in target order
-            parent = targets[min(pos // max(n_per, 1), len(targets) - 1)].id
-        groups[parent].append(e)
-        parent_of[e.id] = parent
-    ordered: list[Example] = []
-    for r in range(max((len(g) for g in groups.values()), default=0)):
-        ordered.extend(g[r] for g in groups.values() if r < len(g))
-    return ordered, parent_of
+    return variants_round_robin(ctx, targets, math.ceil(total / len(targets)))
 
 
 class PreMemThreshold(Strategy):

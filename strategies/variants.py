@@ -36,6 +36,28 @@ from curator.errors import StrategyError
 from curator.strategy import SelectionContext, Strategy, check_param, top_k
 
 
+def variants_round_robin(
+    ctx: SelectionContext, parents: list[Example], n_per: int
+) -> tuple[list[Example], dict[str, str]]:
+    """``n_per`` variants of each parent from ``ctx``'s source, in round-robin order over the
+    parents (every parent's first variant, then every parent's second, ...), and new id -> parent id.
+    """
+    made = ctx.generate_similar(parents, n_per)
+    groups: dict[str, list[Example]] = {p.id: [] for p in parents}
+    parent_of: dict[str, str] = {}
+    for pos, e in enumerate(made):
+        parent = e.meta.get("parent_id") or e.meta.get("parent")
+        if parent not in groups:
+            # a source that does not name parents returns n_per per parent, in parent order
+            parent = parents[min(pos // max(n_per, 1), len(parents) - 1)].id
+        groups[parent].append(e)
+        parent_of[e.id] = parent
+    ordered: list[Example] = []
+    for r in range(max((len(g) for g in groups.values()), default=0)):
+        ordered.extend(g[r] for g in groups.values() if r < len(g))
+    return ordered, parent_of
+
+
 def draw_variants(ctx: SelectionContext, parents: list[Example], k: int, parent_score: dict[str, float]) -> list[str]:
     """Ids of ``k`` new variants of ``parents`` (in the given order), spread evenly; see module doc.
 
@@ -49,20 +71,7 @@ def draw_variants(ctx: SelectionContext, parents: list[Example], k: int, parent_
         # chosen ones keep the strategy's order
         keep = np.sort(ctx.rng.choice(len(parents), size=k, replace=False))
         parents = [parents[i] for i in keep]
-    n_per = math.ceil(k / len(parents))
-    made = ctx.generate_similar(parents, n_per)
-    groups: dict[str, list[Example]] = {p.id: [] for p in parents}
-    parent_of: dict[str, str] = {}
-    for pos, e in enumerate(made):
-        parent = e.meta.get("parent_id") or e.meta.get("parent")
-        if parent not in groups:
-            # a source that does not name parents returns n_per per parent, in parent order
-            parent = parents[min(pos // n_per, len(parents) - 1)].id
-        groups[parent].append(e)
-        parent_of[e.id] = parent
-    ordered: list[Example] = []
-    for r in range(n_per):
-        ordered.extend(g[r] for g in groups.values() if r < len(g))
+    ordered, parent_of = variants_round_robin(ctx, parents, math.ceil(k / len(parents)))
     chosen = [e.id for e in ordered[:k]]
     ctx.record_scores(chosen, [parent_score.get(parent_of[i], np.nan) for i in chosen])
     return chosen
