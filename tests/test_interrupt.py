@@ -73,7 +73,15 @@ def _killed(d: dict, fault: str, where: Path) -> None:
     where.mkdir(parents=True, exist_ok=True)
     path = where / "my-recipe.yaml"
     path.write_text(yaml.safe_dump(d))
-    env = {**os.environ, "CURATOR_FAULT": fault, "CURATOR_QUIET": "1", "PYTHONPATH": os.getcwd()}
+    # one intra-op thread, as the in-process reference runs (the module's one_thread fixture): float
+    # sums split over another thread count round differently, and the ledgers must be bit-identical
+    env = {
+        **os.environ,
+        "CURATOR_FAULT": fault,
+        "CURATOR_QUIET": "1",
+        "PYTHONPATH": os.getcwd(),
+        "OMP_NUM_THREADS": "1",
+    }
     p = subprocess.run(
         [sys.executable, "-m", "curator.cli.main", "run", str(path), "--quiet"],
         env=env,
