@@ -47,6 +47,8 @@ BUILTINS = {
     "ifd": "strategies.ifd:InstructionFollowingDifficulty",
     "long-solution": "strategies.long_solution:LongestSolution",
     "random-variants": "strategies.random_variants:RandomVariants",
+    "pass-rate-band": "strategies.passrate:PassRateBand",
+    "drop-solved-failed": "strategies.passrate:DropSolvedFailed",
 }
 for _name, _target in BUILTINS.items():
     strategies.register(_name, _target)
