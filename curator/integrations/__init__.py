@@ -1,8 +1,8 @@
-"""Bring your own trainer: PreMemAcc inside transformers' Trainer and TRL runs.
+"""Bring your own trainer: PreMemAcc inside transformers' Trainer and TRL runs, and curator
+strategies choosing the prompts of RL runs (TRL's GRPOTrainer, verl).
 
-``PreMemCallback`` (a ``transformers.TrainerCallback``) measures the dynamics ledger at each save
-or epoch. It is imported lazily: ``import curator.integrations`` does not import transformers.
-See docs/INTEGRATIONS.md.
+Everything is imported lazily: ``import curator.integrations`` does not import torch,
+transformers or TRL. See docs/INTEGRATIONS.md.
 """
 
 from __future__ import annotations
@@ -11,13 +11,32 @@ from typing import Any
 
 from curator.export import trl_dataset
 
-__all__ = ["PreMemCallback", "trl_dataset"]
+__all__ = [
+    "CuratedSampler",
+    "CuratorSampler",
+    "GRPOCuration",
+    "PreMemCallback",
+    "RolloutCurator",
+    "grader_reward",
+    "rollout_pool",
+    "trl_dataset",
+]
+
+_LAZY = {
+    # lazy: each pulls in torch and transformers (PreMemCallback, the GRPO pieces) or torch (verl)
+    "PreMemCallback": "curator.integrations.trainer",
+    "GRPOCuration": "curator.integrations.grpo",
+    "CuratedSampler": "curator.integrations.grpo",
+    "grader_reward": "curator.integrations.grpo",
+    "CuratorSampler": "curator.integrations.verl",
+    "RolloutCurator": "curator.integrations.rl",
+    "rollout_pool": "curator.integrations.rl",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "PreMemCallback":
-        # lazy: pulls in torch and transformers (the callback subclasses TrainerCallback)
-        from curator.integrations.trainer import PreMemCallback
+    if name in _LAZY:
+        import importlib
 
-        return PreMemCallback
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'curator.integrations' has no attribute {name!r}")
