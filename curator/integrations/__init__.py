@@ -7,9 +7,8 @@ transformers or TRL. See docs/INTEGRATIONS.md.
 
 from __future__ import annotations
 
-from typing import Any
-
 from curator.export import trl_dataset
+from curator.lazy import lazy_exports
 
 __all__ = [
     "CuratedSampler",
@@ -22,21 +21,16 @@ __all__ = [
     "trl_dataset",
 ]
 
-_LAZY = {
-    # lazy: each pulls in torch and transformers (PreMemCallback, the GRPO pieces) or torch (verl)
-    "PreMemCallback": "curator.integrations.trainer",
-    "GRPOCuration": "curator.integrations.grpo",
-    "CuratedSampler": "curator.integrations.grpo",
-    "grader_reward": "curator.integrations.grpo",
-    "CuratorSampler": "curator.integrations.verl",
-    "RolloutCurator": "curator.integrations.rl",
-    "rollout_pool": "curator.integrations.rl",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'curator.integrations' has no attribute {name!r}")
+# lazy: each pulls in torch and transformers (PreMemCallback, the GRPO pieces) or torch (verl, rl)
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    {
+        "PreMemCallback": "curator.integrations.trainer",
+        "GRPOCuration": "curator.integrations.grpo",
+        "CuratedSampler": "curator.integrations.grpo",
+        "grader_reward": "curator.integrations.grpo",
+        "CuratorSampler": "curator.integrations.verl",
+        "RolloutCurator": "curator.integrations.rl",
+        "rollout_pool": "curator.integrations.rl",
+    },
+)
