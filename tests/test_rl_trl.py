@@ -74,6 +74,9 @@ def test_grader_reward_grades_completions_and_names_a_missing_column():
         1.0,
         0.0,
     ]
+    cut = grader_reward("gsm8k", stop=["\nDone"])
+    assert cut(["#### 3\nDone. Q: x #### 9", "#### 9"], answer=["3", "3"]) == [1.0, 0.0]
+    assert grader_reward("gsm8k")(["#### 3\nDone. Q: x #### 9"], answer=["3"]) == [0.0]  # the last #### counts
     with pytest.raises(ConfigError, match="has no 'answer' column"):
         r(["3"], solution=["3"])
 

@@ -70,12 +70,23 @@ def completion_text(completion: Any) -> str:
     return str(completion)
 
 
-def grader_reward(grader: str = "auto", answer_column: str = "answer") -> Callable[..., list[float]]:
+def grader_reward(
+    grader: str = "auto", answer_column: str = "answer", stop: Sequence[str] = ()
+) -> Callable[..., list[float]]:
     """A TRL reward function: 1.0 when curator's grader finds the row's answer in the completion, else 0.0.
 
-    The dataset needs an ``answer_column`` column with each prompt's reference final answer.
+    The dataset needs an ``answer_column`` column with each prompt's reference final answer. A
+    completion is cut at the first of the ``stop`` strings before grading (as curator's samplers
+    cut theirs), so text a model writes after its answer cannot change the verdict.
     """
     g = get_grader(grader)
+    stops = tuple(s for s in stop if s)
+
+    def text(c: Any) -> str:
+        t = completion_text(c)
+        for s in stops:
+            t = t.split(s, 1)[0]
+        return t
 
     def reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
         if answer_column not in kwargs:
@@ -85,7 +96,7 @@ def grader_reward(grader: str = "auto", answer_column: str = "answer") -> Callab
                 "add the reference answers or pass answer_column=..."
             )
         refs = kwargs[answer_column]
-        return [1.0 if g.is_correct(completion_text(c), str(a)) else 0.0 for c, a in zip(completions, refs)]
+        return [1.0 if g.is_correct(text(c), str(a)) else 0.0 for c, a in zip(completions, refs)]
 
     reward.__name__ = f"curator_{g.name}"
     return reward

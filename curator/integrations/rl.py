@@ -42,7 +42,7 @@ from curator.data.example import Example
 from curator.distributed import broadcast_object, is_main_process
 from curator.dynamics.ledger import Ledger
 from curator.errors import DataError, StrategyError
-from curator.strategy import SelectionContext, Strategy, build_strategy, strategy_name
+from curator.strategy import SelectionContext, Strategy, build_strategy, strategy_name, top_k
 
 __all__ = ["STATE_FORMAT", "RolloutCurator", "RolloutSignals", "pool_fingerprint", "rollout_pool"]
 
@@ -89,7 +89,10 @@ class RolloutSignals:
 
     def pass_rates(self, examples: Sequence[Example]) -> np.ndarray:
         """Fraction correct in each prompt's latest window (NaN: not drawn within ``history``)."""
-        return self._c._recent_pass_rates()[self._c._positions([e.id for e in examples])]
+        rates = self._c._recent_pass_rates()
+        if examples is self._c.pool:  # the whole pool, in order (what a strategy scores): no lookups
+            return rates
+        return rates[self._c._positions([e.id for e in examples])]
 
     def answers(self, examples: Sequence[Example], n: int | None = None) -> list[list[str | None]]:
         """Each prompt's outcomes in its latest window ([] when not drawn within ``history``)."""
@@ -343,6 +346,15 @@ class RolloutCurator:
         if "ledger" in self.strategy.needs:
             ctx.ledger = self.ledger() if self._windows else None
         name = strategy_name(self.strategy)
+        if type(self.strategy).select is Strategy.select:
+            # a score-then-top-k strategy: the same choice as Strategy.select, without building the
+            # pool's id list and per-candidate score dict each step (a 100k pool: most of the cost)
+            scores = np.asarray(self.strategy.score(ctx), dtype=np.float64)
+            if scores.shape != (len(self.pool),):
+                raise StrategyError(
+                    f"strategy {name!r}: score() returned shape {scores.shape}, expected ({len(self.pool)},)"
+                )
+            return self._positions(top_k(scores, k, self.ids, rng)).tolist()
         chosen = list(self.strategy.select(ctx, k))
         bad = [c for c in chosen if not isinstance(c, str) or c not in self._index]
         if bad:
