@@ -254,3 +254,25 @@ def test_bad_construction():
         RolloutCurator(rollout_pool(["a"]), "iid", correct_at=0)
     with pytest.raises(DataError, match="the prompt pool is empty"):
         RolloutCurator([], "iid")
+
+
+def test_the_seams_fast_path_chooses_what_strategy_select_would():
+    from curator.integrations.rl import RolloutSignals
+
+    for name in ("pass-rate-band", "drop-solved-failed", "learnability", "iid"):
+        c = planted(name)
+        i = c.n_selections
+        ctx = SelectionContext(pool=c.pool, rng=np.random.default_rng([c.seed, i]))
+        ctx.signals = RolloutSignals(c)
+        assert c.select(4) == c.strategy.select(ctx, 4), name
+
+
+def test_only_rollout_ledgers_may_lack_a_target():
+    from curator.dynamics.ledger import Ledger
+
+    row = dict(
+        example_id="a", checkpoint=1, step=0, epoch=0.0, n_samples=2, n_correct=1, target_nll=math.nan, memorized=False
+    )
+    with pytest.raises(DataError, match="NaN, infinite or < 1 perplexities"):
+        Ledger.from_rows([row], p=1.105)
+    assert math.isnan(Ledger.from_rows([row], kind="rollout").df["perplexity"].iloc[0])
