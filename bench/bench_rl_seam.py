@@ -51,7 +51,7 @@ def seam_ms(pool_size: int, k: int, group: int, strategy: str, steps: int = 40, 
     return 1000 * statistics.median(times)
 
 
-def grpo_ratio(steps: int = 4) -> tuple[float, float]:
+def grpo_ratio(steps: int = 8) -> tuple[float, float]:
     """(seconds per GRPO step on the organism, seam seconds per step) from a short real run."""
     import tempfile
 
@@ -79,8 +79,8 @@ def grpo_ratio(steps: int = 4) -> tuple[float, float]:
         use_cpu=True,
         disable_tqdm=True,
     )
-    t = GRPOTrainer(lm.model, reward_funcs=[grader_reward("gsm8k", stop=["\nDone"])], args=cfg, train_dataset=ds)
-    t.processing_class = tok
+    reward = grader_reward("gsm8k", stop=["\nDone"])
+    t = GRPOTrainer(lm.model, reward_funcs=[reward], args=cfg, train_dataset=ds, processing_class=tok)
     cur = GRPOCuration("learnability").attach(t)
     spent = [0.0]
     for meth in ("observe", "select"):
