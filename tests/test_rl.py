@@ -111,6 +111,17 @@ def test_rollout_ledger_has_the_schema_with_step_windows_and_no_target():
     assert df["skip_reason"].isna().tolist() == [True, True, False, False, False, True]
     assert df["perplexity"].isna().all() and df["target_nll"].isna().all()
     assert c.rollouts == 7 and c.checkpoint == 2
+    assert c.ledger().meta["k"] == 3  # the largest group in a window
+
+
+def test_rollout_ledger_round_trips_through_parquet(tmp_path):
+    from curator.dynamics.ledger import read_ledger
+
+    c = RolloutCurator(rollout_pool(["a", "b"]), "iid")
+    c.select(2)
+    c.observe(["a", "a", "b"], [1.0, 0.0, 0.25], step=0)
+    back = read_ledger(c.ledger().to_parquet(tmp_path / "rollouts.parquet"))
+    assert back.meta["kind"] == "rollout" and back.df["n_correct"].tolist() == [1, 0]
 
 
 def test_partial_credit_counts_correct_at_the_threshold():

@@ -396,7 +396,7 @@ class RolloutCurator:
                         "reward_mean": rs / ns if ns else math.nan,
                     }
                 )
-        return Ledger.from_rows(rows, kind="rollout", k=k + 1, window=self.window, correct_at=self.correct_at)
+        return Ledger.from_rows(rows, kind="rollout", k=k, window=self.window, correct_at=self.correct_at)
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _positions(self, ids: Sequence[str]) -> np.ndarray:
