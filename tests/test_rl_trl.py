@@ -109,6 +109,9 @@ def test_real_rewards_reach_the_ledger(tmp_path):
     logged = [h["reward"] for h in t.state.log_history if "reward" in h]
     per_step = led.df.groupby("checkpoint")["n_correct"].sum() / 8
     assert per_step.tolist() == pytest.approx(logged)  # the ledger holds the trainer's own rewards
+    # grader="numeric": the answers extracted from the latest group of each drawn prompt are kept too
+    kept = {p: len(a) for p, a in cur.curator._answers.items()}
+    assert kept and kept == {p: int(n) for p, n in enumerate(cur.curator._last_ns) if n}
 
 
 TWO_RANKS = """
