@@ -98,18 +98,18 @@ class RolloutSignals:
         """Each prompt's outcomes in its latest window ([] when not drawn within ``history``)."""
         c = self._c
         live = c._recent_mask()
-        out: list[list[str | None]] = []
+        whole = examples is c.pool  # the whole pool, in order: only the drawn prompts need work
+        positions = np.arange(len(c.pool)) if whole else c._positions([e.id for e in examples])
         empty: list[str | None] = []
-        for pos in c._positions([e.id for e in examples]).tolist():
-            if not live[pos]:
-                out.append(empty)
-                continue
+        out: list[list[str | None]] = [empty] * len(positions)
+        for j in np.flatnonzero(live[positions]).tolist():
+            pos = int(positions[j])
             given = c._answers.get(pos)
             if given is not None:
-                out.append(list(given))
+                out[j] = list(given)
             else:
                 nc = int(c._last_nc[pos])
-                out.append([c.pool[pos].answer] * nc + [None] * (int(c._last_ns[pos]) - nc))
+                out[j] = [c.pool[pos].answer] * nc + [None] * (int(c._last_ns[pos]) - nc)
         return out
 
     def embeddings(self, examples: Sequence[Example]) -> np.ndarray:
