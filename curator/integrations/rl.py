@@ -291,16 +291,19 @@ class RolloutCurator:
             return
         cp = int(step) // self.window + 1
         win = self._windows.setdefault(cp, {})
-        correct = r >= self.correct_at
-        for j, p in enumerate(pos.tolist()):
+        correct = (r >= self.correct_at).astype(np.float64)
+        uniq, inv = np.unique(pos, return_inverse=True)  # one update per prompt, not per completion
+        sums = zip(np.bincount(inv).tolist(), np.bincount(inv, correct).tolist(), np.bincount(inv, r).tolist())
+        for p, (ns, nc, rs) in zip(uniq.tolist(), sums):
             cell = win.setdefault(p, [0.0, 0.0, 0.0])
-            cell[0] += 1
-            cell[1] += float(correct[j])
-            cell[2] += float(r[j])
+            cell[0] += ns
+            cell[1] += nc
+            cell[2] += rs
             if self._last_cp[p] != cp:
                 self._answers.pop(p, None)
             self._last_cp[p], self._last_ns[p], self._last_nc[p] = cp, int(cell[0]), int(cell[1])
-            if answers is not None:
+        if answers is not None:
+            for j, p in enumerate(pos.tolist()):
                 self._answers.setdefault(p, []).append(None if answers[j] is None else str(answers[j]))
         self._last_step = int(step)
         self._forget_old()
