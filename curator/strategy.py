@@ -47,6 +47,8 @@ BUILTINS = {
     "ifd": "strategies.ifd:InstructionFollowingDifficulty",
     "long-solution": "strategies.long_solution:LongestSolution",
     "random-variants": "strategies.random_variants:RandomVariants",
+    "pass-rate-band": "strategies.passrate:PassRateBand",
+    "drop-solved-failed": "strategies.passrate:DropSolvedFailed",
 }
 for _name, _target in BUILTINS.items():
     strategies.register(_name, _target)
@@ -182,9 +184,15 @@ def top_k(scores: Any, k: int, ids: Sequence[str], rng: np.random.Generator) -> 
     if k == 0:
         return []
     if k < n:
-        # only the candidates at or above the k-th best score can be chosen; sort just those
-        kth = np.partition(-s, k - 1)[k - 1]
-        cand = np.flatnonzero(-s <= kth)
+        # only the candidates above the k-th best score, and the ties at it with the smallest
+        # tie-breaks, can be chosen; sort just those (a large pool of equal scores stays cheap)
+        neg = -s
+        kth = np.partition(neg, k - 1)[k - 1]
+        better, tied = np.flatnonzero(neg < kth), np.flatnonzero(neg == kth)
+        need = k - better.size
+        if tied.size > need:
+            tied = tied[np.argpartition(tiebreak[tied], need - 1)[:need]]
+        cand = np.concatenate([better, tied])
     else:
         cand = np.arange(n)
     order = cand[np.lexsort((tiebreak[cand], -s[cand]))][:k]

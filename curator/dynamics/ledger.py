@@ -298,14 +298,16 @@ def _validate(df: pd.DataFrame, meta: Mapping[str, Any]) -> pd.DataFrame:
     if (df["checkpoint"] < 1).any():
         raise DataError(f"checkpoint indices are 1-based; found {int(df['checkpoint'].min())}")
     bad_ppl = df["perplexity"].isna() | ~np.isfinite(df["perplexity"]) | (df["perplexity"] < 1.0 - 1e-9)
+    if meta.get("kind") == "rollout":  # an RL rollout ledger has no teacher-forced target: NaN there
+        bad_ppl &= ~(df["perplexity"].isna() & df["target_nll"].isna())
     if bad_ppl.any():
         raise DataError(
             f"ledger has NaN, infinite or < 1 perplexities at (example_id, checkpoint) "
             f"{_rows_named(df, bad_ppl)}; re-measure or drop those examples"
         )
     # perplexity and target_nll must describe the same number
-    if not np.allclose(np.exp(df["target_nll"]), df["perplexity"], rtol=1e-6, atol=0):
-        off = ~np.isclose(np.exp(df["target_nll"]), df["perplexity"], rtol=1e-6, atol=0)
+    if not np.allclose(np.exp(df["target_nll"]), df["perplexity"], rtol=1e-6, atol=0, equal_nan=True):
+        off = ~np.isclose(np.exp(df["target_nll"]), df["perplexity"], rtol=1e-6, atol=0, equal_nan=True)
         raise DataError(f"perplexity != exp(target_nll) at {_rows_named(df, off)}")
     neg = (df["n_samples"] < 0) | (df["n_correct"] < 0) | (df["n_correct"] > df["n_samples"])
     if neg.any():
