@@ -149,6 +149,12 @@ class Strategy:
         ctx.record_scores(ids, scores)
         return top_k(scores, k, ids, ctx.rng)
 
+    def ranks_by_score(self) -> bool:
+        """Whether this strategy's choice from a fixed pool is ``score()`` then the shared
+        `top_k` (so a caller may take that choice without building the per-candidate score dict,
+        as the RL seam does for a 100k-prompt pool every step)."""
+        return type(self).select is Strategy.select
+
     @classmethod
     def parameters(cls) -> dict[str, Any]:
         """Parameter name -> default (``inspect.Parameter.empty`` when required)."""

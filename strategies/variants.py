@@ -98,6 +98,9 @@ class VariantsOfChosen(Strategy):
         """The pool-mode rule: by default score() then the shared top-k."""
         return Strategy.select(self, ctx, k)
 
+    def ranks_by_score(self) -> bool:
+        return type(self).choose is VariantsOfChosen.choose  # pool mode: choose() is the shared top-k
+
     def choose_parents(self, ctx: SelectionContext) -> tuple[list[Example], dict[str, float]]:
         """Training examples to make variants of, best first, and every training example's score.
 

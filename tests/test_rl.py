@@ -287,3 +287,19 @@ def test_only_rollout_ledgers_may_lack_a_target():
     with pytest.raises(DataError, match="NaN, infinite or < 1 perplexities"):
         Ledger.from_rows([row], p=1.105)
     assert math.isnan(Ledger.from_rows([row], kind="rollout").df["perplexity"].iloc[0])
+
+
+def test_learnability_reads_the_seams_pass_rates_as_its_answers_path_would():
+    from curator.integrations.rl import RolloutSignals
+
+    c = planted("learnability", {"n": 4})
+    fast = SelectionContext(pool=c.pool)
+    fast.signals = RolloutSignals(c)
+
+    class AnswersOnly:  # the same outcomes without the pass-rate array: the per-prompt grading path
+        def answers(self, examples, n=None):
+            return fast.signals.answers(examples, n)
+
+    slow = SelectionContext(pool=c.pool)
+    slow.signals = AnswersOnly()
+    assert c.strategy.score(fast).tolist() == c.strategy.score(slow).tolist() == [0.0, 0.0, 0.25, 0.1875, 0.1875, 0.0]

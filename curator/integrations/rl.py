@@ -349,7 +349,7 @@ class RolloutCurator:
         if "ledger" in self.strategy.needs:
             ctx.ledger = self.ledger() if self._windows else None
         name = strategy_name(self.strategy)
-        if type(self.strategy).select is Strategy.select:
+        if self.strategy.ranks_by_score():
             # a score-then-top-k strategy: the same choice as Strategy.select, without building the
             # pool's id list and per-candidate score dict each step (a 100k pool: most of the cost)
             scores = np.asarray(self.strategy.score(ctx), dtype=np.float64)
