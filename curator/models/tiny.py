@@ -11,7 +11,7 @@ import string
 from collections.abc import Callable
 from typing import Any
 
-PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+from curator.data.tokenizer import piece_tokenizer
 
 # one token per printable ASCII character plus newline and tab; anything else maps to <unk>
 CHARS = list(string.printable[:95]) + ["\n", "\t"]
@@ -23,27 +23,8 @@ CHAT_TEMPLATE = (
 
 def tiny_tokenizer() -> Any:
     """Character-level PreTrainedTokenizerFast: BOS prepended, no EOS appended, PAD id 0."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = [PAD, BOS, EOS, UNK]
-    vocab = {tok: i for i, tok in enumerate(specials + CHARS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     # every character is its own pre-token ([\s\S] also matches newlines, unlike ".")
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()  # characters join without spaces
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        unk_token=UNK,
-        padding_side="left",
-        model_max_length=4096,
-    )
+    fast = piece_tokenizer(CHARS, r"[\s\S]", model_max_length=4096)
     fast.chat_template = CHAT_TEMPLATE
     return fast
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from curator.data.example import Example
 from curator.data.synthetic import SKILLS, SyntheticTask
+from curator.data.tokenizer import piece_tokenizer
 
-PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 # one piece per: '####', a word (with its leading space or newline), one digit, one other character
 PIECE = r"[ \n]?####|[ \n]?[A-Za-z]+|[ \n]?[0-9]|[ \n]?[^\sA-Za-z0-9]|\s"
 _EQUATION = re.compile(r"([0-9][0-9 +\-*/()]*[0-9)])\s*=\s*([0-9]+)")
@@ -104,23 +104,4 @@ def vocabulary(texts: Iterable[str], extra: Sequence[str] = ()) -> list[str]:
 
 def build_tokenizer(pieces: Sequence[str]) -> Any:
     """A word-level PreTrainedTokenizerFast over ``pieces``: BOS prepended, exact round trip."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = [PAD, BOS, EOS, UNK]
-    vocab = {tok: i for i, tok in enumerate(specials + [p for p in pieces if p not in specials])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(PIECE), behavior="isolated")
-    tok.decoder = decoders.Fuse()  # pieces carry their own spaces
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        unk_token=UNK,
-        padding_side="left",
-        model_max_length=1024,
-    )
+    return piece_tokenizer(pieces, PIECE, model_max_length=1024)
