@@ -1,15 +1,17 @@
 """What the tests share: the command for N CPU processes (gloo), the tiny recipe the end-to-end
-tests run, and transformers' own greedy decoding (the reference curator's samplers must match)."""
+tests run, transformers' own greedy decoding (the reference curator's samplers must match), and a
+planted generative source for the strategies' generator mode."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
+from curator.data.example import Example
 from curator.data.format import encode_prompt
 from curator.distributed import launch_cmd
 
-__all__ = ["greedy_ids", "launch_cmd", "tiny_recipe"]
+__all__ = ["VariantSource", "greedy_ids", "launch_cmd", "tiny_recipe"]
 
 # the smallest recipe a run finishes in seconds on a CPU: tiny model, easy synthetic data, two
 # rounds; each test changes what it is about with `tiny_recipe(section={...})`
@@ -54,3 +56,28 @@ def greedy_ids(loaded: Any, prompt: str, k: int = 12) -> list[int]:
         pad_token_id=loaded.tokenizer.pad_token_id,
     )
     return out[0, ids.shape[1] :].tolist()
+
+
+class VariantSource:
+    """A generative source whose variants are named ``<parent id>-<tag><j>`` (their
+    ``meta["parent_id"]`` the parent), recording every call as (parent ids, n_per)."""
+
+    generative = True
+
+    def __init__(self, tag: str = "v"):
+        self.tag = tag
+        self.calls: list[tuple[list[str], int]] = []
+
+    def similar(self, examples: Any, n_per: int, seed: int) -> list[Example]:
+        self.calls.append(([x.id for x in examples], n_per))
+        return [
+            Example(
+                id=f"{x.id}-{self.tag}{j}",
+                question=f"like {x.id} #{j}",
+                solution="s\n#### 1",
+                answer="1",
+                meta={"parent_id": x.id},
+            )
+            for x in examples
+            for j in range(n_per)
+        ]

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from launching import VariantSource
 
 from curator.data.example import Example
 from curator.dynamics.ledger import Ledger
@@ -259,31 +260,10 @@ def test_premem_threshold_needs_a_ledger():
         run_selection(build_strategy("premem-threshold"), ctx_with(pool, TRAIN, vecs, None), 2)
 
 
-class SimilarSource:
-    generative = True
-
-    def __init__(self):
-        self.calls = []
-
-    def similar(self, examples, n_per, seed):
-        self.calls.append(([x.id for x in examples], n_per))
-        return [
-            Example(
-                id=f"{x.id}-s{j}",
-                question=f"like {x.id} #{j}",
-                solution="s\n#### 1",
-                answer="1",
-                meta={"parent_id": x.id},
-            )
-            for x in examples
-            for j in range(n_per)
-        ]
-
-
 def test_premem_threshold_with_a_generator_draws_similar_examples_evenly():
     pool, vecs, _ = premem_world()
     ledger = ledger_for([t.id for t in TRAIN], [5, 1, 0, 5])  # targets t2 (0.0), then t1 (0.2)
-    src = SimilarSource()
+    src = VariantSource("s")
     ctx = ctx_with(pool, TRAIN, vecs, ledger, source=src)
     sel = run_selection(build_strategy("premem-threshold"), ctx, 5)
     assert src.calls == [(["t2", "t1"], 3)]

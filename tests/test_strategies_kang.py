@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import pytest
+from launching import VariantSource
 
 from curator.data.example import Example
 from curator.data.format import PromptFormat
@@ -39,29 +40,6 @@ def axis(j: int, extra: tuple = ()) -> np.ndarray:
     return v
 
 
-class Variants:
-    """A generative source that names each variant after its parent and records every call."""
-
-    generative = True
-
-    def __init__(self):
-        self.calls: list[tuple[list[str], int]] = []
-
-    def similar(self, examples, n_per, seed):
-        self.calls.append(([x.id for x in examples], n_per))
-        return [
-            Example(
-                id=f"{x.id}-v{j}",
-                question=f"like {x.id} #{j}",
-                solution="s\n#### 1",
-                answer="1",
-                meta={"parent_id": x.id},
-            )
-            for x in examples
-            for j in range(n_per)
-        ]
-
-
 def ledger(ids, final_correct, k=4, nll=None) -> Ledger:
     """Two checkpoints, never memorized (perplexity 3 > p): PreMemAcc = final accuracy."""
     nc = np.array([[0, c] for c in final_correct])
@@ -80,7 +58,7 @@ def gen_ctx(train, *, led=None, sig=None, seed=0, src=None) -> SelectionContext:
         ledger=led,
         signals=sig or Signals(key="m"),
         rng=np.random.default_rng(seed),
-        source=src if src is not None else Variants(),
+        source=src if src is not None else VariantSource(),
     )
 
 
