@@ -1,0 +1,72 @@
+"""The organism's regime (issue 19): `curate validate`'s note on a non-default organism, the
+regime-map driver's bookkeeping, and (slow) properties a and b on the default organism."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from curator.recipes import load_recipe, validate_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _regime_map():
+    spec = importlib.util.spec_from_file_location("regime_map", ROOT / "bench" / "regime_map.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["regime_map"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_validate_notes_an_organism_that_is_not_the_benchmarked_default():
+    assert not [n for n in validate_recipe(load_recipe("demo")) if "organism" in n]
+    same = load_recipe("demo", ["model.name=organism?seed=0"])  # the default's own value: no note
+    assert not [n for n in validate_recipe(same) if "organism" in n]
+    other = load_recipe("demo", ["model.name=organism?hidden=64&layers=2"])
+    notes = [n for n in validate_recipe(other) if "organism" in n]
+    assert notes == [
+        "model.name: this organism (hidden=64, layers=2) is not the benchmarked default; whether "
+        "finetuning helps and training sets get memorized was measured on the default only "
+        "(docs/ORGANISM.md, regime map)"
+    ]
+
+
+def test_regime_map_rows_resume_by_cell_and_tabulate(tmp_path):
+    rm = _regime_map()
+    out = tmp_path / "map.jsonl"
+    base = {"kind": "base", "organism": "organism", "test_acc": 0.5, "seconds": 1.0}
+    cell = {
+        "kind": "cell",
+        "organism": "organism",
+        "lr": 0.001,
+        "epochs": 4,
+        "n": 16,
+        "seed": 0,
+        "batch_size": 4,
+        "scheduler": "constant",
+        "test_acc": 0.25,
+        "train_acc": 0.75,
+        "memorized": 0.5,
+        "premem": 0.5,
+        "gap": 0.25,
+        "seconds": 3.0,
+    }
+    rm.append_row(out, base)
+    rm.append_row(out, cell)
+    rm.append_row(out, {**cell, "seed": 1, "test_acc": 0.35})
+    rows = rm.read_rows(out)
+    assert {rm.cell_key(r) for r in rows} == {
+        ("base", "organism"),
+        ("cell", "organism", 0.001, 4, 16, 0, 4, "constant"),
+        ("cell", "organism", 0.001, 4, 16, 1, 4, "constant"),
+    }
+    last = rm.table(rows).splitlines()[-1]
+    assert last == (
+        "| organism | 0.500 | 0.001 | 4 | 4 | constant | 16 | 2 | 0.300 (0.25-0.35) | 0.750 (0.75-0.75) | "
+        "0.500 (0.50-0.50) | 0.500 (0.50-0.50) | 0.250 (0.25-0.25) | 3 |"
+    )
