@@ -80,15 +80,20 @@ class Organism:
         self.grader = get_grader(recipe.data.grader)
         self.provider = make_provider("hf", self.base, batch_size=recipe.dynamics.batch_size)
 
-    def base_accuracy(self) -> float:
-        from curator.evaluation import evaluate_accuracy
+    def skill_accuracy(self, model: Any, seed: int) -> dict[str, float]:
+        """Test accuracy per skill (and ``all``), sampled as the loop's test evaluation samples."""
+        from curator.evaluation import grade_completions
 
         rec = self.recipe
-        params = rec.evaluation.sampling(rec.format.stop, rec.seed, top_p=rec.dynamics.top_p)
-        sampler = self.provider.sampler(self.base.model)
-        return evaluate_accuracy(
-            sampler, self.test, rec.format, self.grader, params, n=rec.evaluation.samples, tokenizer=self.base.tokenizer
-        ).accuracy
+        params = rec.evaluation.sampling(rec.format.stop, seed, top_p=rec.dynamics.top_p)
+        prompts = [rec.format.prompt_text(e, self.base.tokenizer) for e in self.test]
+        completions = self.provider.sampler(model).generate(prompts, rec.evaluation.samples, params)
+        out = {"all": grade_completions(self.test, completions, self.grader).accuracy}
+        for skill in sorted({e.meta.get("skill", "") for e in self.test}):
+            idx = [i for i, e in enumerate(self.test) if e.meta.get("skill", "") == skill]
+            sub = grade_completions([self.test[i] for i in idx], [completions[i] for i in idx], self.grader)
+            out[skill] = round(sub.accuracy, 4)
+        return out
 
 
 def training_set(recipe: Any, n_max: int, seed: int) -> list[Any]:
@@ -129,6 +134,8 @@ def run_cell(org: Organism, train: list[Any], lr: float, epochs: int, seed: int,
         test=TestEval(org.test, ev.sampling(rec.format.stop, seed, top_p=dyn.top_p), ev.samples),
         progress=False,
     )
+    skills = org.skill_accuracy(res.model, seed)
+    skills.pop("all")
     ledger = res.ledger
     last = max(ledger.pivot("perplexity").columns)
     train_acc = float(metrics.train_accuracy(ledger)[last])
@@ -148,6 +155,7 @@ def run_cell(org: Organism, train: list[Any], lr: float, epochs: int, seed: int,
         "premem": premem,
         "gap": train_acc - premem,
         "final_nll": float(res.checkpoints[-1].get("train_loss", float("nan"))) if res.checkpoints else float("nan"),
+        "skills": skills,
         "seconds": round(time.time() - t0, 1),
     }
 
@@ -183,9 +191,16 @@ def run_grid(args: argparse.Namespace) -> None:
         org = Organism(spec, recipe, args.test_n)
         if (BASE, spec) not in done:
             t0 = time.time()
+            acc = org.skill_accuracy(org.base.model, recipe.seed)
             append_row(
                 out,
-                {"kind": BASE, "organism": spec, "test_acc": org.base_accuracy(), "seconds": round(time.time() - t0, 1)},
+                {
+                    "kind": BASE,
+                    "organism": spec,
+                    "test_acc": acc.pop("all"),
+                    "skills": acc,
+                    "seconds": round(time.time() - t0, 1),
+                },
             )
             bar.update(1)
         draws: dict[int, list[Any]] = {}
