@@ -76,9 +76,10 @@ def test_regime_map_rows_resume_by_cell_and_tabulate(tmp_path):
 def test_the_default_organism_is_in_the_regime_the_benchmark_needs():
     """Properties a and b of issue 19 at reduced size (one seed, 16 and 432 examples), with the
     benchmark's finetuning settings read from recipes/organism-kang.yaml. Thresholds are
-    hand-checked against bench/results/regime/decide.jsonl and memo.jsonl (seed 0): base 0.464;
-    16 examples 0.238; 432 examples 0.516 with 30.8% memorized; 16 examples for 12 epochs: train
-    accuracy 0.875, 56% memorized. About 2 minutes on 2 cores once the organism is cached."""
+    hand-checked against bench/results/regime/memo.jsonl (seed 0, 12 epochs): base 0.464;
+    16 examples 0.184; 432 examples 0.506, train accuracy 0.86, 76% memorized; 16 examples at
+    lr 2e-3: train accuracy 0.89, 69% memorized. About 2 minutes on 2 cores once the organism is
+    cached."""
     import argparse
 
     import torch
@@ -95,13 +96,13 @@ def test_the_default_organism_is_in_the_regime_the_benchmark_needs():
         draw = rm.training_set(recipe, 432, seed=0)
         small = rm.run_cell(org, draw[:16], t.learning_rate, t.epochs, 0, args)
         large = rm.run_cell(org, draw, t.learning_rate, t.epochs, 0, args)
-        long = rm.run_cell(org, draw[:16], t.learning_rate, 12, 0, args)
+        high = rm.run_cell(org, draw[:16], 2 * t.learning_rate, t.epochs, 0, args)
     finally:
         torch.set_num_threads(threads)
     assert abs(base - 0.464) < 0.01  # the organism itself has not moved
     # a: finetuning helps at the largest set, and the curve rises by >= 0.15
     assert large["test_acc"] >= base + 0.025, (base, large)
     assert large["test_acc"] - small["test_acc"] >= 0.15, (small, large)
-    # b: a long configuration fits its training set; the benchmark setting memorizes a share
-    assert long["train_acc"] >= 0.8 and long["memorized"] >= 0.4, long
-    assert large["memorized"] >= 0.25, large
+    # b: a high-rate configuration fits its training set; the benchmark setting memorizes >= 30%
+    assert high["train_acc"] >= 0.8 and high["memorized"] >= 0.5, high
+    assert large["train_acc"] >= 0.75 and large["memorized"] >= 0.5, large
