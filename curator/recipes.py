@@ -389,7 +389,28 @@ def validate_recipe(recipe: Recipe) -> list[str]:
         )
     if recipe.dynamics.backend == "vllm":
         notes.append("dynamics.backend=vllm: needs the 'vllm' extra and a GPU at run time")
+    notes += _organism_notes(recipe.model.name)
     return notes
+
+
+def _organism_notes(name: str) -> list[str]:
+    """A note when the recipe's organism is not the benchmarked default (not refused: other regimes
+    are allowed, but the regime map of docs/ORGANISM.md was measured on the default only)."""
+    if not name.startswith(("organism?", "organism:")):
+        return []
+    from dataclasses import asdict
+
+    from curator.organism.build import OrganismConfig, parse_spec  # the organism's settings have one parser
+
+    default, cfg = asdict(OrganismConfig()), asdict(parse_spec(name))
+    changed = [f"{k}={cfg[k]}" for k in sorted(cfg) if cfg[k] != default[k]]
+    if not changed:
+        return []
+    return [
+        f"model.name: this organism ({', '.join(changed)}) is not the benchmarked default; whether "
+        "finetuning helps and training sets get memorized was measured on the default only "
+        "(docs/ORGANISM.md, regime map)"
+    ]
 
 
 # torch.device's device types (checked by form here: validate imports no torch); ":N" picks one

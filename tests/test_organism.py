@@ -47,6 +47,11 @@ def test_bad_settings_are_refused_with_the_reason():
         config_from_dict({"hidden": 30, "heads": 4})
 
 
+def test_fractional_settings_parse_as_numbers():
+    cfg = parse_spec("organism?verbose_share=0.5&learning_rate=0.001&hidden=64")
+    assert (cfg.verbose_share, cfg.learning_rate, cfg.hidden) == (0.5, 0.001, 64)
+
+
 def test_too_small_vocabulary_and_corpus_are_refused_before_training(tmp_path):
     with pytest.raises(ConfigError, match="vocab_size=50 is too small: the task's text needs"):
         build(parse_spec(SMALL + "&vocab_size=50"), tmp_path / "a", progress=False)

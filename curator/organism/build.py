@@ -188,7 +188,7 @@ def _coerce(name: str, v: Any) -> Any:
         return {str(s).strip(): float(c) for s, c in dict(v).items()}
     if name == "pool_skills":
         return tuple(s.strip() for s in (v.split(",") if isinstance(v, str) else v) if s.strip())
-    if name == "learning_rate":
+    if name in ("learning_rate", "verbose_share"):
         return float(v)
     if name == "vocab_size":
         return None if v in (None, "", "null", "none") else int(v)
