@@ -303,3 +303,24 @@ def test_learnability_reads_the_seams_pass_rates_as_its_answers_path_would():
     slow = SelectionContext(pool=c.pool)
     slow.signals = AnswersOnly()
     assert c.strategy.score(fast).tolist() == c.strategy.score(slow).tolist() == [0.0, 0.0, 0.25, 0.1875, 0.1875, 0.0]
+
+
+def test_uncertainty_reads_the_seams_entropies_as_its_answers_path_would():
+    from curator.integrations.rl import RolloutSignals
+
+    c = planted("uncertainty", {"n": 4})
+    c.observe(["p0", "p0", "p0"], [0, 0, 0], step=c._last_step + 1, answers=["1", "2", "2"])
+    fast = SelectionContext(pool=c.pool)
+    fast.signals = RolloutSignals(c)
+
+    class AnswersOnly:  # the same outcomes without the entropy array: one answer list per prompt
+        def answers(self, examples, n=None):
+            return fast.signals.answers(examples, n)
+
+    slow = SelectionContext(pool=c.pool)
+    slow.signals = AnswersOnly()
+    got, want = c.strategy.score(fast), c.strategy.score(slow)
+    assert got.tolist() == pytest.approx(want.tolist(), abs=1e-15)
+    # p0: answers 1, 2, 2 -> -(1/3 ln 1/3 + 2/3 ln 2/3); p2: 2 of 4 right -> ln 2; p3/p4 -> 0.5623
+    assert got[0] == pytest.approx(0.6365141682948128) and got[2] == pytest.approx(math.log(2))
+    assert got[3] == got[4] == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))

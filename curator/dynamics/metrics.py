@@ -22,6 +22,10 @@ final checkpoint undetermined (NaN) — sweep p on fully tracked or imported led
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -202,3 +206,12 @@ def summary(ledger: Ledger, p: float | None = None) -> pd.DataFrame:
     )
     out.index.name = "checkpoint"
     return out
+
+
+def answer_entropy(answers: Sequence[str | None]) -> float:
+    """Entropy (nats) of the empirical distribution of answers; no answer (None) is one outcome."""
+    if not answers:
+        return 0.0
+    counts = Counter(None if a is None else str(a).strip() for a in answers)
+    n = len(answers)
+    return float(-sum(c / n * math.log(c / n) for c in counts.values()))

@@ -41,6 +41,7 @@ import numpy as np
 from curator.data.example import Example
 from curator.distributed import broadcast_object, is_main_process
 from curator.dynamics.ledger import Ledger
+from curator.dynamics.metrics import answer_entropy
 from curator.errors import DataError, StrategyError
 from curator.strategy import SelectionContext, Strategy, build_strategy, strategy_name, top_k
 
@@ -111,6 +112,23 @@ class RolloutSignals:
                 nc = int(c._last_nc[pos])
                 out[j] = [c.pool[pos].answer] * nc + [None] * (int(c._last_ns[pos]) - nc)
         return out
+
+    def answer_entropies(self, examples: Sequence[Example]) -> np.ndarray:
+        """`answer_entropy` of each prompt's `answers`, as one array: a prompt whose outcomes came
+        as rewards only has two outcomes (the reference, None), so its entropy is the binary
+        entropy of its pass rate; only prompts observed with answers are counted one by one."""
+        c = self._c
+        live = c._recent_mask()
+        ns = np.where(live, c._last_ns, 1)  # not drawn recently: no answers, entropy 0
+        right, wrong = np.where(live, c._last_nc, 0) / ns, np.where(live, c._last_ns - c._last_nc, 0) / ns
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0 log 0 = 0; each share from its own count
+            h = -(np.where(right > 0, right * np.log(right), 0.0) + np.where(wrong > 0, wrong * np.log(wrong), 0.0))
+        for pos, given in c._answers.items():
+            if live[pos]:
+                h[pos] = answer_entropy(given)
+        if examples is c.pool:
+            return h
+        return h[c._positions([e.id for e in examples])]
 
     def embeddings(self, examples: Sequence[Example]) -> np.ndarray:
         raise StrategyError("an RL run's rollout signals have no embeddings; use a rollout strategy")
