@@ -156,6 +156,26 @@ def barrier(what: str = "waiting for the other processes") -> None:
             d.barrier()
 
 
+def shutdown() -> None:
+    """End a launch's process group while the interpreter is whole (a no-op in one process).
+
+    Call it after everything that holds the group (DDP/FSDP models, optimizers, trainers) is
+    released. Left to interpreter finalization, gloo's worker threads can still hold work whose
+    tensors Python owns, and the process aborts at exit ("terminate called without an active
+    exception", exit -6; pytorch/pytorch#179291), a failure that load makes likely.
+    """
+    d = _dist()
+    if d is None:
+        return
+    import gc
+
+    gc.collect()
+    if d.get_world_size() > 1:
+        with collective_errors("waiting for the other processes before ending the launch"):
+            d.barrier()
+    d.destroy_process_group()
+
+
 def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -118,7 +118,7 @@ TWO_RANKS = """
 import json, sys
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
-from curator.distributed import rank
+from curator.distributed import rank, shutdown
 from curator.integrations.grpo import GRPOCuration
 from curator.models import load_model
 
@@ -140,6 +140,8 @@ if rank() != 0:
 t.train()
 with open(f"{sys.argv[1]}/rank{rank()}.json", "w") as fh:
     json.dump(cur.curator.state_dict(), fh)
+del t, cur, lm  # everything holding the process group, then end it before the interpreter does
+shutdown()
 """
 
 

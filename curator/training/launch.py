@@ -22,7 +22,7 @@ import typing
 
 from curator.data.format import PromptFormat
 from curator.data.loaders import load_examples
-from curator.distributed import make_accelerator
+from curator.distributed import make_accelerator, shutdown
 from curator.errors import CuratorError
 from curator.models import LoraSettings, apply_lora, load_model
 from curator.training.settings import TrainSettings
@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    shutdown()  # run()'s trainer and model are released: end the process group before exit
     return 0
 
 
