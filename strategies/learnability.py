@@ -12,17 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from curator.data.grading import get_grader
 from curator.strategy import SelectionContext, check_param
-from strategies.passrate import recent_pass_rates
+from strategies.passrate import pass_rate, recent_pass_rates
 from strategies.variants import VariantsOfChosen
 
-
-def pass_rate(answers: list[str | None], reference: str, grader) -> float:
-    """Fraction of extracted answers equivalent to the reference (no answer counts as wrong)."""
-    if not answers:
-        return 0.0
-    return sum(a is not None and bool(grader.equivalent(a, reference)) for a in answers) / len(answers)
+__all__ = ["Learnability", "pass_rate"]
 
 
 class Learnability(VariantsOfChosen):
@@ -37,13 +31,7 @@ class Learnability(VariantsOfChosen):
         self.n, self.grader = n, grader
 
     def score(self, ctx: SelectionContext) -> np.ndarray:
-        assert ctx.signals is not None  # the loop gives a strategy the signals its `needs` declares
-        if getattr(ctx.signals, "pass_rates", None) is not None:
-            # an RL run's seam holds the pass rates as one array (NaN: no recent outcome, which
-            # the answers path scores as p = 0): no per-prompt grading of a 100k pool each step
-            p = np.nan_to_num(recent_pass_rates(ctx, self.n, self.grader), nan=0.0)
-            return p * (1.0 - p)
-        grader = get_grader(self.grader)
-        answers = ctx.signals.answers(ctx.pool, self.n)
-        p = np.array([pass_rate(a, e.answer, grader) for a, e in zip(answers, ctx.pool)])
+        # one pass rate per candidate: the RL seam's array, or the n sampled answers graded; a
+        # candidate with no answers (NaN) scores as p = 0
+        p = np.nan_to_num(recent_pass_rates(ctx, self.n, self.grader), nan=0.0)
         return p * (1.0 - p)

@@ -22,6 +22,13 @@ from curator.data.grading import get_grader
 from curator.strategy import SelectionContext, Strategy, check_param
 
 
+def pass_rate(answers: list[str | None], reference: str, grader) -> float:
+    """Fraction of extracted answers equivalent to the reference (no answer counts as wrong)."""
+    if not answers:
+        return 0.0
+    return sum(a is not None and bool(grader.equivalent(a, reference)) for a in answers) / len(answers)
+
+
 def recent_pass_rates(ctx: SelectionContext, n: int, grader: str) -> np.ndarray:
     """One pass rate per pool candidate; NaN where nothing recent is known.
 
@@ -35,13 +42,7 @@ def recent_pass_rates(ctx: SelectionContext, n: int, grader: str) -> np.ndarray:
         return np.asarray(fast(ctx.pool), dtype=np.float64)
     g = get_grader(grader)
     answers = signals.answers(ctx.pool, n)
-    return np.array(
-        [
-            sum(a is not None and bool(g.equivalent(a, e.answer)) for a in ans) / len(ans) if ans else math.nan
-            for ans, e in zip(answers, ctx.pool)
-        ],
-        dtype=np.float64,
-    )
+    return np.array([pass_rate(a, e.answer, g) if a else math.nan for a, e in zip(answers, ctx.pool)], dtype=np.float64)
 
 
 class PassRateBand(Strategy):
