@@ -120,3 +120,19 @@ def test_preview_hub_offline(monkeypatch, capsys):
 def test_missing_required_option_is_usage_error(capsys):
     code, _, err = run(["data", "synth", "--out", "x.jsonl"], capsys)
     assert code == 2 and "--n" in err
+
+
+def test_a_reader_that_stops_reading_ends_quietly():
+    """`curate data preview ... | head -1`: click exits 1 on the broken pipe, as a plain click
+    command does, without blaming a plugin for calling sys.exit."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "curator.cli.main", "data", "preview", "synthetic:easy?n=300&seed=0", "--n", "300"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"=== ")
+    proc.stdout.close()  # the reader goes away with ~300 examples still to print
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1
+    assert err == ""

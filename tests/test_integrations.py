@@ -440,6 +440,9 @@ trainer.train()
 logged = [h for h in trainer.state.log_history if "fraction_memorized" in h]
 json.dump({"world": trainer.args.world_size, "ledger": cb.ledger.df.to_json(), "logged": logged},
           open(os.path.join(out, f"report-{rank}.json"), "w"))
+del trainer, cb, lm
+from curator.distributed import shutdown
+shutdown()  # end the process group before interpreter exit (the gloo abort at exit under load)
 """
 
 

@@ -77,6 +77,9 @@ if mode == "callback":
     measure = MeasureSettings(k=@K@, params=SamplingParams(max_new_tokens=8, seed=5), p=50.0, lazy=False)
     PreMemCallback(examples, grader=EvenLength(), measure=measure, progress=False).attach(trainer)
     trainer.train()
+    del trainer, lm
+    from curator.distributed import shutdown
+    shutdown()  # end the process group before interpreter exit (the gloo abort at exit under load)
 else:
     from curator.cli.main import main
     try:

@@ -228,6 +228,8 @@ except CuratorError as e:
     # every configuration's files are written before it, and those are what is compared
     if "nothing to fit" not in str(e):
         raise
+from curator.distributed import shutdown
+shutdown()  # end the process group before interpreter exit (the gloo abort at exit under load)
 """
 
 
@@ -262,3 +264,22 @@ def test_sweep_under_two_processes_equals_one(tmp_path):
         ta, tb = pd.read_csv(dirs[1] / run / "checkpoints.csv"), pd.read_csv(dirs[2] / run / "checkpoints.csv")
         assert ta["test_accuracy"].tolist() == tb["test_accuracy"].tolist()
         np.testing.assert_allclose(ta["train_loss"], tb["train_loss"], rtol=0, atol=1e-4)
+
+
+def test_the_cli_ends_a_process_group_its_command_started(tmp_path):
+    """After a command returns, `curate` ends the launch's process group itself (curator's
+    `distributed.shutdown`), so no gloo state is left to interpreter finalization."""
+    script = tmp_path / "ends.py"
+    script.write_text(
+        "import torch.distributed as dist\n"
+        "from curator.cli.main import main\n"
+        f"dist.init_process_group('gloo', init_method='file://{tmp_path / 'store'}', rank=0, world_size=1)\n"
+        "try:\n"
+        "    main(['data', 'preview', 'synthetic:easy?n=1&seed=0'])\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print('initialized after:', dist.is_initialized())\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("initialized after: False")

@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("CURATOR_DEBUG") == "1"
     try:
         cli.main(args=args, prog_name="curate", standalone_mode=False)
+        _end_launch()
     except click.exceptions.Abort as e:
         # click turns Ctrl-C into Abort; say how to pick the work up again
         if isinstance(e.__context__ or e.__cause__, KeyboardInterrupt):
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _interrupted(args)
     except SystemExit as e:
+        if _reader_closed_output(e):
+            sys.exit(e.code)  # `curate ... | head`: the reader stopped reading; nothing went wrong here
         # no curator command exits from inside itself (main alone does, below): a SystemExit that
         # reaches here came from a plugin or library calling sys.exit, which would end the command
         # with that code and no word of why
@@ -115,6 +118,30 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {line}", err=True)
         sys.exit(2)
+
+
+def _end_launch() -> None:
+    """End the process group a command started under ``accelerate launch`` (`curate run`, `premem`,
+    `measure`, `sweep` with several processes) once the command has returned and released its
+    models, so gloo is not torn down by interpreter finalization (the exit -6 abort
+    `curator.distributed.shutdown` describes). Commands that never touched torch.distributed skip
+    it without importing torch."""
+    if "torch.distributed" not in sys.modules:
+        return
+    from curator import distributed  # lazy: pulls in torch
+
+    distributed.shutdown()
+
+
+def _reader_closed_output(e: SystemExit) -> bool:
+    """Whether the exit is click's own after stdout's reader went away (EPIPE, as in ``| head``):
+    click swaps in its flush-pacifying wrapper and calls sys.exit from its core."""
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    click_dir = os.path.dirname(click.__file__)
+    from_click = bool(frames) and frames[-1].filename.startswith(click_dir)
+    return from_click and type(sys.stdout).__name__ == "_PacifyFlushWrapper"
 
 
 def _exit_origin(e: SystemExit) -> str:
