@@ -202,3 +202,17 @@ def test_cli_robustness_end_to_end(tmp_path):
     assert table["n"].to_dict() == {"[0, 0.2)": 1, "[0.2, 0.4)": 0, "[0.4, 0.6)": 1, "[0.6, 0.8)": 0, "[0.8, 1]": 1}
     assert list(table.columns) == ["n", "unperturbed", "First"]
     assert (tmp_path / "out" / "robustness.png").exists()
+
+
+def test_a_prefix_outside_the_vocabulary_is_refused():
+    """A word the tokenizer cannot spell would be forced as the unknown token: refused, named."""
+    from curator.data.tokenizer import piece_tokenizer
+
+    tok = piece_tokenizer([" So", " the", " There"], split=r" ?[A-Za-z]+|.", model_max_length=64)
+    examples, sampler, premem = setup()
+    g, f = HashGrader(), PromptFormat()
+    refused = r"prefix 'First' is not in the model's vocabulary \(it encodes as \['<unk>'\]\)"
+    with pytest.raises(CuratorError, match=refused):
+        robustness(sampler, examples, f, g, premem, prefixes=["So the", "First"], tokenizer=tok)
+    with pytest.raises(CuratorError, match="'So now'"):
+        robustness(sampler, examples, f, g, premem, prefixes=["So now"], tokenizer=tok)

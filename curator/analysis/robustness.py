@@ -129,6 +129,22 @@ class RobustnessReport:
         return paths
 
 
+def _check_prefixes_encode(tokenizer: Any, lead: str, prefixes: Sequence[str]) -> None:
+    """Refuse a prefix the model's tokenizer cannot spell: a word outside a small vocabulary (the
+    model organism's) becomes the unknown token, and the 'forced prefix' would be that token."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if tokenizer is None or unk is None:
+        return
+    for prefix in prefixes:
+        ids = tokenizer(lead + prefix, add_special_tokens=False)["input_ids"]
+        if unk in ids:
+            pieces = tokenizer.convert_ids_to_tokens(ids)
+            raise CuratorError(
+                f"prefix {prefix!r} is not in the model's vocabulary (it encodes as {pieces}); "
+                "choose --prefix words the model can write (for the model organism e.g. 'So' or 'There')"
+            )
+
+
 def robustness(
     sampler: Any,
     examples: Sequence[Any],
@@ -165,6 +181,7 @@ def robustness(
         raise CuratorError("prefixes must be non-empty text")
     if len(set(prefixes)) != len(prefixes) or UNPERTURBED in prefixes:
         raise CuratorError(f"prefixes must be distinct and not {UNPERTURBED!r}: {list(prefixes)}")
+    _check_prefixes_encode(tokenizer, _lead(fmt), prefixes)
     params = params or SamplingParams()
     pm = pd.Series(premem, dtype=float)
     pm.index = pm.index.astype(str)
