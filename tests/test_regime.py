@@ -99,7 +99,9 @@ def test_the_default_organism_is_in_the_regime_the_benchmark_needs():
         high = rm.run_cell(org, draw[:16], 2 * t.learning_rate, t.epochs, 0, args)
     finally:
         torch.set_num_threads(threads)
-    assert abs(base - 0.464) < 0.01  # the organism itself has not moved
+    # the organism itself has not moved: 0.464 where the map was made, 0.452 on a later machine
+    # with the same code (docs/ORGANISM.md, "Reproducibility across machines"); 0.03 ~ 1.4 SE
+    assert abs(base - 0.464) < 0.03
     # a: finetuning helps at the largest set, and the curve rises by >= 0.15
     assert large["test_acc"] >= base + 0.025, (base, large)
     assert large["test_acc"] - small["test_acc"] >= 0.15, (small, large)
