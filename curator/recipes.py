@@ -390,7 +390,24 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     if recipe.dynamics.backend == "vllm":
         notes.append("dynamics.backend=vllm: needs the 'vllm' extra and a GPU at run time")
     notes += _organism_notes(recipe.model.name)
+    notes += _generator_pool_notes(recipe)
     return notes
+
+
+def _generator_pool_notes(recipe: Recipe) -> list[str]:
+    """A note when generator mode's pool of fresh i.i.d. draws is smaller than what the rounds add:
+    `iid` takes its draws without replacement, so it would train on fewer examples than the other
+    strategies at the last rounds (not refused: the run works, its curves are just not comparable)."""
+    d = recipe.data
+    if d.source != "generator" or not any(s.name == "iid" for s in recipe.strategies):
+        return []
+    added = sum(recipe.loop.budget_for(i, d.seed_size) for i in range(recipe.loop.rounds - 1))
+    if added <= d.generator_pool_size:
+        return []
+    return [
+        f"data.generator_pool_size: {d.generator_pool_size} fresh draws, but the rounds add {added} "
+        f"examples: `iid` runs out and trains on fewer than the other strategies; set it to >= {added}"
+    ]
 
 
 def _organism_notes(name: str) -> list[str]:

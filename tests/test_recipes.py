@@ -108,3 +108,17 @@ def test_docs_reference_is_in_sync():
 
     doc = Path(__file__).resolve().parent.parent / "docs" / "RECIPES.md"
     assert doc.read_text() == reference_markdown(), "regenerate: python -m curator.recipes > docs/RECIPES.md"
+
+
+def test_validate_notes_a_generator_pool_smaller_than_what_the_rounds_add():
+    from curator.recipes import load_recipe, validate_recipe
+
+    assert not [n for n in validate_recipe(load_recipe("organism-kang")) if "generator_pool_size" in n]
+    small = load_recipe("organism-kang", ["data.generator_pool_size=300"])
+    # 16-example seed set, budgets 2x, 6x, 18x: 32 + 96 + 288 = 416 examples added over 3 selections
+    assert [n for n in validate_recipe(small) if "generator_pool_size" in n] == [
+        "data.generator_pool_size: 300 fresh draws, but the rounds add 416 examples: `iid` runs out "
+        "and trains on fewer than the other strategies; set it to >= 416"
+    ]
+    no_iid = load_recipe("organism-kang", ["data.generator_pool_size=300", "strategies=[{name: loss}]"])
+    assert not [n for n in validate_recipe(no_iid) if "generator_pool_size" in n]
