@@ -21,7 +21,6 @@ seeds, and the drop (unperturbed minus prefix) with a 95% t interval over the se
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
