@@ -10,8 +10,8 @@ question k times unperturbed and with each forced prefix (`curator.analysis.robu
     python bench/robustness_organism.py --table          # print the table only
 
 The paper's prefixes ("First", "We know that") are not words of the organism's vocabulary
-(`curate robustness` refuses them); its analogues here are 'So' and 'There': words the organism
-writes, that open some of its solutions ('So the number of ...') and not most ('The ...').
+(`curate robustness` refuses them); its analogues here are 'So', which opens 23% of the task's
+solutions ('So the number of ...'), and 'There', a word of its questions that no solution contains.
 
 The table pools the seeds: per bucket, the mean accuracy of each condition over the examples of all
 seeds, and the drop (unperturbed minus prefix) with a 95% t interval over the seeds' bucket means
