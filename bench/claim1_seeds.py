@@ -21,15 +21,17 @@ REFERENCE = "premem"
 
 
 def t_interval(values: list[float]) -> tuple[float, float, float]:
-    from scipy import stats
+    """Mean and 95% Student-t interval over seeds (curator's own, as `curate compare` uses); NaN
+    bounds for one seed."""
+    import numpy as np
 
-    n = len(values)
-    m = sum(values) / n
-    if n < 2:
+    from curator.tracking.compare import t_interval as over_rows
+
+    m = float(np.mean(values))
+    if len(values) < 2:
         return m, math.nan, math.nan
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    return m, m - half, m + half
+    lo, hi = over_rows(np.asarray(values, dtype=float))
+    return m, float(lo), float(hi)
 
 
 def read(dirs: list[Path]) -> pd.DataFrame:
