@@ -20,6 +20,7 @@ final checkpoint for every example.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from collections import defaultdict
@@ -80,6 +81,26 @@ class Organism:
         self.grader = get_grader(recipe.data.grader)
         self.provider = make_provider("hf", self.base, batch_size=recipe.dynamics.batch_size)
 
+    def finetune(self, train: list[Any], training: Any, seed: int, lazy: bool) -> Any:
+        """A fresh copy of the organism finetuned on ``train`` the way one loop round does (the
+        recipe's format, tracking and test settings; ``lazy`` False: train accuracy at every
+        checkpoint); the engine's `RoundResult`."""
+        from curator.engine import ModelStart, TestEval, train_and_track
+
+        rec, dyn, ev = self.recipe, self.recipe.dynamics, self.recipe.evaluation
+        return train_and_track(
+            self.base,
+            train,
+            fmt=rec.format,
+            grader=self.grader,
+            training=training,
+            provider=self.provider,
+            measure=dataclasses.replace(dyn.measure_settings(rec.format.stop, seed=seed), lazy=lazy),
+            start=ModelStart(lora=None, seed=seed),
+            test=TestEval(self.test, ev.sampling(rec.format.stop, seed, top_p=dyn.top_p), ev.samples),
+            progress=False,
+        )
+
     def skill_accuracy(self, model: Any, seed: int) -> dict[str, float]:
         """Test accuracy per skill (and ``all``), sampled as the loop's test evaluation samples."""
         from curator.evaluation import grade_completions
@@ -106,10 +127,7 @@ def training_set(recipe: Any, n_max: int, seed: int) -> list[Any]:
 
 def run_cell(org: Organism, train: list[Any], lr: float, epochs: int, seed: int, args: argparse.Namespace) -> dict:
     """Finetune a fresh copy of the organism on ``train`` the way one loop round does; the row."""
-    import dataclasses
-
     from curator.dynamics import metrics
-    from curator.engine import ModelStart, TestEval, train_and_track
 
     rec = org.recipe
     training = dataclasses.replace(
@@ -120,20 +138,8 @@ def run_cell(org: Organism, train: list[Any], lr: float, epochs: int, seed: int,
         lr_scheduler=args.scheduler,
         seed=seed,
     )
-    dyn, ev = rec.dynamics, rec.evaluation
     t0 = time.time()
-    res = train_and_track(
-        org.base,
-        train,
-        fmt=rec.format,
-        grader=org.grader,
-        training=training,
-        provider=org.provider,
-        measure=dataclasses.replace(dyn.measure_settings(rec.format.stop, seed=seed), lazy=False),
-        start=ModelStart(lora=None, seed=seed),
-        test=TestEval(org.test, ev.sampling(rec.format.stop, seed, top_p=dyn.top_p), ev.samples),
-        progress=False,
-    )
+    res = org.finetune(train, training, seed, lazy=False)
     skills = org.skill_accuracy(res.model, seed)
     skills.pop("all")
     ledger = res.ledger

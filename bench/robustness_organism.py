@@ -29,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from claim1_seeds import t_interval  # noqa: E402
 from regime_map import Organism, append_row, read_rows, training_set  # noqa: E402
 
 PREFIXES = ("So", "There")
@@ -39,23 +40,12 @@ def run_seed(org: Organism, n: int, seed: int, k: int) -> dict[str, Any]:
 
     from curator.analysis.robustness import final_premem, robustness
     from curator.dynamics import metrics
-    from curator.engine import ModelStart, TestEval, train_and_track
 
     rec = org.recipe
     train = training_set(rec, n, seed)[:n]
     t0 = time.time()
-    res = train_and_track(
-        org.base,
-        train,
-        fmt=rec.format,
-        grader=org.grader,
-        training=dataclasses.replace(rec.training, seed=seed),
-        provider=org.provider,
-        measure=rec.dynamics.measure_settings(rec.format.stop, seed=seed),
-        start=ModelStart(lora=None, seed=seed),
-        test=TestEval(org.test, rec.evaluation.sampling(rec.format.stop, seed, top_p=rec.dynamics.top_p), 1),
-        progress=False,
-    )
+    # the benchmark's own settings, lazy tracking as the loop runs (final PreMemAcc is exact)
+    res = org.finetune(train, dataclasses.replace(rec.training, seed=seed), seed, lazy=rec.dynamics.lazy)
     trained = time.time() - t0
     last = max(res.ledger.pivot("perplexity").columns)
     params = rec.dynamics.sampling(rec.format.stop, seed=seed + 1000)
@@ -83,20 +73,6 @@ def run_seed(org: Organism, n: int, seed: int, k: int) -> dict[str, Any]:
         "seconds_train": round(trained, 1),
         "seconds_probe": round(time.time() - t0 - trained, 1),
     }
-
-
-def t_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and 95% Student-t interval over seeds (curator's own, as `curate compare` uses); NaN
-    bounds for one seed."""
-    import numpy as np
-
-    from curator.tracking.compare import t_interval as over_rows
-
-    m = float(np.mean(values))
-    if len(values) < 2:
-        return m, math.nan, math.nan
-    lo, hi = over_rows(np.asarray(values, dtype=float))
-    return m, float(lo), float(hi)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
